@@ -1,0 +1,1 @@
+"""The model layer: loading checkpoints, tokenizers, pooling and the encoder engine."""

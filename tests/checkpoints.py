@@ -1,0 +1,234 @@
+"""Tiny checkpoints in the exact layouts of the hub repos (REFERENCE.md 1.1), built on the fly.
+
+Nothing is downloaded: the vocabularies come from jieba's own dictionary (realistic characters and
+words), the weights are random but seeded. Sizes are distinct (hidden 48, 4 heads, intermediate 37,
+2 layers) so that a swapped dimension fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SPECIAL_HEAD = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "<T>"]
+# As in BERT's Chinese vocab: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103.
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
+
+ASCII_PIECES = (
+    list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    + list(string.digits)
+    + list(string.ascii_lowercase)
+    + ["iphone", "hello", "world", "app", "ok", "vip", "##s", "##ing", "##ed", "##12", "##3", "##pp", "##0"]
+    + ["，", "。", "？", "！", "、", "：", "；", "“", "”", "（", "）", "《", "》", "…", "—"]
+)
+
+
+@lru_cache(maxsize=1)
+def _jieba_freq() -> list[tuple[str, int]]:
+    import jieba
+
+    path = Path(jieba.__file__).parent / "dict.txt"
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            word, freq, *_ = line.split(" ")
+            rows.append((word, int(freq)))
+    rows.sort(key=lambda r: -r[1])
+    return rows
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+def char_vocab(n_chars: int = 1500) -> list[str]:
+    """BERT-Chinese-like char vocab: specials, ASCII pieces, then the most frequent CJK characters."""
+    vocab = list(SPECIAL_HEAD) + ASCII_PIECES
+    seen = set(vocab)
+    chars = 0
+    for word, _ in _jieba_freq():
+        for ch in word:
+            if _is_cjk(ch) and ch not in seen:
+                seen.add(ch)
+                vocab.append(ch)
+                chars += 1
+        if chars >= n_chars:
+            break
+    return vocab
+
+
+def word_vocab(n_chars: int = 1500, n_words: int = 2000) -> list[str]:
+    """WoBERT-like vocab: the char vocab plus the most frequent multi-character jieba words (REFERENCE 1.3)."""
+    vocab = char_vocab(n_chars)
+    seen = set(vocab)
+    added = 0
+    for word, _ in _jieba_freq():
+        if len(word) > 1 and all(_is_cjk(c) for c in word) and word not in seen:
+            seen.add(word)
+            vocab.append(word)
+            added += 1
+            if added >= n_words:
+                break
+    return vocab
+
+
+TINY = dict(hidden_size=48, num_attention_heads=4, intermediate_size=37, num_hidden_layers=2)
+
+
+def _write_vocab(path: Path, vocab: list[str]) -> None:
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> None:
+    # transformers initialises LayerNorm to (1, 0) and biases to 0; random values make every weight matter.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" in name:
+                continue
+            scale = 0.3 if p.dim() > 1 else 0.1
+            base = 1.0 if name.endswith("LayerNorm.weight") else 0.0
+            p.copy_(base + scale * torch.randn(p.shape, generator=g))
+
+
+def build_roformer_sim(path: Path, seed: int = 0, fmt: str = "bin", **sizes: int) -> Path:
+    """A RoFormer-Sim checkpoint as on the hub: RoFormerForCausalLM keys + roformer.pooler.dense.*,
+    the port's config fields, is_decoder true, no embed_positions table, no tokenizer_config.json."""
+    from transformers import RoFormerConfig, RoFormerForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = char_vocab()
+    dims = {**TINY, **sizes}
+    hub_config = {
+        "architectures": ["RoFormerForCausalLM"],
+        "model_type": "roformer",
+        "attention_probs_dropout_prob": 0.1,
+        "embedding_size": dims["hidden_size"],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": dims["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": dims["intermediate_size"],
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_hidden_layers": dims["num_hidden_layers"],
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": len(vocab),
+        "directionality": "bidi",
+        "is_decoder": True,
+        "eos_token_id": SEP_ID,
+        "pooler_activation": "linear",
+        "rotary_value": False,
+        "use_bias": True,
+        "norm_type": "layer_norm",
+        "use_cache": True,
+    }
+    torch.manual_seed(seed)
+    cfg = RoFormerConfig(**{k: v for k, v in hub_config.items() if k != "architectures"})
+    model = RoFormerForCausalLM(cfg)
+    _perturb(model, seed)
+    sd = {k: v.clone() for k, v in model.state_dict().items() if "embed_positions" not in k}
+    g = torch.Generator().manual_seed(seed + 1)
+    h = dims["hidden_size"]
+    sd["roformer.pooler.dense.weight"] = 0.3 * torch.randn(h, h, generator=g)
+    sd["roformer.pooler.dense.bias"] = 0.1 * torch.randn(h, generator=g)
+    sd["cls.predictions.decoder.weight"] = sd["roformer.embeddings.word_embeddings.weight"]  # tied, as on the hub
+    _save(path, sd, fmt)
+    (path / "config.json").write_text(json.dumps(hub_config, indent=2), encoding="utf-8")
+    _write_vocab(path, vocab)
+    return path
+
+
+def build_wobert(path: Path, seed: int = 1, fmt: str = "bin", **sizes: int) -> Path:
+    """A WoBERT (Plus) checkpoint as on the hub: BertForMaskedLM keys (no pooler), word vocab,
+    tokenizer_config.json naming RoFormerTokenizer."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = word_vocab()
+    dims = {**TINY, **sizes}
+    hub_config = {
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": dims["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": dims["intermediate_size"],
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_hidden_layers": dims["num_hidden_layers"],
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": len(vocab),
+    }
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(BertConfig(**{k: v for k, v in hub_config.items() if k != "architectures"}))
+    _perturb(model, seed)
+    _save(path, dict(model.state_dict()), fmt)
+    (path / "config.json").write_text(json.dumps(hub_config, indent=2), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "RoFormerTokenizer", "do_lower_case": True}), encoding="utf-8"
+    )
+    _write_vocab(path, vocab)
+    return path
+
+
+def build_roformer_mlm(path: Path, word: bool, seed: int = 2, fmt: str = "bin", **sizes: int) -> Path:
+    """Word (junnyu/roformer_chinese_base) or char RoFormer: RoFormerForMaskedLM keys, no pooler."""
+    from transformers import RoFormerConfig, RoFormerForMaskedLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = word_vocab() if word else char_vocab()
+    dims = {**TINY, **sizes}
+    hub_config = {
+        "architectures": ["RoFormerForMaskedLM"],
+        "model_type": "roformer",
+        "embedding_size": dims["hidden_size"],
+        "hidden_act": "gelu",
+        "hidden_size": dims["hidden_size"],
+        "intermediate_size": dims["intermediate_size"],
+        "max_position_embeddings": 1536 if word else 512,
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_hidden_layers": dims["num_hidden_layers"],
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": len(vocab),
+        "rotary_value": False,
+    }
+    torch.manual_seed(seed)
+    model = RoFormerForMaskedLM(RoFormerConfig(**{k: v for k, v in hub_config.items() if k != "architectures"}))
+    _perturb(model, seed)
+    sd = {k: v for k, v in model.state_dict().items() if "embed_positions" not in k}
+    _save(path, sd, fmt)
+    (path / "config.json").write_text(json.dumps(hub_config, indent=2), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "RoFormerTokenizer", "do_lower_case": True}), encoding="utf-8"
+    )
+    _write_vocab(path, vocab)
+    return path
+
+
+def _save(path: Path, sd: dict[str, torch.Tensor], fmt: str) -> None:
+    if fmt == "bin":
+        torch.save(sd, path / "pytorch_model.bin")
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        # safetensors refuses shared storage: store the tied decoder as its own copy, as save_pretrained does
+        save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(path / "model.safetensors"))
+    else:
+        raise ValueError(fmt)
+    os.sync()

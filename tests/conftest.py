@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated environment and tiny checkpoints built once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import checkpoints
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing may reach a model hub; caches live in the test's own folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("SIMCLI_MODEL", raising=False)
+    monkeypatch.delenv("SIMCLI_DEVICE", raising=False)
+    monkeypatch.delenv("SIMCLI_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def _models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _cached(root: Path, name: str, build) -> Path:  # type: ignore[no-untyped-def]
+    path = root / name
+    if not (path / "config.json").exists():
+        build(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def roformer_sim_dir(_models_root: Path) -> Path:
+    """A tiny RoFormer-Sim checkpoint in the hub layout (read-only: copy it before changing it)."""
+    return _cached(_models_root, "roformer_sim", checkpoints.build_roformer_sim)
+
+
+@pytest.fixture(scope="session")
+def wobert_dir(_models_root: Path) -> Path:
+    """A tiny WoBERT checkpoint in the hub layout (read-only: copy it before changing it)."""
+    return _cached(_models_root, "wobert", checkpoints.build_wobert)
+
+
+@pytest.fixture(scope="session")
+def roformer_word_dir(_models_root: Path) -> Path:
+    return _cached(_models_root, "roformer_word", lambda p: checkpoints.build_roformer_mlm(p, word=True))
+
+
+@pytest.fixture(scope="session")
+def roformer_char_dir(_models_root: Path) -> Path:
+    return _cached(_models_root, "roformer_char", lambda p: checkpoints.build_roformer_mlm(p, word=False))
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Copy a session checkpoint into the test's folder so the test may alter it."""
+
+    def copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
