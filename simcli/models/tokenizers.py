@@ -1,0 +1,168 @@
+"""Tokenizers: the interface the encoder and the generator use, the char tokenizer, and decoding.
+
+Char models (RoFormer-Sim, SimBERT, char RoFormer, BERT) use plain BERT tokenisation with the checkpoint's
+own vocab.txt (REFERENCE.md 1.1: the hub repos have no tokenizer_config.json, and AutoTokenizer would fall
+back to a jieba tokenizer). The word tokenizer of WoBERT / word RoFormer lives in `word_tokenizer.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from simcli.errors import ModelError, UsageError
+
+
+@dataclass
+class Batch:
+    """Token ids of several texts, each with [CLS] ... [SEP], and how many were cut at max_length."""
+
+    ids: list[list[int]]
+    truncated: int
+
+
+class Tokenizer:
+    """Common interface and the special-token bookkeeping; subclasses implement `tokenize` and `encode_batch`."""
+
+    kind: str = ""
+
+    def __init__(self, vocab_path: Path) -> None:
+        self.vocab_path = Path(vocab_path)
+        self.vocab = read_vocab(self.vocab_path)
+        self.inv_vocab = {i: t for t, i in self.vocab.items()}
+        missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in self.vocab]
+        if missing:
+            raise ModelError(f"{self.vocab_path}: vocab lacks the special tokens {', '.join(missing)}")
+        self.pad_id = self.vocab["[PAD]"]
+        self.unk_id = self.vocab["[UNK]"]
+        self.cls_id = self.vocab["[CLS]"]
+        self.sep_id = self.vocab["[SEP]"]
+        self.mask_id = self.vocab["[MASK]"]
+        self.special_ids = frozenset(i for t, i in self.vocab.items() if _is_special(t))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def tokenize(self, text: str) -> list[str]:
+        """Tokens of `text` without [CLS]/[SEP]."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str], max_length: int) -> Batch:
+        """Ids with [CLS] and [SEP], truncated to `max_length` tokens in all ([SEP] kept last)."""
+        raise NotImplementedError
+
+    def encode(self, text: str, max_length: int = 512) -> list[int]:
+        return self.encode_batch([text], max_length).ids[0]
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.inv_vocab.get(int(i), "[UNK]") for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids: special tokens dropped, CJK joined without spaces, words spaced."""
+        return join_tokens([t for i, t in zip(ids, self.convert_ids_to_tokens(ids)) if int(i) not in self.special_ids])
+
+
+def _is_special(token: str) -> bool:
+    return len(token) > 2 and token.startswith("[") and token.endswith("]")
+
+
+def read_vocab(path: Path) -> dict[str, int]:
+    """token -> id from a BERT vocab.txt (one token a line, id = line number)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = [line.rstrip("\r\n") for line in f]
+    except FileNotFoundError:
+        raise ModelError(f"{path}: vocab.txt missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: unreadable vocab ({e})") from e
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)  # first occurrence wins, as in BERT's loader
+    return vocab
+
+
+class CharTokenizer(Tokenizer):
+    """BERT tokenisation (clean, lower-case + strip accents, CJK split, WordPiece) by HF `tokenizers` (Rust)."""
+
+    kind = "char"
+
+    def __init__(self, vocab_path: Path, lowercase: bool = True) -> None:
+        super().__init__(vocab_path)
+        from tokenizers import BertWordPieceTokenizer
+
+        self._fast = BertWordPieceTokenizer(str(self.vocab_path), lowercase=lowercase)
+        self._max_length = 0
+
+    def _truncate_to(self, max_length: int) -> None:
+        if max_length < 3:
+            raise UsageError(f"--max-length must be at least 3 ([CLS], one token, [SEP]), got {max_length}")
+        if max_length != self._max_length:
+            self._fast.enable_truncation(max_length)
+            self._max_length = max_length
+
+    def tokenize(self, text: str) -> list[str]:
+        self._fast.no_truncation()
+        self._max_length = 0
+        return self._fast.encode(text, add_special_tokens=False).tokens
+
+    def encode_batch(self, texts: Sequence[str], max_length: int) -> Batch:
+        self._truncate_to(max_length)
+        encodings = self._fast.encode_batch(list(texts))
+        return Batch(ids=[e.ids for e in encodings], truncated=sum(1 for e in encodings if e.overflowing))
+
+
+def _is_cjk(ch: str) -> bool:
+    cp = ord(ch)
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _is_punct(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("P") or (ch.isascii() and not ch.isalnum() and not ch.isspace())
+
+
+_NO_SPACE_AFTER = re.compile(r"([\u3000-\u303f\uff00-\uffef+\-/={(<\[]) ")
+_DECIMAL = re.compile(r"(\d\.) (\d)")
+
+
+def join_tokens(tokens: Sequence[str]) -> str:
+    """Join WordPiece tokens into text the way bert4keras decodes generated ids (SimBERT / RoFormer-Sim):
+    `##` pieces glue to the previous token, CJK tokens and tokens after CJK join without a space,
+    other words are separated by one space; no space after CJK or opening punctuation.
+    """
+    text = ""
+    for i, tok in enumerate(tokens):
+        if tok.startswith("##") and len(tok) > 2:
+            text += tok[2:]
+        elif all(_is_cjk(c) for c in tok):
+            text += tok
+        elif len(tok) == 1 and _is_punct(tok):
+            text += tok + " "
+        elif i > 0 and text and _is_cjk(text[-1]):
+            text += tok
+        else:
+            text += " " + tok
+    text = re.sub(" +", " ", text)
+    text = _NO_SPACE_AFTER.sub(r"\1", text)
+    text = _DECIMAL.sub(r"\1\2", text)
+    return text.strip()
+
+
+def load_tokenizer(vocab_path: Path, kind: str) -> Tokenizer:
+    """The tokenizer of `kind` ("char" or "word") over the checkpoint's own vocab.txt."""
+    if kind == "char":
+        return CharTokenizer(vocab_path)
+    if kind == "word":
+        from simcli.models.word_tokenizer import WordTokenizer
+
+        return WordTokenizer(vocab_path)
+    raise UsageError(f"--tokenizer must be char or word, got {kind!r}")
