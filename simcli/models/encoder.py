@@ -1,0 +1,341 @@
+"""The encoder engine: text -> tokens -> batched forward passes -> pooled sentence vectors.
+
+Tokenisation of the next chunk runs in a background thread while the model works on the current one
+(the Rust char tokenizer and torch both release the GIL; jieba does not, but it is far cheaper than the
+model). Inside a chunk, sentences are sorted by length and batched under a token budget, then scattered
+back into input order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from simcli.models.batching import batches
+from simcli.models.device import dtype_candidates, resolve_device
+from simcli.models.loading import Checkpoint, build_backbone, open_checkpoint
+from simcli.models.pooling import NEEDS_ALL_LAYERS, pool, resolve_pooling
+from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
+from simcli.types import ModelSpec
+
+DEFAULT_MAX_LENGTH = 64  # the published evaluations truncate to 64 tokens (REFERENCE 1.2)
+DEFAULT_BATCH_TOKENS = 8192
+CHUNK_SENTENCES = 2048  # tokenised ahead in the background; also the unit of progress reports
+BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close to float32
+
+# Sentences for the bf16 accuracy check of `--dtype auto` (written for simcli: everyday questions of
+# the kinds the similarity data sets hold, mixed lengths, some ASCII).
+CALIBRATION_SENTENCES = [
+    "今天天气怎么样",
+    "我想把信用卡的额度提高一点，应该怎么操作？",
+    "花呗分期以后还能提前还款吗",
+    "这款手机的电池能用多久",
+    "北京到上海的高铁要坐几个小时",
+    "为什么我的账户突然被冻结了",
+    "请问怎样才能学好英语口语",
+    "用iPhone 12拍夜景效果好不好",
+    "借款逾期三天会影响征信吗？",
+    "周末有什么适合带孩子去玩的地方",
+    "这家餐厅的菜味道不错，就是价格有点贵",
+    "怎么修改绑定的手机号码",
+    "明天下午三点开会，别忘了带上报告",
+    "电脑开机很慢是什么原因",
+    "我不喜欢下雨天",
+    "如何在网上申请营业执照",
+]
+
+ProgressFn = Callable[[int, int], None]  # (sentences done in this step, tokens in this step)
+
+
+@dataclass
+class EncodeStats:
+    """Counts an `encode` call adds to (pass one in to collect them across calls)."""
+
+    sentences: int = 0
+    tokens: int = 0  # real tokens, [CLS]/[SEP] included
+    padded_tokens: int = 0  # tokens the model actually ran, padding included
+    truncated: int = 0  # sentences cut at max_length
+    seconds: float = 0.0
+
+
+class Encoder:
+    """A loaded sentence encoder. Create with `load_encoder`."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        tokenizer: Tokenizer,
+        backbone: torch.nn.Module,
+        pooler: torch.nn.Linear | None,
+        pooling: str,
+        max_length: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        dtype_reason: str,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.tokenizer = tokenizer
+        self.backbone = backbone
+        self.pooler = pooler
+        self.pooling = pooling
+        self.max_length = max_length
+        self.device = device
+        self.dtype = dtype
+        self.dtype_reason = dtype_reason
+        self.dim = int(backbone.config.hidden_size)
+
+    # -- identity -------------------------------------------------------------------------------------
+    def spec_for(self, pooling: str) -> ModelSpec:
+        """The ModelSpec of vectors made with another pooling of the same model."""
+        ck = self.checkpoint
+        return ModelSpec(
+            model=ck.model,
+            weights_sha256=ck.weights_sha256,
+            family=ck.family,
+            tokenizer=self.tokenizer.kind,
+            pooling=resolve_pooling(pooling, ck.family, ck.has_pooler),
+            max_length=self.max_length,
+            dim=self.dim,
+            revision=ck.revision,
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.spec_for(self.pooling)
+
+    def info(self) -> dict[str, Any]:
+        """What `simcli info` shows."""
+        ck = self.checkpoint
+        cfg = ck.config
+        return {
+            "model": ck.model,
+            "path": str(ck.path),
+            "family": ck.family,
+            "tokenizer": self.tokenizer.kind,
+            "pooling": self.pooling,
+            "pooler_weights": ck.has_pooler,
+            "pooler_activation": ck.pooler_activation if ck.has_pooler else None,
+            "dim": self.dim,
+            "layers": cfg.get("num_hidden_layers"),
+            "heads": cfg.get("num_attention_heads"),
+            "max_positions": cfg.get("max_position_embeddings"),
+            "max_length": self.max_length,
+            "vocab_size": self.tokenizer.vocab_size,
+            "weights": ck.weights_path.name,
+            "weights_sha256": ck.weights_sha256,
+            "revision": ck.revision,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.dtype_reason,
+            "can_generate": ck.family == "roformer-sim" and ck.has_mlm_head,
+        }
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool = False,
+        pooling: str | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        stats: EncodeStats | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """Sentence vectors of `texts`, in input order.
+
+        Args:
+            texts: the sentences.
+            normalize: L2-normalise each vector (raw pooled vectors otherwise; whitening wants them raw).
+            pooling: override the encoder's pooling for this call.
+            batch_tokens: token budget of one batch (padded length x rows).
+            stats: an EncodeStats to add counts to.
+            progress: called with (sentences, tokens) after each batch.
+
+        Returns:
+            float32 array (len(texts), dim).
+        """
+        mode = self.pooling if pooling is None else self.spec_for(pooling).pooling
+        return self.encode_poolings(
+            texts, [mode], normalize=normalize, batch_tokens=batch_tokens, stats=stats, progress=progress
+        )[mode]
+
+    def encode_poolings(
+        self,
+        texts: Sequence[str],
+        poolings: Sequence[str],
+        *,
+        normalize: bool = False,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        stats: EncodeStats | None = None,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Vectors for several poolings from one pass over the model (e.g. for evaluation)."""
+        modes = [self.spec_for(p).pooling for p in poolings]
+        out = {m: np.empty((len(texts), self.dim), dtype=np.float32) for m in modes}
+        stats = stats if stats is not None else EncodeStats()
+        start = time.perf_counter()
+        chunks = [
+            range(i, min(i + CHUNK_SENTENCES, len(texts))) for i in range(0, len(texts), CHUNK_SENTENCES)
+        ]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="simcli-tokenize") as ahead:
+
+            def tokenize(r: range) -> Batch:
+                return self.tokenizer.encode_batch([texts[i] for i in r], self.max_length)
+
+            pending = ahead.submit(tokenize, chunks[0]) if chunks else None
+            for k, chunk in enumerate(chunks):
+                assert pending is not None
+                tokenized = pending.result()
+                if k + 1 < len(chunks):
+                    pending = ahead.submit(tokenize, chunks[k + 1])
+                stats.truncated += tokenized.truncated
+                self._encode_chunk(tokenized.ids, chunk.start, modes, out, batch_tokens, stats, progress)
+        if normalize:
+            for v in out.values():
+                v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        stats.seconds += time.perf_counter() - start
+        return out
+
+    def _encode_chunk(
+        self,
+        ids: list[list[int]],
+        offset: int,
+        modes: list[str],
+        out: dict[str, np.ndarray],
+        batch_tokens: int,
+        stats: EncodeStats,
+        progress: ProgressFn | None,
+    ) -> None:
+        lengths = [len(x) for x in ids]
+        for rows in batches(lengths, batch_tokens):
+            vectors = self.forward([ids[i] for i in rows], modes)
+            where = np.asarray(rows) + offset
+            for m in modes:
+                out[m][where] = vectors[m]
+            n_tok = sum(lengths[i] for i in rows)
+            stats.sentences += len(rows)
+            stats.tokens += n_tok
+            stats.padded_tokens += lengths[rows[0]] * len(rows)
+            if progress is not None:
+                progress(len(rows), n_tok)
+
+    @torch.inference_mode()
+    def forward(self, ids: Sequence[Sequence[int]], modes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Pooled float32 vectors of already tokenised rows (each with [CLS] ... [SEP])."""
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for r, row in enumerate(ids):
+            input_ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            mask[r, : len(row)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        need_all = any(m in NEEDS_ALL_LAYERS for m in modes)
+        result = self.backbone(
+            input_ids=input_ids,
+            attention_mask=mask,
+            token_type_ids=torch.zeros_like(input_ids),  # single sentence: segment 0 throughout
+            output_hidden_states=need_all,
+        )
+        hidden = result.hidden_states if need_all else (result.last_hidden_state,)
+        act = self.checkpoint.pooler_activation
+        return {m: pool(hidden, mask, m, self.pooler, act).cpu().numpy() for m in modes}
+
+
+def _cast(
+    backbone: torch.nn.Module, pooler: torch.nn.Linear | None, device: torch.device, dtype: torch.dtype
+) -> None:
+    backbone.to(device=device, dtype=dtype)
+    if pooler is not None:
+        pooler.to(device=device, dtype=dtype)
+
+
+def load_encoder(
+    model: str,
+    *,
+    pooling: str = "auto",
+    tokenizer: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    revision: str | None = None,
+) -> Encoder:
+    """Load a WoBERT / RoFormer / RoFormer-Sim / BERT checkpoint as a sentence encoder.
+
+    Args:
+        model: hub id (downloaded and cached by huggingface_hub) or a local folder in the hub layout.
+        pooling: auto | pooler | cls | last-avg | first-last-avg (REFERENCE 1.2).
+        tokenizer: "char" or "word" to override the detected tokenizer.
+        device: auto | cpu | cuda | cuda:N.
+        dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA; on CPU bfloat16 where the CPU
+            has AMX and the vectors stay within cosine 0.999 of float32 on calibration sentences, else float32.
+        max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
+        revision: hub revision.
+    """
+    from simcli.errors import UsageError
+
+    ck = open_checkpoint(model, tokenizer=tokenizer, revision=revision)
+    mode = resolve_pooling(pooling, ck.family, ck.has_pooler)
+    max_pos = int(ck.config.get("max_position_embeddings", 512))
+    if not 3 <= max_length <= max_pos:
+        raise UsageError(
+            f"--max-length must be between 3 and {max_pos} (the model's positions), got {max_length}"
+        )
+    tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind)
+    dev = resolve_device(device)
+    want, reason = dtype_candidates(dtype, dev)
+    backbone, pooler = build_backbone(ck)
+    enc = Encoder(ck, tok, backbone, pooler, mode, max_length, dev, torch.float32, reason)
+    if want == torch.float32:
+        _cast(backbone, pooler, dev, want)
+        return enc
+    if dtype == "auto" and dev.type == "cpu":
+        # Keep bf16 only where it is accurate for this model (REFERENCE: measure the accuracy cost).
+        reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
+        import copy
+
+        low_backbone, low_pooler = copy.deepcopy(backbone), copy.deepcopy(pooler)
+        _cast(low_backbone, low_pooler, dev, want)
+        trial = Encoder(ck, tok, low_backbone, low_pooler, mode, max_length, dev, want, reason)
+        cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
+        if cos >= BF16_MIN_COSINE:
+            trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
+            return trial
+        enc.dtype_reason = (
+            f"auto: bf16 min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
+        )
+        _cast(backbone, pooler, dev, torch.float32)
+        return enc
+    _cast(backbone, pooler, dev, want)
+    enc.dtype = want
+    return enc
+
+
+@lru_cache(maxsize=2)
+def _cached_encoder(model: str, pooling: str, device: str, dtype: str, max_length: int) -> Encoder:
+    return load_encoder(model, pooling=pooling, device=device, dtype=dtype, max_length=max_length)
+
+
+def encode(
+    texts: Sequence[str],
+    model: str,
+    *,
+    pooling: str = "auto",
+    normalize: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> np.ndarray:
+    """Sentence vectors of `texts` with `model` (the encoder is cached between calls).
+
+    Returns:
+        float32 array (len(texts), dim), in input order.
+    """
+    enc = _cached_encoder(model, pooling, device, dtype, max_length)
+    return enc.encode(texts, normalize=normalize)

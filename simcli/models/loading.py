@@ -1,0 +1,239 @@
+"""Finding a checkpoint (hub id or local folder), detecting its family, and building the backbone.
+
+Loads the hub layouts of REFERENCE.md 1.1 exactly: transformers' RoFormerModel / BertModel for the
+transformer, plus the checkpoint's own `*.pooler.dense.*` weights, which transformers' RoFormerModel has no
+slot for (it would drop them silently). The hub config's `is_decoder: true` is overridden: sentence vectors
+need full attention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simcli.errors import ModelError, UsageError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The port's config fields that transformers' RoFormerConfig does not know (REFERENCE 1.1); harmless, but
+# dropped so that they never reach the model under a meaning they do not have there.
+PORT_ONLY_FIELDS = ("pooler_activation", "rotary_value_port", "use_bias", "norm_type", "directionality")
+# A word vocab (WoBERT, word RoFormer) holds thousands of multi-character CJK words; a char vocab (BERT
+# Chinese, RoFormer-Sim) holds none or a handful.
+WORD_VOCAB_MIN_WORDS = 100
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder on disk and what simcli detected about it."""
+
+    model: str  # as the user named it
+    path: Path
+    config: dict[str, Any]
+    weights_path: Path
+    vocab_path: Path
+    family: str
+    tokenizer_kind: str
+    has_pooler: bool
+    pooler_activation: str  # "linear" | "tanh"
+    revision: str | None = None
+    _keys: list[str] = field(default_factory=list, repr=False)
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.weights_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the weights file (never unpickles arbitrary objects)."""
+        return _read_weights(self.weights_path)
+
+    @property
+    def keys(self) -> list[str]:
+        return self._keys
+
+    @property
+    def has_mlm_head(self) -> bool:
+        return any(k.startswith("cls.predictions.") for k in self._keys)
+
+
+def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """A local folder as given, or the hub snapshot of `model` (downloaded and cached by huggingface_hub)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path, revision
+    if path.exists():
+        raise ModelError(f"{model}: is a file; a model is a folder with config.json, weights and vocab.txt")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelError(f"{model}: no such model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = snapshot_download(
+            model,
+            revision=revision,
+            allow_patterns=["*.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "*.md"],
+        )
+    except Exception as e:  # (huggingface_hub raises many kinds; all mean "not available")
+        raise ModelError(
+            f"{model}: not a local folder, and the hub download failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
+    snap_path = Path(str(snap))
+    return snap_path, revision or snap_path.name
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (pre-zip) torch.save format cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # (corrupt files raise anything from pickle errors to OSError)
+        raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
+
+
+def _weight_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return list(f.keys())
+        except Exception as e:
+            raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
+    return list(_read_weights(path))
+
+
+def _count_words(vocab_path: Path) -> int:
+    n = 0
+    with open(vocab_path, encoding="utf-8") as f:
+        for line in f:
+            tok = line.rstrip("\r\n")
+            if len(tok) > 1 and all("\u4e00" <= c <= "\u9fff" for c in tok):
+                n += 1
+    return n
+
+
+def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str | None = None) -> Checkpoint:
+    """Locate a checkpoint and detect its family (REFERENCE.md 1): from config, weight keys and vocab.
+
+    Args:
+        model: hub id or local folder.
+        tokenizer: "char" or "word" to override the detected tokenizer.
+        revision: hub revision (branch, tag or commit).
+    """
+    path, revision = resolve_model_dir(model, revision)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{model}: config.json missing in {path}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{config_path}: unreadable config ({e})") from e
+    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"{model}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)})")
+    vocab = path / "vocab.txt"
+    if not vocab.is_file():
+        raise ModelError(f"{model}: vocab.txt missing in {path}")
+    model_type = config.get("model_type")
+    if model_type not in ("roformer", "bert"):
+        raise ModelError(
+            f"{model}: model_type {model_type!r} is not supported (simcli loads roformer and bert checkpoints)"
+        )
+    keys = _weight_keys(weights)
+    prefix = f"{model_type}."
+    has_pooler = f"{prefix}pooler.dense.weight" in keys or "pooler.dense.weight" in keys
+    word_vocab = _count_words(vocab) >= WORD_VOCAB_MIN_WORDS
+    if model_type == "roformer":
+        # RoFormer-Sim is the RoFormer with a trained (linear) pooler; word/char RoFormer have none.
+        family = "roformer-sim" if has_pooler else ("roformer-word" if word_vocab else "roformer-char")
+    else:
+        family = "wobert" if word_vocab else "bert"
+    detected_kind = "word" if word_vocab else "char"
+    if tokenizer is not None and tokenizer not in ("char", "word"):
+        raise UsageError(f"--tokenizer must be char or word, got {tokenizer!r}")
+    # RoFormer-Sim's pooler is linear (REFERENCE 1.2: no tanh); BERT's NSP pooler is tanh unless the
+    # config says otherwise (SimBERT ports set pooler_activation "linear").
+    default_act = "linear" if family == "roformer-sim" else "tanh"
+    activation = str(config.get("pooler_activation", default_act)).lower()
+    if activation not in ("linear", "tanh"):
+        raise ModelError(f"{config_path}: pooler_activation {activation!r} is not linear or tanh")
+    return Checkpoint(
+        model=model,
+        path=path,
+        config=config,
+        weights_path=weights,
+        vocab_path=vocab,
+        family=family,
+        tokenizer_kind=tokenizer or detected_kind,
+        has_pooler=has_pooler,
+        pooler_activation=activation,
+        revision=revision,
+        _keys=keys,
+    )
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if any(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    return dict(sd)  # a bare base-model save without the prefix
+
+
+def build_backbone(
+    ckpt: Checkpoint, state_dict: dict[str, torch.Tensor] | None = None
+) -> tuple[torch.nn.Module, torch.nn.Linear | None]:
+    """The transformer (full attention, eval mode, float32, CPU) and the trained pooler dense layer, if any."""
+    sd = _strip_prefix(
+        state_dict if state_dict is not None else ckpt.state_dict(), ckpt.config["model_type"] + "."
+    )
+    cfg_fields = {k: v for k, v in ckpt.config.items() if k not in PORT_ONLY_FIELDS and k != "architectures"}
+    # The hub config says is_decoder: true (it was exported from RoFormerForCausalLM); with it transformers
+    # puts a causal mask on every forward pass. Sentence vectors need full attention (REFERENCE 1.1).
+    cfg_fields.update(is_decoder=False, use_cache=False, add_cross_attention=False)
+    if ckpt.config["model_type"] == "roformer":
+        from transformers import RoFormerConfig, RoFormerModel
+
+        cfg_fields["rotary_value"] = bool(ckpt.config.get("rotary_value", False))
+        model: torch.nn.Module = RoFormerModel(RoFormerConfig(**cfg_fields))
+        optional = ("encoder.embed_positions.weight",)  # the hub files omit the sinusoidal table
+    else:
+        from transformers import BertConfig, BertModel
+
+        model = BertModel(BertConfig(**cfg_fields), add_pooling_layer=False)
+        optional = ("embeddings.position_ids",)
+    expected = set(model.state_dict())
+    missing = sorted(k for k in expected - set(sd) if k not in optional)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelError(f"{ckpt.weights_path}: weights missing for {shown}")
+    bad_shape = [k for k in expected & set(sd) if sd[k].shape != model.state_dict()[k].shape]
+    if bad_shape:
+        k = bad_shape[0]
+        raise ModelError(
+            f"{ckpt.weights_path}: {k} has shape {tuple(sd[k].shape)}, config.json implies "
+            f"{tuple(model.state_dict()[k].shape)}"
+        )
+    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False)
+    model.eval()
+    pooler = None
+    if ckpt.has_pooler:
+        w, b = sd["pooler.dense.weight"], sd["pooler.dense.bias"]
+        pooler = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            pooler.weight.copy_(w)
+            pooler.bias.copy_(b)
+        pooler.eval()
+    return model, pooler
