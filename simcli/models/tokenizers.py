@@ -63,7 +63,9 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of generated ids: special tokens dropped, CJK joined without spaces, words spaced."""
-        return join_tokens([t for i, t in zip(ids, self.convert_ids_to_tokens(ids)) if int(i) not in self.special_ids])
+        return join_tokens(
+            [t for i, t in zip(ids, self.convert_ids_to_tokens(ids)) if int(i) not in self.special_ids]
+        )
 
 
 def _is_special(token: str) -> bool:
@@ -127,7 +129,9 @@ def _is_cjk(ch: str) -> bool:
 
 
 def _is_punct(ch: str) -> bool:
-    return unicodedata.category(ch).startswith("P") or (ch.isascii() and not ch.isalnum() and not ch.isspace())
+    return unicodedata.category(ch).startswith("P") or (
+        ch.isascii() and not ch.isalnum() and not ch.isspace()
+    )
 
 
 _NO_SPACE_AFTER = re.compile(r"([\u3000-\u303f\uff00-\uffef+\-/={(<\[]) ")
