@@ -6,13 +6,18 @@ then rename, so an interrupted run never leaves a half-written artefact.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+from simcli.errors import BadInput, UsageError
 
 
 @contextmanager
@@ -68,3 +73,201 @@ def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
     """Write `path` atomically with a function that writes to a binary file object (np.save, ...)."""
     with atomic_open(path, "wb") as f:
         writer(f)
+
+
+# -- readers -------------------------------------------------------------------------------------------
+
+#: Input formats by file extension; `-` (stdin) reads as txt, or as tsv when a column is given.
+FORMATS: dict[str, str] = {".txt": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
+STDIN = "-"
+Errors = Literal["strict", "replace"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input sentence and where it came from.
+
+    Attributes:
+        text: the sentence, surrounding whitespace stripped.
+        source: the file name as given, or "<stdin>".
+        line: 1-based physical line where the row starts.
+        row: the whole parsed row (list for tsv/csv, dict for jsonl, None for txt), so later stages can
+            copy the other columns.
+    """
+
+    text: str
+    source: str
+    line: int
+    row: list[str] | dict[str, Any] | None = None
+
+
+@dataclass
+class ReadStats:
+    """Counts `read_records` fills in while it is iterated."""
+
+    records: int = 0  # records yielded, empty ones included when kept
+    empty_kept: int = 0
+    empty_skipped: int = 0
+    files: int = 0  # inputs opened so far
+
+
+def input_format(path: str | Path, column: str | int | None = None) -> str:
+    """The format of an input path: txt, tsv, csv or jsonl (BadInput for an unknown extension)."""
+    if str(path) == STDIN:
+        return "tsv" if column is not None else "txt"
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        choices = ", ".join(FORMATS)
+        raise BadInput(f"{path}: unknown input format {Path(path).suffix or '(no extension)'!r} ({choices})")
+    return fmt
+
+
+def read_records(
+    paths: Sequence[str | Path],
+    *,
+    column: str | int | None = None,
+    field: str | None = None,
+    errors: Errors = "strict",
+    skip_empty: bool = False,
+    stats: ReadStats | None = None,
+) -> Iterator[Record]:
+    """Stream the sentences of several input files, in order, line by line.
+
+    Args:
+        paths: .txt (one sentence a line), .tsv / .csv (header row, then rows), .jsonl (one JSON object a
+            line), or "-" for stdin (txt, or tsv when `column` is given).
+        column: tsv/csv column, by header name or 0-based index (a digit string is an index unless a header
+            has that name). Default: the column named "text", else the only column.
+        field: jsonl field holding the text (default "text").
+        errors: "strict" raises BadInput naming file:line on invalid UTF-8; "replace" substitutes U+FFFD.
+        skip_empty: drop empty sentences instead of yielding them (counted either way in `stats`).
+        stats: a ReadStats to fill in (empty lines kept / skipped, records).
+
+    Yields:
+        Record per sentence.
+
+    Raises:
+        BadInput: missing file, unknown format, invalid UTF-8, missing column or field, malformed JSON line.
+    """
+    if errors not in ("strict", "replace"):
+        raise UsageError(f"--errors must be strict or replace, got {errors!r}")
+    stats = stats if stats is not None else ReadStats()
+    for path in paths:
+        fmt = input_format(path, column)
+        stats.files += 1
+        for rec in _read_one(str(path), fmt, column, field or "text", errors):
+            if not rec.text:
+                if skip_empty:
+                    stats.empty_skipped += 1
+                    continue
+                stats.empty_kept += 1
+            stats.records += 1
+            yield rec
+
+
+def _read_one(path: str, fmt: str, column: str | int | None, field: str, errors: str) -> Iterator[Record]:
+    if path == STDIN:
+        yield from _parse(sys.stdin.buffer, "<stdin>", fmt, column, field, errors)
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (outside `with`: only open() errors become BadInput)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror})") from e
+    with f:
+        yield from _parse(f, path, fmt, column, field, errors)
+
+
+class _Lines:
+    """Decoded lines of a binary stream with the physical line number of the last line read."""
+
+    def __init__(self, stream: IO[bytes], source: str, errors: str) -> None:
+        self.stream, self.source, self.errors = stream, source, errors
+        self.number = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self.stream:
+            self.number += 1
+            if self.number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Excel's csv)
+                raw = raw[3:]
+            try:
+                yield raw.decode("utf-8", errors=self.errors)
+            except UnicodeDecodeError:
+                raise BadInput(f"{self.source}:{self.number}: invalid UTF-8 (use --errors replace)") from None
+
+
+def _parse(
+    stream: IO[bytes], source: str, fmt: str, column: str | int | None, field: str, errors: str
+) -> Iterator[Record]:
+    lines = _Lines(stream, source, errors)
+    if fmt == "txt":
+        for text in lines:
+            yield Record(text.strip(), source, lines.number)
+    elif fmt == "jsonl":
+        yield from _parse_jsonl(lines, source, field)
+    else:
+        yield from _parse_table(lines, source, fmt, column)
+
+
+def _parse_jsonl(lines: _Lines, source: str, field: str) -> Iterator[Record]:
+    for text in lines:
+        where = f"{source}:{lines.number}"
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{where}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise BadInput(f"{where}: not a JSON object (found {type(obj).__name__})")
+        if field not in obj:
+            raise BadInput(f"{where}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
+        value = obj[field]
+        if not isinstance(value, str):
+            raise BadInput(f"{where}: field {field!r} is a {type(value).__name__}, not a string")
+        yield Record(value.strip(), source, lines.number, obj)
+
+
+def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None) -> Iterator[Record]:
+    # TSV (IANA text/tab-separated-values) has no quoting: a stray '"' in a sentence is text, as in LCQMC.
+    if fmt == "tsv":
+        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return  # an empty file has no rows
+    except csv.Error as e:
+        raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
+    col = _column_index(header, column, source)
+    start = lines.number + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
+        if not row:  # a blank physical line: an empty sentence
+            yield Record("", source, start, row)
+        elif col >= len(row):
+            raise BadInput(f"{source}:{start}: row has {len(row)} fields, no column {col} ({header[col]!r})")
+        else:
+            yield Record(row[col].strip(), source, start, row)
+        start = lines.number + 1
+
+
+def _column_index(header: list[str], column: str | int | None, source: str) -> int:
+    listing = f"header: {', '.join(header)}"
+    if column is None:
+        if "text" in header:
+            return header.index("text")
+        if len(header) == 1:
+            return 0
+        raise BadInput(f"{source}: several columns, choose one with --column ({listing})")
+    if isinstance(column, str) and column in header:
+        return header.index(column)
+    index = column if isinstance(column, int) else int(column) if column.isdigit() else None
+    if index is None or not 0 <= index < len(header):
+        raise BadInput(f"{source}: no column {column!r} ({listing})")
+    return index
