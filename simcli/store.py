@@ -1,0 +1,633 @@
+"""The vector store on disk: numbered shards of vectors and texts plus a manifest; resumable and splittable.
+
+A store is a folder::
+
+    manifest.json       kind "store": model spec, store dtype, dim, count, options, inputs, and the list of
+                        finished shards (ids, counts, byte sizes and sha256 of both files)
+    shard-00000.npy     (n, dim) float32 or float16 vectors, rows in id order
+    shard-00000.jsonl   one {"id", "text", "source", "line"} per row
+
+A shard is finished only once the manifest lists it, and the manifest is rewritten (atomically) only after
+both shard files are written (atomically): an interrupted run leaves finished shards listed and nothing
+half-written; `resume=True` skips them and rewrites whatever came after.
+
+Splitting with `shard=(i, N)`: rows are numbered over the whole input (the ids), cut into blocks of
+`shard_size` rows, and block b belongs to worker b % N. Each worker writes whole shards of contiguous ids,
+so the N folders hold every id exactly once and `VectorStore.open_many` reads them as one store in id order.
+
+numpy is imported inside the functions that need it: the CLI imports this module for its defaults and
+`simcli --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
+from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json
+from simcli.manifest import check_same_model, new_manifest, read_manifest
+from simcli.types import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MANIFEST = "manifest.json"
+KIND = "store"
+DEFAULT_SHARD_SIZE = 10_000
+DEFAULT_STORE_DTYPE = "float32"
+STORE_DTYPES = ("float32", "float16")
+
+ProgressFn = Callable[[int, int], None]  # (sentences done, tokens done): the encoder's progress protocol
+
+
+@dataclass
+class _Counts:
+    """Duck-typed twin of the encoder's EncodeStats (that module imports torch)."""
+
+    sentences: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class StoreSummary:
+    """What `encode_to_store` did."""
+
+    out: Path
+    count: int  # rows in the store
+    dim: int
+    shards: int  # shards in the store
+    shards_written: int  # encoded by this call
+    shards_skipped: int  # finished by an earlier run (resume)
+    empty_kept: int
+    empty_skipped: int
+    truncated: int  # sentences cut at the model's max_length
+    tokens: int = 0  # tokens encoded by this call
+    seconds: float = 0.0  # encoder time of this call
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One row of a store: its id and where its text came from."""
+
+    id: int
+    text: str
+    source: str
+    line: int
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """Parse "i/N" (0 <= i < N) into (i, N); ValueError with a one-line reason otherwise."""
+    left, sep, right = value.partition("/")
+    if not sep or not left.strip().isdigit() or not right.strip().isdigit():
+        raise ValueError(f"expected i/N with 0 <= i < N (e.g. 0/4), got {value!r}")
+    i, n = int(left), int(right)
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"expected i/N with 0 <= i < N (e.g. 0/4), got {value!r}")
+    return i, n
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+
+def _blocks(
+    records: Iterable[Record], size: int, shard: tuple[int, int] | None
+) -> Iterator[tuple[int, list[Record]]]:
+    """(first id, rows) of each block of `size` consecutive rows that belongs to worker `shard`."""
+    i, n = shard if shard is not None else (0, 1)
+    block: list[Record] = []
+    first = 0
+    for rid, rec in enumerate(records):
+        if rid % size == 0:
+            first = rid
+        if (rid // size) % n == i:
+            block.append(rec)
+            if len(block) == size:
+                yield first, block
+                block = []
+    if block:
+        yield first, block
+
+
+def encode_records(
+    records: Iterable[Record],
+    encoder: Any,
+    *,
+    chunk_size: int = DEFAULT_SHARD_SIZE,
+    normalize: bool = False,
+    shard: tuple[int, int] | None = None,
+    batch_tokens: int | None = None,
+    stats: Any = None,
+    progress: ProgressFn | None = None,
+) -> Iterator[tuple[int, Record, np.ndarray]]:
+    """Stream (id, record, float32 vector) in input order, encoding `chunk_size` sentences at a time.
+
+    Args:
+        records: the input rows (e.g. from `simcli.io.read_records`).
+        encoder: an Encoder (or anything with `encode(texts, normalize=..., stats=..., progress=...)`).
+        chunk_size: sentences per `encoder.encode` call; bounds memory.
+        normalize: L2-normalise the vectors.
+        shard: (i, N): only the rows of worker i (blocks of `chunk_size` rows, block b to worker b % N).
+        batch_tokens: the encoder's token budget per batch (its default when None).
+        stats: an EncodeStats the encoder adds its counts to.
+        progress: called with (sentences, tokens) as batches finish.
+    """
+    _check_options(chunk_size, DEFAULT_STORE_DTYPE, shard)
+    for first, block in _blocks(records, chunk_size, shard):
+        vectors = _encode(encoder, block, normalize, batch_tokens, stats, progress)
+        for k, rec in enumerate(block):
+            yield first + k, rec, vectors[k]
+
+
+def _encode(
+    encoder: Any,
+    block: list[Record],
+    normalize: bool,
+    batch_tokens: int | None,
+    stats: Any,
+    progress: ProgressFn | None,
+) -> np.ndarray:
+    extra = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
+    texts = [r.text for r in block]
+    return encoder.encode(texts, normalize=normalize, stats=stats, progress=progress, **extra)
+
+
+def _check_options(shard_size: int, store_dtype: str, shard: tuple[int, int] | None) -> None:
+    if shard_size < 1:
+        raise UsageError(f"--shard-size must be at least 1, got {shard_size}")
+    if store_dtype not in STORE_DTYPES:
+        raise UsageError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {store_dtype!r}")
+    if shard is not None and (shard[1] < 1 or not 0 <= shard[0] < shard[1]):
+        raise UsageError(f"--shard must be i/N with 0 <= i < N, got {shard[0]}/{shard[1]}")
+
+
+def _describe_inputs(inputs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    described: list[dict[str, Any]] = []
+    for p in inputs:
+        entry: dict[str, Any] = {"path": str(p)}
+        if str(p) != STDIN:
+            try:
+                entry["bytes"] = os.stat(p).st_size
+            except OSError:
+                pass  # the reader reports a missing input with its own message
+        described.append(entry)
+    return described
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+def _is_store_file(name: str) -> bool:
+    # manifest, shard files, and the temporary files of an interrupted atomic write
+    return (
+        name == MANIFEST
+        or (name.startswith("shard-") and name.endswith((".npy", ".jsonl")))
+        or (name.startswith((".shard-", f".{MANIFEST}.")) and name.endswith(".tmp"))
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_shard(out: Path, k: int, first: int, block: list[Record], vectors: np.ndarray) -> dict[str, Any]:
+    """Write both files of shard k atomically; return its manifest entry."""
+    import numpy as np
+
+    name = _shard_name(k)
+    buf = io.BytesIO()
+    np.save(buf, vectors, allow_pickle=False)
+    npy = buf.getvalue()
+    rows = "".join(
+        json.dumps({"id": first + j, "text": r.text, "source": r.source, "line": r.line}, ensure_ascii=False)
+        + "\n"
+        for j, r in enumerate(block)
+    ).encode("utf-8")
+    atomic_write_bytes(out / f"{name}.npy", npy)
+    atomic_write_bytes(out / f"{name}.jsonl", rows)
+    return {
+        "name": name,
+        "first_id": first,
+        "count": len(block),
+        "empty": sum(1 for r in block if not r.text),
+        "npy_bytes": len(npy),
+        "npy_sha256": hashlib.sha256(npy).hexdigest(),
+        "jsonl_bytes": len(rows),
+        "jsonl_sha256": hashlib.sha256(rows).hexdigest(),
+    }
+
+
+def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Check the output folder; clear it for a fresh run; return the old manifest when resuming."""
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"{out}: exists and is not a folder; choose another --out")
+    contents = sorted(out.iterdir()) if out.exists() else []
+    if not contents:
+        return None
+    if not resume and not overwrite:
+        raise OutputExists(
+            f"{out}: folder is not empty "
+            "(use --resume to continue an interrupted run or --overwrite to replace it)"
+        )
+    if resume and (out / MANIFEST).exists():
+        return read_manifest(out / MANIFEST, KIND)
+    foreign = [p.name for p in contents if not _is_store_file(p.name)]
+    if foreign:
+        raise OutputExists(
+            f"{out}: holds {foreign[0]!r}, which is not part of a simcli store; choose another --out"
+        )
+    # The manifest goes first: from then on the folder is no store, never a store with missing shards.
+    for p in sorted(contents, key=lambda p: p.name != MANIFEST):
+        p.unlink()
+    return None
+
+
+def _remove_temporaries(out: Path) -> None:
+    for p in out.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".tmp") and _is_store_file(p.name):
+            p.unlink()
+
+
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
+    """ManifestMismatch naming what differs between the interrupted run and this one."""
+    hint = "use --overwrite to start again"
+    try:
+        check_same_model(ModelSpec.from_dict(old["model"]), ModelSpec.from_dict(new["model"]), "this model")
+    except ManifestMismatch as e:
+        raise ManifestMismatch(f"{out}: cannot resume: {e} ({hint})") from None
+    except (KeyError, TypeError) as e:
+        raise CorruptArtifact(f"{out / MANIFEST}: malformed store manifest ({e})") from None
+    for key in ("store_dtype", "normalized", "dim", "shard_size", "shard_of", "read", "inputs"):
+        if old.get(key) != new.get(key):
+            raise ManifestMismatch(
+                f"{out}: cannot resume: {key} was {old.get(key)!r}, now {new.get(key)!r} ({hint})"
+            )
+
+
+def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Record]) -> None:
+    """A finished shard must hold exactly the rows the input gives now (else the input changed)."""
+    name = entry["name"]
+    for ext in ("npy", "jsonl"):
+        _check_file(out / f"{name}.{ext}", entry[f"{ext}_bytes"], entry[f"{ext}_sha256"])
+    if entry["first_id"] != first or entry["count"] != len(block):
+        raise ManifestMismatch(
+            f"{out}: cannot resume: {name} holds ids {entry['first_id']}..+{entry['count']}, the input now "
+            f"gives {first}..+{len(block)} (input changed; use --overwrite to start again)"
+        )
+    with open(out / f"{name}.jsonl", encoding="utf-8") as f:
+        for line, rec in zip(f, block, strict=True):
+            row = json.loads(line)
+            if (row["text"], row["source"], row["line"]) != (rec.text, rec.source, rec.line):
+                raise ManifestMismatch(
+                    f"{out}: cannot resume: {rec.source}:{rec.line} is not the text of id {row['id']} in "
+                    f"{name}.jsonl (input changed; use --overwrite to start again)"
+                )
+
+
+def _check_file(path: Path, size: int, sha256: str | None = None) -> None:
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptArtifact(f"{path}: missing") from None
+    if actual != size:
+        raise CorruptArtifact(f"{path}: truncated or altered ({actual} bytes, the manifest says {size})")
+    if sha256 is not None and _sha256_file(path) != sha256:
+        raise CorruptArtifact(f"{path}: altered (sha256 differs from the manifest)")
+
+
+def encode_to_store(
+    records: Iterable[Record],
+    encoder: Any,
+    out: str | Path,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    store_dtype: str = DEFAULT_STORE_DTYPE,
+    normalize: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    batch_tokens: int | None = None,
+    inputs: Sequence[str | Path] = (),
+    read_options: Mapping[str, Any] | None = None,
+    read_stats: ReadStats | None = None,
+    progress: ProgressFn | None = None,
+) -> StoreSummary:
+    """Encode `records` into a store folder, one shard at a time (memory stays flat).
+
+    Args:
+        records: the input rows, e.g. `read_records(paths, ...)`.
+        encoder: an Encoder (anything with `.spec` and `.encode(texts, normalize=, stats=, progress=)`).
+        out: the store folder.
+        shard_size: rows per shard (and per `encoder.encode` call).
+        store_dtype: "float32" or "float16" on disk (readers always get float32).
+        normalize: L2-normalise the vectors (raw pooled vectors otherwise; whitening wants them raw).
+        resume: continue an interrupted run in `out`: finished shards are checked and skipped, not encoded.
+        overwrite: replace an existing store in `out`.
+        shard: (i, N): encode only worker i's blocks of `shard_size` rows (block b goes to worker b % N).
+        batch_tokens: the encoder's token budget per batch (its default when None).
+        inputs: the input paths, recorded in the manifest and compared on resume.
+        read_options: the reader's options (column, field, errors, skip_empty), recorded and compared.
+        read_stats: the ReadStats the reader fills, for the empty-line counts in the manifest.
+        progress: called with (sentences, tokens); finished shards skipped on resume report (count, 0).
+
+    Returns:
+        A StoreSummary.
+
+    Raises:
+        OutputExists: `out` is not empty and neither resume nor overwrite is set, or holds other files.
+        ManifestMismatch: resuming with another model, options or input than the interrupted run.
+        CorruptArtifact: a finished shard of the interrupted run is missing or altered.
+    """
+    import numpy as np
+
+    _check_options(shard_size, store_dtype, shard)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    out = Path(out)
+    spec: ModelSpec = encoder.spec
+    header = new_manifest(
+        KIND,
+        model=spec.to_dict(),
+        store_dtype=store_dtype,
+        normalized=normalize,
+        dim=spec.dim,
+        shard_size=shard_size,
+        shard_of=list(shard) if shard is not None else None,
+        inputs=_describe_inputs(inputs),
+        read=dict(read_options or {}),
+    )
+    old = _prepare_folder(out, resume, overwrite)
+    done: list[dict[str, Any]] = []
+    if old is not None:
+        _check_resumable(old, header, out)
+        _remove_temporaries(out)
+        done = list(old.get("shards", []))
+
+    def save(complete: bool, empty_skipped: int = 0) -> None:
+        atomic_write_json(
+            out / MANIFEST,
+            {
+                **header,
+                "count": sum(s["count"] for s in done),
+                "empty_lines_kept": sum(s["empty"] for s in done),
+                "empty_lines_skipped": empty_skipped,
+                "truncated": sum(s["truncated"] for s in done),
+                "complete": complete,
+                "shards": done,
+            },
+        )
+
+    if old is None:
+        save(complete=False)
+    written = skipped = tokens = 0
+    seconds = 0.0
+    k = -1
+    for k, (first, block) in enumerate(_blocks(records, shard_size, shard)):
+        if k < len(done):
+            _check_finished(out, done[k], first, block)
+            skipped += 1
+            if progress is not None:
+                progress(len(block), 0)
+            continue
+        counts = _Counts()
+        vectors = _encode(encoder, block, normalize, batch_tokens, counts, progress)
+        if vectors.shape != (len(block), spec.dim):
+            raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})")
+        entry = _write_shard(out, k, first, block, np.ascontiguousarray(vectors, dtype=store_dtype))
+        entry["truncated"] = counts.truncated
+        done.append(entry)
+        save(complete=False)
+        written += 1
+        tokens += counts.tokens
+        seconds += counts.seconds
+    if k + 1 < len(done):
+        raise ManifestMismatch(
+            f"{out}: cannot resume: the input now ends in shard {k + 1}, the interrupted run wrote "
+            f"{len(done)} shards (input changed; use --overwrite to start again)"
+        )
+    empty_skipped = read_stats.empty_skipped if read_stats is not None else 0
+    save(complete=True, empty_skipped=empty_skipped)
+    return StoreSummary(
+        out=out,
+        count=sum(s["count"] for s in done),
+        dim=spec.dim,
+        shards=len(done),
+        shards_written=written,
+        shards_skipped=skipped,
+        empty_kept=sum(s["empty"] for s in done),
+        empty_skipped=empty_skipped,
+        truncated=sum(s["truncated"] for s in done),
+        tokens=tokens,
+        seconds=seconds,
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Shard:
+    folder: Path
+    entry: dict[str, Any]
+
+    @property
+    def npy(self) -> Path:
+        return self.folder / f"{self.entry['name']}.npy"
+
+    @property
+    def jsonl(self) -> Path:
+        return self.folder / f"{self.entry['name']}.jsonl"
+
+
+@dataclass
+class VectorStore:
+    """A store folder (or the N worker folders of one split) opened for reading. Create with `open`."""
+
+    path: Path
+    manifest: dict[str, Any]
+    spec: ModelSpec
+    _shards: list[_Shard] = field(repr=False)
+
+    # -- opening -----------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> VectorStore:
+        """Open a store folder, or a folder whose subfolders are the worker stores of one `--shard` split.
+
+        Checks the manifest and that every shard file exists with the recorded size (CorruptArtifact
+        naming the file otherwise); `verify()` also checks the sha256 of every file.
+        """
+        path = Path(path)
+        if not (path / MANIFEST).exists() and path.is_dir():
+            parts = sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())
+            if parts:
+                return cls.open_many(parts, path=path)
+        if not path.is_dir():
+            raise CorruptArtifact(f"{path}: no such store folder")
+        manifest = read_manifest(path / MANIFEST, KIND)
+        try:
+            spec = ModelSpec.from_dict(manifest["model"])
+            shards = [_Shard(path, s) for s in manifest["shards"]]
+            complete = bool(manifest["complete"])
+            for s in shards:
+                _check_file(s.npy, s.entry["npy_bytes"])
+                _check_file(s.jsonl, s.entry["jsonl_bytes"])
+        except (KeyError, TypeError) as e:
+            raise CorruptArtifact(f"{path / MANIFEST}: malformed store manifest (missing {e})") from None
+        if not complete:
+            raise CorruptArtifact(
+                f"{path}: incomplete store (an interrupted run: finish it with `simcli encode ... --resume`)"
+            )
+        return cls(path, manifest, spec, shards)
+
+    @classmethod
+    def open_many(cls, paths: Sequence[str | Path], *, path: str | Path | None = None) -> VectorStore:
+        """Read the worker folders of one `--shard i/N` split as one store, in id order.
+
+        Raises:
+            ManifestMismatch: the folders come from different models, options or splits, or a worker is
+                missing.
+        """
+        stores = [cls.open(p) for p in paths]
+        if not stores:
+            raise CorruptArtifact(f"{path}: no store folders")
+        first = stores[0]
+        for s in stores[1:]:
+            check_same_model(first.spec, s.spec, f"store {s.path}")
+            for key in ("store_dtype", "normalized", "dim", "shard_size", "inputs", "read"):
+                if s.manifest.get(key) != first.manifest.get(key):
+                    raise ManifestMismatch(
+                        f"store {s.path} does not fit {first.path}: {key} {s.manifest.get(key)!r} "
+                        f"!= {first.manifest.get(key)!r}"
+                    )
+        splits = [s.manifest.get("shard_of") for s in stores]
+        n = splits[0][1] if splits[0] else None
+        workers = sorted(sp[0] for sp in splits if sp and sp[1] == n)
+        if n is None or workers != list(range(n)):
+            found = ", ".join(f"{sp[0]}/{sp[1]}" if sp else "unsplit" for sp in splits)
+            raise ManifestMismatch(
+                f"{path or first.path}: the folders must be the workers 0..N-1 of one --shard i/N split "
+                f"(found {found})"
+            )
+        shards = sorted((sh for s in stores for sh in s._shards), key=lambda sh: sh.entry["first_id"])
+        manifest = {**first.manifest, "count": sum(s.count for s in stores), "shard_of": None, "shards": []}
+        for key in ("empty_lines_kept", "truncated"):
+            manifest[key] = sum(s.manifest.get(key, 0) for s in stores)
+        return cls(Path(path) if path is not None else first.path, manifest, first.spec, shards)
+
+    # -- facts -------------------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return sum(int(s.entry["count"]) for s in self._shards)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self.manifest["normalized"])
+
+    @property
+    def store_dtype(self) -> str:
+        return str(self.manifest["store_dtype"])
+
+    @property
+    def shard_of(self) -> tuple[int, int] | None:
+        s = self.manifest.get("shard_of")
+        return (int(s[0]), int(s[1])) if s else None
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _load_vectors(self, shard: _Shard) -> np.ndarray:
+        import numpy as np
+
+        try:
+            v = np.load(shard.npy, allow_pickle=False)
+        except FileNotFoundError:
+            raise CorruptArtifact(f"{shard.npy}: missing") from None
+        except (OSError, ValueError) as e:
+            raise CorruptArtifact(f"{shard.npy}: unreadable ({e})") from None
+        want = (int(shard.entry["count"]), self.dim)
+        if v.shape != want or v.dtype != np.dtype(self.store_dtype):
+            raise CorruptArtifact(
+                f"{shard.npy}: holds {v.dtype} {v.shape}, the manifest says {self.store_dtype} {want}"
+            )
+        return v.astype(np.float32, copy=False)
+
+    def _load_records(self, shard: _Shard) -> list[StoredRecord]:
+        try:
+            with open(shard.jsonl, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f]
+            records = [StoredRecord(int(r["id"]), r["text"], r["source"], int(r["line"])) for r in rows]
+        except FileNotFoundError:
+            raise CorruptArtifact(f"{shard.jsonl}: missing") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CorruptArtifact(f"{shard.jsonl}: unreadable ({e})") from None
+        first, count = int(shard.entry["first_id"]), int(shard.entry["count"])
+        if [r.id for r in records] != list(range(first, first + count)):
+            raise CorruptArtifact(f"{shard.jsonl}: rows do not match the manifest (ids {first}..+{count})")
+        return records
+
+    def iter_shards(self) -> Iterator[tuple[list[StoredRecord], np.ndarray]]:
+        """(records, float32 vectors (n, dim)) shard by shard, in id order."""
+        for s in self._shards:
+            yield self._load_records(s), self._load_vectors(s)
+
+    def iter_vectors(self) -> Iterator[np.ndarray]:
+        """float32 arrays (n, dim), shard by shard, in id order."""
+        for s in self._shards:
+            yield self._load_vectors(s)
+
+    def iter_records(self) -> Iterator[StoredRecord]:
+        """Every row's id, text, source file and line, in id order."""
+        for s in self._shards:
+            yield from self._load_records(s)
+
+    def vectors(self) -> np.ndarray:
+        """All vectors in memory: float32 (count, dim), in id order."""
+        import numpy as np
+
+        parts = list(self.iter_vectors())
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
+
+    def texts(self) -> list[str]:
+        """All texts, in id order."""
+        return [r.text for r in self.iter_records()]
+
+    def ids(self) -> list[int]:
+        """All ids, in order (0..count-1 for a whole store)."""
+        return [r.id for r in self.iter_records()]
+
+    def verify(self) -> None:
+        """Check the sha256 of every shard file against the manifest (CorruptArtifact naming the file)."""
+        for s in self._shards:
+            _check_file(s.npy, s.entry["npy_bytes"], s.entry["npy_sha256"])
+            _check_file(s.jsonl, s.entry["jsonl_bytes"], s.entry["jsonl_sha256"])
+
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "DEFAULT_STORE_DTYPE",
+    "StoreSummary",
+    "StoredRecord",
+    "VectorStore",
+    "encode_records",
+    "encode_to_store",
+    "parse_shard",
+]
