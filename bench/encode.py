@@ -1,0 +1,235 @@
+"""Encoding throughput: simcli against sentence-transformers and a plain transformers loop, one run.
+
+    python bench/encode.py                # 5,000 LCQMC test sentences, base-size RoFormer-Sim shape
+    python bench/encode.py --n 1000 --skip-rss
+
+All encoders run the same base-size (12 layers, 768 hidden, 12 heads) RoFormer-Sim-shaped checkpoint with
+random weights, on the same real sentences (../shared/data/LCQMC). Prints sentences/s, the ratios, the
+achieved GFLOP/s against float32 and bfloat16 matmul peaks measured in the same run, tokenizer throughput
+against model throughput, and the peak RSS of `simcli encode` on 20k vs 200k lines (a tiny model, since
+memory flatness is a property of the streaming pipeline, not of the model size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+warnings.filterwarnings("ignore")
+
+
+def lcqmc_sentences(n: int) -> list[str]:
+    out: list[str] = []
+    for split in ("LCQMC.test.data", "LCQMC.valid.data"):
+        with open(DATA / "LCQMC" / split, encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                out += parts[:2]
+                if len(out) >= n:
+                    return out[:n]
+    return out
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 8) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def flops_per_sentence(cfg: dict, lengths: list[int]) -> float:
+    """Multiply-adds x2 of the transformer layers (the embedding lookups are free)."""
+    h, i, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    total = 0.0
+    for length in lengths:
+        dense = 2 * length * (4 * h * h + 2 * h * i)  # q, k, v, o and the two feed-forward matrices
+        attention = 2 * 2 * length * length * h  # QK^T and AV
+        total += n * (dense + attention)
+    return total / len(lengths)
+
+
+def timed(fn, label: str, n: int, results: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    fn(warmup=True)
+    t = time.perf_counter()
+    fn(warmup=False)
+    el = time.perf_counter() - t
+    results[label] = n / el
+    print(f"  {label:<42} {n / el:8.1f} sentences/s  ({el:.1f} s)", flush=True)
+
+
+def peak_rss_of_encode(model_dir: Path, lines: int, work: Path) -> float:
+    corpus = work / f"corpus{lines}.txt"
+    base = lcqmc_sentences(20000)
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.writelines(base[k % len(base)] + "\n" for k in range(lines))
+    out = work / f"store{lines}"
+    code = (
+        "import resource, sys; from simcli.cli import main; sys.argv = sys.argv[1:];"
+        "\ntry: main()\nexcept SystemExit as e: code = e.code\n"
+        "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        "simcli",
+        "encode",
+        str(corpus),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    rss = [line for line in proc.stderr.splitlines() if line.startswith("RSS_KB")]
+    if proc.returncode != 0 or not rss:
+        raise RuntimeError(f"simcli encode failed: {proc.stderr[-2000:]}")
+    return int(rss[-1].split()[1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=5000, help="sentences to encode")
+    ap.add_argument("--skip-rss", action="store_true", help="skip the 20k/200k-line memory runs")
+    ap.add_argument("--skip-baselines", action="store_true")
+    args = ap.parse_args()
+
+    from simcli.models.encoder import load_encoder
+    from tests.checkpoints import build_roformer_sim, build_wobert
+
+    work = Path(tempfile.mkdtemp(prefix="simcli-bench-"))
+    base = build_roformer_sim(
+        work / "roformer_sim_base",
+        hidden_size=768,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+    )
+    sents = lcqmc_sentences(args.n)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    fp32_peak, bf16_peak = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(
+        f"matmul peak: float32 {fp32_peak:.0f} GFLOP/s, bfloat16 {bf16_peak:.0f} GFLOP/s (2048^3, this run)"
+    )
+    print(
+        f"model: RoFormer-Sim shape 12/768/12, random weights; {len(sents)} LCQMC sentences, max length 64\n"
+    )
+
+    results: dict[str, float] = {}
+    enc_auto = load_encoder(str(base))
+    print(f"simcli default: dtype {enc_auto.dtype} ({enc_auto.dtype_reason})")
+    timed(
+        lambda warmup: enc_auto.encode(sents[:64] if warmup else sents),
+        "simcli (default settings)",
+        len(sents),
+        results,
+    )
+    lengths = [len(x) for x in enc_auto.tokenizer.encode_batch(sents, 64).ids]
+    fl = flops_per_sentence(enc_auto.checkpoint.config, lengths)
+    for name in ("float32", "bfloat16"):
+        if str(enc_auto.dtype) == f"torch.{name}":
+            results[f"simcli --dtype {name}"] = results["simcli (default settings)"]
+            continue
+        enc = load_encoder(str(base), dtype=name)
+        timed(
+            lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents),
+            f"simcli --dtype {name}",
+            len(sents),
+            results,
+        )
+        del enc
+
+    if not args.skip_baselines:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.transformer import Transformer
+        from sentence_transformers.sentence_transformer.modules import Pooling
+        from transformers import BertTokenizerFast, RoFormerModel
+
+        tok_dir = work / "bert_tokenizer"  # the hub repo has no tokenizer files: users must supply one
+        BertTokenizerFast(vocab_file=str(base / "vocab.txt")).save_pretrained(tok_dir)
+        module = Transformer(
+            str(base),
+            tokenizer_name_or_path=str(tok_dir),
+            max_seq_length=64,
+            config_kwargs={"is_decoder": False},
+        )
+        st = SentenceTransformer(
+            modules=[module, Pooling(module.get_embedding_dimension(), pooling_mode="cls")], device="cpu"
+        )
+        timed(
+            lambda warmup: st.encode(sents[:64] if warmup else sents),
+            "sentence-transformers encode (CLS)",
+            len(sents),
+            results,
+        )
+        del st
+        model = RoFormerModel.from_pretrained(str(base), is_decoder=False).eval()
+        hf_tok = BertTokenizerFast.from_pretrained(tok_dir)
+
+        def plain(warmup: bool) -> None:
+            todo = sents[:64] if warmup else sents
+            with torch.inference_mode():
+                for k in range(0, len(todo), 32):
+                    batch = hf_tok(
+                        todo[k : k + 32], padding=True, truncation=True, max_length=64, return_tensors="pt"
+                    )
+                    model(**batch).last_hidden_state[:, 0].numpy()
+
+        timed(plain, "transformers loop (batch 32, unsorted)", len(sents), results)
+        del model
+
+    best = results["simcli (default settings)"]
+    print("\nratios (simcli default / other):")
+    for label, rate in results.items():
+        if not label.startswith("simcli (default"):
+            print(f"  vs {label:<40} {best / rate:5.2f}x")
+    achieved = best * fl / 1e9
+    peak = bf16_peak if "bfloat16" in str(enc_auto.dtype) else fp32_peak
+    print(
+        f"\nachieved by simcli default: {achieved:.0f} GFLOP/s = {achieved / peak:.0%} of the {enc_auto.dtype} matmul peak "
+        f"({fl / 1e9:.2f} GFLOP/sentence, mean {np.mean(lengths):.1f} tokens)"
+    )
+
+    print("\ntokenizer throughput (sentences/s) against the model:")
+    wobert = build_wobert(work / "wobert")
+    from simcli.models.tokenizers import load_tokenizer
+
+    for kind, vocab in (("char", base / "vocab.txt"), ("word (WoBERT, jieba)", wobert / "vocab.txt")):
+        tok = load_tokenizer(vocab, kind.split()[0])
+        tok.encode_batch(sents[:100], 64)
+        t = time.perf_counter()
+        tok.encode_batch(sents, 64)
+        rate = len(sents) / (time.perf_counter() - t)
+        print(f"  {kind:<22} {rate:10.0f}/s = {rate / best:6.1f}x the base model's rate")
+
+    if not args.skip_rss:
+        tiny = build_roformer_sim(work / "tiny")
+        print("\npeak RSS of `simcli encode` (tiny model, store on disk):")
+        small, large = peak_rss_of_encode(tiny, 20_000, work), peak_rss_of_encode(tiny, 200_000, work)
+        print(f"  20k lines: {small:.0f} MiB   200k lines: {large:.0f} MiB   ratio {large / small:.2f}")
+
+
+if __name__ == "__main__":
+    main()
