@@ -1,0 +1,423 @@
+"""BERT-whitening: streaming fit, transform, and a safe one-file format (REFERENCE.md 2).
+
+Given row vectors x (N of them, dimension d) and hyper-parameters beta, gamma, k:
+
+    mu = mean(x);  Sigma = (1/N) sum (x - beta*mu)(x - beta*mu)^T = Cov(x) + (1-beta)^2 mu mu^T
+    Sigma = U Lambda U^T;  W = U[:, :k] Lambda[:k]^(-gamma/2)
+    y = (x - beta*mu) W,  then L2-normalised.
+
+beta = gamma = 1 is whitening (the covariance of y is the identity); beta = gamma = 0 is a pure rotation
+(cosines are kept; with a cut to k it is near-lossless dimension reduction).
+
+The moments are accumulated in float64 batch by batch (Chan et al.'s pairwise update of centred sums, which
+avoids the cancellation of `sum x x^T - N mu mu^T` on the strongly non-centred vectors of BERT-like
+models), so memory is O(d^2) whatever N is.
+
+File format (`.whiten`): one safetensors file with the float64 tensors `mu` (d,), `W` (d, k) and
+`eigenvalues` (d,), and the metadata (n, beta, gamma, dims, rank, the source ModelSpec, the content hash)
+as JSON under the `simcli` key of the safetensors header. No pickle anywhere; written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
+from simcli.io import atomic_write_bytes
+from simcli.manifest import check_same_model, new_manifest
+from simcli.types import ModelSpec
+
+KIND = "whitening"
+FORMAT_VERSION = 1
+CHUNK_ROWS = 8192  # rows converted to float64 at a time: 8192 x 768 x 8 B = 50 MB
+# Relative eigenvalue threshold below which a direction counts as empty (numpy's matrix_rank rule for a
+# Gram matrix: largest eigenvalue x d x float64 eps). Lambda^(-gamma/2) of such a direction is noise.
+RANK_RTOL_FACTOR = float(np.finfo(np.float64).eps)
+
+
+class MomentAccumulator:
+    """Streaming float64 mean and centred second moment of row vectors (memory O(d^2)).
+
+    Batches are merged with the pairwise update of Chan, Golub and LeVeque: each batch is centred on its
+    own mean, so no large `sum x x^T` is ever differenced against `N mu mu^T`.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.n = 0
+        self.dim = dim
+        self._mean: np.ndarray | None = None  # (d,) float64
+        self._m2: np.ndarray | None = None  # (d, d) float64: sum of (x - mean)(x - mean)^T
+
+    def add(self, batch: np.ndarray) -> None:
+        """Add a batch of row vectors, shape (m, d) (or one vector, shape (d,))."""
+        x = np.asarray(batch)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise BadInput(f"whitening: expected vectors of shape (n, d), got an array of shape {x.shape}")
+        if self.dim is None:
+            self.dim = int(x.shape[1])
+        if x.shape[1] != self.dim:
+            raise BadInput(
+                f"whitening: vectors of dimension {x.shape[1]} after vectors of dimension {self.dim}"
+            )
+        for start in range(0, x.shape[0], CHUNK_ROWS):
+            self._add_chunk(x[start : start + CHUNK_ROWS])
+
+    def _add_chunk(self, x: np.ndarray) -> None:
+        m = x.shape[0]
+        if m == 0:
+            return
+        xb = x.astype(np.float64)  # a copy: centred in place below
+        if not np.isfinite(xb).all():
+            raise BadInput("whitening: the vectors contain NaN or Inf")
+        mean_b = xb.mean(axis=0)
+        xb -= mean_b
+        m2_b = xb.T @ xb  # numpy calls BLAS syrk for a.T @ a
+        if self._mean is None or self._m2 is None:
+            self.n, self._mean, self._m2 = m, mean_b, m2_b
+            return
+        n = self.n + m
+        delta = mean_b - self._mean
+        self._m2 += m2_b
+        self._m2 += np.outer(delta, delta) * (self.n * m / n)
+        self._mean += delta * (m / n)
+        self.n = n
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self._mean is None:
+            raise BadInput("whitening: no vectors to fit on")
+        return self._mean.copy()
+
+    def finish(self, beta: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """The mean mu and the covariance around beta*mu (1/N), both float64.
+
+        Returns:
+            (mu (d,), Sigma (d, d)) with Sigma = Cov + (1-beta)^2 mu mu^T (REFERENCE 2).
+        """
+        if self._mean is None or self._m2 is None or self.n == 0:
+            raise BadInput("whitening: no vectors to fit on")
+        mu = self._mean.copy()
+        cov = self._m2 / self.n
+        if beta != 1.0:
+            cov = cov + (1.0 - beta) ** 2 * np.outer(mu, mu)
+        cov = (cov + cov.T) / 2  # exact symmetry for eigh
+        return mu, cov
+
+
+def _iter_batches(vectors: np.ndarray | Iterable[np.ndarray], block: int = 4096) -> Iterable[np.ndarray]:
+    """Batches of rows from an array or an iterable of arrays; single vectors are grouped into blocks."""
+    if isinstance(vectors, np.ndarray):
+        yield vectors
+        return
+    pending: list[np.ndarray] = []
+    for v in vectors:
+        a = np.asarray(v)
+        if a.ndim == 1:
+            pending.append(a)
+            if len(pending) >= block:
+                yield np.stack(pending)
+                pending = []
+            continue
+        if pending:
+            yield np.stack(pending)
+            pending = []
+        yield a
+    if pending:
+        yield np.stack(pending)
+
+
+@dataclass(eq=False)
+class Whitening:
+    """A fitted BERT-whitening transform. Create with `fit`, `from_moments` or `load`.
+
+    Attributes:
+        mu: (d,) float64 mean of the fitting vectors.
+        W: (d, k) float64, U Lambda^(-gamma/2) cut to the top-k components.
+        eigenvalues: (d,) float64, descending, of the covariance around beta*mu.
+        n: number of fitting vectors.
+        beta, gamma: the hyper-parameters (REFERENCE 2).
+        rank: numerical rank of the covariance.
+        spec: the ModelSpec of the fitting vectors (None when unknown, e.g. plain arrays).
+        clamped_from: the k that was asked for when it was lowered to the rank (else None).
+        source: free-form description of where the vectors came from.
+    """
+
+    mu: np.ndarray
+    W: np.ndarray
+    eigenvalues: np.ndarray
+    n: int
+    beta: float = 1.0
+    gamma: float = 1.0
+    rank: int = 0
+    spec: ModelSpec | None = None
+    clamped_from: int | None = None
+    source: str = ""
+    path: Path | None = field(default=None, compare=False)
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = self._content_hash()
+
+    @property
+    def dim_in(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def dim_out(self) -> int:
+        return int(self.W.shape[1])
+
+    # -- fitting --------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        vectors: np.ndarray | Iterable[np.ndarray],
+        *,
+        dim: int | None = None,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        spec: ModelSpec | None = None,
+        clamp: bool = False,
+        source: str = "",
+    ) -> Whitening:
+        """Fit on raw (not L2-normalised) sentence vectors, streaming float64 moments.
+
+        Args:
+            vectors: an array (N, d) or an iterable of arrays (m, d) / vectors (d,), e.g. store shards.
+            dim: k, the output dimension (None: d).
+            beta: how much of the mean to remove (1: all).
+            gamma: the power of the eigenvalue scaling (1: whitening, 0: rotation only).
+            spec: the ModelSpec that produced the vectors, recorded for `check_fits`.
+            clamp: lower k to the covariance rank instead of refusing (gamma > 0 only).
+            source: a description recorded in the file (e.g. the store path).
+
+        Raises:
+            BadInput: fewer than 2 vectors, NaN/Inf, or k above the rank with gamma > 0 and no clamp.
+            UsageError: k outside 1..d, or a negative gamma / non-finite beta.
+        """
+        acc = MomentAccumulator(spec.dim if spec is not None else None)
+        for batch in _iter_batches(vectors):
+            acc.add(batch)
+        return cls.from_moments(acc, dim=dim, beta=beta, gamma=gamma, spec=spec, clamp=clamp, source=source)
+
+    @classmethod
+    def from_moments(
+        cls,
+        acc: MomentAccumulator,
+        *,
+        dim: int | None = None,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        spec: ModelSpec | None = None,
+        clamp: bool = False,
+        source: str = "",
+    ) -> Whitening:
+        """Finish a fit from accumulated moments (several k / beta / gamma can share one accumulator)."""
+        if not np.isfinite(beta):
+            raise UsageError(f"--beta must be a finite number, got {beta}")
+        if not (np.isfinite(gamma) and gamma >= 0):
+            raise UsageError(f"--gamma must be a finite number >= 0, got {gamma}")
+        if acc.n < 2:
+            raise BadInput(f"whitening needs at least 2 vectors, got {acc.n}")
+        mu, cov = acc.finish(beta)
+        d = mu.shape[0]
+        k = d if dim is None else int(dim)
+        if not 1 <= k <= d:
+            raise UsageError(f"--dim must be between 1 and {d} (the vector dimension), got {k}")
+        # Sigma is symmetric PSD: eigh gives its SVD (U Lambda U^T) faster than svd; sort descending.
+        lam, u = np.linalg.eigh(cov)
+        order = np.argsort(lam)[::-1]
+        lam, u = lam[order], u[:, order]
+        lam = np.maximum(lam, 0.0)  # round-off can leave tiny negatives
+        tol = lam[0] * d * RANK_RTOL_FACTOR if lam[0] > 0 else 0.0
+        rank = int((lam > tol).sum())
+        clamped_from = None
+        if gamma > 0 and k > rank:
+            # Lambda^(-gamma/2) of an empty direction explodes (REFERENCE 2): refuse or clamp, never Inf.
+            if rank == 0:
+                raise BadInput(f"whitening: the {acc.n} vectors are all identical; nothing to fit")
+            if not clamp:
+                raise BadInput(
+                    f"whitening: covariance of {acc.n} vectors of dimension {d} has rank {rank} < --dim {k} "
+                    f"(need N well above d); use --dim {rank} or less, more vectors, or --clamp"
+                )
+            clamped_from, k = k, rank
+        scale = np.power(lam[:k], -gamma / 2) if gamma > 0 else np.ones(k)
+        w = u[:, :k] * scale[None, :]
+        return cls(
+            mu=mu,
+            W=np.ascontiguousarray(w),
+            eigenvalues=lam,
+            n=acc.n,
+            beta=float(beta),
+            gamma=float(gamma),
+            rank=rank,
+            spec=spec,
+            clamped_from=clamped_from,
+            source=source,
+        )
+
+    # -- applying -------------------------------------------------------------------------------------
+    def transform(self, x: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """(x - beta*mu) W, L2-normalised by default; float32 (n, k), or (k,) for one vector.
+
+        Do not L2-normalise x first (REFERENCE 2): whitening is fitted on raw vectors.
+        """
+        a = np.asarray(x)
+        single = a.ndim == 1
+        a2 = a[None, :] if single else a
+        if a2.ndim != 2 or a2.shape[1] != self.dim_in:
+            raise ManifestMismatch(
+                f"whitening expects vectors of dimension {self.dim_in}, got an array of shape {a.shape}"
+            )
+        out = np.empty((a2.shape[0], self.dim_out), dtype=np.float32)
+        shift = self.beta * self.mu
+        for start in range(0, a2.shape[0], CHUNK_ROWS):
+            y = (a2[start : start + CHUNK_ROWS].astype(np.float64) - shift) @ self.W
+            if normalize:
+                norms = np.linalg.norm(y, axis=1, keepdims=True)
+                # a vector equal to beta*mu maps to 0: keep it 0 rather than 0/0 = NaN
+                y /= np.where(norms > 0, norms, 1.0)
+            out[start : start + CHUNK_ROWS] = y
+        return out[0] if single else out
+
+    def check_fits(self, spec: ModelSpec, what: str) -> None:
+        """Raise ManifestMismatch unless vectors of `spec` are what this whitening was fitted on.
+
+        Args:
+            spec: the spec of the vectors about to be transformed (e.g. `encoder.spec`).
+            what: a short name of those vectors' source for the message, e.g. "model ./wobert".
+        """
+        name = f"whitening {self.path}" if self.path is not None else "whitening"
+        if self.spec is not None:
+            check_same_model(spec, self.spec, f"{name} (for {what})")
+        if spec.dim != self.dim_in:
+            raise ManifestMismatch(f"{name} (for {what}) does not fit: dim {self.dim_in} != {spec.dim}")
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """The JSON metadata saved with the tensors (also what `simcli whiten info` shows)."""
+        return new_manifest(
+            KIND,
+            format_version=FORMAT_VERSION,
+            n=self.n,
+            dim_in=self.dim_in,
+            dim_out=self.dim_out,
+            beta=self.beta,
+            gamma=self.gamma,
+            rank=self.rank,
+            clamped_from=self.clamped_from,
+            source=self.source,
+            spec=self.spec.to_dict() if self.spec is not None else None,
+            sha256=self.sha256,
+        )
+
+    def _content_hash(self) -> str:
+        h = hashlib.sha256()
+        fixed = {
+            "n": self.n,
+            "beta": float(self.beta),
+            "gamma": float(self.gamma),
+            "spec": self.spec.to_dict() if self.spec is not None else None,
+        }
+        h.update(json.dumps(fixed, sort_keys=True).encode())
+        for a in (self.mu, self.W, self.eigenvalues):
+            arr = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(arr.shape).encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        """Write one safetensors file (float64 tensors + JSON metadata in its header), atomically."""
+        from safetensors.numpy import save
+
+        data = save(
+            {
+                "mu": np.ascontiguousarray(self.mu, dtype=np.float64),
+                "W": np.ascontiguousarray(self.W, dtype=np.float64),
+                "eigenvalues": np.ascontiguousarray(self.eigenvalues, dtype=np.float64),
+            },
+            metadata={"simcli": json.dumps(self.metadata(), ensure_ascii=False, sort_keys=True)},
+        )
+        atomic_write_bytes(Path(path), data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Whitening:
+        """Read a file written by `save`; checks its kind, shapes and content hash.
+
+        Raises:
+            CorruptArtifact: missing, not a whitening file, truncated or altered.
+        """
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptArtifact(f"{path}: whitening file not found") from None
+        except OSError as e:
+            raise CorruptArtifact(f"{path}: cannot read whitening file ({e})") from e
+        try:
+            tensors = load(raw)
+            meta = json.loads(_header_metadata(raw).get("simcli", "null"))
+        except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+            raise CorruptArtifact(f"{path}: not a simcli whitening file ({e})") from e
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            raise CorruptArtifact(f"{path}: not a simcli whitening file (no whitening metadata)")
+        try:
+            mu, w, lam = tensors["mu"], tensors["W"], tensors["eigenvalues"]
+            spec = ModelSpec.from_dict(meta["spec"]) if meta.get("spec") else None
+            obj = cls(
+                mu=mu,
+                W=w,
+                eigenvalues=lam,
+                n=int(meta["n"]),
+                beta=float(meta["beta"]),
+                gamma=float(meta["gamma"]),
+                rank=int(meta["rank"]),
+                spec=spec,
+                clamped_from=meta.get("clamped_from"),
+                source=str(meta.get("source", "")),
+                path=path,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptArtifact(f"{path}: whitening metadata incomplete ({e})") from e
+        if mu.shape != (obj.dim_in,) or lam.shape != (obj.dim_in,) or w.ndim != 2:
+            raise CorruptArtifact(f"{path}: inconsistent shapes mu {mu.shape}, W {w.shape}")
+        if obj.sha256 != meta.get("sha256"):
+            raise CorruptArtifact(f"{path}: content hash mismatch (file altered or truncated)")
+        return obj
+
+
+def _header_metadata(raw: bytes) -> dict[str, str]:
+    """The `__metadata__` dict of a safetensors header (safetensors.numpy.load drops it)."""
+    if len(raw) < 8:
+        raise ValueError("file too short")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise ValueError("header length beyond end of file")
+    header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def whitening_for(path: str | Path, spec: ModelSpec, what: str) -> Whitening:
+    """Load a whitening file and check that it fits vectors of `spec` (for `simcli encode --whitening`).
+
+    Example:
+        w = whitening_for(args.whitening, encoder.spec, f"model {model}")
+        vectors = w.transform(encoder.encode(texts))  # whitened and L2-normalised, float32
+    """
+    w = Whitening.load(path)
+    w.check_fits(spec, what)
+    return w
