@@ -151,11 +151,26 @@ def read_records(
     """
     if errors not in ("strict", "replace"):
         raise UsageError(f"--errors must be strict or replace, got {errors!r}")
-    stats = stats if stats is not None else ReadStats()
+    # Checked now, not when iteration starts: a typo in a file name fails before a model is loaded.
+    formats = [input_format(path, column) for path in paths]
     for path in paths:
-        fmt = input_format(path, column)
+        if str(path) != STDIN and not Path(path).is_file():
+            raise BadInput(f"{path}: {'not a file' if Path(path).exists() else 'no such file'}")
+    return _records(paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats())
+
+
+def _records(
+    paths: Sequence[str | Path],
+    formats: list[str],
+    column: str | int | None,
+    field: str,
+    errors: str,
+    skip_empty: bool,
+    stats: ReadStats,
+) -> Iterator[Record]:
+    for path, fmt in zip(paths, formats, strict=True):
         stats.files += 1
-        for rec in _read_one(str(path), fmt, column, field or "text", errors):
+        for rec in _read_one(str(path), fmt, column, field, errors):
             if not rec.text:
                 if skip_empty:
                     stats.empty_skipped += 1

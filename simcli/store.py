@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
 from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json
 from simcli.manifest import check_same_model, new_manifest, read_manifest
-from simcli.types import ModelSpec
+from simcli.types import ModelSpec, StoreDType
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 KIND = "store"
 DEFAULT_SHARD_SIZE = 10_000
-DEFAULT_STORE_DTYPE = "float32"
+DEFAULT_STORE_DTYPE: StoreDType = "float32"
 STORE_DTYPES = ("float32", "float16")
 
 ProgressFn = Callable[[int, int], None]  # (sentences done, tokens done): the encoder's progress protocol
@@ -231,25 +231,42 @@ def _write_shard(out: Path, k: int, first: int, block: list[Record], vectors: np
     }
 
 
-def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """Check the output folder; clear it for a fresh run; return the old manifest when resuming."""
+def check_output_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Raise OutputExists unless `encode_to_store` may write to `out` with these flags (changes nothing).
+
+    A missing or empty folder is fine; a non-empty one needs `resume` (continue the store in it) or
+    `overwrite` (replace it), and is never cleared when it holds files that are not part of a store.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
     if out.exists() and not out.is_dir():
         raise OutputExists(f"{out}: exists and is not a folder; choose another --out")
     contents = sorted(out.iterdir()) if out.exists() else []
     if not contents:
-        return None
+        return
     if not resume and not overwrite:
         raise OutputExists(
             f"{out}: folder is not empty "
             "(use --resume to continue an interrupted run or --overwrite to replace it)"
         )
     if resume and (out / MANIFEST).exists():
-        return read_manifest(out / MANIFEST, KIND)
+        return
     foreign = [p.name for p in contents if not _is_store_file(p.name)]
     if foreign:
         raise OutputExists(
             f"{out}: holds {foreign[0]!r}, which is not part of a simcli store; choose another --out"
         )
+
+
+def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Check the output folder; clear it for a fresh run; return the old manifest when resuming."""
+    check_output_folder(out, resume=resume, overwrite=overwrite)
+    contents = sorted(out.iterdir()) if out.exists() else []
+    if not contents:
+        return None
+    if resume and (out / MANIFEST).exists():
+        return read_manifest(out / MANIFEST, KIND)
     # The manifest goes first: from then on the folder is no store, never a store with missing shards.
     for p in sorted(contents, key=lambda p: p.name != MANIFEST):
         p.unlink()
@@ -315,7 +332,7 @@ def encode_to_store(
     out: str | Path,
     *,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    store_dtype: str = DEFAULT_STORE_DTYPE,
+    store_dtype: StoreDType = DEFAULT_STORE_DTYPE,
     normalize: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -355,8 +372,6 @@ def encode_to_store(
     import numpy as np
 
     _check_options(shard_size, store_dtype, shard)
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
     out = Path(out)
     spec: ModelSpec = encoder.spec
     header = new_manifest(
@@ -627,6 +642,7 @@ __all__ = [
     "StoreSummary",
     "StoredRecord",
     "VectorStore",
+    "check_output_folder",
     "encode_records",
     "encode_to_store",
     "parse_shard",
