@@ -21,7 +21,7 @@ _LAZY = {
     "evaluate_sts": "simcli.evaluate",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["Encoder", "Index", "Whitening", "__version__", "encode", "evaluate_sts", "generate", "load_encoder"]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-SPECIAL_HEAD = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "<T>"]
+SPECIAL_HEAD = (
+    ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "<T>"]
+)
 # As in BERT's Chinese vocab: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103.
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
 
@@ -77,7 +79,7 @@ def word_vocab(n_chars: int = 1500, n_words: int = 2000) -> list[str]:
     return vocab
 
 
-TINY = dict(hidden_size=48, num_attention_heads=4, intermediate_size=37, num_hidden_layers=2)
+TINY = {"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 37, "num_hidden_layers": 2}
 
 
 def _write_vocab(path: Path, vocab: list[str]) -> None:
@@ -140,7 +142,9 @@ def build_roformer_sim(path: Path, seed: int = 0, fmt: str = "bin", **sizes: int
     h = dims["hidden_size"]
     sd["roformer.pooler.dense.weight"] = 0.3 * torch.randn(h, h, generator=g)
     sd["roformer.pooler.dense.bias"] = 0.1 * torch.randn(h, generator=g)
-    sd["cls.predictions.decoder.weight"] = sd["roformer.embeddings.word_embeddings.weight"]  # tied, as on the hub
+    sd["cls.predictions.decoder.weight"] = sd[
+        "roformer.embeddings.word_embeddings.weight"
+    ]  # tied, as on the hub
     _save(path, sd, fmt)
     (path / "config.json").write_text(json.dumps(hub_config, indent=2), encoding="utf-8")
     _write_vocab(path, vocab)
@@ -209,7 +213,9 @@ def build_roformer_mlm(path: Path, word: bool, seed: int = 2, fmt: str = "bin", 
         "rotary_value": False,
     }
     torch.manual_seed(seed)
-    model = RoFormerForMaskedLM(RoFormerConfig(**{k: v for k, v in hub_config.items() if k != "architectures"}))
+    model = RoFormerForMaskedLM(
+        RoFormerConfig(**{k: v for k, v in hub_config.items() if k != "architectures"})
+    )
     _perturb(model, seed)
     sd = {k: v for k, v in model.state_dict().items() if "embed_positions" not in k}
     _save(path, sd, fmt)
@@ -232,3 +238,13 @@ def _save(path: Path, sd: dict[str, torch.Tensor], fmt: str) -> None:
     else:
         raise ValueError(fmt)
     os.sync()
+
+
+if (
+    __name__ == "__main__"
+):  # python -m tests.checkpoints roformer-sim|wobert DIR: a tiny model to try simcli offline
+    import sys
+
+    kind, target = sys.argv[1], Path(sys.argv[2])
+    {"roformer-sim": build_roformer_sim, "wobert": build_wobert}[kind](target)
+    print(f"tiny random {kind} checkpoint written to {target}")
