@@ -93,7 +93,7 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self.dtype_reason = dtype_reason
-        self.dim = int(backbone.config.hidden_size)
+        self.dim = int(checkpoint.config["hidden_size"])
 
     # -- identity -------------------------------------------------------------------------------------
     def spec_for(self, pooling: str) -> ModelSpec:
