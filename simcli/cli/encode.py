@@ -1,1 +1,314 @@
-"""Commands of this stage are registered here (module under construction)."""
+"""`simcli encode` (text files -> a vector store or JSON lines) and `simcli info` (what a model is)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from simcli.cli._app import (
+    BatchTokensOpt,
+    DeviceOpt,
+    DTypeOpt,
+    JsonOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    PoolingOpt,
+    TokenizerOpt,
+    app,
+    reported_errors,
+)
+from simcli.errors import UsageError
+from simcli.io import STDIN, Errors, input_format
+from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
+from simcli.types import StoreDType
+
+if TYPE_CHECKING:
+    from simcli.models.encoder import Encoder
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _shard_option(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_shard(value)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="'--shard'") from None
+    return value
+
+
+def _note(message: str) -> None:
+    typer.echo(f"simcli: {message}", err=True)
+
+
+def _encoder_kwargs(**given: Any) -> dict[str, Any]:
+    # Options left unset fall through to load_encoder's own defaults (each default lives once).
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _describe(enc: Encoder) -> str:
+    info = enc.info()
+    return (
+        f"model {info['model']} ({info['family']}, {info['tokenizer']} tokenizer), "
+        f"pooling {info['pooling']}, dim {info['dim']}, max length {info['max_length']}, device {info['device']}, dtype {info['dtype']}"
+    )
+
+
+def _expected_rows(
+    paths: Sequence[str], column: str | None, shard: tuple[int, int] | None, size: int
+) -> int | None:
+    """Rows the reader will give (lines minus headers), for the ETA; None when reading stdin."""
+    if any(p == STDIN for p in paths):
+        return None
+    total = 0
+    for p in paths:
+        lines, last = 0, b"\n"
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        lines += last != b"\n"  # a last line without its newline
+        total += max(lines - (input_format(p, column) in ("tsv", "csv")), 0)
+    if shard is None:
+        return total
+    i, n = shard
+    blocks = -(-total // size)
+    return sum(min(size, total - b * size) for b in range(i, blocks, n))
+
+
+@contextmanager
+def _progress(total: int | None) -> Iterator[ProgressFn | None]:
+    """A rich progress bar on stderr (sentences/s, tokens/s, ETA) when stderr is a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+
+    class Rates(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            elapsed = task.elapsed or 0.0
+            if elapsed <= 0:
+                return Text("")
+            sent = task.fields["encoded"] / elapsed
+            tok = task.fields["tokens"] / elapsed
+            return Text(f"{sent:,.0f} sentences/s  {tok:,.0f} tokens/s", style="progress.data.speed")
+
+    with Progress(
+        TextColumn("encoding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rates(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("encode", total=total, encoded=0, tokens=0)
+        counts = {"encoded": 0, "tokens": 0}
+
+        def advance(sentences: int, tokens: int) -> None:
+            if tokens:  # finished shards skipped on --resume report no tokens: they are not encoded now
+                counts["encoded"] += sentences
+                counts["tokens"] += tokens
+            bar.update(task, advance=sentences, **counts)
+
+        yield advance
+
+
+def _warn_counts(empty_kept: int, empty_skipped: int, truncated: int, max_length: int) -> None:
+    if empty_kept:
+        _note(f"warning: {empty_kept} empty lines kept (use --skip-empty)")
+    if empty_skipped:
+        _note(f"{empty_skipped} empty lines skipped")
+    if truncated:
+        _note(f"warning: {truncated} lines truncated at --max-length {max_length}")
+
+
+@app.command()
+def encode(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Input files: .txt (a sentence a line), .tsv/.csv, .jsonl; - for stdin."),
+    ],
+    model: ModelOpt,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Store folder to write.")] = None,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help='{"id", "text", "vector"} lines on stdout instead of --out.')
+    ] = False,
+    column: Annotated[
+        str | None, typer.Option(help="tsv/csv column: header name or 0-based index (default: text).")
+    ] = None,
+    field: Annotated[str | None, typer.Option(help="jsonl field holding the text (default: text).")] = None,
+    pooling: PoolingOpt = "auto",
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    batch_tokens: BatchTokensOpt = None,  # type: ignore[assignment]  # None: the encoder's default
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
+    store_dtype: Annotated[
+        StoreDType, typer.Option("--store-dtype", help="Vectors on disk.")
+    ] = DEFAULT_STORE_DTYPE,
+    shard_size: Annotated[
+        int, typer.Option("--shard-size", min=1, help="Sentences per shard.")
+    ] = DEFAULT_SHARD_SIZE,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            callback=_shard_option,
+            help="i/N: encode worker i's slice of N (blocks of --shard-size rows, block b to worker b % N).",
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")] = False,
+    skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")] = False,
+    errors: Annotated[
+        Errors, typer.Option("--errors", help="Invalid UTF-8: fail, or replace with U+FFFD.")
+    ] = "strict",
+) -> None:
+    """Encode sentences into a vector store folder (or JSON lines with --json).
+
+    Example: simcli encode questions.tsv --column question --model ./roformer_sim --out q.vec
+    """
+    with reported_errors():
+        from simcli.io import ReadStats, read_records
+        from simcli.store import check_output_folder
+
+        if (out is None) == (not json_lines):
+            raise UsageError("give --out DIR to write a store, or --json for JSON lines on stdout")
+        if json_lines and (resume or overwrite):
+            raise UsageError("--resume and --overwrite apply to --out, not --json")
+        split = parse_shard(shard) if shard is not None else None
+        if out is not None:
+            check_output_folder(out, resume=resume, overwrite=overwrite)
+        read_options = {"column": column, "field": field, "errors": errors, "skip_empty": skip_empty}
+        read_stats = ReadStats()
+        records = read_records(inputs, stats=read_stats, **read_options)  # type: ignore[arg-type]
+
+        from simcli.models.encoder import load_encoder
+
+        enc = load_encoder(
+            model,
+            pooling=pooling,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+            **_encoder_kwargs(max_length=max_length),
+        )
+        _note(_describe(enc))
+        total = _expected_rows(inputs, column, split, shard_size) if sys.stderr.isatty() else None
+        with _progress(total) as progress:
+            if out is None:
+                _encode_json(records, enc, shard_size, normalize, split, batch_tokens, progress)
+                return
+            from simcli.store import encode_to_store
+
+            summary = encode_to_store(
+                records,
+                enc,
+                out,
+                shard_size=shard_size,
+                store_dtype=store_dtype,
+                normalize=normalize,
+                resume=resume,
+                overwrite=overwrite,
+                shard=split,
+                batch_tokens=batch_tokens,
+                inputs=inputs,
+                read_options=read_options,
+                read_stats=read_stats,
+                progress=progress,
+            )
+        _warn_counts(summary.empty_kept, summary.empty_skipped, summary.truncated, enc.max_length)
+        earlier = f", {summary.shards_skipped} finished earlier" if summary.shards_skipped else ""
+        _note(
+            f"wrote {summary.count} vectors (dim {summary.dim}, {store_dtype}) in {summary.shards} shards "
+            f"to {out}{earlier}"
+        )
+
+
+def _encode_json(
+    records: Iterator[Any],
+    enc: Encoder,
+    chunk_size: int,
+    normalize: bool,
+    split: tuple[int, int] | None,
+    batch_tokens: int | None,
+    progress: ProgressFn | None,
+) -> None:
+    from simcli.models.encoder import EncodeStats
+    from simcli.store import encode_records
+
+    stats = EncodeStats()
+    count = empty = 0
+    write = sys.stdout.write
+    for rid, rec, vec in encode_records(
+        records,
+        enc,
+        chunk_size=chunk_size,
+        normalize=normalize,
+        shard=split,
+        batch_tokens=batch_tokens,
+        stats=stats,
+        progress=progress,
+    ):
+        write(json.dumps({"id": rid, "text": rec.text, "vector": vec.tolist()}, ensure_ascii=False) + "\n")
+        count += 1
+        empty += not rec.text
+    sys.stdout.flush()
+    _warn_counts(empty, 0, stats.truncated, enc.max_length)
+    _note(f"encoded {count} sentences (dim {enc.dim})")
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="Hub id or local model folder.")],
+    pooling: PoolingOpt = "auto",
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what simcli detects about a model and the device/dtype it would use.
+
+    Example: simcli info ./roformer_sim --pooling cls
+    """
+    with reported_errors():
+        from simcli.models.encoder import load_encoder
+
+        enc = load_encoder(
+            model,
+            pooling=pooling,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+            **_encoder_kwargs(max_length=max_length),
+        )
+        data = enc.info()
+        if json_out:
+            typer.echo(json.dumps(data, ensure_ascii=False))
+            return
+        width = max(map(len, data))
+        for key, value in data.items():
+            typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
