@@ -1,0 +1,579 @@
+"""Similar-question generation with RoFormer-Sim's UniLM head, re-ranked by the model's own sentence vectors.
+
+The reference procedure `gen_synonyms(text, n=100, k=20)` (REFERENCE.md 4): nucleus sampling (top_p 0.95)
+of n continuations of `[CLS] text [SEP]` as one batch, source truncated to 64 tokens and at most 64 new
+tokens; drop duplicates and copies of the input; rank the rest by the cosine of their linear-pooler vectors
+to the input's and keep k. Decoding slices the generated ids (never strips the input from a decoded
+string), so spaces and ASCII words survive.
+
+This module imports neither torch nor numpy at import time (the CLI reads its defaults); the model side
+lives in `simcli.models.unilm`.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from simcli.models.encoder import Encoder
+    from simcli.models.unilm import UniLM
+
+DEFAULT_MODEL = "junnyu/roformer_chinese_sim_char_ft_base"
+DEFAULT_N = 100
+DEFAULT_K = 20
+DEFAULT_TOP_P = 0.95
+DEFAULT_MAX_LENGTH = 64  # source tokens, [CLS] and [SEP] included (REFERENCE.md 4)
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_MAX_ROWS = 256  # samples decoded together in one batch
+DEFAULT_CACHE_MB = 1024  # KV-cache memory of one batch
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Paraphrase:
+    """One generated similar sentence and its cosine to the input (linear-pooler vectors)."""
+
+    text: str
+    score: float
+
+
+def check_options(
+    *,
+    n: int,
+    k: int,
+    top_p: float,
+    top_k: int | None,
+    temperature: float,
+    max_length: int,
+    max_new_tokens: int,
+    mask_ratio: float,
+    min_score: float | None,
+    max_score: float | None,
+) -> None:
+    """UsageError (exit 2) naming the flag for any option value that cannot work."""
+    if n < 1:
+        raise UsageError(f"-n must be at least 1, got {n}")
+    if k < 1:
+        raise UsageError(f"-k must be at least 1, got {k}")
+    if not 0.0 < top_p <= 1.0:
+        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if not temperature > 0.0:
+        raise UsageError(f"--temperature must be above 0, got {temperature}")
+    if max_length < 3:
+        raise UsageError(f"--max-length must be at least 3 ([CLS], one token, [SEP]), got {max_length}")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise UsageError(f"--mask-ratio must be in [0, 1), got {mask_ratio}")
+    if min_score is not None and max_score is not None and min_score > max_score:
+        raise UsageError(f"--min-score {min_score} is above --max-score {max_score}")
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for one source from the run's seed and the source's key (its index or row number)."""
+    import numpy as np
+
+    state = np.random.SeedSequence([seed & ((1 << 64) - 1), *keys]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & ((1 << 63) - 1)
+
+
+def fresh_seed() -> int:
+    """A random seed, for runs without --seed."""
+    import secrets
+
+    return secrets.randbits(63)
+
+
+class Paraphraser:
+    """A loaded RoFormer-Sim: UniLM sampling plus re-ranking by its pooler vectors.
+
+    Create with `load_paraphraser` (cached) or from an already loaded encoder.
+    """
+
+    def __init__(
+        self, encoder: Encoder, *, max_rows: int = DEFAULT_MAX_ROWS, cache_mb: int = DEFAULT_CACHE_MB
+    ) -> None:
+        from simcli.models.unilm import UniLM
+
+        self.encoder = encoder
+        self.unilm: UniLM = UniLM.from_encoder(encoder)
+        self.tokenizer = encoder.tokenizer
+        self.max_rows = max_rows
+        self.cache_mb = cache_mb
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def source_ids(
+        self, text: str, max_length: int, mask_ratio: float = 0.0, mask_seed: int = 0
+    ) -> list[int]:
+        """`[CLS] text [SEP]` truncated to max_length, with round(mask_ratio * len(text tokens)) random
+        text tokens replaced by [MASK] (the published trick for more varied outputs, REFERENCE.md 4)."""
+        ids = self.tokenizer.encode(text, max_length)
+        inner = len(ids) - 2
+        count = round(mask_ratio * inner)
+        if count > 0:
+            import numpy as np
+
+            rng = np.random.default_rng(mask_seed)
+            for p in rng.choice(inner, size=count, replace=False):
+                ids[1 + int(p)] = self.tokenizer.mask_id
+        return ids
+
+    def sample_ids(
+        self,
+        texts: Sequence[str],
+        *,
+        n: int = DEFAULT_N,
+        seed: int,
+        keys: Sequence[int] | None = None,
+        top_p: float = DEFAULT_TOP_P,
+        top_k: int | None = None,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        mask_ratio: float = 0.0,
+        progress: ProgressFn | None = None,
+    ) -> list[list[list[int]]]:
+        """Generated token ids ([SEP] excluded) of n continuations per text (1 with greedy).
+
+        `keys` (default: the index of each text) and `seed` decide each source's random stream, so a
+        source's samples do not depend on the other texts of the call.
+        """
+        from simcli.models.unilm import Job, Sampling, sample
+
+        keys = list(range(len(texts))) if keys is None else list(keys)
+        count = 1 if greedy else n
+        jobs = [
+            Job(
+                self.source_ids(t, max_length, mask_ratio, derive_seed(seed, key, 1)),
+                count,
+                derive_seed(seed, key),
+            )
+            for t, key in zip(texts, keys)
+        ]
+        tok = self.tokenizer
+        return sample(
+            self.unilm,
+            jobs,
+            Sampling(top_p=top_p, top_k=top_k, temperature=temperature, greedy=greedy),
+            max_new_tokens=max_new_tokens,
+            sep_id=tok.sep_id,
+            pad_id=tok.pad_id,
+            max_rows=self.max_rows,
+            cache_bytes=self.cache_mb << 20,
+            progress=progress,
+        )
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids (the slice after the source, REFERENCE.md 4)."""
+        return self.tokenizer.decode(ids)
+
+    # -- re-ranking -----------------------------------------------------------------------------------
+    def clean(self, text: str, candidates: Sequence[str]) -> list[str]:
+        """Candidates without empties, duplicates and copies of the input (raw or as the tokenizer
+        normalises it, e.g. lower-cased), in first-seen order."""
+        src = text.strip()
+        normalised = self.tokenizer.decode(self.tokenizer.encode(src, max(3, len(src) + 2)))
+        seen = {src, normalised, ""}
+        out = []
+        for c in candidates:
+            c = c.strip()
+            if c not in seen:
+                seen.add(c)
+                out.append(c)
+        return out
+
+    def rerank(
+        self,
+        texts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        *,
+        k: int = DEFAULT_K,
+        min_score: float | None = None,
+        max_score: float | None = None,
+    ) -> list[list[Paraphrase]]:
+        """The k candidates per text most cosine-similar to it (pooler vectors, REFERENCE.md 1.2, 4),
+        within [min_score, max_score], best first (ties keep first-seen order)."""
+        import numpy as np
+
+        cleaned = [self.clean(t, c) for t, c in zip(texts, candidates)]
+        flat: list[str] = []
+        for t, c in zip(texts, cleaned):
+            flat.append(t)
+            flat.extend(c)
+        vectors = self.encoder.encode(flat, normalize=True) if flat else np.zeros((0, 1), np.float32)
+        out: list[list[Paraphrase]] = []
+        start = 0
+        for c in cleaned:
+            src, cand = vectors[start], vectors[start + 1 : start + 1 + len(c)]
+            start += 1 + len(c)
+            scores = cand @ src  # (len(c),) cosines
+            keep = np.ones(len(c), dtype=bool)
+            if min_score is not None:
+                keep &= scores >= min_score
+            if max_score is not None:
+                keep &= scores <= max_score
+            order = [i for i in np.argsort(-scores, kind="stable") if keep[i]][:k]
+            out.append([Paraphrase(c[i], float(scores[i])) for i in order])
+        return out
+
+    # -- the whole procedure --------------------------------------------------------------------------
+    def generate(
+        self,
+        texts: Sequence[str],
+        *,
+        n: int = DEFAULT_N,
+        k: int = DEFAULT_K,
+        top_p: float = DEFAULT_TOP_P,
+        top_k: int | None = None,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+        keys: Sequence[int] | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        mask_ratio: float = 0.0,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Paraphrase]]:
+        """`gen_synonyms` for several texts at once; see `generate` for the arguments."""
+        check_options(
+            n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, max_length=max_length,
+            max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score, max_score=max_score,
+        )  # fmt: skip
+        max_pos = self.unilm.max_positions
+        if max_length + max_new_tokens - 1 > max_pos:
+            raise UsageError(
+                f"--max-length {max_length} + --max-new-tokens {max_new_tokens} exceed the model's "
+                f"{max_pos} positions"
+            )
+        ids = self.sample_ids(
+            texts, n=n, seed=fresh_seed() if seed is None else seed, keys=keys, top_p=top_p, top_k=top_k,
+            temperature=temperature, greedy=greedy, max_length=max_length, max_new_tokens=max_new_tokens,
+            mask_ratio=mask_ratio, progress=progress,
+        )  # fmt: skip
+        candidates = [[self.decode(r) for r in rows] for rows in ids]
+        return self.rerank(texts, candidates, k=k, min_score=min_score, max_score=max_score)
+
+
+def load_paraphraser(
+    model: str = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    cache_mb: int = DEFAULT_CACHE_MB,
+) -> Paraphraser:
+    """Load a RoFormer-Sim checkpoint for generation (ModelError for models without a UniLM head).
+
+    Args:
+        model: hub id or local folder (REFERENCE.md 1.1 layout).
+        device: auto | cpu | cuda | cuda:N.
+        dtype: auto | float32 | bfloat16 | float16.
+        max_length: source tokens, also the re-ranking encoder's max length.
+        max_rows: samples decoded together in one batch.
+        cache_mb: KV-cache memory budget of one batch, in MiB.
+    """
+    from simcli.models.encoder import load_encoder
+
+    enc = load_encoder(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
+    return Paraphraser(enc, max_rows=max_rows, cache_mb=cache_mb)
+
+
+@lru_cache(maxsize=2)
+def _cached(model: str, device: str, dtype: str, max_length: int) -> Paraphraser:
+    return load_paraphraser(model, device=device, dtype=dtype, max_length=max_length)
+
+
+def generate(
+    texts: str | Sequence[str],
+    *,
+    n: int = DEFAULT_N,
+    k: int = DEFAULT_K,
+    model: str | Paraphraser = DEFAULT_MODEL,
+    top_p: float = DEFAULT_TOP_P,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    mask_ratio: float = 0.0,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Any:
+    """Similar sentences of each text: n samples from RoFormer-Sim's UniLM head, re-ranked, top k.
+
+    Args:
+        texts: one text or several.
+        n: samples per text, drawn as one batch (1 with greedy).
+        k: paraphrases kept per text.
+        model: hub id, local folder, or a loaded Paraphraser (the loaded model is cached between calls).
+        top_p: nucleus sampling mass (1 disables).
+        top_k: keep only the k most likely tokens before top_p (None disables; SimBERT v1 used 5).
+        temperature: logits are divided by it before sampling.
+        greedy: argmax decoding instead of sampling.
+        seed: makes the samples reproducible (per text, independent of the other texts).
+        max_length: source tokens ([CLS] and [SEP] included); longer input is truncated.
+        max_new_tokens: most generated tokens per sample.
+        mask_ratio: share of the source tokens replaced by [MASK] (one draw per text) for more varied output.
+        min_score, max_score: keep paraphrases with cosine in this range (max_score < 1 drops trivial copies).
+        device, dtype: as for `load_encoder`.
+
+    Returns:
+        list of Paraphrase (text, score), best first, for a single text; a list of such lists for several.
+    """
+    single = isinstance(texts, str)
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    para = model if isinstance(model, Paraphraser) else _cached(model, device, dtype, max_length)
+    out = para.generate(
+        batch, n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, greedy=greedy, seed=seed,
+        max_length=max_length, max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score,
+        max_score=max_score,
+    )  # fmt: skip
+    return out[0] if single else out
+
+
+# -- batch mode: a file in, the same format out, one row per paraphrase ----------------------------------
+
+SOURCE_COLUMN = "source_row"  # the input line (1-based) the paraphrase was made from
+SCORE_COLUMN = "score"
+BATCH_FORMATS = ("tsv", "csv", "jsonl")
+
+
+@dataclass
+class FileSummary:
+    """What `generate_file` did."""
+
+    sources: int = 0  # input rows
+    empty: int = 0  # empty texts (no paraphrases)
+    generated: int = 0  # sources processed in this run
+    resumed: int = 0  # sources done by an earlier, interrupted run
+    paraphrases: int = 0  # output rows
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.parts"
+
+
+def check_batch_paths(input: str | Path, out: str | Path, *, resume: bool, overwrite: bool) -> str:
+    """The format of a batch run, checked before any model loads: tsv/csv/jsonl in, the same out; an existing
+    --out only with --overwrite; an interrupted run's parts only with --resume or --overwrite."""
+    from simcli.errors import BadInput, OutputExists
+    from simcli.io import input_format
+
+    fmt = input_format(input)
+    if fmt not in BATCH_FORMATS:
+        raise UsageError(f"--input {input}: batch mode reads .tsv, .csv or .jsonl (other columns are copied)")
+    if not Path(input).is_file():
+        raise BadInput(f"{input}: no such file")
+    out = Path(out)
+    try:
+        out_fmt = input_format(out)
+    except BadInput:
+        out_fmt = None
+    if out_fmt != fmt:
+        raise UsageError(f"--out {out}: must be a .{fmt} file like --input (same format out)")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if out.exists() and not overwrite:
+        raise OutputExists(f"{out}: exists (pass --overwrite to replace it)")
+    if _parts_dir(out).exists() and not (resume or overwrite):
+        raise OutputExists(
+            f"{out}: an interrupted run left {_parts_dir(out).name} (pass --resume to continue it, "
+            "--overwrite to start over)"
+        )
+    return fmt
+
+
+def _table_header(path: Path, fmt: str) -> list[str]:
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
+
+
+def generate_file(
+    para: Paraphraser,
+    input: str | Path,
+    out: str | Path,
+    *,
+    column: str | None = None,
+    n: int = DEFAULT_N,
+    k: int = DEFAULT_K,
+    top_p: float = DEFAULT_TOP_P,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    mask_ratio: float = 0.0,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> FileSummary:
+    """Augment a tsv/csv/jsonl file: one output row per paraphrase, the other columns copied.
+
+    The text column (tsv/csv: `column`, default "text"; jsonl: the field `column`, default "text") holds the
+    paraphrase; `source_row` (the input line it came from) and `score` are added. Finished sources are kept
+    in numbered part files beside `out` (each written atomically), so `resume=True` continues after the
+    last finished part with the same seeds; `out` itself is written atomically at the end.
+
+    Args:
+        para: the loaded model.
+        input, out: paths with the same extension (.tsv, .csv or .jsonl).
+        column: the text column or field.
+        resume: continue an interrupted run (its settings must match).
+        overwrite: replace `out` and any interrupted run's parts.
+        progress: called with (sources done now, total sources).
+        Other arguments: as for `generate`; each source's samples are seeded by (seed, its row index).
+    """
+    import json
+    import shutil
+
+    from simcli.errors import BadInput, ManifestMismatch
+    from simcli.io import atomic_open, atomic_write_json, atomic_write_text, read_records
+
+    check_options(
+        n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, max_length=max_length,
+        max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score, max_score=max_score,
+    )  # fmt: skip
+    input, out = Path(input), Path(out)
+    fmt = check_batch_paths(input, out, resume=resume, overwrite=overwrite)
+    if fmt == "jsonl":
+        records = list(read_records([input], field=column))
+        header: list[str] = []
+    else:
+        records = list(read_records([input], column=column))
+        header = _table_header(input, fmt)
+    clash = [c for c in (SOURCE_COLUMN, SCORE_COLUMN) if c in header] or [
+        c for r in records[:1] if isinstance(r.row, dict) for c in (SOURCE_COLUMN, SCORE_COLUMN) if c in r.row
+    ]
+    if clash:
+        raise BadInput(f"{input}: already has a {clash[0]!r} column, which the output adds")
+    text_col = _text_column(header, column) if fmt != "jsonl" else (column or "text")
+
+    parts = _parts_dir(out)
+    if overwrite and parts.exists():
+        shutil.rmtree(parts)
+    chunk = max(1, 4 * para.max_rows // (1 if greedy else n))  # sources per part file
+    settings = {
+        "input": str(input.resolve()),
+        "input_size": input.stat().st_size,
+        "column": column,
+        "model": para.encoder.spec.weights_sha256,
+        "n": n, "k": k, "top_p": top_p, "top_k": top_k, "temperature": temperature, "greedy": greedy,
+        "max_length": max_length, "max_new_tokens": max_new_tokens, "mask_ratio": mask_ratio,
+        "min_score": min_score, "max_score": max_score, "chunk": chunk,
+    }  # fmt: skip
+    done: dict[int, list[list[Any]]] = {}
+    if resume and (parts / "settings.json").is_file():
+        old = json.loads((parts / "settings.json").read_text(encoding="utf-8"))
+        differ = [key for key in settings if old.get(key) != settings[key]]
+        if seed is not None and old.get("seed") != seed:
+            differ.append("seed")
+        if differ:
+            raise ManifestMismatch(
+                f"{out}: --resume with different settings than the interrupted run ({', '.join(differ)}); "
+                "pass --overwrite to start over"
+            )
+        seed = int(old["seed"])
+        for part in sorted(parts.glob("part-*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                entry = json.loads(line)
+                done[int(entry["i"])] = entry["p"]
+    else:
+        seed = fresh_seed() if seed is None else seed
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(parts / "settings.json", {**settings, "seed": seed})
+
+    summary = FileSummary(sources=len(records), resumed=len(done))
+    if progress is not None and done:
+        progress(len(done), len(records))
+    for first in range(0, len(records), chunk):
+        block = range(first, min(first + chunk, len(records)))
+        if all(i in done for i in block):
+            continue
+        todo = [i for i in block if records[i].text]
+        result = para.generate(
+            [records[i].text for i in todo], keys=todo, n=n, k=k, top_p=top_p, top_k=top_k,
+            temperature=temperature, greedy=greedy, seed=seed, max_length=max_length,
+            max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score, max_score=max_score,
+        )  # fmt: skip
+        found = dict(zip(todo, result))
+        lines = []
+        for i in block:
+            done[i] = [[p.text, round(p.score, 6)] for p in found.get(i, [])]
+            lines.append(json.dumps({"i": i, "p": done[i]}, ensure_ascii=False))
+        atomic_write_text(parts / f"part-{first:09d}.jsonl", "\n".join(lines) + "\n")
+        summary.generated += len(block)
+        if progress is not None:
+            progress(len(block), len(records))
+
+    with atomic_open(out, "w", encoding="utf-8") as f:
+        summary.paraphrases = _write_rows(f, fmt, header, text_col, records, done)
+    shutil.rmtree(parts)
+    summary.empty = sum(1 for r in records if not r.text)
+    return summary
+
+
+def _text_column(header: list[str], column: str | None) -> int:
+    if column is None:
+        return header.index("text") if "text" in header else 0
+    if column in header:
+        return header.index(column)
+    return int(column)  # read_records has already checked it is a valid index
+
+
+def _write_rows(
+    f: Any, fmt: str, header: list[str], text_col: Any, records: Sequence[Any], done: dict[int, Any]
+) -> int:
+    import csv
+    import json
+
+    count = 0
+    if fmt == "jsonl":
+        for i, rec in enumerate(records):
+            for text, score in done.get(i, []):
+                row = {**rec.row, text_col: text, SOURCE_COLUMN: rec.line, SCORE_COLUMN: score}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        return count
+    writer = csv.writer(f, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+    writer.writerow([*header, SOURCE_COLUMN, SCORE_COLUMN])
+    for i, rec in enumerate(records):
+        for text, score in done.get(i, []):
+            row = list(rec.row) + [""] * (len(header) - len(rec.row))
+            row[text_col] = text
+            writer.writerow([*row, rec.line, f"{score:.4f}"])
+            count += 1
+    return count
+
+
+class _CallableModule(types.ModuleType):
+    """`simcli.generate(...)` must call the function even after `import simcli.generate` has bound the
+    package attribute `simcli.generate` to this module (the lazy `simcli.__getattr__` is then bypassed)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

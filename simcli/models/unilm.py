@@ -1,0 +1,432 @@
+"""RoFormer-Sim's UniLM seq2seq mode: the source encoded once, then one token at a time from a KV cache.
+
+Layout `[CLS] a [SEP] b [SEP]`, token_type 0 on `[CLS] a [SEP]` and 1 on `b`; a attends bidirectionally
+within a, b attends to all of a and causally within b (REFERENCE.md 4; c = cumsum(token_type), i attends j
+iff c[j] <= c[i]). With a KV cache that is exactly: the source pass with full attention over the real
+source tokens, then each new token (type 1) attending to the whole cache and itself.
+
+We drive transformers' RoFormer modules (embeddings, layers, rotary table, MLM head) ourselves instead of
+calling `RoFormerModel.forward`, for two reasons: its rotary positions start at one cache length for the
+whole batch, while rows of a batch have sources of different lengths (each row continues at its own
+length, REFERENCE.md 1.4); and we keep a preallocated cache whose rows can be repeated (n samples of one
+source) and dropped (finished samples) in one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from simcli.errors import ModelError
+
+#: Families with a UniLM-trained head (REFERENCE.md 1, 4). WoBERT and (char/word) RoFormer were trained as
+#: plain MLMs: their head predicts masked tokens, not a continuation.
+GENERATIVE_FAMILIES = frozenset({"roformer-sim"})
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to a capacity and filled left to right.
+
+    Implements the part of transformers' Cache protocol that RoFormerSelfAttention calls (`update`).
+    The length advances once per forward pass (`advance`), after every layer has written its slice.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> None:
+        self.keys = keys  # per layer (batch, heads, capacity, head_dim)
+        self.values = values
+        self.length = length
+
+    @classmethod
+    def empty(
+        cls, layers: int, batch: int, heads: int, capacity: int, head_dim: int, like: torch.Tensor
+    ) -> KVCache:
+        shape = (batch, heads, capacity, head_dim)
+        make = [like.new_empty(shape) for _ in range(2 * layers)]
+        return cls(make[:layers], make[layers:], 0)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this pass's keys/values of one layer; return all keys/values so far (views, no copy)."""
+        end = self.length + key.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache full: {end} > capacity {self.capacity}")
+        self.keys[layer_idx][:, :, self.length : end] = key
+        self.values[layer_idx][:, :, self.length : end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+    def select(self, rows: torch.Tensor, capacity: int | None = None) -> KVCache:
+        """A new cache holding `rows` (repeats allowed: n samples of one source), optionally with more room."""
+        capacity = self.capacity if capacity is None else capacity
+        n, used = len(rows), self.length
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_empty((n, t.shape[1], capacity, t.shape[3]))
+            out[:, :, :used] = t[:, :, :used].index_select(0, rows)
+            return out
+
+        return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], used)
+
+
+def build_mlm_head(backbone: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """transformers' RoFormerOnlyMLMHead with the checkpoint's `cls.predictions.*` weights.
+
+    The decoder is tied to the word embeddings (REFERENCE.md 1.1): when the file's decoder weight is absent
+    or equal to them, the module shares the backbone's embedding tensor instead of holding a copy.
+    """
+    from transformers.models.roformer.modeling_roformer import RoFormerOnlyMLMHead
+
+    emb = backbone.embeddings.word_embeddings.weight
+    head = RoFormerOnlyMLMHead(backbone.config)
+    pre = "cls.predictions."
+    needed = ["transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight"]
+    needed += ["transform.LayerNorm.bias"]
+    missing = [pre + k for k in needed if pre + k not in state_dict]
+    bias = state_dict.get(pre + "decoder.bias", state_dict.get(pre + "bias"))
+    if missing or bias is None:
+        raise ModelError(f"MLM head weights missing: {', '.join(missing) or pre + 'bias'}")
+    p = head.predictions
+    with torch.no_grad():
+        for k in needed:
+            p.get_parameter(k).copy_(state_dict[pre + k])
+        p.decoder.bias.copy_(bias)
+        p.bias.copy_(bias)  # unused by forward (the decoder's own bias is), kept equal as in the checkpoint
+    head.to(device=emb.device, dtype=emb.dtype)
+    decoder = state_dict.get(pre + "decoder.weight")
+    if decoder is None or torch.equal(decoder.to(emb.dtype).to(emb.device), emb.detach()):
+        p.decoder.weight = emb  # tied
+    else:
+        with torch.no_grad():
+            p.decoder.weight.copy_(decoder)
+    return head.eval()
+
+
+class UniLM:
+    """Incremental seq2seq decoding with a RoFormer backbone (full attention) and its MLM head."""
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module) -> None:
+        self.backbone = backbone
+        self.head = head
+        cfg = backbone.config
+        self.layers = int(cfg.num_hidden_layers)
+        self.heads = int(cfg.num_attention_heads)
+        self.head_dim = int(cfg.hidden_size) // self.heads
+        self.max_positions = int(cfg.max_position_embeddings)
+        self.vocab_size = int(cfg.vocab_size)
+        emb = backbone.embeddings.word_embeddings.weight
+        self.device, self.dtype = emb.device, emb.dtype
+        self._min = torch.finfo(self.dtype).min
+
+    @classmethod
+    def from_encoder(cls, enc: object) -> UniLM:
+        """The UniLM decoder of a loaded RoFormer-Sim encoder; ModelError for models without the UniLM head."""
+        ck = enc.checkpoint  # type: ignore[attr-defined]
+        if ck.family not in GENERATIVE_FAMILIES:
+            why = {
+                "wobert": "WoBERT was trained as a masked LM only",
+                "roformer-word": "word RoFormer was trained as a masked LM only",
+                "roformer-char": "char RoFormer was trained as a masked LM only",
+                "bert": "plain BERT was trained as a masked LM only",
+            }.get(ck.family, f"family {ck.family}")
+            raise ModelError(
+                f"{ck.model}: cannot generate: {why}, it has no UniLM-trained seq2seq head "
+                "(use a RoFormer-Sim checkpoint, e.g. junnyu/roformer_chinese_sim_char_ft_base)"
+            )
+        if not ck.has_mlm_head:
+            raise ModelError(f"{ck.model}: cannot generate: the weights have no MLM head (cls.predictions.*)")
+        return cls(enc.backbone, build_mlm_head(enc.backbone, ck.state_dict()))  # type: ignore[attr-defined]
+
+    def key_bias(self, allowed: torch.Tensor) -> torch.Tensor:
+        """Additive attention bias (batch, 1, 1, keys) from a boolean (batch, keys): 0 allowed, min blocked.
+
+        transformers' eager RoFormer attention adds the mask to the scores, so it must be additive.
+        """
+        bias = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        bias.masked_fill_(~allowed, self._min)
+        return bias[:, None, None, :]
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        token_type: int,
+        positions: torch.Tensor,
+        bias: torch.Tensor,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """Run the layers over `ids` (batch, t), writing their keys/values into `cache`; last hidden states."""
+        bb = self.backbone
+        hidden = bb.embeddings(input_ids=ids, token_type_ids=torch.full_like(ids, token_type))
+        if hasattr(bb, "embeddings_project"):
+            hidden = bb.embeddings_project(hidden)
+        # Rotary table rows per position; (rows or 1, 1, t, head_dim) broadcasts over heads (REFERENCE 1.4).
+        sin_pos = bb.encoder.embed_positions(ids.shape, position_ids=positions)[:, None]
+        for layer in bb.encoder.layer:
+            hidden = layer(hidden, bias, sin_pos, past_key_values=cache)[0]
+        cache.advance(ids.shape[1])
+        return hidden
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+        """Encode right-padded sources `[CLS] a [SEP]` (token_type 0, full attention over real tokens).
+
+        Args:
+            ids: (sources, longest) token ids, right-padded.
+            lengths: (sources,) real lengths.
+
+        Returns:
+            The cache (capacity = longest) and float32 logits (sources, vocab) at each source's [SEP], which
+            predict the first generated token (REFERENCE.md 4).
+        """
+        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        s, longest = ids.shape
+        cache = KVCache.empty(self.layers, s, self.heads, longest, self.head_dim, self._like())
+        allowed = torch.arange(longest, device=self.device)[None, :] < lengths[:, None]
+        positions = torch.arange(longest, device=self.device)[None, :]
+        hidden = self._forward(ids, 0, positions, self.key_bias(allowed), cache)  # (s, longest, h)
+        last = hidden[torch.arange(s, device=self.device), lengths - 1]  # (s, h)
+        return cache, self.head(last).float()
+
+    @torch.inference_mode()
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """Feed one generated token per row (token_type 1) and return float32 logits (rows, vocab).
+
+        Args:
+            tokens: (rows,) the tokens just chosen.
+            positions: (rows,) their rotary positions (source length + index in the continuation).
+            bias: (rows, 1, 1, cache.length + 1) additive key bias (padded source keys blocked).
+            cache: the cache; this token's keys/values are appended.
+        """
+        hidden = self._forward(tokens[:, None], 1, positions[:, None], bias, cache)  # (rows, 1, h)
+        return self.head(hidden[:, 0]).float()
+
+    def _like(self) -> torch.Tensor:
+        return torch.empty(0, dtype=self.dtype, device=self.device)
+
+
+# -- sampling ----------------------------------------------------------------------------------------------
+
+#: Size of the top-k prefilter tried before a full sort for nucleus sampling (exact whenever it covers top_p).
+NUCLEUS_PREFILTER = 256
+#: Finished rows are dropped from the batch once they are this share of it (a drop copies the cache).
+COMPACT_SHARE = 0.125
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: temperature, then top-k, then top-p (nucleus), or greedy argmax."""
+
+    top_p: float = 0.95
+    top_k: int | None = None
+    temperature: float = 1.0
+    greedy: bool = False
+
+
+def choose_tokens(logits: torch.Tensor, sampling: Sampling, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """Next token per row from float32 logits (rows, vocab) and one uniform [0, 1) draw per row.
+
+    Sampling by inverting the CDF of the truncated distribution with the given uniforms keeps the random
+    stream under the caller's control (one generator per source, see `UniLM.sample`).
+    """
+    if sampling.greedy:
+        return logits.argmax(-1)
+    if uniforms is None:
+        raise ValueError("sampling needs uniforms")
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
+    if sampling.top_k is not None:
+        values, index = logits.topk(min(sampling.top_k, logits.shape[-1]))  # sorted, descending
+        probs = values.softmax(-1)
+    else:
+        probs = logits.softmax(-1)
+        k = min(NUCLEUS_PREFILTER, probs.shape[-1])
+        values, index = probs.topk(k)
+        if k < probs.shape[-1] and not bool((values.sum(-1) >= sampling.top_p).all()):
+            values, index = probs.sort(-1, descending=True)  # the nucleus is wider than the prefilter
+        probs = values
+    if sampling.top_p < 1.0:
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        before = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(before >= sampling.top_p, 0.0)
+    cdf = probs.cumsum(-1)  # (rows, kept)
+    target = (uniforms.to(cdf) * cdf[:, -1])[:, None]
+    pick = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)
+    return index.gather(1, pick)[:, 0]
+
+
+@dataclass(frozen=True)
+class Job:
+    """`count` continuations of one tokenised source, with the seed of its random stream."""
+
+    ids: Sequence[int]
+    count: int
+    seed: int
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    return ids, lengths
+
+
+class _Uniforms:
+    """One torch.Generator per job: a source's draws depend only on its seed and its own finished rows,
+    not on which other sources share the batch."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
+
+    def draw(self, job_of_row: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        live = ~finished
+        counts = torch.bincount(job_of_row[live], minlength=len(self.generators)).tolist()
+        parts = [torch.rand(c, generator=g) for g, c in zip(self.generators, counts) if c]
+        u = torch.zeros(len(finished))
+        if parts:
+            u[live] = torch.cat(parts)
+        return u
+
+
+def sample_batch(
+    model: UniLM, jobs: Sequence[Job], sampling: Sampling, max_new_tokens: int, sep_id: int, pad_id: int
+) -> list[list[int]]:
+    """Continuations of several sources in one batch: each source encoded once, its cache repeated `count`
+    times, rows dropped as they finish. Returns the generated ids per row (jobs in order, [SEP] excluded).
+    """
+    dev = model.device
+    ids, lengths = _pad([j.ids for j in jobs], pad_id)
+    cache, logits = model.prefill(ids, lengths)
+    longest = ids.shape[1]
+    if longest + max_new_tokens - 1 > model.max_positions:
+        raise ModelError(f"source ({longest}) + new tokens ({max_new_tokens}) exceed the model's positions")
+    job_of_row = torch.repeat_interleave(torch.arange(len(jobs)), torch.tensor([j.count for j in jobs]))
+    rows = len(job_of_row)
+    # The last chosen token is never fed back, hence capacity longest + max_new_tokens - 1.
+    cache = cache.select(job_of_row.to(dev), capacity=longest + max_new_tokens - 1)
+    logits = logits.index_select(0, job_of_row.to(dev))
+    src_len = lengths[job_of_row]  # (rows,) first generated position of each row
+    allowed = torch.ones((rows, cache.capacity), dtype=torch.bool)
+    allowed[:, :longest] = torch.arange(longest)[None, :] < src_len[:, None]  # padded source keys never seen
+    bias = model.key_bias(allowed.to(dev))  # (rows, 1, 1, capacity)
+    positions = src_len.to(dev)
+    slot = torch.arange(rows)  # output row of each live row
+    finished = torch.zeros(rows, dtype=torch.bool)
+    out = torch.full((rows, max_new_tokens), sep_id, dtype=torch.long)
+    uniforms = None if sampling.greedy else _Uniforms(jobs)
+    for t in range(max_new_tokens):
+        u = uniforms.draw(job_of_row, finished) if uniforms is not None else None
+        tokens = choose_tokens(logits, sampling, u)
+        chosen = tokens.cpu()
+        live = ~finished
+        out[slot[live], t] = chosen[live]
+        finished |= chosen == sep_id
+        if t == max_new_tokens - 1 or bool(finished.all()):
+            break
+        if int(finished.sum()) >= COMPACT_SHARE * len(finished):
+            keep = (~finished).nonzero()[:, 0]
+            keep_dev = keep.to(dev)
+            cache = cache.select(keep_dev)
+            bias, positions, tokens = bias[keep_dev], positions[keep_dev], tokens[keep_dev]
+            slot, job_of_row, finished = slot[keep], job_of_row[keep], finished[keep]
+        logits = model.step(tokens, positions + t, bias[..., : cache.length + 1], cache)
+    result = []
+    for row in out.tolist():
+        end = row.index(sep_id) if sep_id in row else len(row)
+        result.append(row[:end])
+    return result
+
+
+def plan_batches(jobs: Sequence[Job], max_rows: int, row_budget: Callable[[int], int]) -> list[list[int]]:
+    """Job indices grouped into batches of at most `max_rows` rows, longest sources first.
+
+    `row_budget(longest)` caps the rows of a batch whose longest source has that length (cache memory).
+    A job never spans batches: split jobs larger than the cap beforehand.
+    """
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].ids))
+    out: list[list[int]] = []
+    current: list[int] = []
+    rows = cap = 0
+    for i in order:
+        if not current:
+            cap = max(1, min(max_rows, row_budget(len(jobs[i].ids))))
+        elif rows + jobs[i].count > cap:
+            out.append(current)
+            current, rows = [], 0
+            cap = max(1, min(max_rows, row_budget(len(jobs[i].ids))))
+        current.append(i)
+        rows += jobs[i].count
+    if current:
+        out.append(current)
+    return out
+
+
+def sample(
+    model: UniLM,
+    jobs: Sequence[Job],
+    sampling: Sampling,
+    *,
+    max_new_tokens: int,
+    sep_id: int,
+    pad_id: int,
+    max_rows: int,
+    cache_bytes: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[list[int]]]:
+    """Generated ids of every job (job order; `count` rows each), batched under a row and cache-memory cap.
+
+    Args:
+        model: the UniLM decoder.
+        jobs: sources with their sample counts and seeds (a job must fit one batch: count <= max_rows).
+        sampling: how tokens are chosen.
+        max_new_tokens: most tokens per continuation ([SEP] stops earlier).
+        sep_id, pad_id: the tokenizer's [SEP] and [PAD].
+        max_rows: most rows (samples) in one batch.
+        cache_bytes: memory budget of one batch's KV cache.
+        progress: called with the number of rows after each batch.
+    """
+    elem = torch.finfo(model.dtype).bits // 8
+    per_position = 2 * model.layers * model.heads * model.head_dim * elem
+
+    def row_budget(longest: int) -> int:
+        return cache_bytes // (per_position * (longest + max_new_tokens))
+
+    # A job larger than one batch is split; chunk c > 0 gets its own seed derived from the job's.
+    pieces: list[Job] = []
+    owner: list[int] = []
+    for i, j in enumerate(jobs):
+        cap = max(1, min(max_rows, row_budget(len(j.ids))))
+        for c, start in enumerate(range(0, j.count, cap)):
+            seed = j.seed if c == 0 else (j.seed + c * 0x9E3779B97F4A7C15) % (1 << 63)
+            pieces.append(Job(j.ids, min(cap, j.count - start), seed))
+            owner.append(i)
+    results: list[list[list[int]]] = [[] for _ in jobs]
+    for batch in plan_batches(pieces, max_rows, row_budget):
+        rows = sample_batch(model, [pieces[i] for i in batch], sampling, max_new_tokens, sep_id, pad_id)
+        done: dict[int, list[list[int]]] = {}
+        start = 0
+        for i in batch:
+            done[i] = rows[start : start + pieces[i].count]
+            start += pieces[i].count
+        for i in sorted(done):  # pieces of a job are consecutive in `pieces`: keep their order
+            results[owner[i]].extend(done[i])
+        if progress is not None:
+            progress(start)
+    return results
