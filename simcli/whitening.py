@@ -421,3 +421,68 @@ def whitening_for(path: str | Path, spec: ModelSpec, what: str) -> Whitening:
     w = Whitening.load(path)
     w.check_fits(spec, what)
     return w
+
+
+def fit_store(
+    path: str | Path,
+    *,
+    dim: int | None = None,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    clamp: bool = False,
+) -> Whitening:
+    """Fit on the vectors of a store folder (`simcli encode --out`), shard by shard.
+
+    Raises:
+        BadInput: the store holds L2-normalised vectors (REFERENCE 2: whitening is fitted on raw vectors).
+    """
+    from simcli.store import VectorStore
+
+    store = VectorStore.open(path)
+    if store.normalized:
+        raise BadInput(
+            f"{path}: the store holds L2-normalised vectors; whitening must be fitted on raw vectors "
+            "(re-encode without --normalize)"
+        )
+    return Whitening.fit(
+        store.iter_vectors(), dim=dim, beta=beta, gamma=gamma, spec=store.spec, clamp=clamp, source=str(path)
+    )
+
+
+def fit_texts(
+    texts: Iterable[str],
+    encoder: Any,
+    *,
+    dim: int | None = None,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    clamp: bool = False,
+    source: str = "",
+    chunk: int = 8192,
+    batch_tokens: int | None = None,
+    progress: Any = None,
+) -> Whitening:
+    """Encode `texts` chunk by chunk with `encoder` (raw vectors) and fit on them; memory stays flat.
+
+    Args:
+        texts: sentences, e.g. `(r.text for r in read_records(paths, skip_empty=True))`.
+        encoder: a loaded Encoder; its spec is recorded in the whitening.
+        chunk: sentences encoded per call.
+        progress: passed on to `encoder.encode` (called with (sentences, tokens) per batch).
+    """
+    acc = MomentAccumulator(encoder.spec.dim)
+    block: list[str] = []
+
+    def flush() -> None:
+        if block:
+            acc.add(encoder.encode(block, normalize=False, batch_tokens=batch_tokens, progress=progress))
+            block.clear()
+
+    for text in texts:
+        block.append(text)
+        if len(block) >= chunk:
+            flush()
+    flush()
+    return Whitening.from_moments(
+        acc, dim=dim, beta=beta, gamma=gamma, spec=encoder.spec, clamp=clamp, source=source
+    )

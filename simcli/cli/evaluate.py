@@ -1,1 +1,154 @@
-"""Commands of this stage are registered here (module under construction)."""
+"""`simcli eval sts`: Spearman x100 of cosine against label, per pooling and whitening (REFERENCE.md 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simcli.cli._app import (
+    BatchTokensOpt,
+    DeviceOpt,
+    DTypeOpt,
+    JsonOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    TokenizerOpt,
+    app,
+    reported_errors,
+)
+from simcli.cli.whiten import progress_bar
+
+eval_app = typer.Typer(
+    help="Evaluate encoders and whitening on labelled sentence pairs.", no_args_is_help=True
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("sts")
+def sts(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Pair files: s1<TAB>s2<TAB>label (.data/.txt/.tsv), .csv or .jsonl (see --columns)."
+        ),
+    ],
+    model: ModelOpt,
+    pooling: Annotated[
+        str, typer.Option(help="Comma-separated poolings: auto, pooler, cls, last-avg, first-last-avg.")
+    ] = "auto",
+    whiten: Annotated[
+        str, typer.Option(help="Comma-separated whitening settings: none, full, or a dimension k (e.g. 256).")
+    ] = "none,full",
+    beta: Annotated[float, typer.Option(help="Whitening beta for every setting but none.")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="Whitening gamma for every setting but none.")] = 1.0,
+    fit_on: Annotated[
+        Path | None,
+        typer.Option(
+            "--fit-on",
+            help="Fit whitening on this file (one sentence a line, or a pair file) instead of each task's "
+            "own sentences.",
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="first,second,label columns: 0-based indexes (no header) or header names / jsonl keys "
+            "[default: 0,1,2, or sentence1,sentence2,label when named so].",
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")] = None,
+    max_length: MaxLengthOpt = 64,
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of score against whitening dimension.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score an encoder on labelled pairs: Spearman x100 between cosine and label.
+
+    Example: simcli eval sts LCQMC.test.data --model M --pooling cls,first-last-avg --whiten none,full,256
+    """
+    with reported_errors():
+        from simcli.evaluate import evaluate_sts, parse_columns, parse_list, parse_whiten, plot_scores
+
+        parse_whiten(whiten)  # usage errors before the model loads
+        cols = parse_columns(columns)
+        from simcli.models.encoder import load_encoder
+
+        pools = parse_list(pooling)
+        enc = load_encoder(
+            model,
+            pooling=pools[0] if pools else "auto",
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+        )
+        spec = enc.spec
+        typer.echo(
+            f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {spec.max_length}) on "
+            f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
+            err=True,
+        )
+        with progress_bar() as bar:
+
+            def progress(name: str, total: int):  # type: ignore[no-untyped-def]
+                task = bar.add_task(name, total=total)
+                return lambda n, _tokens: bar.advance(task, n)
+
+            results = evaluate_sts(
+                files,
+                enc,
+                poolings=pools,
+                whiten=whiten,
+                beta=beta,
+                gamma=gamma,
+                fit_on=fit_on,
+                columns=cols,
+                limit=limit,
+                batch_tokens=batch_tokens,
+                progress=progress,
+            )
+        for r in results:
+            if r.clamped_from is not None:
+                typer.echo(
+                    f"simcli: note: {r.dataset} {r.pooling} whiten {r.whiten}: k {r.clamped_from} lowered "
+                    f"to the covariance rank {r.dim} ({r.fit_n} vectors)",
+                    err=True,
+                )
+        if plot is not None:
+            plot_scores(results, plot)
+        if json_out:
+            for r in results:
+                typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+        else:
+            _print_table(results, beta, gamma, fit_on)
+
+
+def _print_table(results: list, beta: float, gamma: float, fit_on: Path | None) -> None:  # type: ignore[type-arg]
+    from rich.console import Console
+    from rich.table import Table
+
+    from simcli.evaluate import summary_rows
+
+    datasets, rows = summary_rows(results)
+    fitted = f"fitted on {fit_on}" if fit_on is not None else "fitted on each task"
+    table = Table()
+    table.add_column("pooling")
+    table.add_column("whiten")
+    for ds in datasets:
+        table.add_column(ds, justify="right")
+    table.add_column("avg", justify="right")
+    for pooling, whiten, scores, avg in rows:
+        table.add_row(pooling, whiten, *(f"{s:.2f}" for s in scores), f"{avg:.2f}")
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # a pipe or file: never cut columns
+    console.print(f"Spearman x100; whitening beta {beta:g}, gamma {gamma:g}, {fitted}", highlight=False)
+    console.print(table)

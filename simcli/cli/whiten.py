@@ -1,1 +1,216 @@
-"""Commands of this stage are registered here (module under construction)."""
+"""`simcli whiten fit` and `simcli whiten info`: BERT-whitening files (REFERENCE.md 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from simcli.cli._app import (
+    BatchTokensOpt,
+    DeviceOpt,
+    DTypeOpt,
+    JsonOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    PoolingOpt,
+    TokenizerOpt,
+    app,
+    reported_errors,
+)
+from simcli.errors import OutputExists, UsageError
+
+whiten_app = typer.Typer(
+    help="Fit BERT-whitening on a vector store or on text, and inspect whitening files.", no_args_is_help=True
+)
+app.add_typer(whiten_app, name="whiten")
+
+# --model is optional here: a store records its model.
+OptionalModelOpt = Annotated[str | None, ModelOpt.__metadata__[0]]
+
+
+def progress_bar() -> Any:
+    """A rich progress bar on stderr: sentences done (of the total when known), rate, time."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sentences"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+@whiten_app.command("fit")
+def fit(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="A vector store folder (`simcli encode --out`), or text files with --model."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The whitening file to write (e.g. corpus.whiten).")
+    ],
+    dim: Annotated[
+        int | None, typer.Option("--dim", "-k", help="Output dimension k (default: all d dimensions).")
+    ] = None,
+    beta: Annotated[float, typer.Option(help="Share of the mean removed: 1 whitening, 0 none.")] = 1.0,
+    gamma: Annotated[
+        float,
+        typer.Option(help="Eigenvalue power: 1 whitening, 0 rotation only (with beta 0: keeps cosines)."),
+    ] = 1.0,
+    clamp: Annotated[
+        bool, typer.Option("--clamp", help="Lower --dim to the covariance rank instead of refusing.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    model: OptionalModelOpt = None,
+    pooling: PoolingOpt = "auto",
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    max_length: MaxLengthOpt = 64,
+    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
+    ] = None,
+    field: Annotated[str | None, typer.Option("--field", help="jsonl field holding the text.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit whitening on raw sentence vectors and save it.
+
+    Example: simcli whiten fit corpus.vec --dim 256 --out corpus.whiten
+    """
+    with reported_errors():
+        from simcli import whitening
+
+        if out.exists() and not overwrite:
+            raise OutputExists(f"--out {out} exists (use --overwrite to replace it)")
+        stores = [s for s in sources if s.is_dir()]
+        if stores:
+            if len(sources) > 1:
+                raise UsageError(f"a store folder ({stores[0]}) must be the only SOURCE")
+            if model is not None:
+                raise UsageError("--model is for text sources: a store records its model")
+            w = whitening.fit_store(stores[0], dim=dim, beta=beta, gamma=gamma, clamp=clamp)
+        else:
+            w = _fit_texts(
+                sources, model, dim, beta, gamma, clamp, pooling, tokenizer, device, dtype, max_length,
+                batch_tokens, column, field,
+            )  # fmt: skip
+        w.save(out)
+        if w.clamped_from is not None:
+            typer.echo(
+                f"simcli: warning: --dim {w.clamped_from} lowered to the covariance rank {w.rank} "
+                f"({w.n} vectors of dimension {w.dim_in})",
+                err=True,
+            )
+        if json_out:
+            typer.echo(json.dumps({"out": str(out), **w.metadata()}, ensure_ascii=False, sort_keys=True))
+        else:
+            typer.echo(
+                f"wrote {out}: {w.n} vectors, {w.dim_in} -> {w.dim_out} dimensions, "
+                f"beta {w.beta:g}, gamma {w.gamma:g}, rank {w.rank}"
+            )
+
+
+def _fit_texts(
+    sources: list[Path],
+    model: str | None,
+    dim: int | None,
+    beta: float,
+    gamma: float,
+    clamp: bool,
+    pooling: str,
+    tokenizer: str | None,
+    device: str,
+    dtype: str,
+    max_length: int,
+    batch_tokens: int | None,
+    column: str | None,
+    field: str | None,
+) -> Any:
+    from simcli import whitening
+    from simcli.io import read_records
+
+    if model is None:
+        raise UsageError("text sources need --model (or give a store folder)")
+    records = read_records([str(s) for s in sources], column=column, field=field, skip_empty=True)
+    from simcli.models.encoder import load_encoder
+
+    enc = load_encoder(
+        model, pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length
+    )
+    spec = enc.spec
+    typer.echo(
+        f"simcli: {spec.model} ({spec.family}, {spec.pooling}, dim {spec.dim}) on {enc.device} "
+        f"{str(enc.dtype).removeprefix('torch.')}",
+        err=True,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("encoding", total=None)
+        return whitening.fit_texts(
+            (r.text for r in records),
+            enc,
+            dim=dim,
+            beta=beta,
+            gamma=gamma,
+            clamp=clamp,
+            source=", ".join(str(s) for s in sources),
+            batch_tokens=batch_tokens,
+            progress=lambda n, _tokens: bar.advance(task, n),
+        )
+
+
+@whiten_app.command("info")
+def info(
+    file: Annotated[Path, typer.Argument(help="A whitening file from `simcli whiten fit`.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what a whitening file holds: counts, dimensions, parameters, model, explained variance.
+
+    Example: simcli whiten info corpus.whiten
+    """
+    with reported_errors():
+        from simcli.whitening import Whitening
+
+        w = Whitening.load(file)
+        meta = w.metadata()
+        lam = w.eigenvalues
+        total = float(lam.sum())
+        meta["kept_variance"] = float(lam[: w.dim_out].sum()) / total if total > 0 else 0.0
+        if json_out:
+            typer.echo(json.dumps({"file": str(file), **meta}, ensure_ascii=False, sort_keys=True))
+            return
+        spec = w.spec
+        lines = [
+            f"file: {file}",
+            f"vectors: {w.n}",
+            f"dimensions: {w.dim_in} -> {w.dim_out}"
+            + (f" (asked {w.clamped_from}, lowered to the rank)" if w.clamped_from is not None else ""),
+            f"beta: {w.beta:g}",
+            f"gamma: {w.gamma:g}",
+            f"rank: {w.rank}",
+            f"kept variance: {100 * meta['kept_variance']:.2f}%",
+            f"model: {spec.model if spec else '(unknown)'}",
+            f"pooling: {spec.pooling if spec else '(unknown)'}",
+            f"max length: {spec.max_length if spec else '(unknown)'}",
+            f"weights sha256: {spec.weights_sha256 if spec else '(unknown)'}",
+            f"source: {w.source or '(unknown)'}",
+            f"sha256: {w.sha256}",
+        ]
+        typer.echo("\n".join(lines))

@@ -1,0 +1,503 @@
+"""STS evaluation: Spearman x100 between the cosine of two sentence vectors and the label (REFERENCE.md 3).
+
+For each data set, pooling and whitening setting. By default the whitening statistics are fitted on all
+sentences of each task (both columns of every pair, the published BERT-whitening protocol,
+kexue.fm/archives/8321); `fit_on` fits them once on another file instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simcli.errors import BadInput, MissingDependency, UsageError
+from simcli.io import atomic_write_with
+from simcli.whitening import MomentAccumulator, Whitening
+
+#: The sentence columns and label column by default: headerless `s1<TAB>s2<TAB>label` (the .data files),
+#: a header naming sentence1/sentence2/label (PAWS-X tsv), or those keys in jsonl.
+DEFAULT_COLUMNS = ("sentence1", "sentence2", "label")
+PAIR_FORMATS = {
+    ".data": "tsv",
+    ".txt": "tsv",
+    ".tsv": "tsv",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
+
+ProgressFactory = Callable[
+    [str, int], Callable[[int, int], None]
+]  # (dataset, sentences) -> per-batch callback
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Labelled sentence pairs of one file."""
+
+    name: str
+    path: Path
+    s1: list[str]
+    s2: list[str]
+    labels: np.ndarray  # (n,) float64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class WhitenSetting:
+    """One whitening setting of an evaluation: none, full (k = d) or a cut to k."""
+
+    label: str  # "none", "full" or the k as given
+    dim: int | None  # None: full
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StsResult:
+    """One cell of the evaluation table."""
+
+    dataset: str
+    pooling: str
+    whiten: str  # none | full | k
+    dim: int  # dimension of the compared vectors
+    beta: float | None
+    gamma: float | None
+    spearman: float  # x100
+    pairs: int
+    fit_on: str | None  # "task", a file, or None without whitening
+    fit_n: int  # vectors the whitening was fitted on
+    clamped_from: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def parse_columns(value: str | None) -> tuple[str, str, str] | None:
+    """`--columns s1,s2,label` as three names or 0-based indexes (None: the defaults)."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 3 or not all(parts):
+        raise UsageError(
+            f"--columns {value!r}: expected three columns 'first,second,label', e.g. 0,1,2 or 1,3,4"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def _format(path: Path) -> str:
+    fmt = PAIR_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise BadInput(
+            f"{path}: unknown pair file format {path.suffix or '(no extension)'!r} ({', '.join(PAIR_FORMATS)})"
+        )
+    return fmt
+
+
+def _rows(path: Path, fmt: str) -> list[tuple[int, list[str] | dict[str, Any]]]:
+    """(line number, fields) of every non-blank line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror})") from e
+    lines = text.splitlines()
+    out: list[tuple[int, list[str] | dict[str, Any]]] = []
+    if fmt == "csv":
+        reader = csv.reader(lines)
+        try:
+            for row in reader:
+                if row:
+                    out.append((reader.line_num, row))
+        except csv.Error as e:
+            raise BadInput(f"{path}:{reader.line_num}: malformed csv ({e})") from None
+        return out
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if fmt == "jsonl":
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"{path}:{i}: not a JSON object ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise BadInput(f"{path}:{i}: not a JSON object (found {type(obj).__name__})")
+            out.append((i, obj))
+        else:
+            # TSV without quoting: a stray '"' inside a sentence is text (LCQMC, PAWSX).
+            out.append((i, line.split("\t")))
+    return out
+
+
+def _resolve(columns: tuple[str, str, str] | None, first: list[str]) -> tuple[list[int], bool]:
+    """Column indexes for a delimited file, and whether the first row is a header."""
+    if columns is None:
+        if all(c in first for c in DEFAULT_COLUMNS):
+            return [first.index(c) for c in DEFAULT_COLUMNS], True
+        return [0, 1, 2], False
+    if all(c.isdigit() for c in columns):
+        return [int(c) for c in columns], False
+    missing = [c for c in columns if c not in first]
+    if missing:
+        raise BadInput(f"no column {missing[0]!r} in the header ({', '.join(first)})")
+    return [first.index(c) for c in columns], True
+
+
+def read_pairs(
+    path: str | Path,
+    *,
+    columns: tuple[str, str, str] | None = None,
+    limit: int | None = None,
+    name: str | None = None,
+    labels: bool = True,
+) -> PairSet:
+    """Read labelled sentence pairs.
+
+    Args:
+        path: `.data` / `.txt` / `.tsv` (tab-separated, no quoting), `.csv`, or `.jsonl` / `.json` (JSON lines).
+        columns: (first, second, label) as 0-based indexes (no header) or header names / jsonl keys.
+            Default: columns 0,1,2 without header, or the header / keys sentence1, sentence2, label.
+        limit: keep only the first `limit` pairs.
+        name: the data set name (default: the file name up to its first dot).
+        labels: parse the label column (False: sentences only, labels all 0).
+
+    Raises:
+        BadInput: unreadable file, missing column or field, a label that is not a number (file:line).
+    """
+    path = Path(path)
+    fmt = _format(path)
+    rows = _rows(path, fmt)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    s1: list[str] = []
+    s2: list[str] = []
+    ys: list[float] = []
+    if fmt == "jsonl":
+        keys = list(columns or DEFAULT_COLUMNS)
+        picked = []
+        for line, obj in rows:
+            assert isinstance(obj, dict)
+            for k in keys[: 3 if labels else 2]:
+                if k not in obj:
+                    raise BadInput(f"{path}:{line}: no field {k!r} (fields: {', '.join(map(str, obj))})")
+            picked.append((line, [obj.get(k, "") for k in keys]))
+    else:
+        if not rows:
+            raise BadInput(f"{path}: no pairs")
+        first = rows[0][1]
+        assert isinstance(first, list)
+        try:
+            idx, header = _resolve(columns, first)
+        except BadInput as e:
+            raise BadInput(f"{path}: {e}") from None
+        picked = []
+        need = max(idx[:3] if labels else idx[:2]) + 1
+        for line, row in rows[1:] if header else rows:
+            assert isinstance(row, list)
+            if len(row) < need:
+                raise BadInput(f"{path}:{line}: {len(row)} fields, expected at least {need} (--columns)")
+            picked.append((line, [row[i] if i < len(row) else "" for i in idx]))
+    if limit is not None:
+        picked = picked[:limit]
+    for line, (a, b, y) in picked:
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise BadInput(f"{path}:{line}: the sentence fields must be text")
+        s1.append(a.strip())
+        s2.append(b.strip())
+        if labels:
+            try:
+                value = float(y)
+            except (TypeError, ValueError):
+                raise BadInput(f"{path}:{line}: label {y!r} is not a number") from None
+            if not np.isfinite(value):
+                raise BadInput(f"{path}:{line}: label {y!r} is not a finite number")
+            ys.append(value)
+        else:
+            ys.append(0.0)
+    if not s1:
+        raise BadInput(f"{path}: no pairs")
+    return PairSet(name or path.name.split(".")[0], path, s1, s2, np.asarray(ys, dtype=np.float64))
+
+
+def read_sentences(path: str | Path, *, columns: tuple[str, str, str] | None = None) -> list[str]:
+    """Sentences to fit whitening on (`--fit-on`): both sentences of a pair file, or one sentence a line.
+
+    A `.txt` file without a tab on its first line is read as one sentence a line; any other file is read as
+    pairs (`read_pairs`) and both sentence columns are used, labels ignored.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except FileNotFoundError:
+            raise BadInput(f"{path}: no such file") from None
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+        if lines and "\t" not in lines[0]:
+            out = [s.strip() for s in lines if s.strip()]
+            if not out:
+                raise BadInput(f"{path}: no sentences")
+            return out
+    pairs = read_pairs(path, columns=columns, labels=False)
+    return pairs.s1 + pairs.s2
+
+
+def dataset_names(paths: Sequence[Path]) -> list[str]:
+    """Short names: the file name up to its first dot, prefixed by the folder where two would clash."""
+    names = [p.name.split(".")[0] for p in paths]
+    return [f"{p.parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)]
+
+
+# -- metric ---------------------------------------------------------------------------------------------
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the average of their ranks (as scipy.stats.rankdata 'average')."""
+    a = np.asarray(a)
+    order = np.argsort(a, kind="mergesort")
+    sorted_a = a[order]
+    # start of each run of equal values
+    starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
+    ends = np.r_[starts[1:], len(a)]
+    avg = (starts + ends - 1) / 2.0 + 1.0  # mean of ranks start+1 .. end
+    ranks = np.empty(len(a), dtype=np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson on average ranks); NaN when either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"spearman: shapes {x.shape} and {y.shape}")
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    if denom == 0:
+        return float("nan")
+    return float(np.clip((rx * ry).sum() / denom, -1.0, 1.0))
+
+
+def _normalized(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.float64)
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n > 0, n, 1.0)
+
+
+def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (n, d) arrays, float64."""
+    return (_normalized(a) * _normalized(b)).sum(axis=1)
+
+
+# -- settings -------------------------------------------------------------------------------------------
+def parse_whiten(value: str | Sequence[str]) -> list[WhitenSetting]:
+    """`--whiten none,full,256` into settings (duplicates dropped, order kept)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[WhitenSetting] = []
+    for raw in items:
+        item = raw.strip().lower()
+        if item == "none":
+            s = WhitenSetting("none", None, enabled=False)
+        elif item == "full":
+            s = WhitenSetting("full", None)
+        elif item.isdigit() and int(item) > 0:
+            s = WhitenSetting(str(int(item)), int(item))
+        else:
+            raise UsageError(f"--whiten {raw.strip()!r}: expected none, full or a dimension such as 256")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise UsageError("--whiten: give at least one of none, full or a dimension")
+    return out
+
+
+def parse_list(value: str | Sequence[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(i.strip() for i in items if i.strip()))
+
+
+# -- the evaluation -------------------------------------------------------------------------------------
+def _score(
+    pairs: PairSet,
+    vectors: np.ndarray,
+    i1: np.ndarray,
+    i2: np.ndarray,
+    whitening: Whitening | None,
+) -> float:
+    a, b = vectors[i1], vectors[i2]
+    if whitening is not None:
+        a, b = whitening.transform(a), whitening.transform(b)
+    return 100.0 * spearman(cosine_pairs(a, b), pairs.labels)
+
+
+def evaluate_sts(
+    files: Sequence[str | Path],
+    model: Any,
+    *,
+    poolings: str | Sequence[str] = ("auto",),
+    whiten: str | Sequence[str] = ("none", "full"),
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    fit_on: str | Path | None = None,
+    columns: tuple[str, str, str] | None = None,
+    limit: int | None = None,
+    max_length: int = 64,
+    tokenizer: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_tokens: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> list[StsResult]:
+    """Spearman x100 between cosine and label for each file x pooling x whitening setting.
+
+    Each data set is encoded once for all poolings (one pass over the model). Whitening is fitted per
+    data set and pooling on all its sentences (both columns, duplicates included, as published), or once per
+    pooling on `fit_on`. A cut above the covariance rank (too few sentences, e.g. with `limit`) is clamped
+    to the rank and reported in `StsResult.clamped_from`.
+
+    Args:
+        files: pair files (see `read_pairs`).
+        model: a hub id / folder, or an already loaded Encoder.
+        poolings: e.g. "cls,first-last-avg" (auto: the model's default).
+        whiten: e.g. "none,full,256".
+        beta, gamma: whitening hyper-parameters for every setting but none (REFERENCE 2).
+        fit_on: fit whitening on this file's sentences instead of each task's own.
+        columns, limit: passed to `read_pairs`.
+        max_length, tokenizer, device, dtype: encoder options (64 tokens as in the published tables).
+        batch_tokens: the encoder's token budget per batch.
+        progress: called with (dataset, sentences) before encoding; returns a per-batch callback.
+
+    Returns:
+        One StsResult per (file, pooling, setting), in that order.
+    """
+    settings = parse_whiten(whiten)
+    pools = parse_list(poolings)
+    if not pools:
+        raise UsageError("--pooling: give at least one pooling")
+    if not files:
+        raise UsageError("give at least one pair file")
+    paths = [Path(f) for f in files]
+    names = dataset_names(paths)
+    sets = [read_pairs(p, columns=columns, limit=limit, name=n) for p, n in zip(paths, names, strict=True)]
+    fit_texts = read_sentences(fit_on, columns=columns) if fit_on is not None else None
+
+    if isinstance(model, str):
+        from simcli.models.encoder import load_encoder
+
+        encoder = load_encoder(
+            model, pooling=pools[0], tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length
+        )
+    else:
+        encoder = model
+    modes = list(dict.fromkeys(encoder.spec_for(p).pooling for p in pools))
+    d = int(encoder.spec.dim)
+    for s in settings:
+        if s.dim is not None and s.dim > d:
+            raise UsageError(f"--whiten {s.label} is above the model's dimension {d}")
+
+    def encode(name: str, texts: list[str]) -> dict[str, np.ndarray]:
+        cb = progress(name, len(texts)) if progress is not None else None
+        return encoder.encode_poolings(texts, modes, batch_tokens=batch_tokens, progress=cb)
+
+    shared: dict[str, MomentAccumulator] = {}
+    if fit_texts is not None:
+        for mode, v in encode(f"fit on {Path(str(fit_on)).name}", list(dict.fromkeys(fit_texts))).items():
+            # every sentence counts as often as it occurs in the file (as the published code stacks them)
+            index = {t: i for i, t in enumerate(dict.fromkeys(fit_texts))}
+            acc = MomentAccumulator(d)
+            acc.add(v[[index[t] for t in fit_texts]])
+            shared[mode] = acc
+
+    results: list[StsResult] = []
+    for pairs in sets:
+        unique = list(dict.fromkeys(pairs.s1 + pairs.s2))
+        index = {t: i for i, t in enumerate(unique)}
+        i1 = np.fromiter((index[t] for t in pairs.s1), dtype=np.int64, count=len(pairs))
+        i2 = np.fromiter((index[t] for t in pairs.s2), dtype=np.int64, count=len(pairs))
+        vectors = encode(pairs.name, unique)
+        for mode in modes:
+            v = vectors[mode]
+            if mode in shared:
+                acc, fitted_on = shared[mode], str(fit_on)
+            else:
+                acc, fitted_on = MomentAccumulator(d), "task"
+                acc.add(v[np.concatenate([i1, i2])])  # all sentences of the task (REFERENCE 2, 3)
+            spec = encoder.spec_for(mode)
+            for s in settings:
+                w = None
+                if s.enabled:
+                    w = Whitening.from_moments(acc, dim=s.dim, beta=beta, gamma=gamma, spec=spec, clamp=True)
+                results.append(
+                    StsResult(
+                        dataset=pairs.name,
+                        pooling=mode,
+                        whiten=s.label,
+                        dim=w.dim_out if w is not None else d,
+                        beta=beta if w is not None else None,
+                        gamma=gamma if w is not None else None,
+                        spearman=_score(pairs, v, i1, i2, w),
+                        pairs=len(pairs),
+                        fit_on=fitted_on if w is not None else None,
+                        fit_n=acc.n if w is not None else 0,
+                        clamped_from=w.clamped_from if w is not None else None,
+                    )
+                )
+    return results
+
+
+def summary_rows(results: Sequence[StsResult]) -> tuple[list[str], list[tuple[str, str, list[float], float]]]:
+    """Data set names (columns) and one row per (pooling, whitening): scores per data set and their mean."""
+    datasets = list(dict.fromkeys(r.dataset for r in results))
+    cells = {(r.pooling, r.whiten, r.dataset): r.spearman for r in results}
+    rows = []
+    for pooling, whiten in dict.fromkeys((r.pooling, r.whiten) for r in results):
+        scores = [cells[(pooling, whiten, ds)] for ds in datasets]
+        rows.append((pooling, whiten, scores, float(np.mean(scores))))
+    return datasets, rows
+
+
+def plot_scores(results: Sequence[StsResult], out: str | Path) -> None:
+    """Write a PNG of Spearman x100 against the whitening dimension (one line per data set and pooling;
+    the unwhitened score as a dashed horizontal line in the same colour)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependency("--plot needs matplotlib: pip install simcli[plot]") from None
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = list(dict.fromkeys((r.dataset, r.pooling) for r in results))
+    for n, (ds, pooling) in enumerate(series):
+        color = f"C{n % 10}"
+        rs = [r for r in results if (r.dataset, r.pooling) == (ds, pooling)]
+        pts = sorted((r.dim, r.spearman) for r in rs if r.whiten != "none")
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=f"{ds} {pooling}")
+        for r in rs:
+            if r.whiten == "none":
+                ax.axhline(
+                    r.spearman,
+                    color=color,
+                    linestyle="--",
+                    linewidth=1,
+                    label=None if pts else f"{ds} {pooling} (none)",
+                )
+    ax.set_xlabel("whitening dimension k (dashed: no whitening)")
+    ax.set_ylabel("Spearman x100")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    atomic_write_with(Path(out), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
