@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +156,9 @@ def read_records(
     for path in paths:
         if str(path) != STDIN and not Path(path).is_file():
             raise BadInput(f"{path}: {'not a file' if Path(path).exists() else 'no such file'}")
+    for path, fmt in zip(paths, formats, strict=True):
+        if fmt in ("tsv", "csv") and str(path) != STDIN:
+            _check_header(Path(path), fmt, column, errors)
     return _records(paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats())
 
 
@@ -243,11 +246,7 @@ def _parse_jsonl(lines: _Lines, source: str, field: str) -> Iterator[Record]:
 
 
 def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None) -> Iterator[Record]:
-    # TSV (IANA text/tab-separated-values) has no quoting: a stray '"' in a sentence is text, as in LCQMC.
-    if fmt == "tsv":
-        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(lines)
+    reader = _table_reader(lines, fmt)
     try:
         header = next(reader)
     except StopIteration:
@@ -270,6 +269,26 @@ def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None)
         else:
             yield Record(row[col].strip(), source, start, row)
         start = lines.number + 1
+
+
+def _check_header(path: Path, fmt: str, column: str | int | None, errors: str) -> None:
+    # Only the header row is read: a wrong --column fails at once, not after the model has loaded.
+    with open(path, "rb") as f:
+        lines = _Lines(f, str(path), errors)
+        try:
+            header = next(_table_reader(lines, fmt))
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise BadInput(f"{path}:{lines.number}: malformed {fmt} ({e})") from None
+    _column_index(header, column, str(path))
+
+
+def _table_reader(lines: Iterable[str], fmt: str) -> Iterator[list[str]]:
+    # TSV (IANA text/tab-separated-values) has no quoting: a stray '"' in a sentence is text, as in LCQMC.
+    if fmt == "tsv":
+        return csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    return csv.reader(lines)
 
 
 def _column_index(header: list[str], column: str | int | None, source: str) -> int:

@@ -113,7 +113,7 @@ def test_missing_column_names_file_and_header(tmp_path: Path) -> None:
     path = tmp_path / "q.tsv"
     path.write_text("id\tquestion\n1\t花呗\n", encoding="utf-8")
     with pytest.raises(BadInput) as e:
-        read_records([path], column="text").__next__()
+        read_records([path], column="text")  # the header is checked before iteration starts
     assert str(e.value) == f"{path}: no column 'text' (header: id, question)"
     with pytest.raises(BadInput) as e:
         list(read_records([path], column=5))
