@@ -208,3 +208,51 @@ def test_info_on_a_missing_model(tmp_path: Path) -> None:
         "",
         f"simcli: error: {tmp_path / 'none'}: no such model folder\n",
     )
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, roformer_sim_dir: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SENTENCES * 3) + "\n", encoding="utf-8")
+    r = CliRunner().invoke(
+        app,
+        [
+            "encode",
+            str(src),
+            "--model",
+            str(roformer_sim_dir),
+            "--dtype",
+            "float32",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        env={"FORCE_COLOR": "1", "COLUMNS": "200"},  # rich draws its bar only on a terminal
+    )
+    assert r.exit_code == 0, r.output
+    assert (
+        "encoding" in r.stderr and "15/" in r.stderr and "sentences/s" in r.stderr and "tokens/s" in r.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("shard", "trailing_newline"), [(None, True), (None, False), ((1, 2), True), ((0, 3), False)]
+)
+def test_expected_rows_for_the_eta(
+    tmp_path: Path, shard: tuple[int, int] | None, trailing_newline: bool
+) -> None:
+    from simcli.cli.encode import _expected_rows
+    from simcli.io import read_records
+    from simcli.store import encode_records
+
+    txt, tsv = tmp_path / "a.txt", tmp_path / "b.tsv"
+    txt.write_text(
+        "\n".join(f"句{i}" for i in range(11)) + ("\n" if trailing_newline else ""), encoding="utf-8"
+    )
+    tsv.write_text("id\ttext\n" + "".join(f"{i}\t行{i}\n" for i in range(6)), encoding="utf-8")
+
+    class Zero:
+        def encode(self, texts: list[str], **kw: object) -> np.ndarray:
+            return np.zeros((len(texts), 1), np.float32)
+
+    actual = sum(1 for _ in encode_records(read_records([txt, tsv]), Zero(), chunk_size=4, shard=shard))
+    assert _expected_rows([str(txt), str(tsv)], None, shard, 4) == actual
+    assert _expected_rows(["-"], None, None, 4) is None

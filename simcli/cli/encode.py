@@ -129,7 +129,7 @@ def _progress(total: int | None) -> Iterator[ProgressFn | None]:
             if tokens:  # finished shards skipped on --resume report no tokens: they are not encoded now
                 counts["encoded"] += sentences
                 counts["tokens"] += tokens
-            bar.update(task, advance=sentences, **counts)
+            bar.update(task, advance=sentences, encoded=counts["encoded"], tokens=counts["tokens"])
 
         yield advance
 
