@@ -1,0 +1,5 @@
+"""`python -m simcli` runs the CLI."""
+
+from simcli.cli import main
+
+main()
