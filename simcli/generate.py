@@ -288,7 +288,10 @@ def load_paraphraser(
         cache_mb: KV-cache memory budget of one batch, in MiB.
     """
     from simcli.models.encoder import load_encoder
+    from simcli.models.loading import open_checkpoint
+    from simcli.models.unilm import check_can_generate
 
+    check_can_generate(open_checkpoint(model))  # refuse before loading the weights
     enc = load_encoder(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
     return Paraphraser(enc, max_rows=max_rows, cache_mb=cache_mb)
 

@@ -1,1 +1,174 @@
-"""Commands of this stage are registered here (module under construction)."""
+"""`simcli generate`: similar questions from RoFormer-Sim's UniLM head, for texts or a whole file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simcli.cli._app import DeviceOpt, DTypeOpt, JsonOpt, app, reported_errors
+from simcli.errors import UsageError
+from simcli.generate import (
+    DEFAULT_K,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MODEL,
+    DEFAULT_N,
+    DEFAULT_TOP_P,
+)
+
+GenModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="RoFormer-Sim hub id or local folder (the UniLM head is needed).",
+        envvar="SIMCLI_MODEL",
+    ),
+]
+
+
+def _note(message: str) -> None:
+    typer.echo(f"simcli: {message}", err=True)
+
+
+@contextmanager
+def _progress(total: int | None, unit: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn(),
+        console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("generate", total=total)
+        yield lambda done, total: bar.update(task, total=total, advance=done)
+
+
+@app.command()
+def generate(
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="Sentences to paraphrase.", show_default=False)
+    ] = None,
+    model: GenModelOpt = DEFAULT_MODEL,
+    n: Annotated[int, typer.Option("-n", help="Samples per sentence, drawn as one batch.")] = DEFAULT_N,
+    k: Annotated[
+        int, typer.Option("-k", help="Paraphrases kept per sentence (most similar first).")
+    ] = DEFAULT_K,
+    json_out: JsonOpt = False,
+    top_p: Annotated[
+        float, typer.Option("--top-p", help="Nucleus sampling mass (1 disables).")
+    ] = DEFAULT_TOP_P,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Sample among the k likeliest tokens only.")
+    ] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Divide the logits by this.")] = 1.0,
+    greedy: Annotated[
+        bool, typer.Option("--greedy", help="Argmax decoding (one candidate per sentence).")
+    ] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Make the samples reproducible.")] = None,
+    max_length: Annotated[
+        int, typer.Option("--max-length", help="Source tokens, [CLS] and [SEP] included (longer is cut).")
+    ] = DEFAULT_MAX_LENGTH,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Most generated tokens per sample.")
+    ] = DEFAULT_MAX_NEW_TOKENS,
+    mask_ratio: Annotated[
+        float, typer.Option("--mask-ratio", help="Share of source tokens replaced by [MASK] (more variety).")
+    ] = 0.0,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Drop paraphrases below this cosine.")
+    ] = None,
+    max_score: Annotated[
+        float | None, typer.Option("--max-score", help="Drop paraphrases above this cosine (near copies).")
+    ] = None,
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Batch mode: a .tsv, .csv or .jsonl file to augment.")
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", help="Batch mode: text column or jsonl field (default: text).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Batch mode: output file, same format.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Batch mode: continue an interrupted run.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Batch mode: replace --out.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+) -> None:
+    """Generate similar sentences (paraphrases) with RoFormer-Sim, ranked by cosine to the input.
+
+    Example: simcli generate "广州和深圳哪个好？" -n 100 -k 20
+    Batch:   simcli generate --input train.tsv --column text --out augmented.tsv -k 5
+    """
+    with reported_errors():
+        options = {
+            "n": n, "k": k, "top_p": top_p, "top_k": top_k, "temperature": temperature, "greedy": greedy,
+            "seed": seed, "max_length": max_length, "max_new_tokens": max_new_tokens, "mask_ratio": mask_ratio,
+            "min_score": min_score, "max_score": max_score,
+        }  # fmt: skip
+        from simcli.generate import check_batch_paths, check_options
+
+        check_options(**{key: v for key, v in options.items() if key not in ("greedy", "seed")})  # type: ignore[arg-type]
+        if input is not None or out is not None:
+            if texts:
+                raise UsageError("give sentences or --input FILE, not both")
+            if input is None or out is None:
+                raise UsageError("batch mode needs both --input FILE and --out FILE")
+            if json_out:
+                raise UsageError("--json prints paraphrases of sentences; batch mode writes --out")
+            check_batch_paths(input, out, resume=resume, overwrite=overwrite)
+        elif not texts:
+            raise UsageError("give one or more sentences, or --input FILE --out FILE")
+        elif resume or overwrite or column is not None:
+            raise UsageError("--resume, --overwrite and --column apply to batch mode (--input/--out)")
+
+        from simcli.generate import generate_file, load_paraphraser
+
+        para = load_paraphraser(model, device=device, dtype=dtype, max_length=max_length)
+        enc = para.encoder
+        _note(
+            f"model {model} ({enc.checkpoint.family}), device {enc.device}, dtype {str(enc.dtype).removeprefix('torch.')}"
+        )
+        if input is not None and out is not None:
+            with _progress(None, "sentences") as progress:
+                summary = generate_file(
+                    para, input, out, column=column, resume=resume, overwrite=overwrite, progress=progress,
+                    **options,  # type: ignore[arg-type]
+                )  # fmt: skip
+            earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
+            empty = f", {summary.empty} empty skipped" if summary.empty else ""
+            _note(
+                f"wrote {summary.paraphrases} paraphrases of {summary.sources} sentences{earlier}{empty} to {out}"
+            )
+            return
+        assert texts is not None
+        samples = len(texts) * (1 if greedy else n)
+        with _progress(samples, "samples") as progress:
+            results = para.generate(
+                texts, progress=(lambda rows: progress(rows, samples)) if progress else None, **options
+            )  # type: ignore[arg-type]
+        for text, found in zip(texts, results):
+            if json_out:
+                row = {
+                    "text": text,
+                    "paraphrases": [{"text": p.text, "score": round(p.score, 6)} for p in found],
+                }
+                typer.echo(json.dumps(row, ensure_ascii=False))
+                continue
+            typer.echo(text)
+            for rank, p in enumerate(found, 1):
+                typer.echo(f"{rank:>4}  {p.score:.4f}  {p.text}")
+            if not found:
+                typer.echo("      (no paraphrase passed the filters)")

@@ -117,6 +117,24 @@ def build_mlm_head(backbone: torch.nn.Module, state_dict: dict[str, torch.Tensor
     return head.eval()
 
 
+def check_can_generate(ck: object) -> None:
+    """ModelError unless the checkpoint is a RoFormer-Sim with its MLM head (REFERENCE.md 1.1, 4)."""
+    family, model = ck.family, ck.model  # type: ignore[attr-defined]
+    if family not in GENERATIVE_FAMILIES:
+        why = {
+            "wobert": "WoBERT was trained as a masked LM only",
+            "roformer-word": "word RoFormer was trained as a masked LM only",
+            "roformer-char": "char RoFormer was trained as a masked LM only",
+            "bert": "this BERT checkpoint was trained as a masked LM only",
+        }.get(family, f"family {family}")
+        raise ModelError(
+            f"{model}: cannot generate: {why}, it has no UniLM-trained seq2seq head "
+            "(use a RoFormer-Sim checkpoint, e.g. junnyu/roformer_chinese_sim_char_ft_base)"
+        )
+    if not ck.has_mlm_head:  # type: ignore[attr-defined]
+        raise ModelError(f"{model}: cannot generate: the weights have no MLM head (cls.predictions.*)")
+
+
 class UniLM:
     """Incremental seq2seq decoding with a RoFormer backbone (full attention) and its MLM head."""
 
@@ -137,19 +155,7 @@ class UniLM:
     def from_encoder(cls, enc: object) -> UniLM:
         """The UniLM decoder of a loaded RoFormer-Sim encoder; ModelError for models without the UniLM head."""
         ck = enc.checkpoint  # type: ignore[attr-defined]
-        if ck.family not in GENERATIVE_FAMILIES:
-            why = {
-                "wobert": "WoBERT was trained as a masked LM only",
-                "roformer-word": "word RoFormer was trained as a masked LM only",
-                "roformer-char": "char RoFormer was trained as a masked LM only",
-                "bert": "plain BERT was trained as a masked LM only",
-            }.get(ck.family, f"family {ck.family}")
-            raise ModelError(
-                f"{ck.model}: cannot generate: {why}, it has no UniLM-trained seq2seq head "
-                "(use a RoFormer-Sim checkpoint, e.g. junnyu/roformer_chinese_sim_char_ft_base)"
-            )
-        if not ck.has_mlm_head:
-            raise ModelError(f"{ck.model}: cannot generate: the weights have no MLM head (cls.predictions.*)")
+        check_can_generate(ck)
         return cls(enc.backbone, build_mlm_head(enc.backbone, ck.state_dict()))  # type: ignore[attr-defined]
 
     def key_bias(self, allowed: torch.Tensor) -> torch.Tensor:
