@@ -357,6 +357,7 @@ def evaluate_sts(
     dtype: str = "auto",
     batch_tokens: int | None = None,
     progress: ProgressFactory | None = None,
+    on_encoder: Callable[[Any], None] | None = None,
 ) -> list[StsResult]:
     """Spearman x100 between cosine and label for each file x pooling x whitening setting.
 
@@ -376,6 +377,7 @@ def evaluate_sts(
         max_length, tokenizer, device, dtype: encoder options (64 tokens as in the published tables).
         batch_tokens: the encoder's token budget per batch.
         progress: called with (dataset, sentences) before encoding; returns a per-batch callback.
+        on_encoder: called with the encoder once it is loaded (the CLI prints device and dtype).
 
     Returns:
         One StsResult per (file, pooling, setting), in that order.
@@ -399,6 +401,8 @@ def evaluate_sts(
         )
     else:
         encoder = model
+    if on_encoder is not None:
+        on_encoder(encoder)
     modes = list(dict.fromkeys(encoder.spec_for(p).pooling for p in pools))
     d = int(encoder.spec.dim)
     for s in settings:
@@ -466,16 +470,22 @@ def summary_rows(results: Sequence[StsResult]) -> tuple[list[str], list[tuple[st
     return datasets, rows
 
 
+def require_matplotlib() -> None:
+    """Raise MissingDependency (naming the extra) unless matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingDependency("--plot needs matplotlib: pip install simcli[plot]") from None
+
+
 def plot_scores(results: Sequence[StsResult], out: str | Path) -> None:
     """Write a PNG of Spearman x100 against the whitening dimension (one line per data set and pooling;
     the unwhitened score as a dashed horizontal line in the same colour)."""
-    try:
-        import matplotlib
+    require_matplotlib()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependency("--plot needs matplotlib: pip install simcli[plot]") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = list(dict.fromkeys((r.dataset, r.pooling) for r in results))

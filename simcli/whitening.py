@@ -37,9 +37,13 @@ from simcli.types import ModelSpec
 KIND = "whitening"
 FORMAT_VERSION = 1
 CHUNK_ROWS = 8192  # rows converted to float64 at a time: 8192 x 768 x 8 B = 50 MB
-# Relative eigenvalue threshold below which a direction counts as empty (numpy's matrix_rank rule for a
-# Gram matrix: largest eigenvalue x d x float64 eps). Lambda^(-gamma/2) of such a direction is noise.
-RANK_RTOL_FACTOR = float(np.finfo(np.float64).eps)
+# An eigenvalue counts as an empty direction (Lambda^(-gamma/2) would only amplify noise) below the larger of
+# - float64 round-off of the eigen solver: largest eigenvalue x d x eps64 (numpy's matrix_rank rule), and
+# - the rounding noise of the input: each coordinate of a float32 vector carries an error of about
+#   eps32 x |x_j|, i.e. a variance floor of about eps^2 x E||x||^2 / d per direction; x NOISE_MARGIN.
+#   (LayerNorm outputs, e.g. [CLS] with uniform LayerNorm weights, lie in a hyperplane: that direction's
+#   eigenvalue is pure float32 noise, ~1e-14 of the largest, and must not be whitened up.)
+NOISE_MARGIN = 100.0
 
 
 class MomentAccumulator:
@@ -49,9 +53,18 @@ class MomentAccumulator:
     own mean, so no large `sum x x^T` is ever differenced against `N mu mu^T`.
     """
 
-    def __init__(self, dim: int | None = None) -> None:
+    def __init__(self, dim: int | None = None, eps: float | None = None) -> None:
+        """Start empty.
+
+        Args:
+            dim: the vector dimension (taken from the first batch when None).
+            eps: relative precision of the inputs (default: that of the coarsest float dtype added, e.g.
+                float32's; pass float16's for vectors that were stored as float16).
+        """
         self.n = 0
         self.dim = dim
+        self.eps = 0.0 if eps is None else float(eps)
+        self._fixed_eps = eps is not None
         self._mean: np.ndarray | None = None  # (d,) float64
         self._m2: np.ndarray | None = None  # (d, d) float64: sum of (x - mean)(x - mean)^T
 
@@ -68,6 +81,8 @@ class MomentAccumulator:
             raise BadInput(
                 f"whitening: vectors of dimension {x.shape[1]} after vectors of dimension {self.dim}"
             )
+        if not self._fixed_eps and np.issubdtype(x.dtype, np.floating):
+            self.eps = max(self.eps, float(np.finfo(x.dtype).eps))
         for start in range(0, x.shape[0], CHUNK_ROWS):
             self._add_chunk(x[start : start + CHUNK_ROWS])
 
@@ -96,6 +111,18 @@ class MomentAccumulator:
         if self._mean is None:
             raise BadInput("whitening: no vectors to fit on")
         return self._mean.copy()
+
+    @property
+    def mean_square_norm(self) -> float:
+        """E||x||^2 = trace(Cov) + ||mu||^2."""
+        if self._mean is None or self._m2 is None or self.n == 0:
+            return 0.0
+        return float(np.trace(self._m2) / self.n + self._mean @ self._mean)
+
+    def noise_floor(self) -> float:
+        """Eigenvalue below which a direction holds only the inputs' rounding noise (see NOISE_MARGIN)."""
+        d = self.dim or 1
+        return NOISE_MARGIN * self.eps**2 * self.mean_square_norm / d
 
     def finish(self, beta: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """The mean mu and the covariance around beta*mu (1/N), both float64.
@@ -238,7 +265,7 @@ class Whitening:
         order = np.argsort(lam)[::-1]
         lam, u = lam[order], u[:, order]
         lam = np.maximum(lam, 0.0)  # round-off can leave tiny negatives
-        tol = lam[0] * d * RANK_RTOL_FACTOR if lam[0] > 0 else 0.0
+        tol = max(lam[0] * d * float(np.finfo(np.float64).eps), acc.noise_floor())
         rank = int((lam > tol).sum())
         clamped_from = None
         if gamma > 0 and k > rank:
@@ -439,13 +466,19 @@ def fit_store(
     from simcli.store import VectorStore
 
     store = VectorStore.open(path)
+    if store.dim != store.spec.dim:
+        raise CorruptArtifact(f"{path}: manifest dim {store.dim} != model dim {store.spec.dim}")
     if store.normalized:
         raise BadInput(
             f"{path}: the store holds L2-normalised vectors; whitening must be fitted on raw vectors "
             "(re-encode without --normalize)"
         )
-    return Whitening.fit(
-        store.iter_vectors(), dim=dim, beta=beta, gamma=gamma, spec=store.spec, clamp=clamp, source=str(path)
+    # float16 shards carry float16 rounding noise even though they are read as float32
+    acc = MomentAccumulator(store.dim, eps=float(np.finfo(np.dtype(store.store_dtype)).eps))
+    for batch in store.iter_vectors():
+        acc.add(batch)
+    return Whitening.from_moments(
+        acc, dim=dim, beta=beta, gamma=gamma, spec=store.spec, clamp=clamp, source=str(path)
     )
 
 

@@ -308,3 +308,26 @@ def test_check_fits_without_recorded_spec_checks_dimension() -> None:
     w.check_fits(SPEC, "model tiny")
     with pytest.raises(ManifestMismatch, match="dim 24 != 32"):
         w.check_fits(replace(SPEC, dim=32), "model big")
+
+
+def test_float32_rounding_noise_is_not_a_direction() -> None:
+    """LayerNorm-like vectors (each row sums to a constant) span d-1 directions; in float32 the missing one
+    holds only rounding noise, which must count as empty (not be scaled up by Lambda^(-1/2))."""
+    rng = np.random.default_rng(14)
+    z = rng.normal(size=(3000, D)) * np.logspace(0.5, -1, D)
+    z -= z.mean(axis=1, keepdims=True)
+    offset = rng.normal(size=D)
+    x = (z + 30 * (offset - offset.mean())).astype(np.float32)
+    acc = MomentAccumulator()
+    acc.add(x)
+    lam = np.linalg.eigvalsh(acc.finish()[1])[::-1]
+    assert lam[-1] / lam[0] > D * np.finfo(np.float64).eps, "premise: float64 round-off alone would keep it"
+    assert lam[-1] < acc.noise_floor() < lam[-2]
+    with pytest.raises(BadInput, match=rf"rank {D - 1} < --dim {D}"):
+        Whitening.fit(x)
+    w = Whitening.fit(x, clamp=True)
+    assert w.dim_out == D - 1
+    y = (x.astype(np.float64) - w.mu) @ w.W
+    np.testing.assert_allclose(np.cov(y, rowvar=False, bias=True), np.eye(D - 1), atol=1e-8)
+    exact = Whitening.fit(z + 30 * (offset - offset.mean()), clamp=True)  # float64 input: lower floor
+    assert exact.rank == D - 1

@@ -75,27 +75,21 @@ def sts(
     Example: simcli eval sts LCQMC.test.data --model M --pooling cls,first-last-avg --whiten none,full,256
     """
     with reported_errors():
-        from simcli.evaluate import evaluate_sts, parse_columns, parse_list, parse_whiten, plot_scores
+        from simcli.evaluate import evaluate_sts, parse_columns, parse_whiten, plot_scores, require_matplotlib
 
         parse_whiten(whiten)  # usage errors before the model loads
         cols = parse_columns(columns)
-        from simcli.models.encoder import load_encoder
+        if plot is not None:
+            require_matplotlib()
 
-        pools = parse_list(pooling)
-        enc = load_encoder(
-            model,
-            pooling=pools[0] if pools else "auto",
-            tokenizer=tokenizer,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-        )
-        spec = enc.spec
-        typer.echo(
-            f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {spec.max_length}) on "
-            f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
-            err=True,
-        )
+        def show(enc) -> None:  # type: ignore[no-untyped-def]
+            spec = enc.spec
+            typer.echo(
+                f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {spec.max_length}) on "
+                f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
+                err=True,
+            )
+
         with progress_bar() as bar:
 
             def progress(name: str, total: int):  # type: ignore[no-untyped-def]
@@ -104,16 +98,21 @@ def sts(
 
             results = evaluate_sts(
                 files,
-                enc,
-                poolings=pools,
+                model,
+                poolings=pooling,
                 whiten=whiten,
                 beta=beta,
                 gamma=gamma,
                 fit_on=fit_on,
                 columns=cols,
                 limit=limit,
+                max_length=max_length,
+                tokenizer=tokenizer,
+                device=device,
+                dtype=dtype,
                 batch_tokens=batch_tokens,
                 progress=progress,
+                on_encoder=show,
             )
         for r in results:
             if r.clamped_from is not None:
