@@ -331,3 +331,55 @@ def test_float32_rounding_noise_is_not_a_direction() -> None:
     np.testing.assert_allclose(np.cov(y, rowvar=False, bias=True), np.eye(D - 1), atol=1e-8)
     exact = Whitening.fit(z + 30 * (offset - offset.mean()), clamp=True)  # float64 input: lower floor
     assert exact.rank == D - 1
+
+
+# -- sources: a vector store, or text through an encoder ----------------------------------------------------
+class TableEncoder:
+    """Stand-in with the Encoder interface (`spec`, `encode`): text "s<i>" -> row i of a fixed array."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+        self.spec = SPEC
+        self.calls: list[int] = []
+
+    def encode(self, texts, *, normalize=False, stats=None, progress=None, batch_tokens=None):  # type: ignore[no-untyped-def]
+        self.calls.append(len(texts))
+        v = self.table[[int(t[1:]) for t in texts]]
+        return v / np.linalg.norm(v, axis=1, keepdims=True) if normalize else v
+
+
+def make_store(tmp_path: Path, x: np.ndarray, name: str, **options) -> Path:  # type: ignore[no-untyped-def]
+    from simcli.io import Record
+    from simcli.store import encode_to_store
+
+    records = [Record(f"s{i}", "in.txt", i + 1) for i in range(len(x))]
+    encode_to_store(records, TableEncoder(x), tmp_path / name, shard_size=64, **options)
+    return tmp_path / name
+
+
+def test_fit_store_streams_shards_and_records_the_model(tmp_path: Path) -> None:
+    from simcli.whitening import fit_store
+
+    x = anisotropic(300, seed=15)
+    store = make_store(tmp_path, x, "s.vec")
+    w = fit_store(store, dim=10)
+    ref = Whitening.fit(x, dim=10, spec=SPEC)
+    np.testing.assert_allclose(w.mu, ref.mu, rtol=1e-13)
+    np.testing.assert_allclose(w.W, ref.W, rtol=1e-9)
+    assert (w.n, w.spec, w.source) == (300, SPEC, str(store))
+    half = fit_store(make_store(tmp_path, x, "h.vec", store_dtype="float16"), dim=10)
+    assert half.n == 300 and np.isfinite(half.W).all()
+    with pytest.raises(BadInput, match=r"n.vec: the store holds L2-normalised vectors"):
+        fit_store(make_store(tmp_path, x, "n.vec", normalize=True))
+
+
+def test_fit_texts_encodes_in_chunks_and_equals_in_memory_fit() -> None:
+    from simcli.whitening import fit_texts
+
+    x = anisotropic(230, seed=16)
+    enc = TableEncoder(x)
+    w = fit_texts((f"s{i}" for i in range(230)), enc, dim=12, chunk=100)
+    assert enc.calls == [100, 100, 30]
+    ref = Whitening.fit(x, dim=12)
+    np.testing.assert_allclose(w.W, ref.W, rtol=1e-9)
+    assert w.spec == SPEC
