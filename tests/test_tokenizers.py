@@ -308,6 +308,10 @@ def test_very_long_text(word: WordTokenizer) -> None:
     batch = word.encode_batch([text], max_length=64)
     assert batch.truncated == 1
     assert batch.ids[0] == [CLS_ID, *(word.vocab[t] for t in full[:62]), SEP_ID]
+    for n in (128, 129):  # the longest text remembered whole, and the shortest tokenised lazily
+        head = word.tokenize(text[:n])
+        assert word.encode_batch([text[:n]], 512).ids[0] == [CLS_ID, *(word.vocab[t] for t in head), SEP_ID]
+        assert word.encode_batch([text[:n]], 40).ids[0][1:-1] == [word.vocab[t] for t in head[:38]]
 
 
 def test_decode_mixed_chinese_english(word: WordTokenizer, char: CharTokenizer) -> None:
