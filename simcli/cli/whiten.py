@@ -44,6 +44,7 @@ def progress_bar() -> Any:
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -52,8 +53,9 @@ def progress_bar() -> Any:
         TextColumn("sentences"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
+        disable=not console.is_terminal,  # no bar (nor its blank line) in logs and pipes
     )
 
 
