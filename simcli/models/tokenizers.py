@@ -8,6 +8,7 @@ back to a jieba tokenizer). The word tokenizer of WoBERT / word RoFormer lives i
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,8 +97,12 @@ class CharTokenizer(Tokenizer):
         super().__init__(vocab_path)
         from tokenizers import BertWordPieceTokenizer
 
+        # Two instances: truncation is state on a `tokenizers` object, and `encode_batch` runs in the
+        # encoder's background thread while `tokenize` may be called from another.
         self._fast = BertWordPieceTokenizer(str(self.vocab_path), lowercase=lowercase)
+        self._untruncated = BertWordPieceTokenizer(str(self.vocab_path), lowercase=lowercase)
         self._max_length = 0
+        self._lock = threading.Lock()
 
     def _truncate_to(self, max_length: int) -> None:
         if max_length < 3:
@@ -107,30 +112,39 @@ class CharTokenizer(Tokenizer):
             self._max_length = max_length
 
     def tokenize(self, text: str) -> list[str]:
-        self._fast.no_truncation()
-        self._max_length = 0
-        return self._fast.encode(text, add_special_tokens=False).tokens
+        return self._untruncated.encode(text, add_special_tokens=False).tokens
 
     def encode_batch(self, texts: Sequence[str], max_length: int) -> Batch:
-        self._truncate_to(max_length)
-        encodings = self._fast.encode_batch(list(texts))
+        with self._lock:  # the truncation length and the call that uses it go together
+            self._truncate_to(max_length)
+            encodings = self._fast.encode_batch(list(texts))
         return Batch(ids=[e.ids for e in encodings], truncated=sum(1 for e in encodings if e.overflowing))
 
 
-def _is_cjk(ch: str) -> bool:
+def is_cjk(ch: str) -> bool:
+    """CJK ideograph ranges of BERT's basic tokenizer (and bert4keras)."""
     cp = ord(ch)
     return (
         0x4E00 <= cp <= 0x9FFF
         or 0x3400 <= cp <= 0x4DBF
         or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
         or 0xF900 <= cp <= 0xFAFF
         or 0x2F800 <= cp <= 0x2FA1F
     )
 
 
-def _is_punct(ch: str) -> bool:
-    return unicodedata.category(ch).startswith("P") or (
-        ch.isascii() and not ch.isalnum() and not ch.isspace()
+def is_punctuation(ch: str) -> bool:
+    """BERT's punctuation: all non-alphanumeric printable ASCII, and every Unicode P* category."""
+    cp = ord(ch)
+    return (
+        33 <= cp <= 47
+        or 58 <= cp <= 64
+        or 91 <= cp <= 96
+        or 123 <= cp <= 126
+        or unicodedata.category(ch).startswith("P")
     )
 
 
@@ -147,11 +161,11 @@ def join_tokens(tokens: Sequence[str]) -> str:
     for i, tok in enumerate(tokens):
         if tok.startswith("##") and len(tok) > 2:
             text += tok[2:]
-        elif all(_is_cjk(c) for c in tok):
+        elif all(is_cjk(c) for c in tok):
             text += tok
-        elif len(tok) == 1 and _is_punct(tok):
+        elif len(tok) == 1 and is_punctuation(tok):
             text += tok + " "
-        elif i > 0 and text and _is_cjk(text[-1]):
+        elif i > 0 and text and is_cjk(text[-1]):
             text += tok
         else:
             text += " " + tok

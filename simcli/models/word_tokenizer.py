@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import UsageError
-from simcli.models.tokenizers import Batch, Tokenizer
+from simcli.models.tokenizers import Batch, Tokenizer, is_cjk, is_punctuation
 
 # bert4keras' Tokenizer(word_maxlen=200): a longer chunk is one unknown token (Google's BERT and HF use 100).
 WORD_MAX_CHARS = 200
@@ -73,33 +73,6 @@ def lower_strip_accents(text: str) -> str:
         return text
     text = unicodedata.normalize("NFD", text)
     return "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
-
-
-def is_cjk(ch: str) -> bool:
-    """CJK ideograph ranges of BERT's basic tokenizer (and bert4keras)."""
-    cp = ord(ch)
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x2A6DF
-        or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F
-        or 0x2B820 <= cp <= 0x2CEAF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x2F800 <= cp <= 0x2FA1F
-    )
-
-
-def is_punctuation(ch: str) -> bool:
-    """BERT's punctuation: all non-alphanumeric printable ASCII, and every Unicode P* category."""
-    cp = ord(ch)
-    return (
-        33 <= cp <= 47
-        or 58 <= cp <= 64
-        or 91 <= cp <= 96
-        or 123 <= cp <= 126
-        or unicodedata.category(ch).startswith("P")
-    )
 
 
 def is_whitespace(ch: str) -> bool:
