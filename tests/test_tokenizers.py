@@ -231,12 +231,14 @@ def test_word_vocab_without_words_equals_char_tokenizer(word: WordTokenizer, rof
     vocab = roformer_sim_dir / "vocab.txt"
     as_word, as_char = WordTokenizer(vocab), CharTokenizer(vocab)
     compared = 0
-    for text in REAL + _data_sentences(600):
+    from_data = _data_sentences(600)
+    for text in REAL + from_data:
         if any(_jieba_singles(c) for c in _norm(text)):
             continue
         assert as_word.tokenize(text) == as_char.tokenize(text), text
         compared += 1
-    assert compared > 12
+    # the premise: most sentences were compared (the data sets add ~3,000 when ../shared/data is present)
+    assert compared >= (len(REAL) + len(from_data)) * 0.8
     assert as_word.tokenize("是ＱＱ钱包") == ["是", "[UNK]", "[UNK]", "钱", "包"]  # the documented exception
     assert as_char.tokenize("是ＱＱ钱包") == ["是", "[UNK]", "钱", "包"]
 
