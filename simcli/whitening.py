@@ -91,11 +91,12 @@ class MomentAccumulator:
         if m == 0:
             return
         xb = x.astype(np.float64)  # a copy: centred in place below
-        if not np.isfinite(xb).all():
-            raise BadInput("whitening: the vectors contain NaN or Inf")
         mean_b = xb.mean(axis=0)
         xb -= mean_b
         m2_b = xb.T @ xb  # numpy calls BLAS syrk for a.T @ a
+        # NaN/Inf anywhere in the chunk propagates to its mean or to the diagonal: no extra pass over it
+        if not (np.isfinite(mean_b).all() and np.isfinite(np.trace(m2_b))):
+            raise BadInput("whitening: the vectors contain NaN or Inf")
         if self._mean is None or self._m2 is None:
             self.n, self._mean, self._m2 = m, mean_b, m2_b
             return

@@ -202,6 +202,9 @@ def test_bad_arguments_are_refused() -> None:
     bad[3, 4] = np.nan
     with pytest.raises(BadInput, match="NaN or Inf"):
         Whitening.fit(bad)
+    bad[3, 4] = np.inf
+    with pytest.raises(BadInput, match="NaN or Inf"):
+        Whitening.fit([x, bad])
     with pytest.raises(BadInput, match="dimension 5 after vectors of dimension 24"):
         Whitening.fit([x, x[:, :5]])
 
