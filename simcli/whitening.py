@@ -91,9 +91,10 @@ class MomentAccumulator:
         if m == 0:
             return
         xb = x.astype(np.float64)  # a copy: centred in place below
-        mean_b = xb.mean(axis=0)
-        xb -= mean_b
-        m2_b = xb.T @ xb  # numpy calls BLAS syrk for a.T @ a
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are reported just below
+            mean_b = xb.mean(axis=0)
+            xb -= mean_b
+            m2_b = xb.T @ xb  # numpy calls BLAS syrk for a.T @ a
         # NaN/Inf anywhere in the chunk propagates to its mean or to the diagonal: no extra pass over it
         if not (np.isfinite(mean_b).all() and np.isfinite(np.trace(m2_b))):
             raise BadInput("whitening: the vectors contain NaN or Inf")
