@@ -20,6 +20,9 @@ DTYPES: tuple[str, ...] = get_args(DType)
 
 StoreDType = Literal["float32", "float16"]
 
+#: Tokens per sentence, [CLS] and [SEP] included: the published evaluations truncate to 64 (REFERENCE 1.2).
+DEFAULT_MAX_LENGTH = 64
+
 
 @dataclass(frozen=True)
 class ModelSpec:

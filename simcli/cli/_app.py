@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from simcli.errors import SimcliError
+from simcli.types import DEFAULT_MAX_LENGTH
 
 app = typer.Typer(
     name="simcli",
@@ -39,13 +40,19 @@ def reported_errors() -> Iterator[None]:
 # Options shared by several commands, declared once.
 ModelOpt = Annotated[
     str,
-    typer.Option("--model", "-m", help="Hub id or local model folder (config.json, weights, vocab.txt).",
-                 envvar="SIMCLI_MODEL"),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id or local model folder (config.json, weights, vocab.txt).",
+        envvar="SIMCLI_MODEL",
+    ),
 ]
 PoolingOpt = Annotated[
     str,
-    typer.Option(help="auto | pooler | cls | last-avg | first-last-avg (auto: pooler for RoFormer-Sim, "
-                 "first-last-avg for unsupervised encoders)."),
+    typer.Option(
+        help="auto | pooler | cls | last-avg | first-last-avg (auto: pooler for RoFormer-Sim, "
+        "first-last-avg for unsupervised encoders)."
+    ),
 ]
 TokenizerOpt = Annotated[
     str | None, typer.Option("--tokenizer", help="char | word: override the detected tokenizer.")
@@ -55,10 +62,20 @@ DeviceOpt = Annotated[
 ]
 DTypeOpt = Annotated[
     str,
-    typer.Option("--dtype", help="auto | float32 | bfloat16 | float16 (auto: fp16 on CUDA, bf16 on CPUs "
-                 "with fast bf16, else fp32)."),
+    typer.Option(
+        "--dtype",
+        help="auto | float32 | bfloat16 | float16 (auto: float16 on CUDA; on CPU bfloat16 where the CPU has AMX "
+        "and the vectors stay within cosine 0.999 of float32, else float32).",
+    ),
 ]
-MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Tokens per sentence, [CLS] and [SEP] included.")]
+MaxLengthOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-length",
+        help=f"Tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted "
+        f"(default {DEFAULT_MAX_LENGTH}, as in the published evaluations).",
+    ),
+]
 BatchTokensOpt = Annotated[
     int, typer.Option("--batch-tokens", help="Token budget of one batch (padded length x sentences).")
 ]

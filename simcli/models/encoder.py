@@ -23,9 +23,8 @@ from simcli.models.device import dtype_candidates, resolve_device
 from simcli.models.loading import Checkpoint, build_backbone, open_checkpoint
 from simcli.models.pooling import NEEDS_ALL_LAYERS, pool, resolve_pooling
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
-from simcli.types import ModelSpec
+from simcli.types import DEFAULT_MAX_LENGTH, ModelSpec
 
-DEFAULT_MAX_LENGTH = 64  # the published evaluations truncate to 64 tokens (REFERENCE 1.2)
 # Token budget of a batch. On CPU, small batches keep the activations in cache (the elementwise ops,
 # GELU and rotary, are memory-bound): measured 8192 -> 57, 2048 -> 82, 1024 -> 79, 256 -> 56 sentences/s on a
 # base model over short LCQMC questions. GPUs want large batches.
