@@ -301,11 +301,16 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> Non
         raise ManifestMismatch(f"{out}: cannot resume: {e} ({hint})") from None
     except (KeyError, TypeError) as e:
         raise CorruptArtifact(f"{out / MANIFEST}: malformed store manifest ({e})") from None
+
+    # `errors` may change: a run that stopped on invalid UTF-8 resumes with errors="replace"; the lines it
+    # finished were valid, so they read the same (and _check_finished compares every finished row anyway).
+    def reading(manifest: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (manifest.get("read") or {}).items() if k != "errors"}
+
     for key in ("store_dtype", "normalized", "dim", "shard_size", "shard_of", "read", "inputs"):
-        if old.get(key) != new.get(key):
-            raise ManifestMismatch(
-                f"{out}: cannot resume: {key} was {old.get(key)!r}, now {new.get(key)!r} ({hint})"
-            )
+        was, now = (reading(old), reading(new)) if key == "read" else (old.get(key), new.get(key))
+        if was != now:
+            raise ManifestMismatch(f"{out}: cannot resume: {key} was {was!r}, now {now!r} ({hint})")
 
 
 def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Record]) -> None:

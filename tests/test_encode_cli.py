@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from simcli.cli import app
+from simcli.errors import CorruptArtifact
 from simcli.store import VectorStore
 
 SENTENCES = ["花呗怎么还款", "花呗可以提前还款吗", "借呗的额度怎么提升", "余额宝的钱怎么转出来", "你好"]
@@ -131,25 +132,37 @@ def test_empty_lines_and_truncation_are_reported(tmp_path: Path, roformer_sim_di
     assert VectorStore.open(tmp_path / "b").texts() == ["花呗怎么还款", "你好"]
 
 
-def test_invalid_utf8_fails_with_file_and_line_and_writes_nothing(
+def test_invalid_utf8_fails_with_file_and_line_then_resumes_with_replace(
     tmp_path: Path, roformer_sim_dir: Path
 ) -> None:
     src = tmp_path / "bad.txt"
-    src.write_bytes("好\n".encode() + b"\xe5\xa5\n")
+    src.write_bytes("好\n".encode() + b"\xe5\xa5\n" + "你好\n".encode())
     out = tmp_path / "out"
-    r = run("encode", str(src), "--model", str(roformer_sim_dir), "--dtype", "float32", "--out", str(out))
+    base = ["encode", str(src), "--model", str(roformer_sim_dir), "--dtype", "float32", "--out", str(out)]
+    r = run(*base, "--shard-size", "1")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == f"simcli: error: {src}:2: invalid UTF-8 (use --errors replace)"
-    assert (
-        not (out / "manifest.json").exists()
-        or json.loads((out / "manifest.json").read_text())["complete"] is False
-    )
-    with pytest.raises(Exception, match="incomplete store|manifest missing|no such store"):
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    with pytest.raises(CorruptArtifact, match="incomplete store"):
         VectorStore.open(out)
-    ok = run("encode", str(src), "--model", str(roformer_sim_dir), "--dtype", "float32", "--out", str(out),
-             "--errors", "replace", "--overwrite")  # fmt: skip
+    ok = run(*base, "--shard-size", "1", "--errors", "replace", "--resume")
     assert ok.exit_code == 0, ok.output
-    assert VectorStore.open(out).texts() == ["好", "\ufffd"]
+    assert (
+        ok.stderr.splitlines()[-1]
+        == f"simcli: wrote 3 vectors (dim 48, float32) in 3 shards to {out}, 1 finished earlier"
+    )
+    assert VectorStore.open(out).texts() == ["好", "\ufffd", "你好"]
+
+
+def test_json_counts_skipped_empty_lines(roformer_sim_dir: Path) -> None:
+    r = run("encode", "-", "--model", str(roformer_sim_dir), "--dtype", "float32", "--json", "--skip-empty",
+            stdin="一\n\n二\n\n\n")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == ["一", "二"]
+    assert r.stderr.splitlines()[1:] == [
+        "simcli: 3 empty lines skipped",
+        "simcli: encoded 2 sentences (dim 48)",
+    ]
 
 
 @pytest.mark.parametrize("bad", ["2/2", "x", "1/0"])

@@ -350,3 +350,21 @@ def test_parse_shard_rejects(bad: str) -> None:
 
 def test_parse_shard_accepts() -> None:
     assert parse_shard("0/1") == (0, 1) and parse_shard("3/4") == (3, 4)
+
+
+def test_resume_may_switch_to_errors_replace(tmp_path: Path) -> None:
+    """A run stopped by invalid UTF-8 continues with --errors replace; other read options must match."""
+    records = make_records(12)
+    out = tmp_path / "r"
+    strict = {"column": None, "field": None, "errors": "strict", "skip_empty": False}
+    with pytest.raises(RuntimeError):
+        encode_to_store(records, FakeEncoder(fail_after=2), out, shard_size=4, read_options=strict)
+    replace = {**strict, "errors": "replace"}
+    summary = encode_to_store(records, FakeEncoder(), out, shard_size=4, read_options=replace, resume=True)
+    assert (summary.shards_skipped, summary.shards_written) == (2, 1)
+    assert json.loads((out / "manifest.json").read_text())["read"]["errors"] == "replace"
+    with pytest.raises(
+        ManifestMismatch, match="cannot resume: read was .*'skip_empty': False.*'skip_empty': True"
+    ):
+        encode_to_store(records, FakeEncoder(), out, shard_size=4, read_options={**replace, "skip_empty": True},
+                        resume=True)  # fmt: skip

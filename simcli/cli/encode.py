@@ -26,9 +26,10 @@ from simcli.cli._app import (
 from simcli.errors import UsageError
 from simcli.io import STDIN, Errors, input_format
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
-from simcli.types import StoreDType
+from simcli.types import DEFAULT_MAX_LENGTH, StoreDType
 
 if TYPE_CHECKING:
+    from simcli.io import ReadStats
     from simcli.models.encoder import Encoder
 
 ProgressFn = Callable[[int, int], None]
@@ -47,16 +48,12 @@ def _note(message: str) -> None:
     typer.echo(f"simcli: {message}", err=True)
 
 
-def _encoder_kwargs(**given: Any) -> dict[str, Any]:
-    # Options left unset fall through to load_encoder's own defaults (each default lives once).
-    return {k: v for k, v in given.items() if v is not None}
-
-
 def _describe(enc: Encoder) -> str:
     info = enc.info()
     return (
         f"model {info['model']} ({info['family']}, {info['tokenizer']} tokenizer), "
-        f"pooling {info['pooling']}, dim {info['dim']}, max length {info['max_length']}, device {info['device']}, dtype {info['dtype']}"
+        f"pooling {info['pooling']}, dim {info['dim']}, max length {info['max_length']}, "
+        f"device {info['device']}, dtype {info['dtype']}"
     )
 
 
@@ -162,7 +159,7 @@ def encode(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     batch_tokens: BatchTokensOpt = None,  # type: ignore[assignment]  # None: the encoder's default
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
     store_dtype: Annotated[
@@ -213,13 +210,13 @@ def encode(
             tokenizer=tokenizer,
             device=device,
             dtype=dtype,
-            **_encoder_kwargs(max_length=max_length),
+            max_length=max_length,
         )
         _note(_describe(enc))
         total = _expected_rows(inputs, column, split, shard_size) if sys.stderr.isatty() else None
         with _progress(total) as progress:
             if out is None:
-                _encode_json(records, enc, shard_size, normalize, split, batch_tokens, progress)
+                _encode_json(records, enc, shard_size, normalize, split, batch_tokens, read_stats, progress)
                 return
             from simcli.store import encode_to_store
 
@@ -254,6 +251,7 @@ def _encode_json(
     normalize: bool,
     split: tuple[int, int] | None,
     batch_tokens: int | None,
+    read_stats: ReadStats,
     progress: ProgressFn | None,
 ) -> None:
     from simcli.models.encoder import EncodeStats
@@ -276,7 +274,7 @@ def _encode_json(
         count += 1
         empty += not rec.text
     sys.stdout.flush()
-    _warn_counts(empty, 0, stats.truncated, enc.max_length)
+    _warn_counts(empty, read_stats.empty_skipped, stats.truncated, enc.max_length)
     _note(f"encoded {count} sentences (dim {enc.dim})")
 
 
@@ -287,7 +285,7 @@ def info(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     json_out: JsonOpt = False,
 ) -> None:
     """Show what simcli detects about a model and the device/dtype it would use.
@@ -303,7 +301,7 @@ def info(
             tokenizer=tokenizer,
             device=device,
             dtype=dtype,
-            **_encoder_kwargs(max_length=max_length),
+            max_length=max_length,
         )
         data = enc.info()
         if json_out:
