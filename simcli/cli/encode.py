@@ -173,7 +173,8 @@ def encode(
         typer.Option(
             "--shard",
             callback=_shard_option,
-            help="i/N: encode worker i's slice of N (blocks of --shard-size rows, block b to worker b % N).",
+            help="i/N with 0 <= i < N: encode worker i's slice (blocks of --shard-size rows; block b goes "
+            "to worker b % N).",
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
