@@ -77,7 +77,11 @@ MaxLengthOpt = Annotated[
     ),
 ]
 BatchTokensOpt = Annotated[
-    int, typer.Option("--batch-tokens", help="Token budget of one batch (padded length x sentences).")
+    int | None,
+    typer.Option(
+        "--batch-tokens",
+        help="Token budget of one batch (padded length x sentences); default 1024 on CPU, 16384 on CUDA.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout instead of a table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]

@@ -160,7 +160,7 @@ def encode(
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
     max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
-    batch_tokens: BatchTokensOpt = None,  # type: ignore[assignment]  # None: the encoder's default
+    batch_tokens: BatchTokensOpt = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
     store_dtype: Annotated[
         StoreDType, typer.Option("--store-dtype", help="Vectors on disk.")

@@ -64,7 +64,7 @@ def sts(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
+    batch_tokens: BatchTokensOpt = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG of score against whitening dimension.")
     ] = None,

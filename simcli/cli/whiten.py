@@ -86,7 +86,7 @@ def fit(
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
     max_length: MaxLengthOpt = 64,
-    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
+    batch_tokens: BatchTokensOpt = None,
     column: Annotated[
         str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
     ] = None,
