@@ -564,9 +564,9 @@ def _write_rows(
     writer.writerow([*header, SOURCE_COLUMN, SCORE_COLUMN])
     for i, rec in enumerate(records):
         for text, score in done.get(i, []):
-            row = list(rec.row) + [""] * (len(header) - len(rec.row))
-            row[text_col] = text
-            writer.writerow([*row, rec.line, f"{score:.4f}"])
+            cells = list(rec.row) + [""] * (len(header) - len(rec.row))
+            cells[text_col] = text
+            writer.writerow([*cells, rec.line, f"{score:.4f}"])
             count += 1
     return count
 

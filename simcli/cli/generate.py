@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -113,14 +113,14 @@ def generate(
     Batch:   simcli generate --input train.tsv --column text --out augmented.tsv -k 5
     """
     with reported_errors():
-        options = {
+        options: dict[str, Any] = {
             "n": n, "k": k, "top_p": top_p, "top_k": top_k, "temperature": temperature, "greedy": greedy,
             "seed": seed, "max_length": max_length, "max_new_tokens": max_new_tokens, "mask_ratio": mask_ratio,
             "min_score": min_score, "max_score": max_score,
         }  # fmt: skip
         from simcli.generate import check_batch_paths, check_options
 
-        check_options(**{key: v for key, v in options.items() if key not in ("greedy", "seed")})  # type: ignore[arg-type]
+        check_options(**{key: v for key, v in options.items() if key not in ("greedy", "seed")})
         if input is not None or out is not None:
             if texts:
                 raise UsageError("give sentences or --input FILE, not both")
@@ -145,7 +145,7 @@ def generate(
             with _progress(None, "sentences") as progress:
                 summary = generate_file(
                     para, input, out, column=column, resume=resume, overwrite=overwrite, progress=progress,
-                    **options,  # type: ignore[arg-type]
+                    **options,
                 )  # fmt: skip
             earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
             empty = f", {summary.empty} empty skipped" if summary.empty else ""
@@ -158,7 +158,7 @@ def generate(
         with _progress(samples, "samples") as progress:
             results = para.generate(
                 texts, progress=(lambda rows: progress(rows, samples)) if progress else None, **options
-            )  # type: ignore[arg-type]
+            )
         for text, found in zip(texts, results):
             if json_out:
                 row = {

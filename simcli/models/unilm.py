@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from simcli.errors import ModelError
+
+if TYPE_CHECKING:
+    from simcli.models.encoder import Encoder
+    from simcli.models.loading import Checkpoint
 
 #: Families with a UniLM-trained head (REFERENCE.md 1, 4). WoBERT and (char/word) RoFormer were trained as
 #: plain MLMs: their head predicts masked tokens, not a continuation.
@@ -84,7 +89,7 @@ class KVCache:
         return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], used)
 
 
-def build_mlm_head(backbone: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+def build_mlm_head(backbone: Any, state_dict: dict[str, torch.Tensor]) -> Any:
     """transformers' RoFormerOnlyMLMHead with the checkpoint's `cls.predictions.*` weights.
 
     The decoder is tied to the word embeddings (REFERENCE.md 1.1): when the file's decoder weight is absent
@@ -117,9 +122,9 @@ def build_mlm_head(backbone: torch.nn.Module, state_dict: dict[str, torch.Tensor
     return head.eval()
 
 
-def check_can_generate(ck: object) -> None:
+def check_can_generate(ck: Checkpoint) -> None:
     """ModelError unless the checkpoint is a RoFormer-Sim with its MLM head (REFERENCE.md 1.1, 4)."""
-    family, model = ck.family, ck.model  # type: ignore[attr-defined]
+    family, model = ck.family, ck.model
     if family not in GENERATIVE_FAMILIES:
         why = {
             "wobert": "WoBERT was trained as a masked LM only",
@@ -131,14 +136,14 @@ def check_can_generate(ck: object) -> None:
             f"{model}: cannot generate: {why}, it has no UniLM-trained seq2seq head "
             "(use a RoFormer-Sim checkpoint, e.g. junnyu/roformer_chinese_sim_char_ft_base)"
         )
-    if not ck.has_mlm_head:  # type: ignore[attr-defined]
+    if not ck.has_mlm_head:
         raise ModelError(f"{model}: cannot generate: the weights have no MLM head (cls.predictions.*)")
 
 
 class UniLM:
     """Incremental seq2seq decoding with a RoFormer backbone (full attention) and its MLM head."""
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module) -> None:
+    def __init__(self, backbone: Any, head: Any) -> None:
         self.backbone = backbone
         self.head = head
         cfg = backbone.config
@@ -148,15 +153,16 @@ class UniLM:
         self.max_positions = int(cfg.max_position_embeddings)
         self.vocab_size = int(cfg.vocab_size)
         emb = backbone.embeddings.word_embeddings.weight
-        self.device, self.dtype = emb.device, emb.dtype
+        self.device: torch.device = emb.device
+        self.dtype: torch.dtype = emb.dtype
         self._min = torch.finfo(self.dtype).min
 
     @classmethod
-    def from_encoder(cls, enc: object) -> UniLM:
+    def from_encoder(cls, enc: Encoder) -> UniLM:
         """The UniLM decoder of a loaded RoFormer-Sim encoder; ModelError for models without the UniLM head."""
-        ck = enc.checkpoint  # type: ignore[attr-defined]
+        ck = enc.checkpoint
         check_can_generate(ck)
-        return cls(enc.backbone, build_mlm_head(enc.backbone, ck.state_dict()))  # type: ignore[attr-defined]
+        return cls(enc.backbone, build_mlm_head(enc.backbone, ck.state_dict()))
 
     def key_bias(self, allowed: torch.Tensor) -> torch.Tensor:
         """Additive attention bias (batch, 1, 1, keys) from a boolean (batch, keys): 0 allowed, min blocked.
