@@ -90,15 +90,19 @@ class KVCache:
 
 
 def build_mlm_head(backbone: Any, state_dict: dict[str, torch.Tensor]) -> Any:
-    """transformers' RoFormerOnlyMLMHead with the checkpoint's `cls.predictions.*` weights.
+    """transformers' RoFormerOnlyMLMHead / BertOnlyMLMHead with the checkpoint's `cls.predictions.*` weights.
 
     The decoder is tied to the word embeddings (REFERENCE.md 1.1): when the file's decoder weight is absent
     or equal to them, the module shares the backbone's embedding tensor instead of holding a copy.
     """
-    from transformers.models.roformer.modeling_roformer import RoFormerOnlyMLMHead
+    head_class: Any
+    if backbone.config.model_type == "roformer":
+        from transformers.models.roformer.modeling_roformer import RoFormerOnlyMLMHead as head_class
+    else:
+        from transformers.models.bert.modeling_bert import BertOnlyMLMHead as head_class
 
     emb = backbone.embeddings.word_embeddings.weight
-    head = RoFormerOnlyMLMHead(backbone.config)
+    head = head_class(backbone.config)
     pre = "cls.predictions."
     needed = ["transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight"]
     needed += ["transform.LayerNorm.bias"]
@@ -123,14 +127,15 @@ def build_mlm_head(backbone: Any, state_dict: dict[str, torch.Tensor]) -> Any:
 
 
 def check_can_generate(ck: Checkpoint) -> None:
-    """ModelError unless the checkpoint is a RoFormer-Sim with its MLM head (REFERENCE.md 1.1, 4)."""
+    """ModelError unless the checkpoint was trained for UniLM seq2seq: RoFormer-Sim, or a char BERT with a
+    trained pooler (SimBERT), with its MLM head (REFERENCE.md 1.1, 4)."""
     family, model = ck.family, ck.model
-    if family not in GENERATIVE_FAMILIES:
+    if family not in GENERATIVE_FAMILIES and not (family == "bert" and ck.has_pooler):
         why = {
             "wobert": "WoBERT was trained as a masked LM only",
             "roformer-word": "word RoFormer was trained as a masked LM only",
             "roformer-char": "char RoFormer was trained as a masked LM only",
-            "bert": "this BERT checkpoint was trained as a masked LM only",
+            "bert": "this BERT checkpoint (no trained pooler, so not SimBERT) was trained as a masked LM only",
         }.get(family, f"family {family}")
         raise ModelError(
             f"{model}: cannot generate: {why}, it has no UniLM-trained seq2seq head "
@@ -141,7 +146,8 @@ def check_can_generate(ck: Checkpoint) -> None:
 
 
 class UniLM:
-    """Incremental seq2seq decoding with a RoFormer backbone (full attention) and its MLM head."""
+    """Incremental seq2seq decoding with a RoFormer (or BERT, for SimBERT) backbone with full attention and
+    its MLM head."""
 
     def __init__(self, backbone: Any, head: Any) -> None:
         self.backbone = backbone
@@ -153,6 +159,7 @@ class UniLM:
         self.max_positions = int(cfg.max_position_embeddings)
         self.vocab_size = int(cfg.vocab_size)
         emb = backbone.embeddings.word_embeddings.weight
+        self.rotary = cfg.model_type == "roformer"
         self.device: torch.device = emb.device
         self.dtype: torch.dtype = emb.dtype
         self._min = torch.finfo(self.dtype).min
@@ -183,7 +190,17 @@ class UniLM:
     ) -> torch.Tensor:
         """Run the layers over `ids` (batch, t), writing their keys/values into `cache`; last hidden states."""
         bb = self.backbone
-        hidden = bb.embeddings(input_ids=ids, token_type_ids=torch.full_like(ids, token_type))
+        types = torch.full_like(ids, token_type)
+        if not self.rotary:  # BERT (SimBERT): absolute position embeddings, one row of positions per row
+            hidden = bb.embeddings(
+                input_ids=ids, token_type_ids=types, position_ids=positions.expand(ids.shape)
+            )
+            for layer in bb.encoder.layer:
+                hidden = layer(hidden, bias, past_key_values=cache)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            cache.advance(ids.shape[1])
+            return hidden
+        hidden = bb.embeddings(input_ids=ids, token_type_ids=types)
         if hasattr(bb, "embeddings_project"):
             hidden = bb.embeddings_project(hidden)
         # Rotary table rows per position; (rows or 1, 1, t, head_dim) broadcasts over heads (REFERENCE 1.4).
