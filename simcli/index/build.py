@@ -1,0 +1,109 @@
+"""Making, training and filling a FAISS index, on the GPU when there is one (REFERENCE.md 5).
+
+All cosine: the vectors reaching this module are L2-normalised float32 and every index uses the
+inner-product metric. With CUDA and faiss GPU support (`faiss.get_num_gpus() > 0`) training, adding and
+searching run on the GPUs; the CPU form is what gets saved. HNSW has no GPU form in faiss: it stays on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import faiss
+import numpy as np
+
+from simcli.errors import UsageError
+from simcli.index.choose import MAX_TRAIN_POINTS_PER_LIST, IndexChoice
+
+OPQ_ITERATIONS = 10  # faiss's 50 takes minutes on 2 cores; the rotation gains little after 10
+KMEANS_ITERATIONS = 10  # autofaiss uses 10 too; faiss's 25 costs 2.5x the training time for no recall here
+SEED = 1234
+
+
+def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
+    """An empty inner-product index from the choice's factory string (UsageError for a bad string)."""
+    try:
+        index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "rejected"
+        raise UsageError(
+            f"--index {choice.factory!r}: faiss cannot build it for dimension {dim} ({first})"
+        ) from None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.cp.seed = SEED
+        # we pass at most MAX_TRAIN_POINTS_PER_LIST x nlist points: let k-means use them all, silently
+        ivf.cp.max_points_per_centroid = max(ivf.cp.max_points_per_centroid, MAX_TRAIN_POINTS_PER_LIST)
+    _tune_opq(index)
+    return index
+
+
+def _tune_opq(index: faiss.Index) -> None:
+    if not isinstance(index, faiss.IndexPreTransform):
+        return
+    for i in range(index.chain.size()):
+        vt = faiss.downcast_VectorTransform(index.chain.at(i))
+        if isinstance(vt, faiss.OPQMatrix):
+            vt.niter = OPQ_ITERATIONS
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu, or without CUDA)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def has_gpu_form(index: faiss.Index) -> bool:
+    """Whether faiss can move this index to a GPU (HNSW graphs cannot)."""
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return not isinstance(inner, faiss.IndexHNSW)
+
+
+def to_device(index: faiss.Index) -> tuple[faiss.Index, bool]:
+    """The index on all GPUs when there are any and it has a GPU form, else itself: (index, on_gpu)."""
+    if gpu_count() > 0 and has_gpu_form(index):
+        return faiss.index_cpu_to_all_gpus(index), True
+    return index, False
+
+
+def to_cpu(index: faiss.Index, on_gpu: bool) -> faiss.Index:
+    """The CPU form of an index (what gets saved)."""
+    return faiss.index_gpu_to_cpu(index) if on_gpu else index
+
+
+def train(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train an index (k-means lists, OPQ rotation, PQ codebooks) on normalised sample vectors."""
+    if index.is_trained:
+        return
+    if len(sample) == 0:
+        raise UsageError("the index needs training vectors, and the corpus is empty")
+    try:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    except RuntimeError as e:
+        raise UsageError(
+            f"faiss could not train the index on {len(sample)} vectors ({_faiss_message(e)})"
+        ) from None
+
+
+def add(index: faiss.Index, chunks: Iterable[np.ndarray]) -> int:
+    """Add normalised vectors chunk by chunk (ids follow on from index.ntotal); returns vectors added."""
+    added = 0
+    for chunk in chunks:
+        if len(chunk):
+            index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+            added += len(chunk)
+    return added
+
+
+def _faiss_message(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Error:"):
+            return line.removeprefix("Error:").strip()
+    return lines[-1] if lines else type(e).__name__

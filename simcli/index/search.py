@@ -1,0 +1,129 @@
+"""Search parameters (nprobe / efSearch), their tuning for recall, exact ground truth and recall@k.
+
+REFERENCE.md 5: never leave nprobe at 1. The parameter is tuned at build time: the smallest value from a
+ladder whose recall@k against exact search, on a sample of the indexed vectors used as queries (each
+query's own row left out), reaches TARGET_RECALL. It is recorded in the manifest and can be overridden
+per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import faiss
+import numpy as np
+
+TARGET_RECALL = 0.97  # tuned above the 0.95 promise: the tuning sample is not the user's queries
+TUNE_QUERIES = 500
+TUNE_K = 10
+NPROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # never 1 (REFERENCE 5)
+EF_SEARCH_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+PLATEAU = 0.002  # a lossy index (PQ) stops improving below the target: stop there
+
+
+def search_parameter(index: faiss.Index) -> str | None:
+    """The parameter that trades speed for recall: "nprobe" (IVF), "efSearch" (HNSW) or None (exact)."""
+    try:
+        faiss.extract_index_ivf(index)
+        return "nprobe"
+    except RuntimeError:
+        pass
+    inner = index
+    while isinstance(inner, faiss.IndexPreTransform | faiss.IndexRefine):
+        inner = faiss.downcast_index(
+            inner.index if isinstance(inner, faiss.IndexPreTransform) else inner.base_index
+        )
+    if isinstance(faiss.downcast_index(inner), faiss.IndexHNSW):
+        return "efSearch"
+    return None
+
+
+def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+    """Set nprobe / efSearch on an index (CPU or GPU), through any pre-transform (OPQ)."""
+    if not params:
+        return
+    space = faiss.GpuParameterSpace() if _on_gpu(index) else faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, int(value))
+
+
+def _on_gpu(index: faiss.Index) -> bool:
+    return "Gpu" in type(index).__name__
+
+
+def ground_truth(
+    queries: np.ndarray, db_chunks: Iterable[np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of `queries` over vectors given chunk by chunk (scores, ids)."""
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    return knn_ground_truth(
+        np.ascontiguousarray(queries, dtype=np.float32), db_chunks, k, faiss.METRIC_INNER_PRODUCT
+    )
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean share of each query's true top-k ids that appear in its found top-k (ids < 0 never count)."""
+    hits = 0
+    for f, t in zip(found[:, :k], truth[:, :k], strict=True):
+        hits += len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
+    return hits / (k * len(found)) if len(found) else 1.0
+
+
+def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ids without the query's own id, cut to k (rows come from searching k + 1)."""
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for r, (row, own) in enumerate(zip(ids, self_ids, strict=True)):
+        kept = row[row != own][:k]
+        out[r, : len(kept)] = kept
+    return out
+
+
+def tune(
+    index: faiss.Index,
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    truth: np.ndarray,
+    *,
+    k: int = TUNE_K,
+    target: float = TARGET_RECALL,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, int], float]:
+    """The smallest search parameter on the ladder reaching `target` recall@k (self excluded).
+
+    Args:
+        index: a trained, filled index.
+        queries: (q, d) indexed vectors used as queries.
+        query_ids: (q,) their ids (left out of both result lists).
+        truth: (q, k) exact ids, self already dropped.
+
+    Returns:
+        ({name: value} or {} for exact indexes, the recall@k measured at that value).
+    """
+    name = search_parameter(index)
+    if name is None:
+        found = drop_self(index.search(queries, k + 1)[1], query_ids, k)
+        return {}, recall_at_k(found, truth, k)
+    if name == "nprobe":
+        nlist = faiss.extract_index_ivf(index).nlist
+        ladder = [v for v in NPROBE_LADDER if v < nlist] + [nlist]
+        ladder = [v for v in ladder if v >= min(NPROBE_LADDER[0], nlist)]
+    else:
+        ladder = list(EF_SEARCH_LADDER)
+    results: list[tuple[int, float]] = []
+    for value in ladder:
+        set_search_params(index, {name: value})
+        found = drop_self(index.search(queries, k + 1)[1], query_ids, k)
+        recall = recall_at_k(found, truth, k)
+        if log is not None:
+            log(f"{name} {value}: recall@{k} {recall:.4f}")
+        results.append((value, recall))
+        if recall >= target:
+            break
+        # a lossy index (PQ) levels off below the target: two steps without gain end the search
+        if len(results) >= 3 and results[-1][1] - results[-3][1] < PLATEAU:
+            break
+    top = max(r for _, r in results)
+    value, recall = next((v, r) for v, r in results if r >= min(target, top - PLATEAU))
+    set_search_params(index, {name: value})
+    return {name: value}, recall

@@ -1,0 +1,198 @@
+"""Where the vectors of an index come from: an array, a vector store folder, or text through an encoder.
+
+A Source gives the raw (un-whitened, un-normalised) vectors chunk by chunk, as many times as asked (whitening
+fit, training sample, adding), and the text rows in id order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simcli.errors import BadInput, UsageError
+from simcli.types import ModelSpec
+
+CHUNK = 8192  # sentences encoded (and vectors handled) at a time
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Source:
+    """Raw vectors and their texts.
+
+    Attributes:
+        spec: the ModelSpec of the vectors (None for plain arrays).
+        dim: vector dimension.
+        count: number of vectors.
+        normalized: the vectors are already L2-normalised (a store encoded with --normalize).
+        chunks: a function returning an iterator over float32 (m, dim) chunks, in id order; callable again.
+        rows: a function returning the {"text", "source", "line"} rows, in id order.
+        describe: where the vectors came from, for the manifest.
+        empty: empty texts kept (counted for a warning).
+        truncated: texts cut at the model's max_length.
+    """
+
+    spec: ModelSpec | None
+    dim: int
+    count: int
+    normalized: bool
+    chunks: Callable[[], Iterator[np.ndarray]]
+    rows: Callable[[], Iterator[dict[str, Any]]]
+    describe: str
+    empty: int = 0
+    truncated: int = 0
+
+
+def from_array(
+    vectors: np.ndarray, texts: Sequence[str] | None = None, spec: ModelSpec | None = None
+) -> Source:
+    """A Source over an in-memory (n, d) array of raw vectors, with optional texts."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise BadInput(f"vectors must be a non-empty (n, dim) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise BadInput("vectors contain NaN or Inf")
+    if texts is not None and len(texts) != len(x):
+        raise BadInput(f"{len(texts)} texts for {len(x)} vectors")
+    labels = list(texts) if texts is not None else [""] * len(x)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for i in range(0, len(x), CHUNK):
+            yield x[i : i + CHUNK]
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for i, t in enumerate(labels):
+            yield {"text": t, "source": "<array>", "line": i + 1}
+
+    return Source(spec, x.shape[1], len(x), False, chunks, rows, "<array>")
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether a path is a vector store folder (or a folder of the worker stores of one split)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if (p / "manifest.json").is_file():
+        return True
+    return any((q / "manifest.json").is_file() for q in p.iterdir() if q.is_dir())
+
+
+def from_store(path: str | Path) -> Source:
+    """A Source over a vector store folder (`simcli encode --out`), read shard by shard."""
+    from simcli.store import VectorStore
+
+    store = VectorStore.open(path)
+    if store.count == 0:
+        raise BadInput(f"{path}: the store is empty")
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for r in store.iter_records():
+            yield {"text": r.text, "source": r.source, "line": r.line}
+
+    return Source(
+        store.spec,
+        store.dim,
+        store.count,
+        store.normalized,
+        store.iter_vectors,
+        rows,
+        str(path),
+        empty=int(store.manifest.get("empty_lines_kept", 0)),
+        truncated=int(store.manifest.get("truncated", 0)),
+    )
+
+
+def from_texts(
+    records: Iterator[Any],
+    encoder: Any,
+    *,
+    describe: str,
+    batch_tokens: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Source:
+    """Encode text records (simcli.io.Record) with `encoder`, CHUNK at a time, keeping the raw vectors in memory."""
+    from simcli.models.encoder import EncodeStats
+
+    stats = EncodeStats()
+    parts: list[np.ndarray] = []
+    meta: list[dict[str, Any]] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if block:
+            parts.append(
+                encoder.encode(
+                    block, normalize=False, batch_tokens=batch_tokens, stats=stats, progress=progress
+                )
+            )
+            block.clear()
+
+    for rec in records:
+        meta.append({"text": rec.text, "source": rec.source, "line": rec.line})
+        block.append(rec.text)
+        if len(block) >= CHUNK:
+            flush()
+    flush()
+    if not meta:
+        raise BadInput(f"{describe}: no sentences to index")
+    return Source(
+        encoder.spec,
+        encoder.spec.dim,
+        len(meta),
+        False,
+        lambda: iter(parts),
+        lambda: iter(meta),
+        describe,
+        empty=sum(not m["text"] for m in meta),
+        truncated=stats.truncated,
+    )
+
+
+def open_source(
+    source: Any,
+    *,
+    texts: Sequence[str] | None = None,
+    spec: ModelSpec | None = None,
+    encoder: Callable[[], Any] | None = None,
+    read_options: dict[str, Any] | None = None,
+    batch_tokens: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Source:
+    """Resolve what `Index.build` / `Index.add` was given.
+
+    Args:
+        source: an (n, d) array of raw vectors; a store folder; or text file paths (a path or a list).
+        texts: the texts of an array's rows.
+        spec: the ModelSpec of an array's vectors.
+        encoder: a function returning the Encoder for text sources (called only for text).
+        read_options: column / field / errors / skip_empty for simcli.io.read_records.
+    """
+    if isinstance(source, np.ndarray):
+        return from_array(source, texts, spec)
+    paths = [source] if isinstance(source, str | Path) else list(source)
+    if not paths:
+        raise UsageError("give at least one input (text files or a store folder)")
+    stores = [p for p in paths if is_store(p)]
+    if stores:
+        if len(paths) > 1:
+            raise UsageError(f"a store folder ({stores[0]}) must be the only input")
+        return from_store(stores[0])
+    for p in paths:
+        if Path(p).is_dir():
+            raise BadInput(f"{p}: a folder that is not a vector store (no manifest.json)")
+    from simcli.io import read_records
+
+    records = read_records([str(p) for p in paths], **(read_options or {}))
+    if encoder is None:
+        raise UsageError("text inputs need --model (or give a vector store folder)")
+    return from_texts(
+        iter(records),
+        encoder(),
+        describe=", ".join(map(str, paths)),
+        batch_tokens=batch_tokens,
+        progress=progress,
+    )
