@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -521,3 +521,33 @@ def fit_texts(
     return Whitening.from_moments(
         acc, dim=dim, beta=beta, gamma=gamma, spec=encoder.spec, clamp=clamp, source=source
     )
+
+
+class WhitenedEncoder:
+    """An encoder whose vectors go through a whitening file: (x - beta*mu) W[:, :k], L2-normalised.
+
+    Has the encoder interface the store and the CLI use (`spec`, `encode`, `info`, `max_length`, `dim`),
+    so `simcli encode --whitening FILE` writes whitened vectors through the same streaming path. The spec's
+    dim is k and its `extra` names the whitening's content hash, so the store's manifest records it.
+    """
+
+    def __init__(self, encoder: Any, whitening: Whitening, path: str | Path) -> None:
+        whitening.check_fits(encoder.spec, f"model {encoder.spec.model}")
+        self.encoder = encoder
+        self.whitening = whitening
+        self.path = Path(path)
+        self.max_length = encoder.max_length
+        self.dim = whitening.dim_out
+
+    @property
+    def spec(self) -> ModelSpec:
+        base = self.encoder.spec
+        extra = {**base.extra, "whitening_sha256": self.whitening.sha256, "whitening_dim": self.dim}
+        return replace(base, dim=self.dim, extra=extra)
+
+    def encode(self, texts: Sequence[str], *, normalize: bool = True, **kwargs: Any) -> np.ndarray:
+        """Whitened, L2-normalised float32 vectors (`normalize` is accepted for interface parity: always on)."""
+        return self.whitening.transform(self.encoder.encode(texts, normalize=False, **kwargs), normalize=True)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.encoder.info(), "dim": self.dim, "whitening": str(self.path)}

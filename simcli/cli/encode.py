@@ -20,6 +20,7 @@ from simcli.cli._app import (
     ModelOpt,
     PoolingOpt,
     TokenizerOpt,
+    WhiteningFileOpt,
     app,
     reported_errors,
 )
@@ -162,6 +163,7 @@ def encode(
     max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     batch_tokens: BatchTokensOpt = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
+    whitening: WhiteningFileOpt = None,
     store_dtype: Annotated[
         StoreDType, typer.Option("--store-dtype", help="Vectors on disk.")
     ] = DEFAULT_STORE_DTYPE,
@@ -187,6 +189,8 @@ def encode(
     """Encode sentences into a vector store folder (or JSON lines with --json).
 
     Example: simcli encode questions.tsv --column question --model ./roformer_sim --out q.vec
+
+    With --whitening FILE (from `simcli whiten fit`) the vectors are whitened and L2-normalised.
     """
     with reported_errors():
         from simcli.io import ReadStats, read_records
@@ -213,6 +217,12 @@ def encode(
             dtype=dtype,
             max_length=max_length,
         )
+        if whitening is not None:
+            # (x - beta*mu) W[:, :k], L2-normalised (REFERENCE 2); the file must fit this model and pooling.
+            from simcli.whitening import WhitenedEncoder, Whitening
+
+            enc = WhitenedEncoder(enc, Whitening.load(whitening), whitening)  # type: ignore[assignment]
+            normalize = True
         _note(_describe(enc))
         total = _expected_rows(inputs, column, split, shard_size) if sys.stderr.isatty() else None
         with _progress(total) as progress:
