@@ -1,1 +1,363 @@
-"""Commands of this stage are registered here (module under construction)."""
+"""`simcli index build/add/info/check`, `simcli query` and `simcli similar` (REFERENCE.md 5).
+
+Only stdlib, typer and light simcli modules at module level: numpy, faiss and torch load inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from simcli.cli._app import (
+    BatchTokensOpt,
+    DeviceOpt,
+    DTypeOpt,
+    JsonOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    PoolingOpt,
+    TokenizerOpt,
+    WhiteningFileOpt,
+    app,
+    reported_errors,
+)
+from simcli.errors import BadInput, UsageError
+
+index_app = typer.Typer(
+    help="Build, grow, inspect and check FAISS cosine indexes (query them with `simcli query`).",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+OptionalModelOpt = Annotated[str | None, ModelOpt.__metadata__[0]]
+IndexDirArg = Annotated[Path, typer.Argument(help="An index folder (`simcli index build --out`).")]
+ColumnOpt = Annotated[
+    str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
+]
+FieldOpt = Annotated[
+    str | None, typer.Option("--field", help="jsonl field holding the text (default: text).")
+]
+SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")]
+NprobeOpt = Annotated[
+    int | None,
+    typer.Option("--nprobe", min=1, help="IVF lists to visit (default: tuned at build, in the manifest)."),
+]
+EfSearchOpt = Annotated[
+    int | None, typer.Option("--ef-search", min=1, help="HNSW search breadth (default: tuned at build).")
+]
+ModelLocationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Where the index's model lives now, if it moved (its weights must match the recorded hash).",
+    ),
+]
+
+
+def _note(message: str) -> None:
+    typer.echo(f"simcli: {message}", err=True)
+
+
+def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
+    params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
+    return params or None
+
+
+def _read_options(column: str | None, field: str | None, skip_empty: bool) -> dict[str, Any]:
+    return {"column": column, "field": field, "skip_empty": skip_empty}
+
+
+def _bar_progress(bar: Any) -> Any:
+    task = bar.add_task("encoding", total=None)
+    return lambda n, _tokens: bar.advance(task, n)
+
+
+@index_app.command("build")
+def build(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Text files (.txt/.tsv/.csv/.jsonl, - for stdin) with --model, or one vector store folder."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index folder to write.")],
+    model: OptionalModelOpt = None,
+    index: Annotated[
+        str,
+        typer.Option(
+            "--index", help="auto | flat | hnsw | ivf | ivfpq | a faiss factory string (e.g. IVF1024,Flat)."
+        ),
+    ] = "auto",
+    whiten: Annotated[
+        str,
+        typer.Option(
+            "--whiten",
+            help="auto | none | full | K: auto = none for RoFormer-Sim, whitening to 256-d for unsupervised encoders.",
+        ),
+    ] = "auto",
+    whitening: WhiteningFileOpt = None,
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            "--memory", help="Memory budget of the index for --index auto, e.g. 2GB (default: half the RAM)."
+        ),
+    ] = None,
+    column: ColumnOpt = None,
+    field: FieldOpt = None,
+    skip_empty: SkipEmptyOpt = False,
+    pooling: PoolingOpt = "auto",
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index in --out.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a cosine index folder from text (with --model) or from a vector store.
+
+    Example: simcli index build faq.txt --model junnyu/roformer_chinese_sim_char_ft_small --out faq.idx
+    """
+    with reported_errors():
+        from simcli.cli.whiten import progress_bar
+        from simcli.index import Index
+
+        options = {
+            "pooling": pooling,
+            "tokenizer": tokenizer,
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+        }
+        if batch_tokens is not None:
+            options["batch_tokens"] = batch_tokens
+        with progress_bar() as bar:
+            idx = Index.build(
+                inputs,
+                out=out,
+                model=model,
+                index=index,
+                whiten=whiten,
+                whitening=whitening,
+                memory=memory,
+                encoder_options=options,
+                read_options=_read_options(column, field, skip_empty),
+                overwrite=overwrite,
+                progress=_bar_progress(bar),
+                log=_note,
+            )
+        info = idx.info()
+        if json_out:
+            typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
+        else:
+            typer.echo(
+                f"wrote {out}: {info['count']} vectors, dim {info['dim']}, {info['index']}, "
+                f"search {_fmt_params(info['search_params'])}, recall@10 {info['tuned_recall_at_10']:.3f}"
+            )
+
+
+def _fmt_params(params: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items()) or "exact"
+
+
+@index_app.command("add")
+def add(
+    folder: IndexDirArg,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Text files (- for stdin), or a vector store folder of the same model."),
+    ],
+    column: ColumnOpt = None,
+    field: FieldOpt = None,
+    skip_empty: SkipEmptyOpt = False,
+    model: ModelLocationOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+) -> None:
+    """Append sentences to an index without rebuilding it (same model and whitening as recorded).
+
+    Example: simcli index add faq.idx more_faq.txt
+    """
+    with reported_errors():
+        from simcli.cli.whiten import progress_bar
+        from simcli.index import Index
+
+        idx = Index.load(folder, device=device, dtype=dtype, model=model)
+        with progress_bar() as bar:
+            n = idx.add(
+                inputs,
+                read_options=_read_options(column, field, skip_empty),
+                progress=_bar_progress(bar),
+                log=_note,
+            )
+        typer.echo(f"added {n} vectors to {folder}: {idx.count} in all")
+
+
+@index_app.command("info")
+def info(folder: IndexDirArg, json_out: JsonOpt = False) -> None:
+    """Show what an index holds: count, model, whitening, index type, search parameters, size.
+
+    Example: simcli index info faq.idx
+    """
+    with reported_errors():
+        from simcli.index import Index
+
+        data = Index.load(folder, verify=False).info()
+        if json_out:
+            typer.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
+            return
+        w = data["whitening"]
+        data["whitening"] = f"{w['dim_in']} -> {w['dim_out']} (fitted on {w['n']})" if w else "none"
+        data["search_params"] = _fmt_params(data["search_params"])
+        width = max(map(len, data))
+        for key, value in data.items():
+            typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
+
+
+@index_app.command("check")
+def check(
+    folder: IndexDirArg,
+    sample: Annotated[int, typer.Option("--sample", min=1, help="Indexed vectors used as queries.")] = 1000,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours compared.")] = 10,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check file hashes, then recall@k against exact search and latency on a sample.
+
+    Example: simcli index check faq.idx --sample 500
+    """
+    with reported_errors():
+        from simcli.index import Index
+
+        idx = Index.load(folder)
+        r = idx.check(sample=sample, k=k, params=_params(nprobe, ef_search))
+        if json_out:
+            typer.echo(json.dumps(r, sort_keys=True))
+            return
+        typer.echo(
+            f"{folder}: {r['count']} vectors, files ok; recall@{r['k']} {r['recall']:.4f} on {r['queries']} "
+            f"sample queries ({_fmt_params(r['params'])}); {r['ms_per_query']:.2f} ms a query, "
+            f"{r['queries_per_s']:.0f} queries/s batched (exact: {r['exact_queries_per_s']:.0f}/s)"
+        )
+
+
+def _queries(texts: list[str], file: Path | None) -> list[str]:
+    if texts and file is not None:
+        raise UsageError("give queries as arguments or --file, not both")
+    if texts:
+        return texts
+    if file is not None:
+        from simcli.io import read_records
+
+        return [r.text for r in read_records([str(file)], skip_empty=True)]
+    if sys.stdin.isatty():
+        raise UsageError("give queries as arguments, --file FILE, or on stdin")
+    lines = [line.strip() for line in sys.stdin.read().splitlines()]
+    return [q for q in lines if q]
+
+
+@app.command()
+def query(
+    folder: IndexDirArg,
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="Queries (or --file, or one a line on stdin).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl).")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Drop hits below this cosine.")
+    ] = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help='{"query", "results": [{"rank", "id", "score", "text"}]} lines.')
+    ] = False,
+    model: ModelLocationOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+) -> None:
+    """Find the indexed sentences closest to each query (cosine, same model and whitening as the index).
+
+    Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
+    """
+    with reported_errors():
+        queries = _queries(texts or [], file)
+        from simcli.index import Index
+
+        idx = Index.load(folder, device=device, dtype=dtype, model=model)
+        if not queries:
+            raise BadInput("no queries (empty input)")
+        results = idx.search(queries, k=k, min_score=min_score, params=_params(nprobe, ef_search))
+        out = []
+        for q, hits in zip(queries, results, strict=True):
+            if json_out:
+                rows = [
+                    {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "text": h.text} for h in hits
+                ]
+                out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
+            else:
+                out.append(q)
+                out.extend(f"{h.rank:>4}  {h.score:.4f}  {h.text}" for h in hits)
+                out.append("")
+        typer.echo("\n".join(out).rstrip("\n"))
+
+
+@app.command()
+def similar(
+    texts: Annotated[
+        list[str], typer.Argument(help="Two sentences (their cosine) or more (a cosine matrix).")
+    ],
+    model: ModelOpt,
+    whitening: WhiteningFileOpt = None,
+    pooling: PoolingOpt = "auto",
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    json_out: JsonOpt = False,
+) -> None:
+    """Cosine similarity of two sentences, or the matrix of several.
+
+    Example: simcli similar "我喜欢北京" "我不喜欢北京" --model junnyu/roformer_chinese_sim_char_ft_small
+    """
+    with reported_errors():
+        if len(texts) < 2:
+            raise UsageError(f"give at least two sentences, got {len(texts)}")
+        from simcli.index.similar import cosine_matrix
+
+        options = {
+            "pooling": pooling,
+            "tokenizer": tokenizer,
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+        }
+        m = cosine_matrix(texts, model, whitening=whitening, encoder_options=options)
+        if len(texts) == 2:
+            if json_out:
+                typer.echo(
+                    json.dumps(
+                        {"a": texts[0], "b": texts[1], "cosine": round(float(m[0, 1]), 6)}, ensure_ascii=False
+                    )
+                )
+            else:
+                typer.echo(f"{m[0, 1]:.4f}")
+            return
+        if json_out:
+            rows = [[round(float(v), 6) for v in row] for row in m]
+            typer.echo(json.dumps({"texts": texts, "cosine": rows}, ensure_ascii=False))
+            return
+        n = len(texts)
+        width = len(str(n))
+        typer.echo(" " * width + "".join(f"  {j + 1:>7}" for j in range(n)) + "  text")
+        for i in range(n):
+            cells = "".join(f"  {m[i, j]:>7.4f}" for j in range(n))
+            typer.echo(f"{i + 1:>{width}}{cells}  {texts[i]}")

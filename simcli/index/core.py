@@ -8,7 +8,6 @@ manifest, never from flags.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +268,8 @@ class Index:
         if isinstance(index, str):
             index = index.strip()
         _whiten_value(whiten)
+        enc_options = dict(encoder_options or {})
+        batch_tokens = enc_options.pop("batch_tokens", None)
         enc_holder: dict[str, Any] = {}
 
         def get_encoder() -> Any:
@@ -279,7 +280,7 @@ class Index:
                 return model
             from simcli.models.encoder import load_encoder
 
-            enc = load_encoder(model, **{k: v for k, v in (encoder_options or {}).items() if v is not None})
+            enc = load_encoder(model, **{k: v for k, v in enc_options.items() if v is not None})
             log(
                 f"model {enc.spec.model} ({enc.spec.family}, pooling {enc.spec.pooling}, dim {enc.spec.dim}) on {enc.device}"
             )
@@ -289,7 +290,13 @@ class Index:
         if model is not None and (isinstance(source, np.ndarray) or _is_store_source(source)):
             raise UsageError("--model is for text inputs: arrays and vector stores carry their own vectors")
         src = open_source(
-            source, texts=texts, spec=spec, encoder=get_encoder, read_options=read_options, progress=progress
+            source,
+            texts=texts,
+            spec=spec,
+            encoder=get_encoder,
+            read_options=read_options,
+            batch_tokens=batch_tokens,
+            progress=progress,
         )
         if src.empty:
             log(f"warning: {src.empty} empty texts kept (use --skip-empty)")
@@ -433,11 +440,13 @@ class Index:
         by_id = {r["id"]: r["text"] for r in texts}
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
-            hits = []
-            for s, i in zip(row_scores, row_ids, strict=True):
-                if i < 0 or (min_score is not None and s < min_score):
-                    continue
-                hits.append(Hit(len(hits) + 1, int(i), float(s), by_id[int(i)]))
+            kept = [
+                (float(s), int(i))
+                for s, i in zip(row_scores, row_ids, strict=True)
+                if i >= 0 and (min_score is None or s >= min_score)
+            ]
+            kept.sort(key=lambda si: (-si[0], si[1]))  # equal scores (duplicates): lower id first, stable
+            hits = [Hit(r + 1, i, s, by_id[i]) for r, (s, i) in enumerate(kept)]
             results.append(hits)
         return results
 
@@ -629,8 +638,6 @@ def _build(
     log(
         f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
     )
-    if overwrite and out.is_dir():
-        shutil.rmtree(out)  # checked by persist.check_out_folder: an index folder
     out.mkdir(parents=True, exist_ok=True)
     header = {
         "model": src.spec.to_dict() if src.spec is not None else None,
@@ -650,7 +657,10 @@ def _build(
         },
         "search": {"params": params, "tuned_recall": round(recall, 4), "tune_queries": len(tune_ids)},
     }
-    manifest = _write_generation(out, cpu, src, prepared, header, base=None, whitening=w)
+    if overwrite and (out / persist.MANIFEST).is_file():
+        # the new files take the next generation's names: the old index stays whole until the manifest switches
+        header["generation"] = int(persist.read(out).get("generation", 0))
+    _write_generation(out, cpu, src, prepared, header, base=None, whitening=w)
     return Index.load(out, verify=False)
 
 

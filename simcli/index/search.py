@@ -63,11 +63,13 @@ def ground_truth(
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean share of each query's true top-k ids that appear in its found top-k (ids < 0 never count)."""
-    hits = 0
+    """Share of the true top-k ids (ids < 0 are padding, not counted) that appear in the found top-k."""
+    hits = total = 0
     for f, t in zip(found[:, :k], truth[:, :k], strict=True):
-        hits += len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
-    return hits / (k * len(found)) if len(found) else 1.0
+        want = set(t[t >= 0].tolist())
+        hits += len(set(f[f >= 0].tolist()) & want)
+        total += len(want)
+    return hits / total if total else 1.0
 
 
 def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
