@@ -32,7 +32,7 @@ DEFAULT_K = 20
 DEFAULT_TOP_P = 0.95
 DEFAULT_MAX_LENGTH = 64  # source tokens, [CLS] and [SEP] included (REFERENCE.md 4)
 DEFAULT_MAX_NEW_TOKENS = 64
-DEFAULT_MAX_ROWS = 256  # samples decoded together in one batch
+DEFAULT_MAX_ROWS = 512  # samples decoded together in one batch (the KV-cache budget may cap it lower)
 DEFAULT_CACHE_MB = 1024  # KV-cache memory of one batch
 
 ProgressFn = Callable[[int], None]
