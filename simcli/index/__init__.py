@@ -7,7 +7,7 @@ Modules: `choose` (the auto rule, factory strings; no faiss import), `build` (ma
 
 from __future__ import annotations
 
-from simcli.index.choose import IndexChoice, choose
+from simcli.index.choose import IndexChoice
 from simcli.index.core import Index
 
-__all__ = ["Index", "IndexChoice", "choose"]
+__all__ = ["Index", "IndexChoice"]
