@@ -114,7 +114,7 @@ def test_flat_equals_numpy_cosine_exactly(built: dict[str, Index], data) -> None
 def test_save_load_search_round_trip(built: dict[str, Index], data) -> None:
     """A loaded index answers exactly as the built one; the manifest records what decides the answers."""
     _, queries = data
-    for kind, idx in built.items():
+    for idx in built.values():
         again = Index.load(idx.path)
         assert again.search(queries[:20], k=5) == idx.search(queries[:20], k=5)
         assert again.count == N and again.dim == D and again.texts() == TEXTS
@@ -219,7 +219,7 @@ def test_corrupted_index_refused(tmp_path: Path, data, damage: str, error: type,
 
 
 def test_out_folder_rules(tmp_path: Path, data) -> None:
-    corpus, queries = data
+    corpus, _queries = data
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(OutputExists, match="not empty"):
@@ -231,7 +231,7 @@ def test_out_folder_rules(tmp_path: Path, data) -> None:
         Index.build(corpus[:200], out=tmp_path / "i")
     again = Index.build(corpus[:200], out=tmp_path / "i", overwrite=True, index="flat")
     assert again.count == 200 and Index.load(tmp_path / "i").count == 200
-    assert sorted(p.name for p in (tmp_path / "i").iterdir())[0] == "index-2.faiss"  # old generation gone
+    assert min(p.name for p in (tmp_path / "i").iterdir()) == "index-2.faiss"  # old generation gone
 
 
 def test_bad_factory_string_is_a_usage_error(tmp_path: Path, data) -> None:
@@ -240,7 +240,7 @@ def test_bad_factory_string_is_a_usage_error(tmp_path: Path, data) -> None:
 
 
 def test_lossy_index_keeps_vectors_for_check(tmp_path: Path, data) -> None:
-    corpus, queries = data
+    corpus, _queries = data
     idx = Index.build(corpus[:4000], out=tmp_path / "sq", index="IVF64,SQ4")
     assert idx.manifest["index"]["lossless"] is False and "vectors" in idx.manifest["files"]
     stored = np.load(idx.path / idx.manifest["files"]["vectors"]["name"])
