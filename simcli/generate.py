@@ -277,7 +277,8 @@ def load_paraphraser(
     max_rows: int = DEFAULT_MAX_ROWS,
     cache_mb: int = DEFAULT_CACHE_MB,
 ) -> Paraphraser:
-    """Load a RoFormer-Sim checkpoint for generation (ModelError for models without a UniLM head).
+    """Load a RoFormer-Sim (or SimBERT-layout) checkpoint for generation; ModelError for models without a
+    UniLM-trained head (WoBERT, word/char RoFormer, BERT without a trained pooler).
 
     Args:
         model: hub id or local folder (REFERENCE.md 1.1 layout).

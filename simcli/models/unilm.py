@@ -1,12 +1,13 @@
-"""RoFormer-Sim's UniLM seq2seq mode: the source encoded once, then one token at a time from a KV cache.
+"""RoFormer-Sim's (and SimBERT's) UniLM seq2seq mode: the source encoded once, then one token at a time
+from a KV cache.
 
 Layout `[CLS] a [SEP] b [SEP]`, token_type 0 on `[CLS] a [SEP]` and 1 on `b`; a attends bidirectionally
 within a, b attends to all of a and causally within b (REFERENCE.md 4; c = cumsum(token_type), i attends j
 iff c[j] <= c[i]). With a KV cache that is exactly: the source pass with full attention over the real
 source tokens, then each new token (type 1) attending to the whole cache and itself.
 
-We drive transformers' RoFormer modules (embeddings, layers, rotary table, MLM head) ourselves instead of
-calling `RoFormerModel.forward`, for two reasons: its rotary positions start at one cache length for the
+We drive transformers' RoFormer (or BERT) modules (embeddings, layers, rotary table, MLM head) ourselves
+instead of calling `RoFormerModel.forward`, for two reasons: its rotary positions start at one cache length for the
 whole batch, while rows of a batch have sources of different lengths (each row continues at its own
 length, REFERENCE.md 1.4); and we keep a preallocated cache whose rows can be repeated (n samples of one
 source) and dropped (finished samples) in one copy.
