@@ -210,18 +210,26 @@ def factory_choice(factory: str, n: int) -> IndexChoice:
     return IndexChoice("factory", factory, nlist, size, f"factory string {factory!r}")
 
 
-def choose(index: str, n: int, dim: int, memory: int | None = None) -> IndexChoice:
-    """Resolve `--index` (auto | flat | hnsw | ivf | ivfpq | a factory string) for n vectors of dim."""
+def check_index_name(index: str) -> str:
+    """The `--index` value, stripped (lower case for the named types); UsageError when it cannot be one."""
     key = index.strip()
-    if key.lower() == "auto":
-        return choose_auto(n, dim, memory)
     if key.lower() in INDEX_TYPES:
-        return named_choice(key.lower(), n, dim, memory)
+        return key.lower()
     if not re.fullmatch(r"[A-Za-z0-9_,.x]+", key) or not re.match(r"[A-Z]", key):
         raise UsageError(
             f"--index must be one of {', '.join(INDEX_TYPES)} or a faiss factory string "
             f"(e.g. IVF1024,Flat or HNSW32), got {index!r}"
         )
+    return key
+
+
+def choose(index: str, n: int, dim: int, memory: int | None = None) -> IndexChoice:
+    """Resolve `--index` (auto | flat | hnsw | ivf | ivfpq | a factory string) for n vectors of dim."""
+    key = check_index_name(index)
+    if key == "auto":
+        return choose_auto(n, dim, memory)
+    if key in INDEX_TYPES:
+        return named_choice(key, n, dim, memory)
     return factory_choice(key, n)
 
 

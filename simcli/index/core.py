@@ -20,7 +20,7 @@ import numpy as np
 from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
 from simcli.index import build as builder
 from simcli.index import persist
-from simcli.index.choose import IndexChoice, choose, parse_memory
+from simcli.index.choose import IndexChoice, check_index_name, choose, parse_memory
 from simcli.index.search import (
     TUNE_K,
     TUNE_QUERIES,
@@ -265,8 +265,7 @@ class Index:
         out = Path(out)
         persist.check_out_folder(out, overwrite)
         budget = parse_memory(memory)
-        if isinstance(index, str):
-            index = index.strip()
+        index = check_index_name(index)  # before a model loads
         _whiten_value(whiten)
         enc_options = dict(encoder_options or {})
         batch_tokens = enc_options.pop("batch_tokens", None)
