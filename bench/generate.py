@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Replace the script's own folder on sys.path: bench/tokenize.py would shadow the stdlib module.
-sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "LCQMC" / "LCQMC.test.data"
 
 
@@ -55,7 +54,7 @@ def main() -> None:
     from transformers import RoFormerForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from simcli.generate import load_paraphraser
+    from simcli.paraphrase import load_paraphraser
     from tests.checkpoints import build_roformer_sim
 
     hf_logging.set_verbosity_error()

@@ -17,7 +17,7 @@ _LAZY = {
     "encode": "simcli.models.encoder",
     "Whitening": "simcli.whitening",
     "Index": "simcli.index",
-    "generate": "simcli.generate",
+    "generate": "simcli.paraphrase",
     "evaluate_sts": "simcli.evaluate",
 }
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from simcli.errors import ModelError, UsageError
-from simcli.generate import Paraphraser, load_paraphraser
 from simcli.models.unilm import COMPACT_SHARE, Sampling, UniLM, choose_tokens
+from simcli.paraphrase import Paraphraser, load_paraphraser
 from tests.checkpoints import SEP_ID
 
 SOURCES = ["今天天气怎么样", "花呗", "我想把信用卡的额度提高一点应该怎么操作", "北京到上海的高铁"]
@@ -347,9 +347,9 @@ def test_bad_options(para: Paraphraser, option: dict, message: str) -> None:  # 
 
 
 def test_package_level_generate(para: Paraphraser) -> None:
-    """`simcli.generate(texts, n=, k=)` works, also after `import simcli.generate` bound the module name."""
+    """`simcli.generate(texts, n=, k=)` is the function, also after its module has been imported."""
     import simcli
-    import simcli.generate
+    import simcli.paraphrase
 
     one = simcli.generate("花呗怎么还款", n=10, k=3, model=para, seed=1, max_new_tokens=5)
     many = simcli.generate(["花呗怎么还款", "今天天气"], n=10, k=3, model=para, seed=1, max_new_tokens=5)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from simcli.cli import app
-from simcli.generate import Paraphraser, generate_file, load_paraphraser
+from simcli.paraphrase import Paraphraser, generate_file, load_paraphraser
 
 TEXTS = ["花呗怎么还款", "借呗额度怎么提升"]
 OPTS = {"n": 12, "k": 3, "seed": 7, "max_new_tokens": 5}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import simcli.generate as gen
+import simcli.paraphrase as gen
 from simcli.errors import BadInput, ManifestMismatch, OutputExists, UsageError
-from simcli.generate import Paraphraser, generate_file, load_paraphraser
+from simcli.paraphrase import Paraphraser, generate_file, load_paraphraser
 
 ROWS = [
     ("花呗怎么还款", "1", "pay"),

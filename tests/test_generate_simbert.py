@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from simcli.errors import ModelError
-from simcli.generate import Paraphraser, load_paraphraser
+from simcli.paraphrase import Paraphraser, load_paraphraser
 from tests import checkpoints
 from tests.test_generate import SOURCES, unilm_mask
 

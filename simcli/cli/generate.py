@@ -12,7 +12,7 @@ import typer
 
 from simcli.cli._app import DeviceOpt, DTypeOpt, JsonOpt, app, reported_errors
 from simcli.errors import UsageError
-from simcli.generate import (
+from simcli.paraphrase import (
     DEFAULT_K,
     DEFAULT_MAX_LENGTH,
     DEFAULT_MAX_NEW_TOKENS,
@@ -118,7 +118,7 @@ def generate(
             "seed": seed, "max_length": max_length, "max_new_tokens": max_new_tokens, "mask_ratio": mask_ratio,
             "min_score": min_score, "max_score": max_score,
         }  # fmt: skip
-        from simcli.generate import check_batch_paths, check_options
+        from simcli.paraphrase import check_batch_paths, check_options
 
         check_options(**{key: v for key, v in options.items() if key not in ("greedy", "seed")})
         if input is not None or out is not None:
@@ -134,7 +134,7 @@ def generate(
         elif resume or overwrite or column is not None:
             raise UsageError("--resume, --overwrite and --column apply to batch mode (--input/--out)")
 
-        from simcli.generate import generate_file, load_paraphraser
+        from simcli.paraphrase import generate_file, load_paraphraser
 
         para = load_paraphraser(model, device=device, dtype=dtype, max_length=max_length)
         enc = para.encoder

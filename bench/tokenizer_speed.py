@@ -1,7 +1,7 @@
 """Tokenizer throughput: simcli's WoBERT word tokenizer vs its char tokenizer vs transformers' RoFormerTokenizer.
 
-    python bench/tokenize.py              # 5,000 LCQMC test sentences, max_length 64
-    python bench/tokenize.py --data BQ --n 20000 --repeat 5
+    python bench/tokenizer_speed.py              # 5,000 LCQMC test sentences, max_length 64
+    python bench/tokenizer_speed.py --data BQ --n 20000 --repeat 5
 
 All tokenizers run on the same real sentences (../shared/data/LCQMC) with one vocab shaped like WoBERT's
 (REFERENCE 1.3: BERT-style specials and ASCII pieces, frequent CJK characters, and the 20,000 most frequent
@@ -17,11 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/tokenize.py` puts bench/ first on sys.path, where this file would shadow the standard
-# library's `tokenize` (imported by linecache, inspect, transformers...): take bench/ off the path first.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-ROOT = _HERE.parent
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import argparse

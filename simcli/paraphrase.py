@@ -12,8 +12,6 @@ lives in `simcli.models.unilm`.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -570,14 +568,3 @@ def _write_rows(
             writer.writerow([*cells, rec.line, f"{score:.4f}"])
             count += 1
     return count
-
-
-class _CallableModule(types.ModuleType):
-    """`simcli.generate(...)` must call the function even after `import simcli.generate` has bound the
-    package attribute `simcli.generate` to this module (the lazy `simcli.__getattr__` is then bypassed)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
