@@ -88,7 +88,7 @@ def bench_indexes(args: argparse.Namespace, tmp: Path) -> None:
         part = corpus[:n]
         t0 = time.perf_counter()
         idx = Index.build(part, out=tmp / kind.replace(",", "_"), index=kind, whiten="none",
-                          log=lambda m: print(f"  [{kind}] {m}", flush=True))  # fmt: skip
+                          log=lambda m, kind=kind: print(f"  [{kind}] {m}", flush=True))  # fmt: skip
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         results = idx.search(queries, k=10)
@@ -155,7 +155,11 @@ for m, s in marks: print(f"  {s * 1000:7.0f} ms  {m}")
     print("where the time goes (one fresh process):", flush=True)
     subprocess.run([sys.executable, "-c", phases], check=True, env=env)
     imp = subprocess.run(
-        [*cmd[:1], "-X", "importtime", "-c", CLI, *query[3:]], env=env, capture_output=True, text=True
+        [*cmd[:1], "-X", "importtime", "-c", CLI, *query[3:]],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     totals = []
     for line in imp.stderr.splitlines():

@@ -45,8 +45,8 @@ def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
 def _tune_opq(index: faiss.Index) -> None:
     if not isinstance(index, faiss.IndexPreTransform):
         return
-    for i in range(index.chain.size()):
-        vt = faiss.downcast_VectorTransform(index.chain.at(i))
+    for i in range(index.chain.size()):  # type: ignore[attr-defined]  # a C++ vector, not a list
+        vt = faiss.downcast_VectorTransform(index.chain.at(i))  # type: ignore[attr-defined]
         if isinstance(vt, faiss.OPQMatrix):
             vt.niter = OPQ_ITERATIONS
 

@@ -129,7 +129,7 @@ def _take_rows(chunks: Iterator[np.ndarray], ids: np.ndarray, dim: int) -> np.nd
     start = filled = 0
     for chunk in chunks:
         stop = start + len(chunk)
-        hi = np.searchsorted(ids, stop)
+        hi = int(np.searchsorted(ids, stop))
         out[filled:hi] = chunk[ids[filled:hi] - start]
         filled, start = hi, stop
     return out
@@ -638,7 +638,7 @@ def _build(
         f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
     )
     out.mkdir(parents=True, exist_ok=True)
-    header = {
+    header: dict[str, Any] = {
         "model": src.spec.to_dict() if src.spec is not None else None,
         "model_path": model_path,
         "source": src.describe,

@@ -72,7 +72,7 @@ def write_index(path: Path, index: Any) -> dict[str, Any]:
 
     with atomic_open(path, "wb") as f:
         w = _HashingWriter(f)
-        faiss.write_index(index, faiss.PyCallbackIOWriter(w.write))
+        faiss.write_index(index, faiss.PyCallbackIOWriter(w.write))  # type: ignore[attr-defined]
     return w.entry(path.name)
 
 
