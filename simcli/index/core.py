@@ -629,8 +629,11 @@ def _build(
         log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
     queries = _take_rows(prepared(), tune_ids, dim)
     builder.add(device_index, prepared())
-    truth = drop_self(ground_truth(queries, prepared(), TUNE_K + 1)[1], tune_ids, TUNE_K)
-    params, recall = tune(device_index, queries, tune_ids, truth, log=log)
+    params: dict[str, int] = {}
+    recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
+    if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        truth = drop_self(ground_truth(queries, prepared(), TUNE_K + 1)[1], tune_ids, TUNE_K)
+        params, recall = tune(device_index, queries, tune_ids, truth, log=log)
     build_s = time.perf_counter() - start
     cpu = builder.to_cpu(device_index, on_gpu)
     lossless = _is_lossless(cpu, tune_ids, queries)
