@@ -8,7 +8,7 @@ queries/s (one batch of Q) and recall@10 against numpy brute force, and the spee
 Then the cold `simcli query` latency: a fresh process answering one query on a small index built with the
 tiny RoFormer-Sim test checkpoint, and where its time goes (python -X importtime, phases).
 
-    python bench/index.py                         # 1M x 256 (about 10 minutes on 2 cores)
+    python bench/index.py                         # 1M x 256; ivfpq and hnsw on the first 200k (build cost)
     python bench/index.py --n 100000 --types flat,ivf,auto
 """
 
@@ -84,7 +84,7 @@ def bench_indexes(args: argparse.Namespace, tmp: Path) -> None:
     print(f"numpy brute force: {numpy_qps:,.0f} queries/s ({numpy_s:.1f}s for {len(qu)})", flush=True)
     rows = []
     for kind in args.types.split(","):
-        n = min(args.n, args.hnsw_n) if kind == "hnsw" else args.n
+        n = min(args.n, args.small_n) if kind in args.small_types.split(",") else args.n
         part = corpus[:n]
         t0 = time.perf_counter()
         idx = Index.build(part, out=tmp / kind.replace(",", "_"), index=kind, whiten="none",
@@ -96,7 +96,7 @@ def bench_indexes(args: argparse.Namespace, tmp: Path) -> None:
         found = np.array([[h.id for h in hits] + [-1] * (10 - len(hits)) for hits in results])
         want = truth if n == args.n else numpy_top_k(unit(part), qu, 10)
         qps = len(queries) / search_s
-        # numpy over the same n vectors (the hnsw row may run on fewer)
+        # numpy over the same n vectors (the --small-types rows run on fewer)
         base = numpy_qps * args.n / n
         rows.append((kind, n, idx.manifest["index"]["factory"], idx.search_params, build_s,
                      folder_bytes(idx.path), qps, qps / base, recall(found, want)))  # fmt: skip

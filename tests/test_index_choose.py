@@ -58,7 +58,7 @@ def test_nlist_follows_the_guideline(n: int) -> None:
     assert n / nlist >= ch.MIN_POINTS_PER_LIST
     if n >= 10_000:
         assert 2 * math.sqrt(n) <= nlist <= 8 * math.sqrt(n)
-    assert ch.train_size(n, nlist) == min(n, 64 * nlist)
+    assert ch.train_size(n, nlist) == min(n, ch.MAX_TRAIN_POINTS_PER_LIST * nlist)
     assert 30 * nlist <= ch.train_size(n, nlist) or ch.train_size(n, nlist) == n
 
 
@@ -68,7 +68,12 @@ def test_named_and_factory_choices() -> None:
     assert ch.choose("ivf", 100_000, 64).factory == "IVF1024,Flat"
     assert ch.choose("ivfpq", 100_000, 64).factory == "IVF1024,PQ16"
     c = ch.choose("IVF256,SQ8", 100_000, 64)
-    assert (c.kind, c.factory, c.nlist, c.train_size) == ("factory", "IVF256,SQ8", 256, 256 * 64)
+    assert (c.kind, c.factory, c.nlist, c.train_size) == (
+        "factory",
+        "IVF256,SQ8",
+        256,
+        256 * ch.MAX_TRAIN_POINTS_PER_LIST,
+    )
 
 
 @pytest.mark.parametrize("bad", ["ivf-flat", "exact", "IVF 256;Flat", ""])
