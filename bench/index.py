@@ -185,8 +185,9 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--types", default="flat,auto,ivfpq,hnsw", help="comma-separated --index values")
+    ap.add_argument("--small-n", type=int, default=200_000, help="vectors for the --small-types")
     ap.add_argument(
-        "--hnsw-n", type=int, default=200_000, help="HNSW runs on the first N vectors (its build cost)"
+        "--small-types", default="ivfpq,hnsw", help="types run on the first --small-n vectors only"
     )
     ap.add_argument("--cold-runs", type=int, default=5)
     ap.add_argument("--skip-cold", action="store_true")
