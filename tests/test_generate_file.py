@@ -81,10 +81,11 @@ def test_jsonl_round_trip(para: Paraphraser, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 12
     first = para.generate([ROWS[0][0]], keys=[0], **OPTS)[0]
-    assert lines[:3] == [
-        {"q": p.text, "label": 1, "meta": {"tag": "pay"}, "source_row": 1, "score": round(p.score, 6)}
-        for p in first
-    ]
+    # Scores agree to float32 rounding only: the file run batches several sources, so the re-ranking
+    # encoder sees other batch shapes (CPU kernels block their sums differently).
+    scores = [x.pop("score") for x in lines[:3]]
+    assert lines[:3] == [{"q": p.text, "label": 1, "meta": {"tag": "pay"}, "source_row": 1} for p in first]
+    assert scores == pytest.approx([p.score for p in first], abs=1e-5)
     assert {x["source_row"] for x in lines} == {1, 2, 4, 5}
 
 

@@ -16,6 +16,7 @@ source) and dropped (finished samples) in one copy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,12 @@ class KVCache:
             return out
 
         return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], used)
+
+
+def cache_keyword(layer: Any) -> str:
+    """The name a transformers layer gives its cache argument: `cache` from transformers 5.x on (where
+    `past_key_values` still works but warns on every call), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(type(layer).forward).parameters else "past_key_values"
 
 
 def build_mlm_head(backbone: Any, state_dict: dict[str, torch.Tensor]) -> Any:
@@ -192,12 +199,13 @@ class UniLM:
         """Run the layers over `ids` (batch, t), writing their keys/values into `cache`; last hidden states."""
         bb = self.backbone
         types = torch.full_like(ids, token_type)
+        cached = {cache_keyword(bb.encoder.layer[0]): cache}
         if not self.rotary:  # BERT (SimBERT): absolute position embeddings, one row of positions per row
             hidden = bb.embeddings(
                 input_ids=ids, token_type_ids=types, position_ids=positions.expand(ids.shape)
             )
             for layer in bb.encoder.layer:
-                hidden = layer(hidden, bias, past_key_values=cache)
+                hidden = layer(hidden, bias, **cached)
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             cache.advance(ids.shape[1])
             return hidden
@@ -207,7 +215,7 @@ class UniLM:
         # Rotary table rows per position; (rows or 1, 1, t, head_dim) broadcasts over heads (REFERENCE 1.4).
         sin_pos = bb.encoder.embed_positions(ids.shape, position_ids=positions)[:, None]
         for layer in bb.encoder.layer:
-            hidden = layer(hidden, bias, sin_pos, past_key_values=cache)[0]
+            hidden = layer(hidden, bias, sin_pos, **cached)[0]
         cache.advance(ids.shape[1])
         return hidden
 
