@@ -78,10 +78,13 @@ def peak_rss_of_encode(model_dir: Path, lines: int, work: Path) -> float:
     with open(corpus, "w", encoding="utf-8") as f:
         f.writelines(base[k % len(base)] + "\n" for k in range(lines))
     out = work / f"store{lines}"
+    # VmHWM is this process's own high-water mark. ru_maxrss is not: when subprocess spawns the child with
+    # vfork, exec folds the parent's peak (this bench, models loaded) into the child's ru_maxrss.
     code = (
-        "import resource, sys; from simcli.cli import main; sys.argv = sys.argv[1:];"
+        "import sys; from simcli.cli import main; sys.argv = sys.argv[1:];"
         "\ntry: main()\nexcept SystemExit as e: code = e.code\n"
-        "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        "print('RSS_KB', hwm[0], file=sys.stderr)"
     )
     cmd = [
         sys.executable,

@@ -21,7 +21,16 @@ _LAZY = {
     "evaluate_sts": "simcli.evaluate",
 }
 
-__all__ = ["Encoder", "Index", "Whitening", "__version__", "encode", "evaluate_sts", "generate", "load_encoder"]
+__all__ = [
+    "Encoder",
+    "Index",
+    "Whitening",
+    "__version__",
+    "encode",
+    "evaluate_sts",
+    "generate",
+    "load_encoder",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -55,6 +55,7 @@ class _Counts:
     tokens: int = 0
     padded_tokens: int = 0
     truncated: int = 0
+    duplicates: int = 0
     seconds: float = 0.0
 
 

@@ -21,6 +21,15 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SIMCLI_DEBUG", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _float32_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--dtype auto` is float32 in tests on every machine: vectors are compared with independent float32
+    computations, and whether auto picks bf16 depends on the CPU (tests of the rule patch this again)."""
+    from simcli.models import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset())  # no native bf16
+
+
 @pytest.fixture(scope="session")
 def _models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -144,7 +144,28 @@ def test_input_order_restored_and_stats(roformer_sim_dir: Path) -> None:
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
     lengths = [len(enc.tokenizer.encode(t, 64)) for t in texts]
     assert stats.sentences == len(texts) and stats.tokens == sum(lengths)
-    assert stats.padded_tokens >= stats.tokens and stats.truncated == 0
+    assert stats.padded_tokens >= sum(lengths[: len(SENTENCES)]) and stats.truncated == 0
+    assert stats.duplicates == 2 * len(SENTENCES)  # each sentence ran once, its two copies were copied
+
+
+def test_duplicates_encoded_once_with_identical_vectors(roformer_sim_dir: Path) -> None:
+    """Equal token rows (also equal after truncation) give bit-identical vectors, so they tie exactly."""
+    enc = load_encoder(str(roformer_sim_dir), dtype="float32", max_length=6)
+    texts = [
+        "花呗怎么还款",
+        "借呗额度",
+        "花呗怎么还款",
+        "花呗怎么还钱",
+        "借呗额度",
+    ]  # 3 and 0 agree after 4 chars
+    seen: list[int] = []
+    forward = enc.forward
+    enc.forward = lambda ids, modes: (seen.extend(len(x) for x in ids), forward(ids, modes))[1]  # type: ignore[method-assign]
+    stats = EncodeStats()
+    got = enc.encode(texts, stats=stats)
+    assert len(seen) == 2 and stats.duplicates == 3 and stats.sentences == 5
+    assert (got[0] == got[2]).all() and (got[0] == got[3]).all() and (got[1] == got[4]).all()
+    np.testing.assert_allclose(got[1], enc.encode(["借呗额度"])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_truncation_counted_and_equal_to_truncated_text(roformer_sim_dir: Path) -> None:
@@ -259,8 +280,10 @@ def test_device_auto_and_cuda_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_dtype_on_cpu_checks_bf16_accuracy(
     roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With AMX, auto tries bf16 and keeps it only if cosine to float32 stays above the threshold."""
-    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"amx_bf16", "avx512_bf16"}))
+    """Where bf16 is measured faster, auto tries it and keeps it only if cosine to float32 stays above the
+    threshold."""
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: 4.0)
     monkeypatch.setattr(encoder_mod, "BF16_MIN_COSINE", 0.0)
     kept = load_encoder(str(roformer_sim_dir))
     assert kept.dtype == torch.bfloat16 and "min cosine to float32" in kept.dtype_reason
@@ -270,8 +293,34 @@ def test_auto_dtype_on_cpu_checks_bf16_accuracy(
     assert refused.dtype == torch.float32 and "using float32" in refused.dtype_reason
     ref = load_encoder(str(roformer_sim_dir), dtype="float32").encode(SENTENCES)
     np.testing.assert_array_equal(refused.encode(SENTENCES), ref)  # weights were not rounded through bf16
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: 0.5)  # native bf16, but slower (no AMX)
+    slow = load_encoder(str(roformer_sim_dir))
+    assert slow.dtype == torch.float32 and "only 0.5x" in slow.dtype_reason
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert device_mod.dtype_candidates("auto", torch.device("cpu")) == (
+        torch.float32,
+        "auto: CPU has no native bf16",
+    )
+
+
+def test_bf16_speedup_is_measured_only_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No timing without native bf16 (emulated bf16 is always slower); with it, a real positive ratio."""
+    device_mod.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(device_mod, "_best_matmul_seconds", lambda a, b: pytest.fail("timed without bf16"))
+    assert device_mod.cpu_bf16_speedup() == 0.0
+    device_mod.cpu_bf16_speedup.cache_clear()
+    calls = []
+
+    def fake_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+        calls.append((a.dtype, tuple(a.shape), tuple(b.shape)))
+        return 0.02 if a.dtype == torch.float32 else 0.005
+
     monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    assert load_encoder(str(roformer_sim_dir)).dtype == torch.float32
+    monkeypatch.setattr(device_mod, "_best_matmul_seconds", fake_seconds)
+    assert device_mod.cpu_bf16_speedup() == pytest.approx(4.0)
+    assert calls == [(torch.float32, (256, 768), (768, 3072)), (torch.bfloat16, (256, 768), (768, 3072))]
+    device_mod.cpu_bf16_speedup.cache_clear()
 
 
 def test_explicit_bf16_close_to_float32(roformer_sim_dir: Path) -> None:

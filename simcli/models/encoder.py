@@ -65,6 +65,7 @@ class EncodeStats:
     tokens: int = 0  # real tokens, [CLS]/[SEP] included
     padded_tokens: int = 0  # tokens the model actually ran, padding included
     truncated: int = 0  # sentences cut at max_length
+    duplicates: int = 0  # sentences equal to an earlier one of their chunk: encoded once, copied
     seconds: float = 0.0
 
 
@@ -218,18 +219,36 @@ class Encoder:
         stats: EncodeStats,
         progress: ProgressFn | None,
     ) -> None:
-        lengths = [len(x) for x in ids]
-        for rows in batches(lengths, batch_tokens):
+        # Repeated sentences (after truncation) are encoded once and copied: less work, and duplicates get
+        # bit-identical vectors (a row's floats can depend on its place in a batch), so they tie exactly.
+        first_of: dict[tuple[int, ...], int] = {}
+        unique, copies = [], []
+        for i, row in enumerate(ids):
+            j = first_of.setdefault(tuple(row), i)
+            (unique if j == i else copies).append((i, j))
+        lengths = [len(ids[i]) for i, _ in unique]
+        for batch in batches(lengths, batch_tokens):
+            rows = [unique[b][0] for b in batch]
             vectors = self.forward([ids[i] for i in rows], modes)
             where = np.asarray(rows) + offset
             for m in modes:
                 out[m][where] = vectors[m]
-            n_tok = sum(lengths[i] for i in rows)
+            n_tok = sum(len(ids[i]) for i in rows)
             stats.sentences += len(rows)
             stats.tokens += n_tok
-            stats.padded_tokens += lengths[rows[0]] * len(rows)
+            stats.padded_tokens += len(ids[rows[0]]) * len(rows)
             if progress is not None:
                 progress(len(rows), n_tok)
+        if copies:
+            dst, src = (np.asarray(c) + offset for c in zip(*copies))
+            for m in modes:
+                out[m][dst] = out[m][src]
+            n_tok = sum(len(ids[i]) for i, _ in copies)
+            stats.sentences += len(copies)
+            stats.tokens += n_tok
+            stats.duplicates += len(copies)
+            if progress is not None:
+                progress(len(copies), n_tok)
 
     @torch.inference_mode()
     def forward(self, ids: Sequence[Sequence[int]], modes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -279,7 +298,8 @@ def load_encoder(
         tokenizer: "char" or "word" to override the detected tokenizer.
         device: auto | cpu | cuda | cuda:N.
         dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA; on CPU bfloat16 where the CPU
-            has AMX and the vectors stay within cosine 0.999 of float32 on calibration sentences, else float32.
+            runs bf16 matrix products at least 1.5x faster than float32 (measured) and the vectors stay within
+            cosine 0.999 of float32 on calibration sentences, else float32.
         max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         revision: hub revision.
     """
