@@ -222,7 +222,8 @@ class Encoder:
         # Repeated sentences (after truncation) are encoded once and copied: less work, and duplicates get
         # bit-identical vectors (a row's floats can depend on its place in a batch), so they tie exactly.
         first_of: dict[tuple[int, ...], int] = {}
-        unique, copies = [], []
+        unique: list[tuple[int, int]] = []
+        copies: list[tuple[int, int]] = []
         for i, row in enumerate(ids):
             j = first_of.setdefault(tuple(row), i)
             (unique if j == i else copies).append((i, j))
@@ -240,7 +241,8 @@ class Encoder:
             if progress is not None:
                 progress(len(rows), n_tok)
         if copies:
-            dst, src = (np.asarray(c) + offset for c in zip(*copies))
+            dst = np.asarray([i for i, _ in copies]) + offset
+            src = np.asarray([j for _, j in copies]) + offset
             for m in modes:
                 out[m][dst] = out[m][src]
             n_tok = sum(len(ids[i]) for i, _ in copies)
