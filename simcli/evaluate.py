@@ -18,6 +18,7 @@ import numpy as np
 
 from simcli.errors import BadInput, MissingDependency, UsageError
 from simcli.io import atomic_write_with
+from simcli.types import DEFAULT_MAX_LENGTH
 from simcli.whitening import MomentAccumulator, Whitening
 
 #: The sentence columns and label column by default: headerless `s1<TAB>s2<TAB>label` (the .data files),
@@ -351,7 +352,7 @@ def evaluate_sts(
     fit_on: str | Path | None = None,
     columns: tuple[str, str, str] | None = None,
     limit: int | None = None,
-    max_length: int = 64,
+    max_length: int = DEFAULT_MAX_LENGTH,
     tokenizer: str | None = None,
     device: str = "auto",
     dtype: str = "auto",

@@ -21,6 +21,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import OutputExists, UsageError
+from simcli.types import DEFAULT_MAX_LENGTH
 
 whiten_app = typer.Typer(
     help="Fit BERT-whitening on a vector store or on text, and inspect whitening files.", no_args_is_help=True
@@ -85,7 +86,7 @@ def fit(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = 64,
+    max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     batch_tokens: BatchTokensOpt = None,
     column: Annotated[
         str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
