@@ -443,6 +443,11 @@ def encode_to_store(
             raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})")
         entry = _write_shard(out, k, first, block, np.ascontiguousarray(vectors, dtype=store_dtype))
         entry["truncated"] = counts.truncated
+        # informational (not checked on --resume): which device and dtype computed this shard's vectors
+        entry["computed_with"] = {
+            "device": str(getattr(encoder, "device", "unknown")),
+            "dtype": str(getattr(encoder, "dtype", "unknown")).removeprefix("torch."),
+        }
         done.append(entry)
         save(complete=False)
         written += 1

@@ -28,7 +28,7 @@ class Crashing:
 
     def __init__(self, inner: Any, fail_on: int) -> None:
         self.inner, self.fail_on, self.calls = inner, fail_on, 0
-        self.spec = inner.spec
+        self.spec, self.device, self.dtype = inner.spec, inner.device, inner.dtype
 
     def encode(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
         self.calls += 1
@@ -62,6 +62,7 @@ def test_real_encoder_store_resume_and_counts(tmp_path: Path, encoder) -> None: 
     assert summary.empty_kept == 1
     manifest = json.loads((tmp_path / "full" / "manifest.json").read_text())
     assert (manifest["truncated"], manifest["empty_lines_kept"]) == (2, 1)
+    assert {str(s["computed_with"]) for s in manifest["shards"]} == {"{'device': 'cpu', 'dtype': 'float32'}"}
 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut", Crashing(encoder, fail_on=3))
