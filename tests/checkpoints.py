@@ -12,6 +12,7 @@ import os
 import string
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,9 +99,12 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
             p.copy_(base + scale * torch.randn(p.shape, generator=g))
 
 
-def build_roformer_sim(path: Path, seed: int = 0, fmt: str = "bin", **sizes: int) -> Path:
+def build_roformer_sim(
+    path: Path, seed: int = 0, fmt: str = "bin", config: dict[str, Any] | None = None, **sizes: int
+) -> Path:
     """A RoFormer-Sim checkpoint as on the hub: RoFormerForCausalLM keys + roformer.pooler.dense.*,
-    the port's config fields, is_decoder true, no embed_positions table, no tokenizer_config.json."""
+    the port's config fields, is_decoder true, no embed_positions table, no tokenizer_config.json.
+    `config` overrides config.json fields (e.g. rotary_value, hidden_act, embedding_size)."""
     from transformers import RoFormerConfig, RoFormerForCausalLM
 
     path = Path(path)
@@ -132,6 +136,7 @@ def build_roformer_sim(path: Path, seed: int = 0, fmt: str = "bin", **sizes: int
         "use_bias": True,
         "norm_type": "layer_norm",
         "use_cache": True,
+        **(config or {}),
     }
     torch.manual_seed(seed)
     cfg = RoFormerConfig(**{k: v for k, v in hub_config.items() if k != "architectures"})
@@ -151,9 +156,11 @@ def build_roformer_sim(path: Path, seed: int = 0, fmt: str = "bin", **sizes: int
     return path
 
 
-def build_wobert(path: Path, seed: int = 1, fmt: str = "bin", **sizes: int) -> Path:
+def build_wobert(
+    path: Path, seed: int = 1, fmt: str = "bin", config: dict[str, Any] | None = None, **sizes: int
+) -> Path:
     """A WoBERT (Plus) checkpoint as on the hub: BertForMaskedLM keys (no pooler), word vocab,
-    tokenizer_config.json naming RoFormerTokenizer."""
+    tokenizer_config.json naming RoFormerTokenizer. `config` overrides config.json fields."""
     from transformers import BertConfig, BertForMaskedLM
 
     path = Path(path)
@@ -176,6 +183,7 @@ def build_wobert(path: Path, seed: int = 1, fmt: str = "bin", **sizes: int) -> P
         "pad_token_id": 0,
         "type_vocab_size": 2,
         "vocab_size": len(vocab),
+        **(config or {}),
     }
     torch.manual_seed(seed)
     model = BertForMaskedLM(BertConfig(**{k: v for k, v in hub_config.items() if k != "architectures"}))
@@ -189,8 +197,16 @@ def build_wobert(path: Path, seed: int = 1, fmt: str = "bin", **sizes: int) -> P
     return path
 
 
-def build_roformer_mlm(path: Path, word: bool, seed: int = 2, fmt: str = "bin", **sizes: int) -> Path:
-    """Word (junnyu/roformer_chinese_base) or char RoFormer: RoFormerForMaskedLM keys, no pooler."""
+def build_roformer_mlm(
+    path: Path,
+    word: bool,
+    seed: int = 2,
+    fmt: str = "bin",
+    config: dict[str, Any] | None = None,
+    **sizes: int,
+) -> Path:
+    """Word (junnyu/roformer_chinese_base) or char RoFormer: RoFormerForMaskedLM keys, no pooler.
+    `config` overrides config.json fields."""
     from transformers import RoFormerConfig, RoFormerForMaskedLM
 
     path = Path(path)
@@ -211,6 +227,7 @@ def build_roformer_mlm(path: Path, word: bool, seed: int = 2, fmt: str = "bin", 
         "type_vocab_size": 2,
         "vocab_size": len(vocab),
         "rotary_value": False,
+        **(config or {}),
     }
     torch.manual_seed(seed)
     model = RoFormerForMaskedLM(
@@ -223,6 +240,46 @@ def build_roformer_mlm(path: Path, word: bool, seed: int = 2, fmt: str = "bin", 
     (path / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "RoFormerTokenizer", "do_lower_case": True}), encoding="utf-8"
     )
+    _write_vocab(path, vocab)
+    return path
+
+
+def build_simbert(
+    path: Path, seed: int = 5, with_pooler: bool = True, config: dict[str, Any] | None = None
+) -> Path:
+    """SimBERT layout: BertForMaskedLM keys plus bert.pooler.dense.*, a char vocab and pooler_activation
+    linear (without the pooler: a plain char BERT). `config` overrides config.json fields."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = char_vocab()
+    hub_config = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": 40,
+        "num_attention_heads": 5,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "vocab_size": len(vocab),
+        "pad_token_id": 0,
+        "pooler_activation": "linear",
+        **(config or {}),
+    }
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(BertConfig(**{k: v for k, v in hub_config.items() if k != "architectures"}))
+    _perturb(model, seed)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    if with_pooler:
+        g = torch.Generator().manual_seed(seed + 1)
+        h = hub_config["hidden_size"]
+        sd["bert.pooler.dense.weight"] = 0.3 * torch.randn(h, h, generator=g)
+        sd["bert.pooler.dense.bias"] = 0.1 * torch.randn(h, generator=g)
+    sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"]
+    _save(path, sd, "bin")
+    (path / "config.json").write_text(json.dumps(hub_config), encoding="utf-8")
     _write_vocab(path, vocab)
     return path
 

@@ -4,7 +4,6 @@ the same UniLM procedure over transformers' BertModel, checked against full forw
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,41 +13,8 @@ import torch
 from simcli.errors import ModelError
 from simcli.paraphrase import Paraphraser, load_paraphraser
 from tests import checkpoints
+from tests.checkpoints import build_simbert
 from tests.test_generate import SOURCES, unilm_mask
-
-
-def build_simbert(path: Path, seed: int = 5, with_pooler: bool = True) -> Path:
-    """BertForMaskedLM keys plus bert.pooler.dense.*, a char vocab and pooler_activation linear (SimBERT)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = checkpoints.char_vocab()
-    config = {
-        "architectures": ["BertModel"],
-        "model_type": "bert",
-        "hidden_size": 40,
-        "num_attention_heads": 5,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "max_position_embeddings": 512,
-        "type_vocab_size": 2,
-        "vocab_size": len(vocab),
-        "pad_token_id": 0,
-        "pooler_activation": "linear",
-    }
-    torch.manual_seed(seed)
-    model = BertForMaskedLM(BertConfig(**{k: v for k, v in config.items() if k != "architectures"}))
-    checkpoints._perturb(model, seed)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    if with_pooler:
-        g = torch.Generator().manual_seed(seed + 1)
-        sd["bert.pooler.dense.weight"] = 0.3 * torch.randn(40, 40, generator=g)
-        sd["bert.pooler.dense.bias"] = 0.1 * torch.randn(40, generator=g)
-    sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"]
-    checkpoints._save(path, sd, "bin")
-    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    checkpoints._write_vocab(path, vocab)
-    return path
 
 
 @pytest.fixture(scope="module")
