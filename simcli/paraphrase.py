@@ -291,7 +291,11 @@ def load_paraphraser(
     from simcli.models.unilm import check_can_generate
 
     check_can_generate(open_checkpoint(model))  # refuse before loading the weights
-    enc = load_encoder(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
+    # The transformers engine: the UniLM decoder drives its layers with a KV cache, and the re-ranking
+    # vectors come from the same modules.
+    enc = load_encoder(
+        model, pooling="pooler", device=device, dtype=dtype, max_length=max_length, engine="transformers"
+    )
     return Paraphraser(enc, max_rows=max_rows, cache_mb=cache_mb)
 
 

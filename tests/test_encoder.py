@@ -88,13 +88,16 @@ def test_poolings_differ_and_first_last_uses_block0_not_embeddings(roformer_sim_
     assert not np.allclose(got["first-last-avg"][0], wrong, atol=1e-3)
 
 
-def test_full_attention_despite_is_decoder_in_hub_config(roformer_sim_dir: Path) -> None:
+@pytest.mark.parametrize("engine", ["native", "transformers"])
+def test_full_attention_despite_is_decoder_in_hub_config(roformer_sim_dir: Path, engine: str) -> None:
     """The hub config says is_decoder: true; loaded as-is it would mask causally and give other vectors."""
     from transformers import RoFormerForCausalLM
 
     assert json.loads((roformer_sim_dir / "config.json").read_text())["is_decoder"] is True
-    enc = load_encoder(str(roformer_sim_dir), pooling="cls", dtype="float32")
-    assert enc.backbone.config.is_decoder is False
+    enc = load_encoder(str(roformer_sim_dir), pooling="cls", dtype="float32", engine=engine)
+    assert enc.engine == engine
+    if engine == "transformers":
+        assert enc.backbone.config.is_decoder is False
     causal = RoFormerForCausalLM.from_pretrained(str(roformer_sim_dir)).eval()
     assert causal.config.is_decoder is True
     ids = torch.tensor([enc.tokenizer.encode(SENTENCES[3], 64)])

@@ -20,7 +20,8 @@ import torch
 
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates, resolve_device
-from simcli.models.loading import Checkpoint, build_backbone, open_checkpoint
+from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint
+from simcli.models.native import NativeBackbone
 from simcli.models.pooling import NEEDS_ALL_LAYERS, pool, resolve_pooling
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
 from simcli.types import DEFAULT_MAX_LENGTH, ModelSpec
@@ -94,6 +95,7 @@ class Encoder:
         self.dtype = dtype
         self.dtype_reason = dtype_reason
         self.dim = int(checkpoint.config["hidden_size"])
+        self.engine = "native" if isinstance(backbone, NativeBackbone) else "transformers"
 
     # -- identity -------------------------------------------------------------------------------------
     def spec_for(self, pooling: str) -> ModelSpec:
@@ -138,6 +140,7 @@ class Encoder:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "dtype_reason": self.dtype_reason,
+            "engine": self.engine,
             "can_generate": ck.family == "roformer-sim" and ck.has_mlm_head,
         }
 
@@ -291,6 +294,7 @@ def load_encoder(
     dtype: str = "auto",
     max_length: int = DEFAULT_MAX_LENGTH,
     revision: str | None = None,
+    engine: str = "auto",
 ) -> Encoder:
     """Load a WoBERT / RoFormer / RoFormer-Sim / BERT checkpoint as a sentence encoder.
 
@@ -304,9 +308,13 @@ def load_encoder(
             cosine 0.999 of float32 on calibration sentences, else float32.
         max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         revision: hub revision.
+        engine: auto | native | transformers: who runs the transformer. `native` is simcli's own torch
+            implementation (simcli/models/native.py), which spares the ~3 s import of transformers' modeling
+            stack; `auto` uses it wherever it implements the checkpoint's config, else transformers.
     """
     from simcli.errors import UsageError
 
+    check_engine(engine)  # before anything is loaded
     ck = open_checkpoint(model, tokenizer=tokenizer, revision=revision)
     mode = resolve_pooling(pooling, ck.family, ck.has_pooler)
     max_pos = int(ck.config.get("max_position_embeddings", 512))
@@ -317,7 +325,7 @@ def load_encoder(
     tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind)
     dev = resolve_device(device)
     want, reason = dtype_candidates(dtype, dev)
-    backbone, pooler = build_backbone(ck)
+    backbone, pooler = build_backbone(ck, engine=engine)
     enc = Encoder(ck, tok, backbone, pooler, mode, max_length, dev, torch.float32, reason)
     if want == torch.float32:
         _cast(backbone, pooler, dev, want)

@@ -1,9 +1,11 @@
 """Finding a checkpoint (hub id or local folder), detecting its family, and building the backbone.
 
-Loads the hub layouts of REFERENCE.md 1.1 exactly: transformers' RoFormerModel / BertModel for the
-transformer, plus the checkpoint's own `*.pooler.dense.*` weights, which transformers' RoFormerModel has no
-slot for (it would drop them silently). The hub config's `is_decoder: true` is overridden: sentence vectors
-need full attention.
+Loads the hub layouts of REFERENCE.md 1.1 exactly: the transformer (simcli's own torch implementation in
+`native.py` where it covers the config, else transformers' RoFormerModel / BertModel), plus the checkpoint's
+own `*.pooler.dense.*` weights, which transformers' RoFormerModel has no slot for (it would drop them
+silently). The hub config's `is_decoder: true` is ignored: sentence vectors need full attention.
+Nothing here imports transformers or huggingface_hub unless a hub download or the transformers engine
+needs it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from simcli.errors import ModelError, UsageError
+from simcli.models import native
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The port's config fields that transformers' RoFormerConfig does not know (REFERENCE 1.1); harmless, but
@@ -192,42 +195,73 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return dict(sd)  # a bare base-model save without the prefix
 
 
-def build_backbone(
-    ckpt: Checkpoint, state_dict: dict[str, torch.Tensor] | None = None
-) -> tuple[torch.nn.Module, torch.nn.Linear | None]:
-    """The transformer (full attention, eval mode, float32, CPU) and the trained pooler dense layer, if any."""
-    sd = _strip_prefix(
-        state_dict if state_dict is not None else ckpt.state_dict(), ckpt.config["model_type"] + "."
-    )
-    cfg_fields = {k: v for k, v in ckpt.config.items() if k not in PORT_ONLY_FIELDS and k != "architectures"}
-    # The hub config says is_decoder: true (it was exported from RoFormerForCausalLM); with it transformers
-    # puts a causal mask on every forward pass. Sentence vectors need full attention (REFERENCE 1.1).
-    cfg_fields.update(is_decoder=False, use_cache=False, add_cross_attention=False)
-    if ckpt.config["model_type"] == "roformer":
-        from transformers import RoFormerConfig, RoFormerModel
+ENGINES = ("auto", "native", "transformers")
 
-        cfg_fields["rotary_value"] = bool(ckpt.config.get("rotary_value", False))
-        model: torch.nn.Module = RoFormerModel(RoFormerConfig(**cfg_fields))
-        optional = ("encoder.embed_positions.weight",)  # the hub files omit the sinusoidal table
-    else:
-        from transformers import BertConfig, BertModel
 
-        model = BertModel(BertConfig(**cfg_fields), add_pooling_layer=False)
-        optional = ("embeddings.position_ids",)
-    expected = set(model.state_dict())
-    missing = sorted(k for k in expected - set(sd) if k not in optional)
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+
+
+def choose_engine(config: dict[str, Any], engine: str = "auto") -> str:
+    """The engine to build, "native" or "transformers": auto is native where simcli/models/native.py
+    implements the config."""
+    check_engine(engine)
+    if engine == "transformers":
+        return engine
+    reason = native.unsupported(config)
+    if reason is None:
+        return "native"
+    if engine == "native":
+        raise ModelError(f"the native engine does not implement this checkpoint: {reason}")
+    return "transformers"
+
+
+def check_weights(
+    weights_path: Path,
+    sd: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    optional: frozenset[str] | set[str] = native.OPTIONAL_KEYS,
+) -> dict[str, torch.Tensor]:
+    """The tensors of `sd` the model reads, after checking them against `expected` (key -> shape):
+    ModelError naming the missing keys (`optional` ones may be absent) or the first one of the wrong shape."""
+    missing = sorted(k for k in expected.keys() - sd.keys() if k not in optional)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise ModelError(f"{ckpt.weights_path}: weights missing for {shown}")
-    bad_shape = [k for k in expected & set(sd) if sd[k].shape != model.state_dict()[k].shape]
+        raise ModelError(f"{weights_path}: weights missing for {shown}")
+    bad_shape = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
     if bad_shape:
         k = bad_shape[0]
         raise ModelError(
-            f"{ckpt.weights_path}: {k} has shape {tuple(sd[k].shape)}, config.json implies "
-            f"{tuple(model.state_dict()[k].shape)}"
+            f"{weights_path}: {k} has shape {tuple(sd[k].shape)}, config.json implies {tuple(expected[k])}"
         )
-    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False)
-    model.eval()
+    return {k: v for k, v in sd.items() if k in expected}
+
+
+def build_backbone(
+    ckpt: Checkpoint, state_dict: dict[str, torch.Tensor] | None = None, *, engine: str = "auto"
+) -> tuple[torch.nn.Module, torch.nn.Linear | None]:
+    """The transformer (full attention, eval mode, float32, CPU) and the trained pooler dense layer, if any.
+
+    Args:
+        ckpt: the checkpoint.
+        state_dict: its weights, if already read.
+        engine: "native" (simcli/models/native.py: no transformers import), "transformers" (its
+            RoFormerModel / BertModel, which generation needs), or "auto" (native where implemented).
+    """
+    engine = choose_engine(ckpt.config, engine)
+    sd = _strip_prefix(
+        state_dict if state_dict is not None else ckpt.state_dict(), ckpt.config["model_type"] + "."
+    )
+    model: torch.nn.Module
+    if engine == "native":
+        skeleton = native.NativeBackbone.from_config(ckpt.config)
+        model = skeleton.load_weights(check_weights(ckpt.weights_path, sd, skeleton.expected_shapes()))
+    else:
+        model = _transformers_backbone(ckpt.config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model.load_state_dict(check_weights(ckpt.weights_path, sd, expected), strict=False)
+        model.eval()
     pooler = None
     if ckpt.has_pooler:
         w, b = sd["pooler.dense.weight"], sd["pooler.dense.bias"]
@@ -237,3 +271,19 @@ def build_backbone(
             pooler.bias.copy_(b)
         pooler.eval()
     return model, pooler
+
+
+def _transformers_backbone(config: dict[str, Any]) -> torch.nn.Module:
+    """transformers' RoFormerModel / BertModel (randomly initialised) for a checkpoint's config."""
+    cfg_fields = {k: v for k, v in config.items() if k not in PORT_ONLY_FIELDS and k != "architectures"}
+    # The hub config says is_decoder: true (it was exported from RoFormerForCausalLM); with it transformers
+    # puts a causal mask on every forward pass. Sentence vectors need full attention (REFERENCE 1.1).
+    cfg_fields.update(is_decoder=False, use_cache=False, add_cross_attention=False)
+    if config["model_type"] == "roformer":
+        from transformers import RoFormerConfig, RoFormerModel
+
+        cfg_fields["rotary_value"] = bool(config.get("rotary_value", False))
+        return RoFormerModel(RoFormerConfig(**cfg_fields))
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(**cfg_fields), add_pooling_layer=False)

@@ -177,7 +177,16 @@ class UniLM:
         """The UniLM decoder of a loaded RoFormer-Sim encoder; ModelError for models without the UniLM head."""
         ck = enc.checkpoint
         check_can_generate(ck)
-        return cls(enc.backbone, build_mlm_head(enc.backbone, ck.state_dict()))
+        sd = ck.state_dict()
+        backbone = enc.backbone
+        if enc.engine != "transformers":
+            # The native encoder (simcli/models/native.py) has no KV cache: decoding drives transformers'
+            # layers, so build them from the same weights, on the encoder's device and dtype.
+            from simcli.models.loading import build_backbone
+
+            backbone, _ = build_backbone(ck, sd, engine="transformers")
+            backbone.to(device=enc.device, dtype=enc.dtype)
+        return cls(backbone, build_mlm_head(backbone, sd))
 
     def key_bias(self, allowed: torch.Tensor) -> torch.Tensor:
         """Additive attention bias (batch, 1, 1, keys) from a boolean (batch, keys): 0 allowed, min blocked.

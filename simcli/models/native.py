@@ -1,0 +1,360 @@
+"""Inference-only RoFormer and BERT encoders in plain PyTorch, built from a checkpoint's config and weights.
+
+Why this exists: a cold `simcli query` took ~6 s, of which ~3 s was importing transformers' modeling stack
+(`from transformers import RoFormerModel` pulls in scipy.optimize through transformers.loss, 550 ms;
+torch._dynamo through masking_utils, 525 ms; torch.distributed.tensor and sympy, ~700 ms; jinja2 for chat
+templates), none of which encoding uses (`import torch` itself is 1.4 s). This module computes the same
+forward pass as transformers' `RoFormerModel` / `BertModel` (models/roformer/modeling_roformer.py,
+models/bert/modeling_bert.py) with torch alone, so encoding never imports transformers.
+
+transformers' modules remain the reference: tests/test_native.py checks every layer's output against them,
+configurations this module does not implement fall back to them (`unsupported`), and generation
+(simcli/models/unilm.py) drives their layers with a KV cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# transformers' ACT2FN entries that have an exact torch equivalent (activations.py): "gelu" is the erf GELU,
+# "gelu_new" (a Python tanh formula) and "gelu_pytorch_tanh" are both the tanh approximation. In place: they
+# only ever overwrite the feed-forward's fresh intermediate tensor (same values, one allocation less; the
+# in-place residual adds below save two more: 3-7% of a base model's forward, measured).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": torch.ops.aten.gelu_,
+    "gelu_new": functools.partial(torch.ops.aten.gelu_, approximate="tanh"),
+    "gelu_pytorch_tanh": functools.partial(torch.ops.aten.gelu_, approximate="tanh"),
+    "relu": functools.partial(F.relu, inplace=True),
+    "silu": functools.partial(F.silu, inplace=True),
+    "swish": functools.partial(F.silu, inplace=True),
+}
+
+# The defaults of transformers' RoFormerConfig / BertConfig for fields a config.json may omit.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "roformer": {"vocab_size": 50000, "max_position_embeddings": 1536},
+    "bert": {"vocab_size": 30522, "max_position_embeddings": 512},
+}
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+}
+
+#: Weights the checkpoint may omit: the hub RoFormer files drop the sinusoidal table (REFERENCE 1.1), which
+#: is computed instead; `embeddings.position_ids` is a buffer that old BERT saves carried.
+OPTIONAL_KEYS = frozenset({"encoder.embed_positions.weight", "embeddings.position_ids"})
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The fields of a config.json that decide the encoder's shapes and arithmetic."""
+
+    model_type: str  # "roformer" (rotary positions) | "bert" (absolute position embeddings)
+    vocab_size: int
+    embedding_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    max_position_embeddings: int
+    type_vocab_size: int
+    rotary_value: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary(self) -> bool:
+        return self.model_type == "roformer"
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> BackboneConfig:
+        """Read a checkpoint's config.json; ValueError when this module does not implement it."""
+        reason = unsupported(config)
+        if reason is not None:
+            raise ValueError(reason)
+        model_type = str(config["model_type"])
+        c = {**_COMMON_DEFAULTS, **_DEFAULTS[model_type]}
+        c.update({k: v for k, v in config.items() if k in c and v is not None})
+        hidden = int(c["hidden_size"])
+        # RoFormerConfig: embedding_size defaults to hidden_size; BertModel has no embedding_size at all.
+        emb = config.get("embedding_size") if model_type == "roformer" else None
+        return cls(
+            model_type=model_type,
+            vocab_size=int(c["vocab_size"]),
+            embedding_size=hidden if emb is None else int(emb),
+            hidden_size=hidden,
+            num_hidden_layers=int(c["num_hidden_layers"]),
+            num_attention_heads=int(c["num_attention_heads"]),
+            intermediate_size=int(c["intermediate_size"]),
+            hidden_act=str(c["hidden_act"]),
+            layer_norm_eps=float(c["layer_norm_eps"]),
+            max_position_embeddings=int(c["max_position_embeddings"]),
+            type_vocab_size=int(c["type_vocab_size"]),
+            rotary_value=model_type == "roformer" and bool(config.get("rotary_value", False)),
+        )
+
+
+def unsupported(config: Mapping[str, Any]) -> str | None:
+    """Why this module cannot run `config` (then the transformers backbone is used), or None."""
+    model_type = config.get("model_type")
+    if model_type not in _DEFAULTS:
+        return f"model_type {model_type!r}"
+    act = config.get("hidden_act", _COMMON_DEFAULTS["hidden_act"])
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        return f"hidden_act {act!r} (implemented: {', '.join(ACTIVATIONS)})"
+    hidden = config.get("hidden_size", _COMMON_DEFAULTS["hidden_size"])
+    heads = config.get("num_attention_heads", _COMMON_DEFAULTS["num_attention_heads"])
+    if not isinstance(hidden, int) or not isinstance(heads, int) or heads <= 0 or hidden % heads:
+        return f"hidden_size {hidden!r} is not a multiple of num_attention_heads {heads!r}"
+    if model_type == "roformer" and (hidden // heads) % 2:
+        return f"rotary positions need an even head size, got {hidden // heads}"
+    position = config.get("position_embedding_type", "absolute")
+    if model_type == "bert" and position not in (None, "absolute"):
+        return f"position_embedding_type {position!r}"
+    return None
+
+
+def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
+    """RoFormer's rotary table (positions, dim): sin(m * theta_i) in the first half, cos in the second,
+    theta_i = 10000^(-2i/dim) (REFERENCE 1.4), computed as transformers' `create_weight` does (float64
+    numpy, then float32)."""
+    j = np.arange(dim)
+    angles = np.arange(positions)[:, None] / np.power(10000, 2 * (j // 2) / dim)[None, :]
+    out = torch.empty(positions, dim, dtype=torch.float32)
+    out[:, : dim // 2] = torch.from_numpy(np.sin(angles[:, 0::2]))
+    out[:, dim // 2 :] = torch.from_numpy(np.cos(angles[:, 1::2]))
+    return out
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v over (batch, heads, seq, head_dim); bias (batch, 1, 1, seq) is additive.
+
+    torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (1.3x eager here with
+    an additive mask; a boolean mask was slower). On CPU in bfloat16 / float16 its flash kernel was 1.1x-3.5x
+    slower than the plain matmul-softmax-matmul at sentence lengths (8-64 tokens), so that is used there,
+    computed as transformers' eager RoFormer attention does.
+    """
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), as transformers'
+    # `apply_rotary_position_embeddings`: rotate_half(x) = [-x1, x0, -x3, x2, ...].
+    rotated = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape_as(x)
+    return x * cos + rotated * sin
+
+
+# Modules whose weights are always loaded, so never initialised: random init costs time, and on the meta
+# device it goes through torch._refs, which imports torch._dynamo (~0.5 s).
+class _Linear(nn.Linear):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _LayerNorm(nn.LayerNorm):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, h: int) -> None:
+        super().__init__()
+        self.query, self.key, self.value = _Linear(h, h), _Linear(h, h), _Linear(h, h)
+
+
+class _DenseNorm(nn.Module):
+    """dense, then LayerNorm of (its output + the residual): attention.output and output of a block."""
+
+    def __init__(self, n_in: int, h: int, eps: float) -> None:
+        super().__init__()
+        self.dense = _Linear(n_in, h)
+        self.LayerNorm = _LayerNorm(h, eps=eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x).add_(residual))
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        self.self = _SelfAttention(c.hidden_size)
+        self.output = _DenseNorm(c.hidden_size, c.hidden_size, c.layer_norm_eps)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        self.dense = _Linear(c.hidden_size, c.intermediate_size)
+
+
+class _Layer(nn.Module):
+    """One post-LayerNorm transformer block, named as transformers' RoFormerLayer / BertLayer."""
+
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.rotary_value = c.num_attention_heads, c.head_dim, c.rotary_value
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.attention = _Attention(c)
+        self.intermediate = _Intermediate(c)
+        self.output = _DenseNorm(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (batch, seq, hidden)
+        bias: torch.Tensor | None,  # (batch, 1, 1, seq) additive key mask: 0 or dtype min; None = no padding
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin (seq, head_dim)
+    ) -> torch.Tensor:
+        b, t, h = x.shape
+        att = self.attention.self
+        q, k, v = (
+            proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (batch, heads, seq, head_dim)
+            for proj in (att.query, att.key, att.value)
+        )
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            if self.rotary_value:
+                v = _rotate(v, cos, sin)
+        ctx = attention(q, k, v, bias)  # full attention, whatever the config's is_decoder (REFERENCE 1.1)
+        x = self.attention.output(ctx.transpose(1, 2).reshape(b, t, h), x)
+        return self.output(self.act(self.intermediate.dense(x)), x)
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        e = c.embedding_size
+        self.word_embeddings = _Embedding(c.vocab_size, e)
+        self.token_type_embeddings = _Embedding(c.type_vocab_size, e)
+        # BERT's learned absolute positions; RoFormer has none (rotary, in the attention).
+        self.position_embeddings = None if c.rotary else _Embedding(c.max_position_embeddings, e)
+        self.LayerNorm = _LayerNorm(e, eps=c.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings.weight[: input_ids.shape[1]]
+        return self.LayerNorm(x)
+
+
+class _RotaryTable(nn.Module):
+    """Holds RoFormer's sinusoidal table as `encoder.embed_positions.weight` (a buffer: cast, never trained)."""
+
+    weight: torch.Tensor
+
+    def __init__(self, positions: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.empty(positions, dim))
+
+    def forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (t, dim) for positions 0..t-1, pair-interleaved: [a0, a0, a1, a1, ...] (REFERENCE 1.4)."""
+        sin, cos = self.weight[:t].chunk(2, dim=-1)
+        return torch.stack([cos, cos], -1).reshape(t, -1), torch.stack([sin, sin], -1).reshape(t, -1)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        self.embed_positions = _RotaryTable(c.max_position_embeddings, c.head_dim) if c.rotary else None
+        self.layer = nn.ModuleList(_Layer(c) for _ in range(c.num_hidden_layers))
+
+
+@dataclass
+class BackboneOutput:
+    """What `Encoder.forward` reads, named as in transformers' model outputs."""
+
+    last_hidden_state: torch.Tensor  # (batch, seq, hidden)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output, then each block's output
+
+
+class NativeBackbone(nn.Module):
+    """A RoFormer (rotary) or BERT (absolute positions) encoder with full attention, for inference.
+
+    Parameter names are transformers' `RoFormerModel` / `BertModel` state dict keys (without the
+    `roformer.` / `bert.` prefix). Create with `from_config`, then `load_weights`.
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.embeddings = _Embeddings(c)
+        project = c.rotary and c.embedding_size != c.hidden_size
+        self.embeddings_project = _Linear(c.embedding_size, c.hidden_size) if project else None
+        self.encoder = _Encoder(c)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> NativeBackbone:
+        """The module's skeleton (weights not yet allocated); ValueError for an unsupported config."""
+        with torch.device("meta"):
+            return cls(BackboneConfig.from_dict(config))
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every weight key this module reads, with its shape (as transformers' state dict would have it)."""
+        return {k: tuple(v.shape) for k, v in self.state_dict().items()}
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor]) -> NativeBackbone:
+        """Take the (already checked) weights as float32 tensors; compute the rotary table if absent."""
+        # Copies (as transformers' load_state_dict does): the weights file is memory-mapped, and a file
+        # rewritten in place under a running encoder must not change or crash it.
+        owned = {k: v.to(torch.float32, copy=True) for k, v in weights.items()}
+        self.load_state_dict(owned, strict=False, assign=True)
+        table = self.encoder.embed_positions
+        if table is not None and "encoder.embed_positions.weight" not in weights:
+            table.weight = sinusoidal_table(*table.weight.shape)
+        left = [k for k, v in self.state_dict().items() if v.is_meta]
+        if left:
+            raise ValueError(f"weights not loaded: {', '.join(left)}")
+        self.requires_grad_(False)
+        return self.eval()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (batch, seq)
+        attention_mask: torch.Tensor | None = None,  # (batch, seq), 1 = real token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> BackboneOutput:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        table = self.encoder.embed_positions
+        rotary = table(input_ids.shape[1]) if table is not None else None
+        bias = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # Padding keys blocked; padded queries still see the real keys, so no row is fully masked.
+            bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
+            bias = bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
+        hidden = [x]
+        for layer in self.encoder.layer:
+            x = layer(x, bias, rotary)
+            hidden.append(x)
+        return BackboneOutput(x, tuple(hidden) if output_hidden_states else None)
