@@ -18,6 +18,45 @@ def test_cli_import_loads_no_heavy_module() -> None:
     assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
 
 
+def test_encoding_imports_no_transformers(tmp_path: Path, roformer_sim_dir: Path, wobert_dir: Path) -> None:
+    """A cold `simcli query` and library encoding (RoFormer and BERT) run on simcli's native engine:
+    transformers' modeling stack (~3 s of imports, simcli/models/native.py) and huggingface_hub (only for
+    hub downloads) stay unloaded. Forcing the transformers engine at the end shows the check can fail."""
+    from simcli.cli import app
+
+    corpus = tmp_path / "faq.txt"
+    corpus.write_text("花呗怎么还款\n借呗额度怎么提升\n今天天气很好\n", encoding="utf-8")
+    index = tmp_path / "faq.idx"
+    built = CliRunner().invoke(
+        app, ["index", "build", str(corpus), "--model", str(roformer_sim_dir), "--out", str(index)]
+    )
+    assert built.exit_code == 0, built.output
+    code = f"""
+import sys
+from simcli.cli import main
+sys.argv = ["simcli", "query", {str(index)!r}, "花呗还款", "-k", "2"]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+from simcli.models.encoder import load_encoder
+from simcli.models.loading import open_checkpoint
+for model in ({str(roformer_sim_dir)!r}, {str(wobert_dir)!r}):
+    open_checkpoint(model)
+    enc = load_encoder(model, pooling="first-last-avg")
+    assert enc.engine == "native", enc.engine
+    enc.encode(["今天天气怎么样"])
+print("LOADED", ",".join(m for m in ("transformers", "huggingface_hub") if m in sys.modules))
+load_encoder({str(wobert_dir)!r}, engine="transformers")
+print("FORCED", ",".join(m for m in ("transformers",) if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "花呗还款" and "花呗怎么还款" in lines[1], out.stdout
+    assert lines[-2:] == ["LOADED ", "FORCED transformers"], out.stdout
+
+
 def test_help_lists_every_command() -> None:
     from simcli.cli import app
 
