@@ -26,16 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # transformers' ACT2FN entries that have an exact torch equivalent (activations.py): "gelu" is the erf GELU,
-# "gelu_new" (a Python tanh formula) and "gelu_pytorch_tanh" are both the tanh approximation. In place: they
-# only ever overwrite the feed-forward's fresh intermediate tensor (same values, one allocation less; the
-# in-place residual adds below save two more: 3-7% of a base model's forward, measured).
+# "gelu_new" (a Python tanh formula) and "gelu_pytorch_tanh" are both the tanh approximation.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": torch.ops.aten.gelu_,
-    "gelu_new": functools.partial(torch.ops.aten.gelu_, approximate="tanh"),
-    "gelu_pytorch_tanh": functools.partial(torch.ops.aten.gelu_, approximate="tanh"),
-    "relu": functools.partial(F.relu, inplace=True),
-    "silu": functools.partial(F.silu, inplace=True),
-    "swish": functools.partial(F.silu, inplace=True),
+    "gelu": F.gelu,
+    "gelu_new": functools.partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
 }
 
 # The defaults of transformers' RoFormerConfig / BertConfig for fields a config.json may omit.
@@ -146,9 +144,10 @@ def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + bias) v over (batch, heads, seq, head_dim); bias (batch, 1, 1, seq) is additive.
 
-    torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (1.3x eager here with
-    an additive mask; a boolean mask was slower). On CPU in bfloat16 / float16 its flash kernel was 1.1x-3.5x
-    slower than the plain matmul-softmax-matmul at sentence lengths (8-64 tokens), so that is used there,
+    torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (measured on 2 cores
+    at sentence lengths, 8-64 tokens: up to 1.4x the eager attention with an additive mask, a boolean mask was
+    slower; the base model's forward ~4% faster). On CPU in bfloat16 / float16 its flash kernel was 1.1x-3.5x
+    slower than the plain matmul-softmax-matmul (the base model's forward ~10%), so that is used there,
     computed as transformers' eager RoFormer attention does.
     """
     if q.device.type != "cpu" or q.dtype == torch.float32:
@@ -198,7 +197,7 @@ class _DenseNorm(nn.Module):
         self.LayerNorm = _LayerNorm(h, eps=eps)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x).add_(residual))
+        return self.LayerNorm(self.dense(x) + residual)
 
 
 class _Attention(nn.Module):
