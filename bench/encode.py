@@ -170,11 +170,20 @@ def main() -> None:
     for name in ("float32", "bfloat16"):
         if str(enc_auto.dtype) == f"torch.{name}":
             results[f"simcli --dtype {name}"] = results["simcli (default settings)"]
-            continue
-        enc = load_encoder(str(base), dtype=name)
+        else:
+            enc = load_encoder(str(base), dtype=name)
+            timed(
+                lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents),
+                f"simcli --dtype {name}",
+                len(sents),
+                results,
+            )
+            del enc
+        # The same encoder on transformers' RoFormerModel (what generation uses) instead of simcli's native one.
+        enc = load_encoder(str(base), dtype=name, engine="transformers")
         timed(
             lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents),
-            f"simcli --dtype {name}",
+            f"simcli --dtype {name} [transformers]",
             len(sents),
             results,
         )
@@ -225,13 +234,17 @@ def main() -> None:
     print("\nratios (simcli run / other tool):")
     for mine in simcli_runs:
         for label in others:
-            print(f"  {mine:<28} vs {label:<40} {results[mine] / results[label]:5.2f}x")
+            print(f"  {mine:<38} vs {label:<40} {results[mine] / results[label]:5.2f}x")
+    print("\nsimcli's native engine / its transformers engine (same dtype):")
+    for name in ("float32", "bfloat16"):
+        ratio = results[f"simcli --dtype {name}"] / results[f"simcli --dtype {name} [transformers]"]
+        print(f"  {name:<9} {ratio:5.2f}x")
     print("\nachieved (model FLOPs only):")
     for mine in simcli_runs:
         low = "bfloat16" in mine or (mine.startswith("simcli (default") and "bfloat16" in str(enc_auto.dtype))
         achieved, peak = results[mine] * fl / 1e9, bf16_peak if low else fp32_peak
         print(
-            f"  {mine:<28} {achieved:5.0f} GFLOP/s = {achieved / peak:4.0%} of the "
+            f"  {mine:<38} {achieved:5.0f} GFLOP/s = {achieved / peak:4.0%} of the "
             f"{'bfloat16' if low else 'float32'} matmul peak"
         )
     print(f"  ({fl / 1e9:.2f} GFLOP/sentence, mean {np.mean(lengths):.1f} tokens; default = {best:.1f}/s)")

@@ -140,17 +140,17 @@ def bench_cold_query(tmp: Path, runs: int) -> None:
     print(f"\ncold `simcli query` (tiny RoFormer-Sim, 1000-sentence flat index), {runs} runs: "
           f"median {statistics.median(times):.2f}s, best {min(times):.2f}s; `simcli --help` {help_s:.2f}s")  # fmt: skip
     phases = r"""
-import time; t0 = time.perf_counter(); marks = []
+import sys, time; t0 = time.perf_counter(); marks = []
 def lap(m):
     global t0; t = time.perf_counter(); marks.append((m, t - t0)); t0 = t
 import simcli.cli; lap("import simcli.cli (typer, light modules)")
 import numpy, faiss; lap("import numpy + faiss")
 from simcli.index import Index; idx = Index.load(PATH); lap("Index.load (manifest, sha256 of files, faiss index)")
 import torch; lap("import torch")
-import transformers; lap("import transformers (package)")
-idx.encoder(); lap("load_encoder (transformers model modules + weights)")
+enc = idx.encoder(); lap(f"load_encoder ({enc.engine} engine: model modules + weights)")
 idx.search(["花呗还款"], k=3); lap("encode + search + read 3 texts")
 for m, s in marks: print(f"  {s * 1000:7.0f} ms  {m}")
+print(f"  transformers imported: {'transformers' in sys.modules}")
 """.replace("PATH", repr(str(tmp / "faq.idx")))
     print("where the time goes (one fresh process):", flush=True)
     subprocess.run([sys.executable, "-c", phases], check=True, env=env)
