@@ -41,6 +41,16 @@ def unilm_mask(token_types: list[int]) -> np.ndarray:
     return np.where(allowed, 0.0, np.finfo(np.float32).min).astype(np.float32)
 
 
+def mask_argument(additive: np.ndarray) -> torch.Tensor:
+    """The (seq, seq) additive UniLM mask in the form transformers' forward takes: transformers 5 passes a 4D
+    float mask through as an additive bias; 4.x accepts only a 3D 0/1 mask (1 = attend) and builds the bias."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return torch.from_numpy(additive)[None, None]
+    return torch.from_numpy((additive == 0).astype(np.int64))[None]
+
+
 def full_logits(
     ref: torch.nn.Module, source: list[int], generated: list[int], mask: str = "unilm"
 ) -> np.ndarray:
@@ -57,7 +67,7 @@ def full_logits(
         out = ref(
             input_ids=torch.tensor([seq]),
             token_type_ids=torch.tensor([types]),
-            attention_mask=torch.from_numpy(m)[None, None],
+            attention_mask=mask_argument(m),
         )
     return out.logits[0, -1].numpy()
 

@@ -14,7 +14,7 @@ from simcli.errors import ModelError
 from simcli.paraphrase import Paraphraser, load_paraphraser
 from tests import checkpoints
 from tests.checkpoints import build_simbert
-from tests.test_generate import SOURCES, unilm_mask
+from tests.test_generate import SOURCES, mask_argument, unilm_mask
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def full_logits(ref: torch.nn.Module, source: list[int], generated: list[int]) -
         out = ref(
             input_ids=torch.tensor([seq]),
             token_type_ids=torch.tensor([types]),
-            attention_mask=torch.from_numpy(unilm_mask(types))[None, None],
+            attention_mask=mask_argument(unilm_mask(types)),
         )
     return out.logits[0, -1].numpy()
 
