@@ -168,26 +168,17 @@ def main() -> None:
     lengths = [len(x) for x in enc_auto.tokenizer.encode_batch(sents, 64).ids]
     fl = flops_per_sentence(enc_auto.checkpoint.config, lengths)
     for name in ("float32", "bfloat16"):
-        if str(enc_auto.dtype) == f"torch.{name}":
-            results[f"simcli --dtype {name}"] = results["simcli (default settings)"]
-        else:
-            enc = load_encoder(str(base), dtype=name)
-            timed(
-                lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents),
-                f"simcli --dtype {name}",
-                len(sents),
-                results,
-            )
+        # simcli's native engine, then the same encoder on transformers' RoFormerModel (what generation uses)
+        for engine, label in (
+            ("native", f"simcli --dtype {name}"),
+            ("transformers", f"simcli --dtype {name} [transformers]"),
+        ):
+            if engine == "native" and str(enc_auto.dtype) == f"torch.{name}":
+                results[label] = results["simcli (default settings)"]
+                continue
+            enc = load_encoder(str(base), dtype=name, engine=engine)
+            timed(lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents), label, len(sents), results)
             del enc
-        # The same encoder on transformers' RoFormerModel (what generation uses) instead of simcli's native one.
-        enc = load_encoder(str(base), dtype=name, engine="transformers")
-        timed(
-            lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents),
-            f"simcli --dtype {name} [transformers]",
-            len(sents),
-            results,
-        )
-        del enc
 
     if not args.skip_baselines:
         from sentence_transformers import SentenceTransformer
