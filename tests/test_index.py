@@ -286,6 +286,8 @@ def test_end_to_end_from_text_roformer_sim(tmp_path: Path, roformer_sim_dir: Pat
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     idx = Index.build([corpus], model=str(roformer_sim_dir), out=tmp_path / "faq.idx")
     assert idx.manifest["whitening"] is None and idx.spec.family == "roformer-sim"
+    assert idx.manifest["computed_with"] == [{"device": "cpu", "dtype": "float32"}]
+    assert idx.info()["computed_with"] == "cpu float32"
     enc = load_encoder(str(roformer_sim_dir), dtype="float32")
     queries = ["花呗还款", "北京天气"]
     _, ids = brute_force(enc.encode(SENTENCES), enc.encode(queries), 5)
@@ -377,6 +379,7 @@ def test_build_from_a_store(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: 
         assert r.exit_code == 0, r.output
     idx = Index.build(tmp_path / "wob.vec", out=tmp_path / "i", whiten="none", index="flat")
     assert idx.spec.family == "wobert" and idx.texts() == SENTENCES
+    assert idx.manifest["computed_with"] == [{"device": "cpu", "dtype": "float32"}]  # from the store's shards
     hits = Index.load(idx.path).search(["花呗怎么还款"], k=1)[0]
     assert hits[0].text == "花呗怎么还款" and hits[0].score == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ManifestMismatch, match="does not fit"):

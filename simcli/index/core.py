@@ -31,7 +31,7 @@ from simcli.index.search import (
     set_search_params,
     tune,
 )
-from simcli.index.sources import Source, open_source
+from simcli.index.sources import Source, distinct, open_source
 from simcli.manifest import check_same_model, new_manifest
 from simcli.types import Hit, ModelSpec
 
@@ -217,6 +217,8 @@ class Index:
             "tuned_recall_at_10": m["search"]["tuned_recall"],
             "bytes": sum(e["bytes"] for e in m["files"].values()),
             "built_on": m["index"]["built_on"],
+            "computed_with": ", ".join(f"{e['device']} {e['dtype']}" for e in m.get("computed_with", []))
+            or None,
             "simcli_version": m["simcli_version"],
         }
 
@@ -730,6 +732,10 @@ def _write_generation(
         **new_manifest(persist.KIND, format_version=persist.FORMAT_VERSION),
         **{k: v for k, v in header.items() if k not in ("kind", "simcli_version", "format_version")},
         "generation": generation,
+        # informational: which device/dtype computed the vectors, over all generations (auto may pick bf16)
+        "computed_with": distinct(
+            [*(base.manifest.get("computed_with", []) if base is not None else []), *src.computed_with]
+        ),
         "count": int(cpu.ntotal),
         "dim": int(cpu.d),
         "files": files,

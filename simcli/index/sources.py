@@ -6,8 +6,8 @@ fit, training sample, adding), and the text rows in id order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class Source:
         describe: where the vectors came from, for the manifest.
         empty: empty texts kept (counted for a warning).
         truncated: texts cut at the model's max_length.
+        computed_with: the distinct {"device", "dtype"} that encoded the vectors (empty when unknown).
     """
 
     spec: ModelSpec | None
@@ -45,6 +46,7 @@ class Source:
     describe: str
     empty: int = 0
     truncated: int = 0
+    computed_with: list[dict[str, str]] = field(default_factory=list)
 
 
 def from_array(
@@ -103,6 +105,9 @@ def from_store(path: str | Path) -> Source:
         str(path),
         empty=int(store.manifest.get("empty_lines_kept", 0)),
         truncated=int(store.manifest.get("truncated", 0)),
+        computed_with=distinct(
+            s["computed_with"] for s in store.manifest.get("shards", []) if "computed_with" in s
+        ),
     )
 
 
@@ -149,7 +154,22 @@ def from_texts(
         describe,
         empty=sum(not m["text"] for m in meta),
         truncated=stats.truncated,
+        computed_with=[
+            {
+                "device": str(getattr(encoder, "device", "unknown")),
+                "dtype": str(getattr(encoder, "dtype", "unknown")).removeprefix("torch."),
+            }
+        ],
     )
+
+
+def distinct(entries: Iterable[dict[str, str]]) -> list[dict[str, str]]:
+    """The distinct {"device", "dtype"} entries, in first-seen order."""
+    out: list[dict[str, str]] = []
+    for e in entries:
+        if e not in out:
+            out.append(dict(e))
+    return out
 
 
 def open_source(
