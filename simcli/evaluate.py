@@ -352,7 +352,7 @@ def evaluate_sts(
     fit_on: str | Path | None = None,
     columns: tuple[str, str, str] | None = None,
     limit: int | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
+    max_length: int | None = None,
     tokenizer: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -375,7 +375,9 @@ def evaluate_sts(
         beta, gamma: whitening hyper-parameters for every setting but none (REFERENCE 2).
         fit_on: fit whitening on this file's sentences instead of each task's own.
         columns, limit: passed to `read_pairs`.
-        max_length, tokenizer, device, dtype: encoder options (64 tokens as in the published tables).
+        max_length: tokens per sentence for every data set; None follows the published tables: 64, and 128
+            for PAWSX (REFERENCE 1.2).
+        tokenizer, device, dtype: encoder options.
         batch_tokens: the encoder's token budget per batch.
         progress: called with (dataset, sentences) before encoding; returns a per-batch callback.
         on_encoder: called with the encoder once it is loaded (the CLI prints device and dtype).
@@ -397,8 +399,9 @@ def evaluate_sts(
     if isinstance(model, str):
         from simcli.models.encoder import load_encoder
 
+        longest = max(max_length or published_max_length(s.name) for s in sets)
         encoder = load_encoder(
-            model, pooling=pools[0], tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length
+            model, pooling=pools[0], tokenizer=tokenizer, device=device, dtype=dtype, max_length=longest
         )
     else:
         encoder = model
@@ -410,13 +413,14 @@ def evaluate_sts(
         if s.dim is not None and s.dim > d:
             raise UsageError(f"--whiten {s.label} is above the model's dimension {d}")
 
-    def encode(name: str, texts: list[str]) -> dict[str, np.ndarray]:
+    def encode(name: str, texts: list[str], cut: int | None) -> dict[str, np.ndarray]:
         cb = progress(name, len(texts)) if progress is not None else None
-        return encoder.encode_poolings(texts, modes, batch_tokens=batch_tokens, progress=cb)
+        return encoder.encode_poolings(texts, modes, batch_tokens=batch_tokens, progress=cb, max_length=cut)
 
     shared: dict[str, MomentAccumulator] = {}
     if fit_texts is not None:
-        for mode, v in encode(f"fit on {Path(str(fit_on)).name}", list(dict.fromkeys(fit_texts))).items():
+        fit_unique = list(dict.fromkeys(fit_texts))
+        for mode, v in encode(f"fit on {Path(str(fit_on)).name}", fit_unique, max_length).items():
             # every sentence counts as often as it occurs in the file (as the published code stacks them)
             index = {t: i for i, t in enumerate(dict.fromkeys(fit_texts))}
             acc = MomentAccumulator(d)
@@ -429,7 +433,7 @@ def evaluate_sts(
         index = {t: i for i, t in enumerate(unique)}
         i1 = np.fromiter((index[t] for t in pairs.s1), dtype=np.int64, count=len(pairs))
         i2 = np.fromiter((index[t] for t in pairs.s2), dtype=np.int64, count=len(pairs))
-        vectors = encode(pairs.name, unique)
+        vectors = encode(pairs.name, unique, max_length or published_max_length(pairs.name))
         for mode in modes:
             v = vectors[mode]
             if mode in shared:
@@ -458,6 +462,11 @@ def evaluate_sts(
                     )
                 )
     return results
+
+
+def published_max_length(dataset: str) -> int:
+    """Tokens per sentence in the published evaluations: 64, and 128 for PAWSX (REFERENCE 1.2)."""
+    return 128 if dataset.lower().startswith("pawsx") else DEFAULT_MAX_LENGTH
 
 
 def summary_rows(results: Sequence[StsResult]) -> tuple[list[str], list[tuple[str, str, list[float], float]]]:

@@ -155,9 +155,10 @@ def reference_scores(
     pooling: str,
     k: int | None,
     fit: list[str] | None = None,
+    max_length: int = 64,
 ) -> float:
     """Encode each column on its own, whiten with np.cov + svd (published recipe), scipy Spearman x100."""
-    enc = load_encoder(str(model_dir), pooling=pooling, dtype="float32")
+    enc = load_encoder(str(model_dir), pooling=pooling, dtype="float32", max_length=max_length)
     a = enc.encode([p[0] for p in pairs]).astype(np.float64)
     b = enc.encode([p[1] for p in pairs]).astype(np.float64)
     labels = np.array([p[2] for p in pairs], dtype=float)
@@ -220,6 +221,31 @@ def test_evaluate_sts_matches_independent_computation(roformer_sim_dir: Path, tm
     assert pooler_full[:2] == ("pooler", "full")
     mean = (got[("A", "pooler", "full")].spearman + got[("B", "pooler", "full")].spearman) / 2
     assert pooler_full[3] == pytest.approx(mean)
+
+
+def test_pawsx_is_cut_at_128_tokens_like_the_published_tables(roformer_sim_dir: Path, tmp_path: Path) -> None:
+    """REFERENCE 1.2: 64 tokens, PAWSX 128. Sentences of ~70 characters, whose endings differ, score as
+    an encoder cut at 128 scores them for PAWSX, and as one cut at 64 for the other data sets."""
+    # 50 shared characters, then the short sentence three times: a cut at 64 keeps one whole copy (so cut
+    # sentences stay as distinct as the pairs: no new ties), a cut at 128 keeps all three.
+    filler = "今天天气很好我们一起去公园散步然后去吃饭" * 2 + "明天也是好天气吗"[:8] + "的"
+    pairs = [(filler + a * 3, filler + b * 3, y) for a, b, y in make_pairs(60, seed=3)]
+    files = [write_data(tmp_path / "PAWSX.test.data", pairs), write_data(tmp_path / "LCQMC.test.data", pairs)]
+    got = {
+        r.dataset: r.spearman
+        for r in evaluate_sts(files, str(roformer_sim_dir), whiten="none", dtype="float32")
+    }
+    assert got["PAWSX"] == pytest.approx(
+        reference_scores(roformer_sim_dir, pairs, "pooler", None, max_length=128), abs=1e-2
+    )
+    assert got["LCQMC"] == pytest.approx(
+        reference_scores(roformer_sim_dir, pairs, "pooler", None, max_length=64), abs=1e-2
+    )
+    assert abs(got["PAWSX"] - got["LCQMC"]) > 0.1, "premise: the cut changes the score"
+    (forced,) = evaluate_sts(files[:1], str(roformer_sim_dir), whiten="none", dtype="float32", max_length=64)
+    assert forced.spearman == pytest.approx(
+        got["LCQMC"], abs=1e-2
+    )  # an explicit length applies to every file
 
 
 def test_evaluate_sts_fit_on_file(roformer_sim_dir: Path, tmp_path: Path) -> None:

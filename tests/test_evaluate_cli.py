@@ -36,7 +36,7 @@ def test_json_lines_equal_library_results(roformer_sim_dir: Path, files: list[Pa
     assert len(expected) == 12
     # stderr: the model line, then a note for each clamped setting (pooler vectors have rank 47 here)
     assert r.stderr == (
-        f"simcli: {roformer_sim_dir} (roformer-sim, dim 48, max length 64) on cpu float32\n"
+        f"simcli: {roformer_sim_dir} (roformer-sim, dim 48, max length 64 (PAWSX 128)) on cpu float32\n"
         "simcli: note: ATEC pooler whiten full: k 48 lowered to the covariance rank 47 (160 vectors)\n"
         "simcli: note: STS-B pooler whiten full: k 48 lowered to the covariance rank 47 (120 vectors)\n"
     )

@@ -13,7 +13,6 @@ from simcli.cli._app import (
     DeviceOpt,
     DTypeOpt,
     JsonOpt,
-    MaxLengthOpt,
     ModelOpt,
     TokenizerOpt,
     app,
@@ -60,7 +59,14 @@ def sts(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")] = None,
-    max_length: MaxLengthOpt = 64,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length",
+            help="Tokens per sentence, [CLS] and [SEP] included, for every file "
+            "[default: as published: 64, and 128 for PAWSX].",
+        ),
+    ] = None,
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
@@ -84,8 +90,9 @@ def sts(
 
         def show(enc) -> None:  # type: ignore[no-untyped-def]
             spec = enc.spec
+            cut = max_length if max_length is not None else "64 (PAWSX 128)"
             typer.echo(
-                f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {spec.max_length}) on "
+                f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {cut}) on "
                 f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
                 err=True,
             )

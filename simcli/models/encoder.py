@@ -182,9 +182,15 @@ class Encoder:
         batch_tokens: int | None = None,
         stats: EncodeStats | None = None,
         progress: ProgressFn | None = None,
+        max_length: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Vectors for several poolings from one pass over the model (e.g. for evaluation)."""
+        """Vectors for several poolings from one pass over the model (e.g. for evaluation).
+
+        `max_length` truncates this call's sentences shorter than the encoder's own max length (never longer:
+        that one was checked against the model's positions at load).
+        """
         modes = [self.spec_for(p).pooling for p in poolings]
+        cut = self.max_length if max_length is None else min(max_length, self.max_length)
         if batch_tokens is None:
             batch_tokens = CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS
         out = {m: np.empty((len(texts), self.dim), dtype=np.float32) for m in modes}
@@ -196,7 +202,7 @@ class Encoder:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="simcli-tokenize") as ahead:
 
             def tokenize(r: range) -> Batch:
-                return self.tokenizer.encode_batch([texts[i] for i in r], self.max_length)
+                return self.tokenizer.encode_batch([texts[i] for i in r], cut)
 
             pending = ahead.submit(tokenize, chunks[0]) if chunks else None
             for k, chunk in enumerate(chunks):
