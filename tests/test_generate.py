@@ -369,7 +369,9 @@ def test_package_level_generate(para: Paraphraser) -> None:
 
 def test_unilm_refuses_families_directly(para: Paraphraser) -> None:
     class Fake:
-        checkpoint = type("C", (), {"family": "wobert", "model": "x", "has_mlm_head": True})()
+        checkpoint = type(
+            "C", (), {"family": "wobert", "model": "x", "has_mlm_head": True, "similarity_trained": False}
+        )()
 
     with pytest.raises(ModelError, match="WoBERT was trained as a masked LM only"):
         UniLM.from_encoder(Fake())

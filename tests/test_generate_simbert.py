@@ -88,5 +88,19 @@ def test_simbert_generate_end_to_end(para: Paraphraser) -> None:
 
 def test_bert_without_pooler_is_refused(tmp_path: Path) -> None:
     path = build_simbert(tmp_path / "bert", with_pooler=False)
-    with pytest.raises(ModelError, match=r"no trained pooler, so not SimBERT"):
+    with pytest.raises(ModelError, match=r"is not SimBERT \(no trained pooler"):
         load_paraphraser(str(path), device="cpu", dtype="float32")
+
+
+def test_plain_bert_with_its_nsp_pooler_is_not_simbert(tmp_path: Path) -> None:
+    """bert-base-chinese and friends carry a (tanh) NSP pooler and an MLM head too: not SimBERT, so no
+    generation, first-last-avg by default; the same weights declared linear are SimBERT."""
+    from simcli.models.encoder import load_encoder
+
+    plain = build_simbert(tmp_path / "plain", config={"pooler_activation": "tanh"})
+    with pytest.raises(ModelError, match='needs "pooler_activation": "linear"'):
+        load_paraphraser(str(plain), device="cpu", dtype="float32")
+    enc = load_encoder(str(plain), dtype="float32")
+    assert (enc.spec.pooling, enc.info()["can_generate"]) == ("first-last-avg", False)
+    simbert = load_encoder(str(build_simbert(tmp_path / "simbert")), dtype="float32")
+    assert (simbert.spec.pooling, simbert.info()["can_generate"]) == ("pooler", True)

@@ -366,6 +366,17 @@ def test_whitening_file_and_mismatches(tmp_path: Path, wobert_dir: Path, roforme
         Index.load(idx.path, model=str(roformer_sim_dir)).search(["北京"])
 
 
+def test_simbert_is_not_whitened_by_auto(tmp_path: Path) -> None:
+    """SimBERT's linear pooler was trained for cosine like RoFormer-Sim's: `--whiten auto` leaves it alone."""
+    from tests.checkpoints import build_simbert
+
+    corpus = tmp_path / "faq.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    model = build_simbert(tmp_path / "simbert")
+    idx = Index.build([corpus], model=str(model), out=tmp_path / "s.idx")
+    assert (idx.spec.family, idx.spec.pooling, idx.manifest["whitening"]) == ("bert", "pooler", None)
+
+
 def test_build_from_a_store(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: Path) -> None:
     """A vector store carries its model: the index records it and queries encode with it."""
     from typer.testing import CliRunner

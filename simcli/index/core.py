@@ -85,7 +85,11 @@ def fit_whitening(src: Source, whiten: str | int, whitening: str | Path | None, 
     if how == "none":
         return None
     if how == "auto":
-        if src.spec is None or src.spec.family in SUPERVISED_FAMILIES:
+        supervised = src.spec is not None and (
+            src.spec.family in SUPERVISED_FAMILIES
+            or (src.spec.family == "bert" and src.spec.pooling == "pooler")
+        )  # RoFormer-Sim, or SimBERT's trained pooler
+        if src.spec is None or supervised:
             return None
         if src.normalized:
             log(

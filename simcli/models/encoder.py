@@ -106,7 +106,7 @@ class Encoder:
             weights_sha256=ck.weights_sha256,
             family=ck.family,
             tokenizer=self.tokenizer.kind,
-            pooling=resolve_pooling(pooling, ck.family, ck.has_pooler),
+            pooling=resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained),
             max_length=self.max_length,
             dim=self.dim,
             revision=ck.revision,
@@ -141,7 +141,7 @@ class Encoder:
             "dtype": str(self.dtype).removeprefix("torch."),
             "dtype_reason": self.dtype_reason,
             "engine": self.engine,
-            "can_generate": ck.family == "roformer-sim" and ck.has_mlm_head,
+            "can_generate": ck.similarity_trained and ck.has_mlm_head,
         }
 
     # -- encoding -------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def load_encoder(
 
     check_engine(engine)  # before anything is loaded
     ck = open_checkpoint(model, tokenizer=tokenizer, revision=revision)
-    mode = resolve_pooling(pooling, ck.family, ck.has_pooler)
+    mode = resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained)
     max_pos = int(ck.config.get("max_position_embeddings", 512))
     if not 3 <= max_length <= max_pos:
         raise UsageError(

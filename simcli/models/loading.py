@@ -64,6 +64,16 @@ class Checkpoint:
         return self._keys
 
     @property
+    def similarity_trained(self) -> bool:
+        """Trained for sentence similarity with a UniLM seq2seq head: RoFormer-Sim, or SimBERT (a char BERT
+        whose config says its trained pooler is linear). Their sentence vector is the linear pooler's output,
+        whitening does not help them, and they can generate (REFERENCE 1.2, 2, 4). A BERT whose pooler is the
+        NSP one (tanh) is a plain masked LM."""
+        if self.family == "roformer-sim":
+            return True
+        return self.family == "bert" and self.has_pooler and self.pooler_activation == "linear"
+
+    @property
     def has_mlm_head(self) -> bool:
         return any(k.startswith("cls.predictions.") for k in self._keys)
 

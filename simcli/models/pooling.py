@@ -13,15 +13,16 @@ from simcli.types import POOLINGS
 NEEDS_ALL_LAYERS = frozenset({"first-last-avg"})
 
 
-def resolve_pooling(requested: str, family: str, has_pooler: bool) -> str:
-    """The pooling to use: `auto` is the trained linear pooler for RoFormer-Sim, first-last-avg otherwise.
+def resolve_pooling(requested: str, family: str, has_pooler: bool, similarity_trained: bool = False) -> str:
+    """The pooling to use: `auto` is the trained linear pooler for RoFormer-Sim and SimBERT
+    (`similarity_trained`), first-last-avg otherwise.
 
     `pooler` is refused where the checkpoint has no trained pooler weights (WoBERT, RoFormer).
     """
     if requested not in POOLINGS:
         raise UsageError(f"--pooling {requested!r} is not one of {', '.join(POOLINGS)}")
     if requested == "auto":
-        return "pooler" if family == "roformer-sim" else "first-last-avg"
+        return "pooler" if similarity_trained or family == "roformer-sim" else "first-last-avg"
     if requested == "pooler" and not has_pooler:
         raise ModelError(
             f"--pooling pooler needs trained pooler weights, and this {family} checkpoint has none "

@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from simcli.models.encoder import Encoder
     from simcli.models.loading import Checkpoint
 
-#: Families with a UniLM-trained head (REFERENCE.md 1, 4). WoBERT and (char/word) RoFormer were trained as
-#: plain MLMs: their head predicts masked tokens, not a continuation.
-GENERATIVE_FAMILIES = frozenset({"roformer-sim"})
-
 
 class KVCache:
     """Keys and values of every layer, preallocated to a capacity and filled left to right.
@@ -138,12 +134,13 @@ def check_can_generate(ck: Checkpoint) -> None:
     """ModelError unless the checkpoint was trained for UniLM seq2seq: RoFormer-Sim, or a char BERT with a
     trained pooler (SimBERT), with its MLM head (REFERENCE.md 1.1, 4)."""
     family, model = ck.family, ck.model
-    if family not in GENERATIVE_FAMILIES and not (family == "bert" and ck.has_pooler):
+    if not ck.similarity_trained:
         why = {
             "wobert": "WoBERT was trained as a masked LM only",
             "roformer-word": "word RoFormer was trained as a masked LM only",
             "roformer-char": "char RoFormer was trained as a masked LM only",
-            "bert": "this BERT checkpoint (no trained pooler, so not SimBERT) was trained as a masked LM only",
+            "bert": "this BERT checkpoint is not SimBERT (no trained pooler, or its config does not say "
+            'the pooler is linear: a SimBERT port without it needs "pooler_activation": "linear" in config.json)',
         }.get(family, f"family {family}")
         raise ModelError(
             f"{model}: cannot generate: {why}, it has no UniLM-trained seq2seq head "
