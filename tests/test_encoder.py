@@ -232,6 +232,31 @@ def test_broken_checkpoints_are_named(roformer_sim_dir: Path, model_copy, damage
         load_encoder(str(d))
 
 
+def _with_config(d: Path, **fields: object) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **fields}))
+
+
+def test_roformer_sim_pooler_is_linear_even_if_the_config_says_tanh(
+    roformer_sim_dir: Path, model_copy
+) -> None:  # type: ignore[no-untyped-def]
+    """REFERENCE 1.1/1.2: the port's default is tanh, RoFormer-Sim's pooler is linear."""
+    d = model_copy(roformer_sim_dir)
+    _with_config(d, pooler_activation="tanh")
+    enc = load_encoder(str(d), dtype="float32")
+    assert enc.info()["pooler_activation"] == "linear"
+    ref = load_encoder(str(roformer_sim_dir), dtype="float32").encode(SENTENCES[:3])
+    np.testing.assert_array_equal(enc.encode(SENTENCES[:3]), ref)
+
+
+@pytest.mark.parametrize("fields", [{"use_bias": False}, {"norm_type": "rms_norm"}])
+def test_roformer_v2_style_configs_are_refused(roformer_sim_dir: Path, model_copy, fields) -> None:  # type: ignore[no-untyped-def]
+    d = model_copy(roformer_sim_dir)
+    _with_config(d, **fields)
+    with pytest.raises(ModelError, match="is not supported .*biases and LayerNorm"):
+        load_encoder(str(d))
+
+
 def test_missing_and_misshapen_weights_are_named(roformer_sim_dir: Path, model_copy) -> None:  # type: ignore[no-untyped-def]
     d = model_copy(roformer_sim_dir)
     sd = torch.load(d / "pytorch_model.bin", weights_only=True)

@@ -178,12 +178,20 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
     detected_kind = "word" if word_vocab else "char"
     if tokenizer is not None and tokenizer not in ("char", "word"):
         raise UsageError(f"--tokenizer must be char or word, got {tokenizer!r}")
-    # RoFormer-Sim's pooler is linear (REFERENCE 1.2: no tanh); BERT's NSP pooler is tanh unless the
-    # config says otherwise (SimBERT ports set pooler_activation "linear").
-    default_act = "linear" if family == "roformer-sim" else "tanh"
-    activation = str(config.get("pooler_activation", default_act)).lower()
+    # RoFormer-Sim's pooler is linear, whatever the config says (REFERENCE 1.1, 1.2: the port's default is
+    # "tanh", and tanh was found wrong); BERT's NSP pooler is tanh unless the config says otherwise (SimBERT
+    # ports set pooler_activation "linear").
+    activation = str(config.get("pooler_activation", "tanh")).lower()
     if activation not in ("linear", "tanh"):
         raise ModelError(f"{config_path}: pooler_activation {activation!r} is not linear or tanh")
+    if family == "roformer-sim":
+        activation = "linear"
+    # Port fields of RoFormer variants this loader does not build (RoFormer-v2: no biases, RMS norm).
+    if config.get("use_bias", True) is not True or config.get("norm_type", "layer_norm") != "layer_norm":
+        raise ModelError(
+            f"{config_path}: use_bias {config.get('use_bias')!r} / norm_type {config.get('norm_type')!r} "
+            "is not supported (simcli loads RoFormer/BERT with biases and LayerNorm)"
+        )
     return Checkpoint(
         model=model,
         path=path,
