@@ -366,6 +366,13 @@ def test_whitening_file_and_mismatches(tmp_path: Path, wobert_dir: Path, roforme
         Index.load(idx.path, model=str(roformer_sim_dir)).search(["北京"])
 
 
+def test_auto_whitening_cut_follows_the_model_size() -> None:
+    """REFERENCE 2: usual cuts 128 for small/tiny, 256 for base, 384 for large."""
+    from simcli.index.core import whiten_auto_dim
+
+    assert [whiten_auto_dim(d) for d in (48, 312, 384, 768, 1024)] == [48, 128, 128, 256, 384]
+
+
 def test_simbert_is_not_whitened_by_auto(tmp_path: Path) -> None:
     """SimBERT's linear pooler was trained for cosine like RoFormer-Sim's: `--whiten auto` leaves it alone."""
     from tests.checkpoints import build_simbert
