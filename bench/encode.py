@@ -269,7 +269,8 @@ def main() -> None:
             from sentence_transformers import SentenceTransformer
 
             real_rates: dict[str, float] = {}
-            print(f"\ndefaults on these real weights (6 layers, 384 hidden), {len(sents)} sentences:")
+            shape = f"{auto.checkpoint.config['num_hidden_layers']} layers, {auto.dim} hidden"
+            print(f"\ndefaults on these real weights ({shape}), {len(sents)} sentences:")
             timed(
                 lambda warmup: auto.encode(sents[:64] if warmup else sents),
                 f"simcli (default: {str(auto.dtype).removeprefix('torch.')})",

@@ -422,7 +422,7 @@ def evaluate_sts(
         fit_unique = list(dict.fromkeys(fit_texts))
         for mode, v in encode(f"fit on {Path(str(fit_on)).name}", fit_unique, max_length).items():
             # every sentence counts as often as it occurs in the file (as the published code stacks them)
-            index = {t: i for i, t in enumerate(dict.fromkeys(fit_texts))}
+            index = {t: i for i, t in enumerate(fit_unique)}
             acc = MomentAccumulator(d)
             acc.add(v[[index[t] for t in fit_texts]])
             shared[mode] = acc

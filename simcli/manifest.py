@@ -20,6 +20,15 @@ def new_manifest(kind: str, **fields: Any) -> dict[str, Any]:
     return {"kind": kind, "simcli_version": __version__, **fields}
 
 
+def computed_with(encoder: Any) -> dict[str, str]:
+    """The device and dtype an encoder computes with, as manifests record them (informational, never checked:
+    they change the numbers by rounding only)."""
+    return {
+        "device": str(getattr(encoder, "device", "unknown")),
+        "dtype": str(getattr(encoder, "dtype", "unknown")).removeprefix("torch."),
+    }
+
+
 def read_manifest(path: Path, kind: str) -> dict[str, Any]:
     """Read a manifest JSON file and check that it is of the expected kind."""
     try:

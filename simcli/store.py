@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
 from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json, atomic_write_with
-from simcli.manifest import check_same_model, new_manifest, read_manifest
+from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
 from simcli.types import ModelSpec, StoreDType
 
 if TYPE_CHECKING:
@@ -444,10 +444,7 @@ def encode_to_store(
         entry = _write_shard(out, k, first, block, np.ascontiguousarray(vectors, dtype=store_dtype))
         entry["truncated"] = counts.truncated
         # informational (not checked on --resume): which device and dtype computed this shard's vectors
-        entry["computed_with"] = {
-            "device": str(getattr(encoder, "device", "unknown")),
-            "dtype": str(getattr(encoder, "dtype", "unknown")).removeprefix("torch."),
-        }
+        entry["computed_with"] = computed_with(encoder)
         done.append(entry)
         save(complete=False)
         written += 1

@@ -46,9 +46,14 @@ def whiten_auto_dim(dim: int) -> int:
     return 384 if dim >= 1024 else WHITEN_AUTO_DIM
 
 
-SUPERVISED_FAMILIES = ("roformer-sim",)  # trained for cosine: whitening does not help (REFERENCE 2)
 SEED = 0
 Log = Callable[[str], None]
+
+
+def supervised(spec: ModelSpec) -> bool:
+    """Vectors trained for cosine, which whitening does not help (REFERENCE 2): RoFormer-Sim's, and SimBERT's
+    pooler (a BERT's `pooler` vectors: auto pooling picks it only for SimBERT, Checkpoint.similarity_trained)."""
+    return spec.family == "roformer-sim" or (spec.family == "bert" and spec.pooling == "pooler")
 
 
 def _quiet(_: str) -> None:
@@ -95,11 +100,7 @@ def fit_whitening(src: Source, whiten: str | int, whitening: str | Path | None, 
     if how == "none":
         return None
     if how == "auto":
-        supervised = src.spec is not None and (
-            src.spec.family in SUPERVISED_FAMILIES
-            or (src.spec.family == "bert" and src.spec.pooling == "pooler")
-        )  # RoFormer-Sim, or SimBERT's trained pooler
-        if src.spec is None or supervised:
+        if src.spec is None or supervised(src.spec):
             return None
         if src.normalized:
             log(

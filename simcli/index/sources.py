@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from simcli.errors import BadInput, UsageError
+from simcli.manifest import computed_with
 from simcli.types import ModelSpec
 
 CHUNK = 8192  # sentences encoded (and vectors handled) at a time
@@ -154,12 +155,7 @@ def from_texts(
         describe,
         empty=sum(not m["text"] for m in meta),
         truncated=stats.truncated,
-        computed_with=[
-            {
-                "device": str(getattr(encoder, "device", "unknown")),
-                "dtype": str(getattr(encoder, "dtype", "unknown")).removeprefix("torch."),
-            }
-        ],
+        computed_with=[computed_with(encoder)],
     )
 
 

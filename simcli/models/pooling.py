@@ -13,7 +13,7 @@ from simcli.types import POOLINGS
 NEEDS_ALL_LAYERS = frozenset({"first-last-avg"})
 
 
-def resolve_pooling(requested: str, family: str, has_pooler: bool, similarity_trained: bool = False) -> str:
+def resolve_pooling(requested: str, family: str, has_pooler: bool, similarity_trained: bool) -> str:
     """The pooling to use: `auto` is the trained linear pooler for RoFormer-Sim and SimBERT
     (`similarity_trained`), first-last-avg otherwise.
 
@@ -22,7 +22,7 @@ def resolve_pooling(requested: str, family: str, has_pooler: bool, similarity_tr
     if requested not in POOLINGS:
         raise UsageError(f"--pooling {requested!r} is not one of {', '.join(POOLINGS)}")
     if requested == "auto":
-        return "pooler" if similarity_trained or family == "roformer-sim" else "first-last-avg"
+        return "pooler" if similarity_trained else "first-last-avg"
     if requested == "pooler" and not has_pooler:
         raise ModelError(
             f"--pooling pooler needs trained pooler weights, and this {family} checkpoint has none "

@@ -157,6 +157,7 @@ class UniLM:
     def __init__(self, backbone: Any, head: Any) -> None:
         self.backbone = backbone
         self.head = head
+        self._cache_kw = cache_keyword(backbone.encoder.layer[0])  # once: inspect is not for every step
         cfg = backbone.config
         self.layers = int(cfg.num_hidden_layers)
         self.heads = int(cfg.num_attention_heads)
@@ -205,7 +206,7 @@ class UniLM:
         """Run the layers over `ids` (batch, t), writing their keys/values into `cache`; last hidden states."""
         bb = self.backbone
         types = torch.full_like(ids, token_type)
-        cached = {cache_keyword(bb.encoder.layer[0]): cache}
+        cached = {self._cache_kw: cache}
         if not self.rotary:  # BERT (SimBERT): absolute position embeddings, one row of positions per row
             hidden = bb.embeddings(
                 input_ids=ids, token_type_ids=types, position_ids=positions.expand(ids.shape)
