@@ -6,7 +6,8 @@ build time (training, adding, search-parameter tuning, writing the folder), inde
 queries/s (one batch of Q) and recall@10 against numpy brute force, and the speed-up over numpy.
 
 Then the cold `simcli query` latency: a fresh process answering one query on a small index built with the
-tiny RoFormer-Sim test checkpoint, and where its time goes (python -X importtime, phases).
+tiny RoFormer-Sim test checkpoint (`--cold-shape small`: RoFormer-Sim small's 6/384 shape), and where its
+time goes (python -X importtime, phases).
 
     python bench/index.py                         # 1M x 256; ivfpq and hnsw on the first 200k (build cost)
     python bench/index.py --n 100000 --types flat,ivf,auto
@@ -118,10 +119,23 @@ def bench_indexes(args: argparse.Namespace, tmp: Path) -> None:
 CLI = "import sys; sys.argv[0] = 'simcli'; from simcli.cli import main; main()"
 
 
-def bench_cold_query(tmp: Path, runs: int) -> None:
+#: Model shapes for the cold query: the tiny test checkpoint, and RoFormer-Sim small's shape (6/384/6; the
+#: test vocabulary of ~1,700 characters instead of 12,000, so 45 MB of weights instead of ~64 MB).
+COLD_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {},
+    "small": {
+        "hidden_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "intermediate_size": 1536,
+    },
+}
+
+
+def bench_cold_query(tmp: Path, runs: int, shape: str = "tiny") -> None:
     from tests import checkpoints
 
-    model = checkpoints.build_roformer_sim(tmp / "roformer_sim")
+    model = checkpoints.build_roformer_sim(tmp / f"roformer_sim_{shape}", **COLD_SHAPES[shape])
     corpus = tmp / "faq.txt"
     corpus.write_text("\n".join(f"第{i}个问题：花呗怎么还款" for i in range(1000)) + "\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -137,7 +151,7 @@ def bench_cold_query(tmp: Path, runs: int) -> None:
     help_t0 = time.perf_counter()
     subprocess.run([*cmd, "--help"], check=True, env=env, capture_output=True)
     help_s = time.perf_counter() - help_t0
-    print(f"\ncold `simcli query` (tiny RoFormer-Sim, 1000-sentence flat index), {runs} runs: "
+    print(f"\ncold `simcli query` ({shape} RoFormer-Sim, 1000-sentence flat index), {runs} runs: "
           f"median {statistics.median(times):.2f}s, best {min(times):.2f}s; `simcli --help` {help_s:.2f}s")  # fmt: skip
     phases = r"""
 import sys, time; t0 = time.perf_counter(); marks = []
@@ -191,6 +205,9 @@ def main() -> None:
     )
     ap.add_argument("--cold-runs", type=int, default=5)
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument(
+        "--cold-shape", choices=sorted(COLD_SHAPES), default="tiny", help="model for the cold query"
+    )
     ap.add_argument("--skip-indexes", action="store_true")
     args = ap.parse_args()
     import faiss
@@ -201,7 +218,7 @@ def main() -> None:
         if not args.skip_indexes:
             bench_indexes(args, Path(tmp))
         if not args.skip_cold:
-            bench_cold_query(Path(tmp), args.cold_runs)
+            bench_cold_query(Path(tmp), args.cold_runs, args.cold_shape)
 
 
 if __name__ == "__main__":
