@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from simcli.index import build as builder
 from simcli.index import persist
 from simcli.index.choose import IndexChoice
 from simcli.index.manifest import IndexManifest, IndexRecord, SearchRecord
-from simcli.index.search import TUNE_K, TUNE_QUERIES, drop_self, ground_truth, tune
+from simcli.index.search import TUNE_K, TUNE_QUERIES, drop_self, ground_truth, set_search_params, tune
 from simcli.index.sources import Source, distinct
 from simcli.index.space import to_index_space, whitening_record
-from simcli.index.stored import BLOCK, is_lossless, sample_ids
+from simcli.index.stored import is_lossless, sample_ids
 from simcli.manifest import check_same_model
 
 SEED = 0
@@ -36,8 +36,24 @@ SCRATCH = ".prepared.npy"
 Log = Callable[[str], None]
 
 
+@dataclass
+class Prepared:
+    """A source's vectors in index space, and the sizes of the source's chunks."""
+
+    vectors: np.ndarray
+    sizes: list[int]
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The vectors in the source's own chunks: faiss gets the same batches whatever the source (an
+        HNSW graph depends on how its insertions are batched)."""
+        start = 0
+        for size in self.sizes:
+            yield self.vectors[start : start + size]
+            start += size
+
+
 @contextlib.contextmanager
-def prepare(src: Source, whitening: Any, folder: Path) -> Iterator[np.ndarray]:
+def prepare(src: Source, whitening: Any, folder: Path) -> Iterator[Prepared]:
     """The source's vectors in index space (whitened, L2-normalised), computed once: an (n, d) float32 array,
     in memory or (past IN_MEMORY_BYTES) memory-mapped from a scratch file removed afterwards."""
     dim = whitening.dim_out if whitening is not None else src.dim
@@ -50,22 +66,20 @@ def prepare(src: Source, whitening: Any, folder: Path) -> Iterator[np.ndarray]:
     else:
         out = np.empty((src.count, dim), dtype=np.float32)
     try:
+        sizes: list[int] = []
         filled = 0
         for chunk in src.chunks():
+            if filled + len(chunk) > src.count:
+                raise BadInput(f"{src.describe}: more vectors than the {src.count} announced")
             out[filled : filled + len(chunk)] = to_index_space(chunk, whitening)
+            sizes.append(len(chunk))
             filled += len(chunk)
         if filled != src.count:
             raise BadInput(f"{src.describe}: {filled} vectors, {src.count} announced")
-        yield out
+        yield Prepared(out, sizes)
     finally:
         del out
         scratch.unlink(missing_ok=True)
-
-
-def blocks(x: np.ndarray) -> Iterator[np.ndarray]:
-    """An array BLOCK rows at a time (what faiss and the writers stream)."""
-    for i in range(0, len(x), BLOCK):
-        yield x[i : i + BLOCK]
 
 
 def build(
@@ -79,7 +93,8 @@ def build(
     log: Log,
 ) -> IndexManifest:
     """Build the index folder `out` from a source and its whitening; returns the manifest written."""
-    with prepare(src, whitening, out) as vectors:
+    with prepare(src, whitening, out) as prepared:
+        vectors = prepared.vectors
         dim = vectors.shape[1]
         index = builder.make_index(choice, dim)
         device_index, on_gpu = builder.to_device(index)
@@ -95,13 +110,15 @@ def build(
             builder.train(device_index, vectors[train_ids])
             log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
         queries = np.ascontiguousarray(vectors[tune_ids])
-        builder.add(device_index, blocks(vectors))
+        builder.add(device_index, prepared.blocks())
         params: dict[str, int] = {}
         recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
         if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
-            truth = drop_self(ground_truth(queries, blocks(vectors), TUNE_K + 1)[1], tune_ids, TUNE_K)
+            truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
             params, recall = tune(device_index, queries, tune_ids, truth, log=log)
         build_s = time.perf_counter() - start
+        # the saved index carries the tuned values as its defaults, for faiss users of the file
+        set_search_params(device_index, params)
         cpu = builder.to_cpu(device_index, on_gpu)
         log(
             f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
@@ -134,9 +151,7 @@ def build(
             # informational: which device/dtype computed the vectors (auto may pick bf16); queries follow it
             computed_with=distinct(src.computed_with),
         )
-        return persist.write_generation(
-            out, manifest, cpu, src.rows(), lambda: blocks(vectors), whitening=whitening
-        )
+        return persist.write_generation(out, manifest, cpu, src.rows(), prepared.blocks, whitening=whitening)
 
 
 def add(
@@ -161,10 +176,10 @@ def add(
     if src.normalized and whitening is not None:
         raise BadInput(f"{src.describe}: L2-normalised vectors cannot be whitened like the corpus")
     factory = manifest.index.factory
-    with prepare(src, whitening, folder) as vectors:
+    with prepare(src, whitening, folder) as prepared:
         before = cpu_index.ntotal
         try:
-            builder.add(cpu_index, blocks(vectors))
+            builder.add(cpu_index, prepared.blocks())
         except RuntimeError as e:
             raise UsageError(
                 f"{factory} cannot grow ({builder.faiss_message(e)}): rebuild the index with `simcli index build`"
@@ -174,7 +189,7 @@ def add(
 
         def everything() -> Iterator[np.ndarray]:
             yield from stored()
-            yield from blocks(vectors)
+            yield from prepared.blocks()
 
         grown = replace(
             manifest,
