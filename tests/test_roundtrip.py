@@ -81,7 +81,9 @@ def test_generate_out_reads_back_the_same_in_every_format(tmp_path: Path, roform
     with open(tmp_path / "in.csv", "w", encoding="utf-8", newline="") as f:
         write_table(f, "csv", ["text", "label"], list(map(list, zip(texts, labels))))
     (tmp_path / "in.jsonl").write_text(
-        "".join(json.dumps({"text": t, "label": lab}, ensure_ascii=False) + "\n" for t, lab in zip(texts, labels)),
+        "".join(
+            json.dumps({"text": t, "label": lab}, ensure_ascii=False) + "\n" for t, lab in zip(texts, labels)
+        ),
         encoding="utf-8",
     )
     got = {}
@@ -113,7 +115,10 @@ def test_store_and_index_texts_read_back(tmp_path: Path, roformer_sim_dir: Path)
     with open(corpus, "w", encoding="utf-8", newline="") as f:
         write_table(f, "csv", ["text"], [[t] for t in TRICKY])
     m = str(roformer_sim_dir)
-    assert run("encode", str(corpus), "-m", m, "--out", str(tmp_path / "s.vec"), "--dtype", "float32").exit_code == 0
+    assert (
+        run("encode", str(corpus), "-m", m, "--out", str(tmp_path / "s.vec"), "--dtype", "float32").exit_code
+        == 0
+    )
     rows = _read(tmp_path / "s.vec" / "shard-00000.jsonl", "text")
     assert rows == [{"id": i, "text": t, "source": str(corpus), "line": i + 2} for i, t in enumerate(TRICKY)]
 

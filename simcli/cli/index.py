@@ -248,31 +248,39 @@ def check(
         )
 
 
-def _queries(texts: list[str], file: Path | None) -> list[str]:
+def _queries(texts: list[str], file: Path | None, column: str | None, field: str | None) -> list[str]:
+    from simcli.io import STDIN, read_records
+
     if texts and file is not None:
         raise UsageError("give queries as arguments or --file, not both")
-    if texts:
+    if texts == [STDIN]:  # `simcli query idx -`: the queries come on stdin, as for `simcli encode -`
+        file = Path(STDIN)
+    elif texts:
+        if column is not None or field is not None:
+            raise UsageError("--column and --field choose the text of --file (or of - for stdin)")
         return texts
-    if file is not None:
-        from simcli.io import read_records
-
-        return [r.text for r in read_records([str(file)], skip_empty=True)]
-    if sys.stdin.isatty():
-        raise UsageError("give queries as arguments, --file FILE, or on stdin")
-    lines = [line.strip() for line in sys.stdin.read().splitlines()]
-    return [q for q in lines if q]
+    elif file is None:
+        if sys.stdin.isatty():
+            raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
+        file = Path(STDIN)
+    name = STDIN if str(file) == STDIN else str(file)
+    return [r.text for r in read_records([name], column=column, field=field, skip_empty=True)]
 
 
 @app.command()
 def query(
     folder: IndexDirArg,
     texts: Annotated[
-        list[str] | None, typer.Argument(help="Queries (or --file, or one a line on stdin).")
+        list[str] | None,
+        typer.Argument(help="Queries (or --file, or one a line on stdin: - or nothing)."),
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl).")
+        Path | None,
+        typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
     ] = None,
+    column: ColumnOpt = None,
+    field: FieldOpt = None,
     min_score: Annotated[
         float | None, typer.Option("--min-score", help="Drop hits below this cosine.")
     ] = None,
@@ -290,7 +298,7 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file)
+        queries = _queries(texts or [], file, column, field)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)

@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
+from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, ModelError, UsageError
 from simcli.index import build as builder
 from simcli.index import persist
 from simcli.index.choose import IndexChoice, check_index_name, choose, parse_memory
@@ -322,7 +322,7 @@ class Index:
         choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         enc = enc_holder.get("enc")
-        model_path = str(enc.checkpoint.path) if enc is not None else None
+        model_path = str(enc.checkpoint.path.absolute()) if enc is not None else None
         return _build(src, w, choice, out, log, model_path, overwrite)
 
     @classmethod
@@ -387,8 +387,14 @@ class Index:
             if spec is None:
                 raise UsageError(f"{self.path} was built from vectors without a model: query it with vectors")
             from simcli.models.encoder import load_encoder
+            from simcli.models.loading import is_local_name
 
             where = self.model_override or _model_location(spec, self.manifest.get("model_path"))
+            if self.model_override is None and is_local_name(where) and not Path(where).expanduser().is_dir():
+                raise ModelError(
+                    f"{self.path}: its model folder {where} is missing; pass --model with the folder that holds "
+                    f"those weights (sha256 {spec.weights_sha256[:16]}...)"
+                )
             enc = load_encoder(
                 where,
                 pooling=spec.pooling,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +79,18 @@ class Checkpoint:
         return any(k.startswith("cls.predictions.") for k in self._keys)
 
 
+def recorded_name(model: str) -> str:
+    """How manifests record a model: a local folder as an absolute path (an index or store is used from other
+    working directories), a hub id as given. The weights hash, not the name, stays the identity."""
+    path = Path(model).expanduser()
+    return os.path.abspath(path) if path.is_dir() else model
+
+
+def is_local_name(model: str) -> bool:
+    """A model name that can only be a local folder (a path), never a hub id."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
 def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, str | None]:
     """A local folder as given, or the hub snapshot of `model` (downloaded and cached by huggingface_hub)."""
     path = Path(model).expanduser()
@@ -85,7 +98,7 @@ def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, st
         return path, revision
     if path.exists():
         raise ModelError(f"{model}: is a file; a model is a folder with config.json, weights and vocab.txt")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if is_local_name(model):
         raise ModelError(f"{model}: no such model folder")
     from huggingface_hub import snapshot_download
 

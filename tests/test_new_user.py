@@ -1,0 +1,195 @@
+"""What a new user trips over (issue 14): query input options, models recorded as absolute paths, file modes,
+resume with another dtype, one-line usage errors, index info on an altered file, wording."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simcli.cli import app
+
+SENTENCES = ["花呗怎么还款", "借呗额度怎么提升", "花呗如何还款", "我喜欢北京", "今天天气很好"]
+
+
+def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args), input=stdin)
+
+
+@pytest.fixture
+def faq(tmp_path: Path, roformer_sim_dir: Path) -> Path:
+    corpus = tmp_path / "faq.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    out = tmp_path / "faq.idx"
+    r = run(
+        "index", "build", str(corpus), "-m", str(roformer_sim_dir), "--out", str(out), "--dtype", "float32"
+    )
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _hits(output: str) -> list[tuple[str, list[str]]]:
+    rows = [json.loads(line) for line in output.splitlines()]
+    return [(row["query"], [h["text"] for h in row["results"]]) for row in rows]
+
+
+# -- item 2: query --file with --column / --field, and - for stdin ------------------------------------------
+
+
+def test_query_file_column_and_stdin_dash(faq: Path, tmp_path: Path) -> None:
+    expected = run("query", str(faq), "借呗额度", "花呗如何还款", "-k", "2", "--json")
+    assert expected.exit_code == 0, expected.output
+    want = _hits(expected.stdout)
+    assert [q for q, _ in want] == ["借呗额度", "花呗如何还款"]
+
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text("id\tquestion\tlabel\n1\t借呗额度\t0\n2\t花呗如何还款\t1\n", encoding="utf-8")
+    r = run("query", str(faq), "--file", str(tsv), "-k", "2", "--json")
+    assert r.exit_code == 1
+    assert (
+        r.stderr
+        == f"simcli: error: {tsv}: several columns, choose one with --column (header: id, question, label)\n"
+    )
+    r = run("query", str(faq), "--file", str(tsv), "--column", "question", "-k", "2", "--json")
+    assert r.exit_code == 0, r.output
+    assert _hits(r.stdout) == want
+
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"q": "借呗额度"}\n{"q": "花呗如何还款"}\n', encoding="utf-8")
+    r = run("query", str(faq), "--file", str(jsonl), "--field", "q", "-k", "2", "--json")
+    assert r.exit_code == 0, r.output
+    assert _hits(r.stdout) == want
+
+    # `-` reads the queries from stdin (never a search for the text "-"), as txt or, with --column, tsv
+    r = run("query", str(faq), "-", "-k", "2", "--json", stdin="借呗额度\n\n花呗如何还款\n")
+    assert r.exit_code == 0, r.output
+    assert _hits(r.stdout) == want
+    r = run(
+        "query", str(faq), "-", "--column", "1", "-k", "2", "--json", stdin=tsv.read_text(encoding="utf-8")
+    )
+    assert r.exit_code == 0, r.output
+    assert _hits(r.stdout) == want
+    r = run("query", str(faq), "--file", "-", "-k", "2", "--json", stdin="借呗额度\n花呗如何还款\n")
+    assert _hits(r.stdout) == want
+
+    r = run("query", str(faq), "借呗额度", "--column", "question")
+    assert r.exit_code == 2
+    assert r.stderr == "simcli: error: --column and --field choose the text of --file (or of - for stdin)\n"
+
+
+# -- item 3: an index used from another working directory; a moved model -----------------------------------
+
+
+def test_index_from_another_directory_and_moved_model(
+    tmp_path: Path, roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    shutil.copytree(roformer_sim_dir, work / "tiny-model")
+    (work / "faq.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+    r = run("index", "build", "faq.txt", "-m", "./tiny-model", "--out", "faq.idx", "--dtype", "float32")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((work / "faq.idx" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["model"]["model"] == str(work / "tiny-model")  # absolute, not "./tiny-model"
+    assert manifest["model_path"] == str(work / "tiny-model")
+    r = run("encode", "faq.txt", "-m", "tiny-model", "--out", "faq.vec", "--dtype", "float32")
+    assert r.exit_code == 0, r.output
+    store = json.loads((work / "faq.vec" / "manifest.json").read_text(encoding="utf-8"))
+    assert store["model"]["model"] == str(work / "tiny-model")
+
+    want = run("query", "faq.idx", "借呗额度", "-k", "2", "--json")
+    assert want.exit_code == 0, want.output
+
+    monkeypatch.chdir(elsewhere)
+    r = run("query", str(work / "faq.idx"), "借呗额度", "-k", "2", "--json")
+    assert r.exit_code == 0, r.output
+    assert _hits(r.stdout) == _hits(want.stdout)
+    # an index built from the store (which records the model too) also answers text queries from here
+    r = run("index", "build", str(work / "faq.vec"), "--out", "vec.idx")
+    assert r.exit_code == 0, r.output
+    assert _hits(run("query", "vec.idx", "借呗额度", "-k", "2", "--json").stdout) == _hits(want.stdout)
+
+    (work / "tiny-model").rename(work / "moved-model")
+    r = run("query", str(work / "faq.idx"), "借呗额度", "-k", "1")
+    assert r.exit_code == 1
+    sha = manifest["model"]["weights_sha256"][:16]
+    assert r.stderr == (
+        f"simcli: error: {work / 'faq.idx'}: its model folder {work / 'tiny-model'} is missing; pass --model "
+        f"with the folder that holds those weights (sha256 {sha}...)\n"
+    )
+    assert len(r.stderr.splitlines()) == 1
+    r = run(
+        "query", str(work / "faq.idx"), "借呗额度", "-k", "2", "--json", "--model", str(work / "moved-model")
+    )
+    assert r.exit_code == 0, r.output
+    assert _hits(r.stdout) == _hits(want.stdout)
+
+
+# -- item 4: written files get the mode the umask gives a normal file --------------------------------------
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in sorted(folder.rglob("*"))}
+
+
+def test_written_files_follow_the_umask(tmp_path: Path, roformer_sim_dir: Path, umask: None) -> None:
+    m = str(roformer_sim_dir)
+    corpus = tmp_path / "in" / "c.tsv"
+    corpus.parent.mkdir()
+    corpus.write_text("text\tlabel\n" + "".join(f"{s}\t1\n" for s in SENTENCES * 12), encoding="utf-8")
+    out = tmp_path / "out"
+    for args in (
+        ["encode", str(corpus), "--out", str(out / "c.vec")],
+        ["index", "build", str(corpus), "--out", str(out / "c.idx"), "--index", "hnsw"],
+        ["whiten", "fit", str(out / "c.vec"), "--dim", "4", "--out", str(out / "c.whiten")],
+        [
+            "generate",
+            "--input",
+            str(corpus),
+            "--out",
+            str(out / "aug.tsv"),
+            "-n",
+            "4",
+            "-k",
+            "1",
+            "--max-new-tokens",
+            "3",
+        ],
+    ):
+        r = run(*args, *(["-m", m] if args[0] != "whiten" else []), "--dtype", "float32")
+        assert r.exit_code == 0, (args, r.output)
+    modes = _modes(out)
+    files = {name for name in modes if (out / name).is_file()}
+    assert {
+        "c.vec/manifest.json",
+        "c.vec/shard-00000.npy",
+        "c.idx/manifest.json",
+        "c.whiten",
+        "aug.tsv",
+    } <= files
+    assert any(name.startswith("c.idx/index-") for name in files)
+    assert {name: modes[name] for name in files} == dict.fromkeys(files, 0o644)
+    assert {name: modes[name] for name in modes if name not in files} == {"c.vec": 0o755, "c.idx": 0o755}
+
+    from simcli.io import atomic_write_text
+
+    os.umask(0o027)  # the mode follows the umask, whatever it is
+    atomic_write_text(tmp_path / "x.txt", "x")
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o640
