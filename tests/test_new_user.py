@@ -193,3 +193,33 @@ def test_written_files_follow_the_umask(tmp_path: Path, roformer_sim_dir: Path, 
     os.umask(0o027)  # the mode follows the umask, whatever it is
     atomic_write_text(tmp_path / "x.txt", "x")
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o640
+
+
+# -- item 5: --resume refuses another device dtype (or --allow-mixed) ---------------------------------------
+
+
+def test_resume_refuses_another_dtype(tmp_path: Path, roformer_sim_dir: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_bytes(
+        "花呗怎么还款\n借呗额度\n".encode() + b"\xff\xfe\n" + "我喜欢北京\n今天天气很好\n".encode()
+    )
+    out = tmp_path / "s.vec"
+    base = ["encode", str(src), "-m", str(roformer_sim_dir), "--out", str(out), "--shard-size", "2"]
+    r = run(*base, "--dtype", "bfloat16")  # stops at line 3 after finishing shard 0, in bfloat16
+    assert r.exit_code == 1
+    assert r.stderr.endswith(f"simcli: error: {src}:3: invalid UTF-8 (use --errors replace)\n")
+
+    r = run(*base, "--dtype", "float32", "--resume", "--errors", "replace")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"simcli: error: {out}: cannot resume: the interrupted run computed in bfloat16, this run in float32 "
+        "(pass --dtype bfloat16, or --allow-mixed to keep both in one store)"
+    )
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert [s["computed_with"]["dtype"] for s in manifest["shards"]] == ["bfloat16"]  # nothing was changed
+
+    r = run(*base, "--dtype", "float32", "--resume", "--errors", "replace", "--allow-mixed")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert [s["computed_with"]["dtype"] for s in manifest["shards"]] == ["bfloat16", "float32", "float32"]
+    assert manifest["complete"] is True

@@ -37,6 +37,11 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(e.exit_code) from None
 
 
+def counted(n: int, noun: str) -> str:
+    """ "1 shard", "2 shards", "1 line truncated": the count and the noun in the right number."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 # Options shared by several commands, declared once.
 ModelOpt = Annotated[
     str,

@@ -23,6 +23,7 @@ from simcli.cli._app import (
     TokenizerOpt,
     WhiteningFileOpt,
     app,
+    counted,
     reported_errors,
 )
 from simcli.errors import BadInput, UsageError
@@ -196,7 +197,7 @@ def add(
                 progress=_bar_progress(bar),
                 log=_note,
             )
-        typer.echo(f"added {n} vectors to {folder}: {idx.count} in all")
+        typer.echo(f"added {counted(n, 'vector')} to {folder}: {idx.count} in all")
 
 
 @index_app.command("info")
