@@ -223,3 +223,49 @@ def test_resume_refuses_another_dtype(tmp_path: Path, roformer_sim_dir: Path) ->
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert [s["computed_with"]["dtype"] for s in manifest["shards"]] == ["bfloat16", "float32", "float32"]
     assert manifest["complete"] is True
+
+
+# -- item 6 and 12: usage errors and the truncated-weights error are one line; --help stays rich, no <bool> ----
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["encode"], "Missing argument 'inputs' (see simcli encode --help)"),
+        (["index", "build", "x.txt"], "Missing option '--out' / '-o' (see simcli index build --help)"),
+        (["query", "faq.idx", "-k", "many"], "Invalid value for '-k': "),
+        (["encode", "x.txt", "-m", "m", "--no-such-flag"], "No such option: --no-such-flag"),
+        (["no-such-command"], "No such command 'no-such-command' (see simcli --help)"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    r = CliRunner().invoke(app, args, prog_name="simcli")
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"simcli: error: {message}")
+    assert "╭" not in r.stderr
+
+
+def test_help_stays_rich_without_bool_on_flags() -> None:
+    for args in (["--help"], ["encode", "--help"], ["index", "build", "--help"], ["query", "--help"]):
+        r = CliRunner().invoke(app, args, prog_name="simcli")
+        assert r.exit_code == 0, r.output
+        assert "╭" in r.stdout and "Usage: simcli" in r.stdout
+        assert "<bool>" not in r.stdout
+    r = CliRunner().invoke(app, ["encode", "--help"], prog_name="simcli")
+    assert "--resume" in r.stdout and "<int range>" in r.stdout  # value options keep their type
+    r = CliRunner().invoke(app, ["index"], prog_name="simcli")  # a group alone shows its help, as before
+    assert r.exit_code == 2 and "build" in r.output and "error" not in r.output
+
+
+def test_truncated_weights_error_is_one_line_naming_the_file(roformer_sim_dir: Path, model_copy) -> None:  # type: ignore[no-untyped-def]
+    model = model_copy(roformer_sim_dir)
+    weights = model / "pytorch_model.bin"
+    os.truncate(weights, weights.stat().st_size // 2)
+    r = run("info", str(model))
+    assert r.exit_code == 1
+    assert r.stderr == (
+        f"simcli: error: {weights}: unreadable weights, truncated or corrupted (RuntimeError: PytorchStreamReader "
+        "failed reading zip archive: failed finding central directory)\n"
+    )

@@ -127,7 +127,13 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (pre-zip) torch.save format cannot be memory-mapped
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # (corrupt files raise anything from pickle errors to OSError)
-        raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
+        raise ModelError(f"{path}: unreadable weights, truncated or corrupted ({_first_sentence(e)})") from e
+
+
+def _first_sentence(e: Exception) -> str:
+    # torch's message for a damaged zip runs to ~350 characters of advice about its internals: keep one line
+    text = " ".join(str(e).split()).split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {text[:150]}"
 
 
 def _weight_keys(path: Path) -> list[str]:
@@ -138,7 +144,9 @@ def _weight_keys(path: Path) -> list[str]:
             with safe_open(str(path), framework="pt") as f:
                 return list(f.keys())
         except Exception as e:
-            raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
+            raise ModelError(
+                f"{path}: unreadable weights, truncated or corrupted ({_first_sentence(e)})"
+            ) from e
     return list(_read_weights(path))
 
 
