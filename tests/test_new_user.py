@@ -269,3 +269,32 @@ def test_truncated_weights_error_is_one_line_naming_the_file(roformer_sim_dir: P
         f"simcli: error: {weights}: unreadable weights, truncated or corrupted (RuntimeError: PytorchStreamReader "
         "failed reading zip archive: failed finding central directory)\n"
     )
+
+
+def test_a_whitening_that_does_not_fit_names_its_own_model(
+    tmp_path: Path, roformer_sim_dir: Path, wobert_dir: Path
+) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(SENTENCES * 4) + "\n", encoding="utf-8")
+    w = tmp_path / "w.whiten"
+    r = run(
+        "whiten",
+        "fit",
+        str(corpus),
+        "-m",
+        str(wobert_dir),
+        "--dim",
+        "4",
+        "--out",
+        str(w),
+        "--dtype",
+        "float32",
+    )
+    assert r.exit_code == 0, r.output
+    r = run("similar", "a", "b", "-m", str(roformer_sim_dir), "--whitening", str(w))
+    assert r.exit_code == 1
+    assert r.stderr.startswith(
+        f"simcli: error: whitening {w} (fitted for model {wobert_dir}) does not fit model {roformer_sim_dir}: "
+        "weights_sha256 "
+    )
+    assert "family 'wobert' != 'roformer-sim'" in r.stderr and len(r.stderr.splitlines()) == 1
