@@ -298,3 +298,30 @@ def test_a_whitening_that_does_not_fit_names_its_own_model(
         "weights_sha256 "
     )
     assert "family 'wobert' != 'roformer-sim'" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+# -- item 10: index info on an altered faiss file fails, naming it ---------------------------------------------
+
+
+def test_index_info_refuses_an_altered_or_truncated_file(faq: Path) -> None:
+    r = run("index", "info", str(faq))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[-1] == "files               3, sizes and sha256 as the manifest records"
+    (faiss_file,) = faq.glob("index-*.faiss")
+    data = bytearray(faiss_file.read_bytes())
+    data[-5] ^= 0xFF  # same size, one byte changed
+    faiss_file.write_bytes(bytes(data))
+    for args in (
+        ["index", "info", str(faq)],
+        ["index", "info", str(faq), "--json"],
+        ["query", str(faq), "花呗"],
+    ):
+        r = run(*args)
+        assert (r.exit_code, r.stdout) == (1, "")
+        assert r.stderr == f"simcli: error: {faiss_file}: sha256 does not match the manifest (file altered)\n"
+    faiss_file.write_bytes(bytes(data[:-7]))
+    r = run("index", "info", str(faq))
+    assert r.exit_code == 1
+    assert r.stderr == (
+        f"simcli: error: {faiss_file}: {len(data) - 7} bytes, the manifest says {len(data)} (truncated or altered)\n"
+    )

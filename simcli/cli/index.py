@@ -204,18 +204,22 @@ def add(
 def info(folder: IndexDirArg, json_out: JsonOpt = False) -> None:
     """Show what an index holds: count, model, whitening, index type, search parameters, size.
 
+    Every file's size and sha256 are checked first, as `simcli query` does (an altered file is an error).
+
     Example: simcli index info faq.idx
     """
     with reported_errors():
         from simcli.index import Index
 
-        data = Index.load(folder, verify=False).info()
+        index = Index.load(folder)  # sizes and hashes, as query: an altered file fails here, naming it
+        data = index.info()
         if json_out:
             typer.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
             return
         w = data["whitening"]
         data["whitening"] = f"{w['dim_in']} -> {w['dim_out']} (fitted on {w['n']})" if w else "none"
         data["search_params"] = _fmt_params(data["search_params"])
+        data["files"] = f"{len(index.manifest['files'])}, sizes and sha256 as the manifest records"
         width = max(map(len, data))
         for key, value in data.items():
             typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
