@@ -325,3 +325,47 @@ def test_index_info_refuses_an_altered_or_truncated_file(faq: Path) -> None:
     assert r.stderr == (
         f"simcli: error: {faiss_file}: {len(data) - 7} bytes, the manifest says {len(data)} (truncated or altered)\n"
     )
+
+
+# -- item 9: tuning that cannot reach its recall target says so once, with faiss's warnings folded in ----------
+
+
+def test_tuning_below_target_warns_once_and_records_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from simcli.index import Index
+
+    x = np.random.default_rng(5).standard_normal((400, 48)).astype(np.float32)  # no structure: PQ loses much
+    notes: list[str] = []
+    Index.build(
+        x, out=tmp_path / "pq.idx", index="IVF8,PQ4x4", texts=[str(i) for i in range(400)], log=notes.append
+    )
+    printed = capfd.readouterr()
+    assert (
+        "WARNING clustering" not in printed.err + printed.out
+    )  # faiss's own lines (one per sub-quantizer) are gone
+    manifest = json.loads((tmp_path / "pq.idx" / "manifest.json").read_text(encoding="utf-8"))
+    search = manifest["search"]
+    assert search["target_recall"] == 0.97 and search["target_reached"] is False
+    recall = search["tuned_recall"]
+    assert recall < 0.9
+    (warning,) = [n for n in notes if n.startswith("warning:")]
+    assert search["warning"] == warning
+    assert warning.startswith(
+        f"warning: IVF8,PQ4x4 reaches recall@10 {recall:.2f} at best (nprobe 8), below the 0.97"
+    )
+    assert (
+        "; faiss: clustering 320 points to 16 centroids: please provide at least 624 training points (4 times)"
+        in (warning)
+    )
+    assert warning.endswith(
+        "For more recall: more vectors, a larger m (e.g. --index IVF8,PQ8x4), or --index flat (exact)"
+    )
+
+    Index.build(
+        x, out=tmp_path / "flat.idx", index="flat", texts=[str(i) for i in range(400)], log=notes.append
+    )
+    search = json.loads((tmp_path / "flat.idx" / "manifest.json").read_text(encoding="utf-8"))["search"]
+    assert (search["target_reached"], search["warning"]) == (True, None)

@@ -7,7 +7,11 @@ searching run on the GPUs; the CPU form is what gets saved. HNSW has no GPU form
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import faiss
 import numpy as np
@@ -89,6 +93,25 @@ def train(index: faiss.Index, sample: np.ndarray) -> None:
         raise UsageError(
             f"faiss could not train the index on {len(sample)} vectors ({_faiss_message(e)})"
         ) from None
+
+
+@contextmanager
+def faiss_stderr() -> Iterator[list[str]]:
+    """Capture what faiss's C++ code prints on stderr (fd 2) meanwhile, such as k-means's "WARNING clustering
+    N points to K centroids" once per PQ sub-quantizer; the caller folds it into one message of its own."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(line for line in tmp.read().decode(errors="replace").splitlines() if line.strip())
 
 
 def add(index: faiss.Index, chunks: Iterable[np.ndarray]) -> int:

@@ -22,6 +22,7 @@ from simcli.index import build as builder
 from simcli.index import persist
 from simcli.index.choose import IndexChoice, check_index_name, choose, parse_memory
 from simcli.index.search import (
+    TARGET_RECALL,
     TUNE_K,
     TUNE_QUERIES,
     drop_self,
@@ -647,8 +648,10 @@ def _build(
     train_ids = (
         _sample_ids(src.count, choice.train_size, SEED + 2) if not index.is_trained else np.empty(0, np.int64)
     )
+    faiss_said: list[str] = []
     if len(train_ids):
-        builder.train(device_index, _take_rows(prepared(), train_ids, dim))
+        with builder.faiss_stderr() as faiss_said:
+            builder.train(device_index, _take_rows(prepared(), train_ids, dim))
         log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
     queries = _take_rows(prepared(), tune_ids, dim)
     builder.add(device_index, prepared())
@@ -663,6 +666,9 @@ def _build(
     log(
         f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
     )
+    shortfall = _tuning_shortfall(choice, params, recall, len(train_ids), faiss_said)
+    if shortfall:
+        log(shortfall)
     out.mkdir(parents=True, exist_ok=True)
     header: dict[str, Any] = {
         "model": src.spec.to_dict() if src.spec is not None else None,
@@ -680,13 +686,51 @@ def _build(
             "built_on": "gpu" if on_gpu else "cpu",
             "build_seconds": round(build_s, 3),
         },
-        "search": {"params": params, "tuned_recall": round(recall, 4), "tune_queries": len(tune_ids)},
+        "search": {
+            "params": params,
+            "tuned_recall": round(recall, 4),
+            "tune_queries": len(tune_ids),
+            "target_recall": TARGET_RECALL,
+            "target_reached": recall >= TARGET_RECALL,
+            "warning": shortfall,
+        },
     }
     if overwrite and (out / persist.MANIFEST).is_file():
         # the new files take the next generation's names: the old index stays whole until the manifest switches
         header["generation"] = int(persist.read(out).get("generation", 0))
     _write_generation(out, cpu, src, prepared, header, base=None, whitening=w)
     return Index.load(out, verify=False)
+
+
+def _tuning_shortfall(
+    choice: IndexChoice, params: dict[str, int], recall: float, trained_on: int, faiss_said: list[str]
+) -> str | None:
+    """One warning when tuning stopped below TARGET_RECALL (or faiss complained while training): the recall
+    reached, faiss's own complaint folded in, and what would help."""
+    import re
+
+    said = [line.removeprefix("WARNING").strip() for line in faiss_said]
+    distinct_said = list(dict.fromkeys(said))
+    complaint = ""
+    if distinct_said:
+        times = f" ({len(said)} times)" if len(said) > 1 else ""
+        complaint = f"; faiss: {distinct_said[0]}{times}"
+    if recall >= TARGET_RECALL:
+        return f"note: trained on {trained_on} vectors{complaint}" if complaint else None
+    m = re.search(r"PQ(\d+)", choice.factory)
+    larger_m = (
+        f", a larger m (e.g. --index {choice.factory.replace(m.group(0), f'PQ{2 * int(m.group(1))}')})"
+        if m
+        else ""
+    )
+    return (
+        f"warning: {choice.factory} reaches recall@{TUNE_K} {recall:.2f} at best ({_fmt(params)}), below the "
+        f"{TARGET_RECALL} target{complaint}. For more recall: more vectors{larger_m}, or --index flat (exact)"
+    )
+
+
+def _fmt(params: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items()) or "exact"
 
 
 def _whitening_entry(w: Any) -> dict[str, Any] | None:
