@@ -369,3 +369,27 @@ def test_tuning_below_target_warns_once_and_records_it(
     )
     search = json.loads((tmp_path / "flat.idx" / "manifest.json").read_text(encoding="utf-8"))["search"]
     assert (search["target_reached"], search["warning"]) == (True, None)
+
+
+# -- item 11: no hint installs the unrelated PyPI package `simcli` ---------------------------------------------
+
+
+def test_install_hints_use_the_source_folder() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {
+        p: p.read_text(encoding="utf-8")
+        for p in [root / "README.md", *sorted((root / "simcli").rglob("*.py"))]
+    }
+    # `pip install simcli` / `simcli[plot]` from PyPI is another project; the README may only warn about it
+    wrong = [
+        (p.name, m.group(0))
+        for p, text in texts.items()
+        for m in re.finditer(r"pip install (?:-U )?simcli\b(?:\[\w+\])?", text)
+        if "unrelated" not in text[max(0, m.start() - 200) : m.end() + 100]
+    ]
+    assert wrong == []
+    readme = texts[root / "README.md"]
+    assert "the name `simcli` on PyPI belongs to an unrelated 2018 package" in readme
+    assert "pip install -e '.[plot]'" in readme
