@@ -68,8 +68,12 @@ def _inputs(folder: Path) -> None:
     for name, seed in (("lines.txt", 2), ("big.txt", 3), ("queries.txt", 4), ("more_faq.txt", 5)):
         (folder / name).write_text(lines(_sentences(6, seed)), encoding="utf-8")
     qs = _sentences(5, 6)
-    (folder / "questions.tsv").write_text(lines(["id\tquestion", *(f"{i}\t{q}" for i, q in enumerate(qs))]))
-    (folder / "train.tsv").write_text(lines(["text\tlabel", *(f"{q}\t1" for q in _sentences(3, 7))]))
+    (folder / "questions.tsv").write_text(
+        lines(["id\tquestion", *(f"{i}\t{q}" for i, q in enumerate(qs))]), encoding="utf-8"
+    )
+    (folder / "train.tsv").write_text(
+        lines(["text\tlabel", *(f"{q}\t1" for q in _sentences(3, 7))]), encoding="utf-8"
+    )
     for k, name in enumerate(("ATEC", "BQ", "LCQMC", "PAWSX", "STS-B")):
         s = _sentences(
             300 if name == "LCQMC" else 80, 10 + k
@@ -162,3 +166,31 @@ def test_readme_python_snippet_runs_with_the_offline_model(
     exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102
     assert scope["y"].shape == (2, 256)  # type: ignore[attr-defined]
     assert len(capsys.readouterr().out.splitlines()) == 3  # the three hits printed
+
+
+def test_offline_model_command_has_help_and_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m tests.checkpoints --help` prints usage (no traceback); a bad call is a one-line usage error."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.checkpoints", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m tests.checkpoints") and not r.stderr
+    assert "{roformer-sim,wobert}" in r.stdout and "--hidden" in r.stdout
+    for args, message in (
+        ([], "the following arguments are required: kind, out"),
+        (["gpt2", str(tmp_path / "m")], "argument kind: invalid choice: 'gpt2'"),
+        (["wobert", str(tmp_path / "m"), "--hidden", "100", "--heads", "3"], "--hidden 100 must split into"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            checkpoints.main(args)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "m").exists()
