@@ -114,8 +114,9 @@ def _offline_model(argv: list[str], models: dict[str, Path]) -> list[str]:
 
 def _run(argv: list[str], stdin: str | None, stdout: str | None, models: dict[str, Path], where: str) -> None:
     feed = Path(stdin).read_bytes() if stdin else None
-    # `simcli generate` without --model uses SIMCLI_MODEL (else junnyu/roformer_chinese_sim_char_ft_base)
-    env = {"SIMCLI_MODEL": str(models["roformer-sim"])} if argv[0] == "generate" else None
+    # `simcli generate` without --model uses SIMCLI_MODEL (else junnyu/roformer_chinese_sim_char_ft_base); it is
+    # set for every command, as a user's shell would: commands on a store must not mistake it for --model
+    env = {"SIMCLI_MODEL": str(models["roformer-sim"])}
     r = CliRunner().invoke(app, _offline_model(argv, models), input=feed, env=env, prog_name="simcli")
     assert r.exit_code == 0, f"{where}: simcli {shlex.join(argv)}\n{r.output}"
     if stdout:

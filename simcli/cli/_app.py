@@ -95,6 +95,12 @@ def reported_errors() -> Iterator[None]:
         raise typer.Exit(e.exit_code) from None
 
 
+def from_environment(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` took its value from its environment variable (SIMCLI_MODEL, ...), not the line."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "ENVIRONMENT"
+
+
 def counted(n: int, noun: str) -> str:
     """ "1 shard", "2 shards", "1 line truncated": the count and the noun in the right number."""
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

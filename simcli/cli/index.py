@@ -24,6 +24,7 @@ from simcli.cli._app import (
     WhiteningFileOpt,
     app,
     counted,
+    from_environment,
     reported_errors,
 )
 from simcli.errors import BadInput, UsageError
@@ -80,6 +81,7 @@ def _bar_progress(bar: Any) -> Any:
 
 @index_app.command("build")
 def build(
+    ctx: typer.Context,
     inputs: Annotated[
         list[str],
         typer.Argument(
@@ -138,6 +140,8 @@ def build(
         }
         if batch_tokens is not None:
             options["batch_tokens"] = batch_tokens
+        if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
+            model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
         with progress_bar() as bar:
             idx = Index.build(
                 inputs,
