@@ -97,8 +97,8 @@ def train(index: faiss.Index, sample: np.ndarray) -> None:
 
 @contextmanager
 def faiss_stderr() -> Iterator[list[str]]:
-    """Capture what faiss's C++ code prints on stderr (fd 2) meanwhile, such as k-means's "WARNING clustering
-    N points to K centroids" once per PQ sub-quantizer; the caller folds it into one message of its own."""
+    """Capture the warnings faiss's C++ code prints on stderr (fd 2) meanwhile, such as k-means's "WARNING
+    clustering N points to K centroids" once per PQ sub-quantizer; the caller folds them into one message."""
     lines: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
@@ -111,7 +111,11 @@ def faiss_stderr() -> Iterator[list[str]]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            lines.extend(line for line in tmp.read().decode(errors="replace").splitlines() if line.strip())
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.startswith("WARNING"):
+                    lines.append(line)
+                elif line.strip():  # anything else printed meanwhile is not faiss's to fold: pass it on
+                    print(line, file=sys.stderr)
 
 
 def add(index: faiss.Index, chunks: Iterable[np.ndarray]) -> int:

@@ -8,6 +8,7 @@ manifest, never from flags.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -707,8 +708,6 @@ def _tuning_shortfall(
 ) -> str | None:
     """One warning when tuning stopped below TARGET_RECALL (or faiss complained while training): the recall
     reached, faiss's own complaint folded in, and what would help."""
-    import re
-
     said = [line.removeprefix("WARNING").strip() for line in faiss_said]
     distinct_said = list(dict.fromkeys(said))
     complaint = ""
