@@ -485,7 +485,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise MissingDependency("--plot needs matplotlib: pip install simcli[plot]") from None
+        raise MissingDependency(
+            "--plot needs matplotlib: pip install -e '.[plot]' in the simcli source folder (or pip install matplotlib)"
+        ) from None
 
 
 def plot_scores(results: Sequence[StsResult], out: str | Path) -> None:

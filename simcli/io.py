@@ -27,6 +27,9 @@ def atomic_open(path: Path, mode: str = "wb", encoding: str | None = None) -> It
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; the result must get the mode open() gives a new file (0644 under
+        # umask 022), or an index or store cannot be shared between users and cluster workers
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -39,6 +42,20 @@ def atomic_open(path: Path, mode: str = "wb", encoding: str | None = None) -> It
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    # Read, not set-and-restore, where the OS allows: os.umask(0) would briefly change it for every thread.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -73,6 +90,47 @@ def atomic_write_with(path: Path, writer: Callable[[IO[bytes]], None]) -> None:
     """Write `path` atomically with a function that writes to a binary file object (np.save, ...)."""
     with atomic_open(path, "wb") as f:
         writer(f)
+
+
+# -- table writers: what they write, read_records reads back to the same rows -----------------------------
+
+
+def tsv_cell(value: Any) -> str:
+    """A TSV cell as the reader reads it: TSV has no quoting, so a tab or line break inside a value (which
+    no TSV can hold) becomes a space; quotes stay as they are."""
+    return str(value).translate(_TSV_BREAKS)
+
+
+_TSV_BREAKS = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+
+
+def write_table(f: IO[str], fmt: str, header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> int:
+    """Write a header and rows as .tsv (no quoting, as `read_records` reads it) or .csv (RFC 4180 quoting);
+    returns the number of rows (header excluded). `f` is a text file opened with encoding utf-8."""
+    count = 0
+    if fmt == "tsv":
+        f.write("\t".join(map(tsv_cell, header)) + "\n")
+        for row in rows:
+            f.write("\t".join(map(tsv_cell, row)) + "\n")
+            count += 1
+        return count
+    if fmt != "csv":
+        raise ValueError(f"write_table writes tsv or csv, not {fmt!r}")
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def write_jsonl(f: IO[str], rows: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object a line (UTF-8 kept readable); returns the number of rows."""
+    count = 0
+    for row in rows:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
 
 
 # -- readers -------------------------------------------------------------------------------------------

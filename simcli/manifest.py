@@ -43,13 +43,14 @@ def read_manifest(path: Path, kind: str) -> dict[str, Any]:
     return data
 
 
-def check_same_model(expected: ModelSpec, found: ModelSpec, what: str) -> None:
+def check_same_model(expected: ModelSpec, found: ModelSpec, what: str, target: str | None = None) -> None:
     """Raise ManifestMismatch naming every deciding field where `found` differs from `expected`.
 
     Args:
         expected: the spec of the artefact being extended or queried (e.g. the index).
         found: the spec of the thing that must fit it (e.g. the encoder or a whitening file).
         what: a short name of `found` for the message, e.g. "whitening file w.whiten".
+        target: a short name of `expected` (default: "(expected <its model>)").
     """
     diffs = [
         f"{name} {getattr(found, name)!r} != {getattr(expected, name)!r}"
@@ -57,4 +58,5 @@ def check_same_model(expected: ModelSpec, found: ModelSpec, what: str) -> None:
         if getattr(found, name) != getattr(expected, name)
     ]
     if diffs:
-        raise ManifestMismatch(f"{what} does not fit (expected {expected.model}): " + "; ".join(diffs))
+        target = target or f"(expected {expected.model})"
+        raise ManifestMismatch(f"{what} does not fit {target}: " + "; ".join(diffs))

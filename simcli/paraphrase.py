@@ -12,7 +12,7 @@ lives in `simcli.models.unilm`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -411,7 +411,9 @@ def _table_header(path: Path, fmt: str) -> list[str]:
     import csv
 
     with open(path, encoding="utf-8-sig", newline="") as f:
-        return next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ","), [])
+        # TSV has no quoting (as simcli's reader and writer): a '"' in a header name is part of it
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f)
+        return next(rows, [])
 
 
 def generate_file(
@@ -552,23 +554,23 @@ def _text_column(header: list[str], column: str | None) -> int:
 def _write_rows(
     f: Any, fmt: str, header: list[str], text_col: Any, records: Sequence[Any], done: dict[int, Any]
 ) -> int:
-    import csv
-    import json
+    from simcli.io import write_jsonl, write_table
 
-    count = 0
     if fmt == "jsonl":
+        return write_jsonl(
+            f,
+            (
+                {**rec.row, text_col: text, SOURCE_COLUMN: rec.line, SCORE_COLUMN: score}
+                for i, rec in enumerate(records)
+                for text, score in done.get(i, [])
+            ),
+        )
+
+    def rows() -> Iterator[list[Any]]:
         for i, rec in enumerate(records):
             for text, score in done.get(i, []):
-                row = {**rec.row, text_col: text, SOURCE_COLUMN: rec.line, SCORE_COLUMN: score}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-        return count
-    writer = csv.writer(f, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-    writer.writerow([*header, SOURCE_COLUMN, SCORE_COLUMN])
-    for i, rec in enumerate(records):
-        for text, score in done.get(i, []):
-            cells = list(rec.row) + [""] * (len(header) - len(rec.row))
-            cells[text_col] = text
-            writer.writerow([*cells, rec.line, f"{score:.4f}"])
-            count += 1
-    return count
+                cells = list(rec.row) + [""] * (len(header) - len(rec.row))
+                cells[text_col] = text
+                yield [*cells, rec.line, f"{score:.4f}"]
+
+    return write_table(f, fmt, [*header, SOURCE_COLUMN, SCORE_COLUMN], rows())

@@ -314,6 +314,17 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> Non
             raise ManifestMismatch(f"{out}: cannot resume: {key} was {was!r}, now {now!r} ({hint})")
 
 
+def _check_same_dtype(done: list[dict[str, Any]], dtype: str, out: Path) -> None:
+    # The dtype changes every vector (bf16 rounds to 3 significant digits): a silently mixed store is not the
+    # store an uninterrupted run would have made, so it is refused like any other option change.
+    was = next((s["computed_with"]["dtype"] for s in done if "computed_with" in s), None)
+    if was is not None and was != dtype:
+        raise ManifestMismatch(
+            f"{out}: cannot resume: the interrupted run computed in {was}, this run in {dtype} "
+            f"(pass --dtype {was}, or --allow-mixed to keep both in one store)"
+        )
+
+
 def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Record]) -> None:
     """A finished shard must hold exactly the rows the input gives now (else the input changed)."""
     name = entry["name"]
@@ -361,6 +372,7 @@ def encode_to_store(
     read_options: Mapping[str, Any] | None = None,
     read_stats: ReadStats | None = None,
     progress: ProgressFn | None = None,
+    allow_mixed: bool = False,
 ) -> StoreSummary:
     """Encode `records` into a store folder, one shard at a time (memory stays flat).
 
@@ -379,6 +391,8 @@ def encode_to_store(
         read_options: the reader's options (column, field, errors, skip_empty), recorded and compared.
         read_stats: the ReadStats the reader fills, for the empty-line counts in the manifest.
         progress: called with (sentences, tokens); finished shards skipped on resume report (count, 0).
+        allow_mixed: let `resume` continue with another device dtype than the finished shards' (a store of
+            mixed precision; each shard records its own).
 
     Returns:
         A StoreSummary.
@@ -410,6 +424,8 @@ def encode_to_store(
         _check_resumable(old, header, out)
         _remove_temporaries(out)
         done = list(old.get("shards", []))
+        if not allow_mixed:
+            _check_same_dtype(done, computed_with(encoder)["dtype"], out)
 
     def save(complete: bool, empty_skipped: int = 0) -> None:
         atomic_write_json(

@@ -327,10 +327,10 @@ class Whitening:
             what: a short name of those vectors' source for the message, e.g. "model ./wobert".
         """
         name = f"whitening {self.path}" if self.path is not None else "whitening"
-        if self.spec is not None:
-            check_same_model(spec, self.spec, f"{name} (for {what})")
+        if self.spec is not None:  # name the whitening's own model, then the one it was applied to
+            check_same_model(spec, self.spec, f"{name} (fitted for model {self.spec.model})", what)
         if spec.dim != self.dim_in:
-            raise ManifestMismatch(f"{name} (for {what}) does not fit: dim {self.dim_in} != {spec.dim}")
+            raise ManifestMismatch(f"{name} does not fit {what}: dim {self.dim_in} != {spec.dim}")
 
     # -- persistence ----------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

@@ -100,11 +100,17 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
 
 
 def build_roformer_sim(
-    path: Path, seed: int = 0, fmt: str = "bin", config: dict[str, Any] | None = None, **sizes: int
+    path: Path,
+    seed: int = 0,
+    fmt: str = "bin",
+    config: dict[str, Any] | None = None,
+    sep_bias: float = 0.0,
+    **sizes: int,
 ) -> Path:
     """A RoFormer-Sim checkpoint as on the hub: RoFormerForCausalLM keys + roformer.pooler.dense.*,
     the port's config fields, is_decoder true, no embed_positions table, no tokenizer_config.json.
-    `config` overrides config.json fields (e.g. rotary_value, hidden_act, embedding_size)."""
+    `config` overrides config.json fields (e.g. rotary_value, hidden_act, embedding_size); `sep_bias` is added
+    to the MLM head's [SEP] logit, so that generation ends after a few tokens as a trained model's does."""
     from transformers import RoFormerConfig, RoFormerForCausalLM
 
     path = Path(path)
@@ -150,6 +156,8 @@ def build_roformer_sim(
     sd["cls.predictions.decoder.weight"] = sd[
         "roformer.embeddings.word_embeddings.weight"
     ]  # tied, as on the hub
+    for key in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+        sd[key][SEP_ID] += sep_bias
     _save(path, sd, fmt)
     (path / "config.json").write_text(json.dumps(hub_config, indent=2), encoding="utf-8")
     _write_vocab(path, vocab)
@@ -297,11 +305,43 @@ def _save(path: Path, sd: dict[str, torch.Tensor], fmt: str) -> None:
     os.sync()
 
 
-if (
-    __name__ == "__main__"
-):  # python -m tests.checkpoints roformer-sim|wobert DIR: a tiny model to try simcli offline
-    import sys
+BUILDERS = {"roformer-sim": build_roformer_sim, "wobert": build_wobert}
+OFFLINE_SEP_BIAS = 10.0  # random weights never say [SEP]: this ends a generated sentence after ~5 tokens
 
-    kind, target = sys.argv[1], Path(sys.argv[2])
-    {"roformer-sim": build_roformer_sim, "wobert": build_wobert}[kind](target)
-    print(f"tiny random {kind} checkpoint written to {target}")
+
+def build_offline(kind: str, path: Path, *, hidden: int = 384, heads: int = 6, layers: int = 2) -> Path:
+    """The README's offline model (what `python -m tests.checkpoints KIND DIR` writes): wide enough for every
+    README example (`--dim 256`, `--whiten none,full,256`, the Python API's whitening to 256), RoFormer-Sim
+    small's width and heads, two layers to stay fast."""
+    sizes = {"hidden_size": hidden, "num_attention_heads": heads, "num_hidden_layers": layers}
+    extra = {"sep_bias": OFFLINE_SEP_BIAS} if kind == "roformer-sim" else {}
+    return BUILDERS[kind](path, **sizes, intermediate_size=4 * hidden, **extra)  # type: ignore[operator]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.checkpoints roformer-sim|wobert DIR`: a random checkpoint to try simcli offline."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.checkpoints",
+        description="Write a random-weight checkpoint in the hub layout, to try simcli without a model hub "
+        "(its vectors mean nothing).",
+    )
+    ap.add_argument("kind", choices=sorted(BUILDERS), help="the family to build")
+    ap.add_argument("out", type=Path, help="the model folder to write")
+    ap.add_argument("--hidden", type=int, default=384, help="hidden size (default %(default)s)")
+    ap.add_argument("--heads", type=int, default=6, help="attention heads (default %(default)s)")
+    ap.add_argument("--layers", type=int, default=2, help="layers (default %(default)s)")
+    args = ap.parse_args(argv)
+    if args.hidden % args.heads or (args.hidden // args.heads) % 2:
+        ap.error(
+            f"--hidden {args.hidden} must split into --heads {args.heads} heads of an even size (rotary pairs)"
+        )
+    if (args.out / "config.json").exists():
+        ap.error(f"{args.out} already holds a model (config.json); choose another folder")
+    build_offline(args.kind, args.out, hidden=args.hidden, heads=args.heads, layers=args.layers)
+    print(f"random {args.kind} checkpoint ({args.layers} layers, hidden {args.hidden}) written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -120,14 +120,14 @@ def test_empty_lines_and_truncation_are_reported(tmp_path: Path, roformer_sim_di
     assert too_long == 1
     assert kept.stderr.splitlines()[1:] == [
         "simcli: warning: 2 empty lines kept (use --skip-empty)",
-        f"simcli: warning: {too_long} lines truncated at --max-length 5",
-        f"simcli: wrote 4 vectors (dim 48, float32) in 1 shards to {tmp_path / 'a'}",
+        "simcli: warning: 1 line truncated at --max-length 5",  # singular: issue 14 item 12
+        f"simcli: wrote 4 vectors (dim 48, float32) in 1 shard to {tmp_path / 'a'}",
     ]
     skipped = run(*base, "--skip-empty", "--out", str(tmp_path / "b"))
     assert skipped.exit_code == 0, skipped.output
     assert skipped.stderr.splitlines()[1:3] == [
         "simcli: 2 empty lines skipped",
-        "simcli: warning: 1 lines truncated at --max-length 5",
+        "simcli: warning: 1 line truncated at --max-length 5",
     ]
     assert VectorStore.open(tmp_path / "b").texts() == ["花呗怎么还款", "你好"]
 

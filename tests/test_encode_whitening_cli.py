@@ -95,6 +95,6 @@ def test_whitening_of_another_pooling_is_refused(tmp_path: Path, roformer_sim_di
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.startswith(
-        f"simcli: error: whitening {path} (for model {roformer_sim_dir}) does not fit"
+        f"simcli: error: whitening {path} (fitted for model {roformer_sim_dir}) does not fit model {roformer_sim_dir}"
     )
     assert result.stderr.rstrip().endswith("pooling 'cls' != 'pooler'")

@@ -305,6 +305,6 @@ def test_plot_scores_writes_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     plot_scores(results, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    with pytest.raises(MissingDependency, match=r"pip install simcli\[plot\]"):
+    with pytest.raises(MissingDependency, match=r"pip install -e '\.\[plot\]'"):
         plot_scores(results, tmp_path / "again.png")
     assert not (tmp_path / "again.png").exists()

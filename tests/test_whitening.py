@@ -303,7 +303,10 @@ def test_check_fits_names_what_differs(tmp_path: Path, change: dict, named: str)
     with pytest.raises(ManifestMismatch) as e:
         whitening_for(tmp_path / "w.whiten", replace(SPEC, **change), "model other")
     assert named in str(e.value)
-    assert f"whitening {tmp_path / 'w.whiten'} (for model other) does not fit" in str(e.value)
+    assert (
+        f"whitening {tmp_path / 'w.whiten'} (fitted for model {SPEC.model}) does not fit model other: "
+        in str(e.value)
+    )
 
 
 def test_check_fits_without_recorded_spec_checks_dimension() -> None:

@@ -6,17 +6,75 @@ Only stdlib, typer and light simcli modules are imported here: `simcli --help` m
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from simcli.errors import SimcliError
 from simcli.types import DEFAULT_MAX_LENGTH
 
+# Click's exception classes, wherever this Typer takes click from (newer Typers vendor it as typer._click).
+_ClickException: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_UsageError: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_NoArgsIsHelp: type[Any] | tuple[()] = getattr(sys.modules[_UsageError.__module__], "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(TyperGroup):
+    """The root command: a usage error (missing option, bad value) is one line on stderr, exit code 2, like
+    every other simcli error, instead of Typer's boxed multi-line message; `--help` stays rich."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _hide_flag_types(self)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
+        except _NoArgsIsHelp as e:  # `simcli index` alone: its help, not an error
+            if e.ctx is not None:
+                e.ctx.command.format_help(e.ctx, e.ctx.make_formatter())  # Typer prints it rich
+            sys.exit(e.exit_code)
+        except _UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "simcli"
+            message = " ".join(e.format_message().split()).rstrip(".")
+            typer.echo(f"simcli: error: {message} (see {where} --help)", err=True)
+            sys.exit(e.exit_code)
+        except _ClickException as e:
+            typer.echo(f"simcli: error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("simcli: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _hide_flag_types(command: typer.core.TyperCommand | TyperGroup) -> None:
+    # Typer's rich help shows a type column; for an on/off flag it would read "<bool>", which takes no value.
+    for param in command.params:
+        if param.param_type_name == "option" and getattr(param, "is_flag", False):
+            param.metavar = ""
+    get_help_option = command.get_help_option  # --help is made on demand, per command
+
+    def help_option(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option  # type: ignore[method-assign,assignment]
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="simcli",
     help="Chinese sentence embeddings from the shell: encode, whiten, index, query, generate.",
     no_args_is_help=True,
@@ -35,6 +93,17 @@ def reported_errors() -> Iterator[None]:
             raise
         typer.echo(f"simcli: error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
+
+
+def from_environment(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` took its value from its environment variable (SIMCLI_MODEL, ...), not the line."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "ENVIRONMENT"
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 shard", "2 shards", "1 line truncated": the count and the noun in the right number."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 # Options shared by several commands, declared once.

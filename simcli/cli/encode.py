@@ -22,6 +22,7 @@ from simcli.cli._app import (
     TokenizerOpt,
     WhiteningFileOpt,
     app,
+    counted,
     reported_errors,
 )
 from simcli.errors import UsageError
@@ -134,11 +135,11 @@ def _progress(total: int | None) -> Iterator[ProgressFn | None]:
 
 def _warn_counts(empty_kept: int, empty_skipped: int, truncated: int, max_length: int) -> None:
     if empty_kept:
-        _note(f"warning: {empty_kept} empty lines kept (use --skip-empty)")
+        _note(f"warning: {counted(empty_kept, 'empty line')} kept (use --skip-empty)")
     if empty_skipped:
-        _note(f"{empty_skipped} empty lines skipped")
+        _note(f"{counted(empty_skipped, 'empty line')} skipped")
     if truncated:
-        _note(f"warning: {truncated} lines truncated at --max-length {max_length}")
+        _note(f"warning: {counted(truncated, 'line')} truncated at --max-length {max_length}")
 
 
 @app.command()
@@ -180,6 +181,12 @@ def encode(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed", help="With --resume: accept another device dtype than the finished shards'."
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")] = False,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")] = False,
     errors: Annotated[
@@ -246,11 +253,13 @@ def encode(
                 read_options=read_options,
                 read_stats=read_stats,
                 progress=progress,
+                allow_mixed=allow_mixed,
             )
         _warn_counts(summary.empty_kept, summary.empty_skipped, summary.truncated, enc.max_length)
         earlier = f", {summary.shards_skipped} finished earlier" if summary.shards_skipped else ""
         _note(
-            f"wrote {summary.count} vectors (dim {summary.dim}, {store_dtype}) in {summary.shards} shards "
+            f"wrote {counted(summary.count, 'vector')} (dim {summary.dim}, {store_dtype}) in "
+            f"{counted(summary.shards, 'shard')} "
             f"to {out}{earlier}"
         )
 
@@ -286,7 +295,7 @@ def _encode_json(
         empty += not rec.text
     sys.stdout.flush()
     _warn_counts(empty, read_stats.empty_skipped, stats.truncated, enc.max_length)
-    _note(f"encoded {count} sentences (dim {enc.dim})")
+    _note(f"encoded {counted(count, 'sentence')} (dim {enc.dim})")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from simcli.cli._app import DeviceOpt, DTypeOpt, JsonOpt, app, reported_errors
+from simcli.cli._app import DeviceOpt, DTypeOpt, JsonOpt, app, counted, reported_errors
 from simcli.errors import UsageError
 from simcli.paraphrase import (
     DEFAULT_K,
@@ -149,9 +149,8 @@ def generate(
                 )  # fmt: skip
             earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
             empty = f", {summary.empty} empty skipped" if summary.empty else ""
-            _note(
-                f"wrote {summary.paraphrases} paraphrases of {summary.sources} sentences{earlier}{empty} to {out}"
-            )
+            made = f"{counted(summary.paraphrases, 'paraphrase')} of {counted(summary.sources, 'sentence')}"
+            _note(f"wrote {made}{earlier}{empty} to {out}")
             return
         assert texts is not None
         samples = len(texts) * (1 if greedy else n)

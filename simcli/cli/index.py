@@ -23,6 +23,8 @@ from simcli.cli._app import (
     TokenizerOpt,
     WhiteningFileOpt,
     app,
+    counted,
+    from_environment,
     reported_errors,
 )
 from simcli.errors import BadInput, UsageError
@@ -87,6 +89,7 @@ def _bar_progress(bar: Any) -> Any:
 
 @index_app.command("build")
 def build(
+    ctx: typer.Context,
     inputs: Annotated[
         list[str],
         typer.Argument(
@@ -145,6 +148,8 @@ def build(
         }
         if batch_tokens is not None:
             options["batch_tokens"] = batch_tokens
+        if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
+            model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
         with progress_bar() as bar:
             idx = Index.build(
                 inputs,
@@ -204,25 +209,29 @@ def add(
                 progress=_bar_progress(bar),
                 log=_note,
             )
-        typer.echo(f"added {n} vectors to {folder}: {idx.count} in all")
+        typer.echo(f"added {counted(n, 'vector')} to {folder}: {idx.count} in all")
 
 
 @index_app.command("info")
 def info(folder: IndexDirArg, json_out: JsonOpt = False) -> None:
     """Show what an index holds: count, model, whitening, index type, search parameters, size.
 
+    Every file's size and sha256 are checked first, as `simcli query` does (an altered file is an error).
+
     Example: simcli index info faq.idx
     """
     with reported_errors():
         from simcli.index import Index
 
-        data = Index.load(folder, verify=False).info()
+        index = Index.load(folder)  # sizes and hashes, as query: an altered file fails here, naming it
+        data = index.info()
         if json_out:
             typer.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
             return
         w = data["whitening"]
         data["whitening"] = f"{w['dim_in']} -> {w['dim_out']} (fitted on {w['n']})" if w else "none"
         data["search_params"] = _fmt_params(data["search_params"])
+        data["files"] = f"{len(index.manifest.files)}, sizes and sha256 as the manifest records"
         width = max(map(len, data))
         for key, value in data.items():
             typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
@@ -256,31 +265,39 @@ def check(
         )
 
 
-def _queries(texts: list[str], file: Path | None) -> list[str]:
+def _queries(texts: list[str], file: Path | None, column: str | None, field: str | None) -> list[str]:
+    from simcli.io import STDIN, read_records
+
     if texts and file is not None:
         raise UsageError("give queries as arguments or --file, not both")
-    if texts:
+    if texts == [STDIN]:  # `simcli query idx -`: the queries come on stdin, as for `simcli encode -`
+        file = Path(STDIN)
+    elif texts:
+        if column is not None or field is not None:
+            raise UsageError("--column and --field choose the text of --file (or of - for stdin)")
         return texts
-    if file is not None:
-        from simcli.io import read_records
-
-        return [r.text for r in read_records([str(file)], skip_empty=True)]
-    if sys.stdin.isatty():
-        raise UsageError("give queries as arguments, --file FILE, or on stdin")
-    lines = [line.strip() for line in sys.stdin.read().splitlines()]
-    return [q for q in lines if q]
+    elif file is None:
+        if sys.stdin.isatty():
+            raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
+        file = Path(STDIN)
+    name = STDIN if str(file) == STDIN else str(file)
+    return [r.text for r in read_records([name], column=column, field=field, skip_empty=True)]
 
 
 @app.command()
 def query(
     folder: IndexDirArg,
     texts: Annotated[
-        list[str] | None, typer.Argument(help="Queries (or --file, or one a line on stdin).")
+        list[str] | None,
+        typer.Argument(help="Queries (or --file, or one a line on stdin: - or nothing)."),
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl).")
+        Path | None,
+        typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
     ] = None,
+    column: ColumnOpt = None,
+    field: FieldOpt = None,
     min_score: Annotated[
         float | None, typer.Option("--min-score", help="Drop hits below this cosine.")
     ] = None,
@@ -298,7 +315,7 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file)
+        queries = _queries(texts or [], file, column, field)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)

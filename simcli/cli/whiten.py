@@ -18,6 +18,7 @@ from simcli.cli._app import (
     PoolingOpt,
     TokenizerOpt,
     app,
+    from_environment,
     reported_errors,
 )
 from simcli.errors import OutputExists, UsageError
@@ -62,6 +63,7 @@ def progress_bar() -> Any:
 
 @whiten_app.command("fit")
 def fit(
+    ctx: typer.Context,
     sources: Annotated[
         list[Path],
         typer.Argument(help="A vector store folder (`simcli encode --out`), or text files with --model."),
@@ -107,7 +109,7 @@ def fit(
         if stores:
             if len(sources) > 1:
                 raise UsageError(f"a store folder ({stores[0]}) must be the only SOURCE")
-            if model is not None:
+            if model is not None and not from_environment(ctx, "model"):  # SIMCLI_MODEL applies to text only
                 raise UsageError("--model is for text sources: a store records its model")
             w = whitening.fit_store(stores[0], dim=dim, beta=beta, gamma=gamma, clamp=clamp)
         else:

@@ -7,7 +7,11 @@ searching run on the GPUs; the CPU form is what gets saved. HNSW has no GPU form
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import faiss
 import numpy as np
@@ -89,6 +93,29 @@ def train(index: faiss.Index, sample: np.ndarray) -> None:
         raise UsageError(
             f"faiss could not train the index on {len(sample)} vectors ({faiss_message(e)})"
         ) from None
+
+
+@contextmanager
+def faiss_stderr() -> Iterator[list[str]]:
+    """Capture the warnings faiss's C++ code prints on stderr (fd 2) meanwhile, such as k-means's "WARNING
+    clustering N points to K centroids" once per PQ sub-quantizer; the caller folds them into one message."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.startswith("WARNING"):
+                    lines.append(line)
+                elif line.strip():  # anything else printed meanwhile is not faiss's to fold: pass it on
+                    print(line, file=sys.stderr)
 
 
 def add(index: faiss.Index, chunks: Iterable[np.ndarray]) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simcli.errors import UsageError
+from simcli.errors import ModelError, UsageError
 from simcli.index.manifest import IndexManifest
 from simcli.manifest import check_same_model
 
@@ -90,6 +90,13 @@ class QueryEncoder:
         from simcli.models.encoder import load_encoder
 
         where = self.model or _model_location(manifest)
+        from simcli.models.loading import is_local_name
+
+        if self.model is None and is_local_name(where) and not Path(where).expanduser().is_dir():
+            raise ModelError(
+                f"{self.path}: its model folder {where} is missing; pass --model with the folder that holds "
+                f"those weights (sha256 {spec.weights_sha256[:16]}...)"
+            )
         enc = load_encoder(
             where,
             pooling=spec.pooling,

@@ -109,6 +109,9 @@ class SearchRecord:
     params: dict[str, int]
     tuned_recall: float
     tune_queries: int
+    target_recall: float | None = None
+    target_reached: bool | None = None
+    warning: str | None = None  # what tuning said when it stayed below its target
 
 
 @dataclass

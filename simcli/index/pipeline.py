@@ -9,6 +9,7 @@ vectors the same way, with the recorded whitening.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -23,7 +24,15 @@ from simcli.index import build as builder
 from simcli.index import persist
 from simcli.index.choose import IndexChoice
 from simcli.index.manifest import IndexManifest, IndexRecord, SearchRecord
-from simcli.index.search import TUNE_K, TUNE_QUERIES, drop_self, ground_truth, set_search_params, tune
+from simcli.index.search import (
+    TARGET_RECALL,
+    TUNE_K,
+    TUNE_QUERIES,
+    drop_self,
+    ground_truth,
+    set_search_params,
+    tune,
+)
 from simcli.index.sources import Source, distinct
 from simcli.index.space import to_index_space, whitening_record
 from simcli.index.stored import is_lossless, sample_ids
@@ -106,8 +115,10 @@ def build(
             if not index.is_trained
             else np.empty(0, np.int64)
         )
+        faiss_said: list[str] = []
         if len(train_ids):
-            builder.train(device_index, vectors[train_ids])
+            with builder.faiss_stderr() as faiss_said:
+                builder.train(device_index, vectors[train_ids])
             log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
         queries = np.ascontiguousarray(vectors[tune_ids])
         builder.add(device_index, prepared.blocks())
@@ -123,6 +134,9 @@ def build(
         log(
             f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
         )
+        shortfall = tuning_shortfall(choice, params, recall, len(train_ids), faiss_said)
+        if shortfall:
+            log(shortfall)
         out.mkdir(parents=True, exist_ok=True)
         previous = 0
         if overwrite and (out / persist.MANIFEST).is_file():
@@ -144,7 +158,14 @@ def build(
                 built_on="gpu" if on_gpu else "cpu",
                 build_seconds=round(build_s, 3),
             ),
-            search=SearchRecord(params=params, tuned_recall=round(recall, 4), tune_queries=len(tune_ids)),
+            search=SearchRecord(
+                params=params,
+                tuned_recall=round(recall, 4),
+                tune_queries=len(tune_ids),
+                target_recall=TARGET_RECALL,
+                target_reached=recall >= TARGET_RECALL,
+                warning=shortfall,
+            ),
             count=int(cpu.ntotal),
             dim=int(cpu.d),
             generation=previous + 1,
@@ -152,6 +173,32 @@ def build(
             computed_with=distinct(src.computed_with),
         )
         return persist.write_generation(out, manifest, cpu, src.rows(), prepared.blocks, whitening=whitening)
+
+
+def tuning_shortfall(
+    choice: IndexChoice, params: dict[str, int], recall: float, trained_on: int, faiss_said: list[str]
+) -> str | None:
+    """One warning when tuning stopped below TARGET_RECALL (or faiss complained while training): the recall
+    reached, faiss's own complaint folded in, and what would help."""
+    said = [line.removeprefix("WARNING").strip() for line in faiss_said]
+    distinct_said = list(dict.fromkeys(said))
+    complaint = ""
+    if distinct_said:
+        times = f" ({len(said)} times)" if len(said) > 1 else ""
+        complaint = f"; faiss: {distinct_said[0]}{times}"
+    if recall >= TARGET_RECALL:
+        return f"note: trained on {trained_on} vectors{complaint}" if complaint else None
+    m = re.search(r"PQ(\d+)", choice.factory)
+    larger_m = (
+        f", a larger m (e.g. --index {choice.factory.replace(m.group(0), f'PQ{2 * int(m.group(1))}')})"
+        if m
+        else ""
+    )
+    reached = ", ".join(f"{k} {v}" for k, v in params.items()) or "exact"
+    return (
+        f"warning: {choice.factory} reaches recall@{TUNE_K} {recall:.2f} at best ({reached}), below the "
+        f"{TARGET_RECALL} target{complaint}. For more recall: more vectors{larger_m}, or --index flat (exact)"
+    )
 
 
 def add(

@@ -185,7 +185,7 @@ class Index:
         w = fit_whitening(src, whiten, whitening, log)
         choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
-        model_path = str(used[0].checkpoint.path) if used else None
+        model_path = str(used[0].checkpoint.path.absolute()) if used else None
         pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log)
         return cls.load(out, verify=False)
 
@@ -383,7 +383,9 @@ def _warn_about(src: Source, log: Log) -> None:
     if src.empty:
         log(f"warning: {src.empty} empty texts kept (use --skip-empty)")
     if src.truncated:
-        log(f"warning: {src.truncated} texts truncated at the model's max length")
+        log(
+            f"warning: {src.truncated} text{'s' if src.truncated != 1 else ''} truncated at the model's max length"
+        )
 
 
 def _read_faiss(path: Path, manifest: IndexManifest, gpu: bool | None) -> tuple[Any, bool]:

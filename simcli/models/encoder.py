@@ -20,7 +20,7 @@ import torch
 
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates, resolve_device
-from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint
+from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint, recorded_name
 from simcli.models.native import NativeBackbone
 from simcli.models.pooling import NEEDS_ALL_LAYERS, pool, resolve_pooling
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
@@ -102,7 +102,7 @@ class Encoder:
         """The ModelSpec of vectors made with another pooling of the same model."""
         ck = self.checkpoint
         return ModelSpec(
-            model=ck.model,
+            model=recorded_name(ck.model),
             weights_sha256=ck.weights_sha256,
             family=ck.family,
             tokenizer=self.tokenizer.kind,

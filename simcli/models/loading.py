@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +79,18 @@ class Checkpoint:
         return any(k.startswith("cls.predictions.") for k in self._keys)
 
 
+def recorded_name(model: str) -> str:
+    """How manifests record a model: a local folder as an absolute path (an index or store is used from other
+    working directories), a hub id as given. The weights hash, not the name, stays the identity."""
+    path = Path(model).expanduser()
+    return os.path.abspath(path) if path.is_dir() else model
+
+
+def is_local_name(model: str) -> bool:
+    """A model name that can only be a local folder (a path), never a hub id."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
 def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, str | None]:
     """A local folder as given, or the hub snapshot of `model` (downloaded and cached by huggingface_hub)."""
     path = Path(model).expanduser()
@@ -85,7 +98,7 @@ def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, st
         return path, revision
     if path.exists():
         raise ModelError(f"{model}: is a file; a model is a folder with config.json, weights and vocab.txt")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if is_local_name(model):
         raise ModelError(f"{model}: no such model folder")
     from huggingface_hub import snapshot_download
 
@@ -114,7 +127,13 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (pre-zip) torch.save format cannot be memory-mapped
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # (corrupt files raise anything from pickle errors to OSError)
-        raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
+        raise ModelError(f"{path}: unreadable weights, truncated or corrupted ({_first_sentence(e)})") from e
+
+
+def _first_sentence(e: Exception) -> str:
+    # torch's message for a damaged zip runs to ~350 characters of advice about its internals: keep one line
+    text = " ".join(str(e).split()).split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {text[:150]}"
 
 
 def _weight_keys(path: Path) -> list[str]:
@@ -125,7 +144,9 @@ def _weight_keys(path: Path) -> list[str]:
             with safe_open(str(path), framework="pt") as f:
                 return list(f.keys())
         except Exception as e:
-            raise ModelError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
+            raise ModelError(
+                f"{path}: unreadable weights, truncated or corrupted ({_first_sentence(e)})"
+            ) from e
     return list(_read_weights(path))
 
 

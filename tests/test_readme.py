@@ -1,0 +1,197 @@
+"""Every command and the Python snippet of the README run against the README's offline model
+(`python -m tests.checkpoints roformer-sim ./tiny-model`), in README order, on small input files with the names
+the README uses. A README example that a user cannot run fails here."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shlex
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from simcli.cli import app
+from tests import checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"```(bash|python)\n(.*?)```", re.DOTALL)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on a busy shared machine two threads spin against each other (generation measured
+    10x slower in CPU time); the results do not change."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The README's offline models, built as `python -m tests.checkpoints KIND DIR` builds them."""
+    root = tmp_path_factory.mktemp("offline")
+    checkpoints.main(["roformer-sim", str(root / "tiny-model")])
+    checkpoints.main(["wobert", str(root / "tiny-wobert")])
+    return {"roformer-sim": root / "tiny-model", "wobert": root / "tiny-wobert"}
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    """n distinct sentences of characters the offline vocab holds (so no two tokenise alike)."""
+    chars = [t for t in checkpoints.char_vocab() if len(t) == 1 and "\u4e00" <= t <= "\u9fff"][:600]
+    rng = random.Random(seed)
+    out: dict[str, None] = {}
+    while len(out) < n:
+        out["".join(rng.choices(chars, k=rng.randint(5, 14)))] = None
+    return list(out)
+
+
+def _inputs(folder: Path) -> None:
+    """The files the README's examples name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "examples", folder / "examples")
+    shutil.copy(ROOT / "examples" / "faq.txt", folder / "faq.txt")
+
+    def lines(texts: list[str]) -> str:
+        return "\n".join(texts) + "\n"
+
+    (folder / "corpus.txt").write_text(lines(_sentences(300, 1)), encoding="utf-8")
+    for name, seed in (("lines.txt", 2), ("big.txt", 3), ("queries.txt", 4), ("more_faq.txt", 5)):
+        (folder / name).write_text(lines(_sentences(6, seed)), encoding="utf-8")
+    qs = _sentences(5, 6)
+    (folder / "questions.tsv").write_text(
+        lines(["id\tquestion", *(f"{i}\t{q}" for i, q in enumerate(qs))]), encoding="utf-8"
+    )
+    (folder / "train.tsv").write_text(
+        lines(["text\tlabel", *(f"{q}\t1" for q in _sentences(3, 7))]), encoding="utf-8"
+    )
+    for k, name in enumerate(("ATEC", "BQ", "LCQMC", "PAWSX", "STS-B")):
+        s = _sentences(
+            300 if name == "LCQMC" else 80, 10 + k
+        )  # LCQMC: enough sentences for `--whiten ...,256`
+        rows = [
+            f"{a}\t{b}\t{i % (6 if name == 'STS-B' else 2)}" for i, (a, b) in enumerate(zip(s[::2], s[1::2]))
+        ]
+        (folder / f"{name}.test.data").write_text(lines(rows), encoding="utf-8")
+
+
+def _commands(block: str) -> list[tuple[list[str], str | None, str | None]]:
+    """The simcli commands of a bash block: (argv, file piped in by `cat F |`, file of `> F`)."""
+    out = []
+    for line in block.splitlines():
+        line = re.sub(r"\s\[[^\]]*\]", "", line)  # `[--json]`: an optional part, shown, not typed
+        for part in " ".join(shlex.split(line, comments=True, posix=False)).split("&&"):
+            stdin = None
+            if "|" in part:
+                feed, part = part.split("|", 1)
+                stdin = shlex.split(feed)[1]
+            stdout = None
+            if ">" in part:
+                part, stdout = (x.strip() for x in part.split(">", 1))
+            argv = shlex.split(part)
+            if argv and argv[0] == "simcli":
+                out.append((argv[1:], stdin, stdout))
+    return out
+
+
+def _offline_model(argv: list[str], models: dict[str, Path]) -> list[str]:
+    """Every --model / -m value becomes the offline model of its family (WoBERT stays WoBERT)."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg in ("--model", "-m"):
+            out[i + 1] = str(models["wobert" if "wobert" in out[i + 1] else "roformer-sim"])
+    return out
+
+
+def _run(argv: list[str], stdin: str | None, stdout: str | None, models: dict[str, Path], where: str) -> None:
+    feed = Path(stdin).read_bytes() if stdin else None
+    # `simcli generate` without --model uses SIMCLI_MODEL (else junnyu/roformer_chinese_sim_char_ft_base); it is
+    # set for every command, as a user's shell would: commands on a store must not mistake it for --model
+    env = {"SIMCLI_MODEL": str(models["roformer-sim"])}
+    r = CliRunner().invoke(app, _offline_model(argv, models), input=feed, env=env, prog_name="simcli")
+    assert r.exit_code == 0, f"{where}: simcli {shlex.join(argv)}\n{r.output}"
+    if stdout:
+        Path(stdout).write_text(r.stdout, encoding="utf-8")
+
+
+def test_readme_commands_run_with_the_offline_model(
+    offline: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [
+        (m.group(2), readme[: m.start()].count("\n") + 1)
+        for m in BLOCK.finditer(readme)
+        if m.group(1) == "bash"
+    ]
+    ran = 0
+    for n, (block, line) in enumerate(blocks):
+        commands = _commands(block)
+        folder = tmp_path / ("quick-start" if n == 0 else "shared")  # the quick start is a fresh checkout
+        if not folder.exists():
+            _inputs(folder)
+        monkeypatch.chdir(folder)
+        for argv, stdin, stdout in commands:
+            _run(argv, stdin, stdout, offline, f"README.md:{line}")
+            ran += 1
+    assert ran >= 25  # every documented command, not a handful
+    shared = tmp_path / "shared"
+    hits = [json.loads(x) for x in (shared / "hits.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(hits) == 6 and all(len(h["results"]) == 10 for h in hits)  # 6 queries, 10 hits each
+    assert (
+        (shared / "augmented.tsv").read_text(encoding="utf-8").startswith("text\tlabel\tsource_row\tscore\n")
+    )
+
+
+def test_readme_python_snippet_runs_with_the_offline_model(
+    offline: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (code,) = [m.group(2) for m in BLOCK.finditer(readme) if m.group(1) == "python"]
+    code, n = re.subn(r'^M = "[^"]*"', f"M = {str(offline['roformer-sim'])!r}", code, flags=re.MULTILINE)
+    assert n == 1
+    _inputs(tmp_path / "py")
+    monkeypatch.chdir(tmp_path / "py")
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102
+    assert scope["y"].shape == (2, 256)  # type: ignore[attr-defined]
+    assert len(capsys.readouterr().out.splitlines()) == 3  # the three hits printed
+
+
+def test_offline_model_command_has_help_and_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m tests.checkpoints --help` prints usage (no traceback); a bad call is a one-line usage error."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.checkpoints", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m tests.checkpoints") and not r.stderr
+    assert "{roformer-sim,wobert}" in r.stdout and "--hidden" in r.stdout
+    for args, message in (
+        ([], "the following arguments are required: kind, out"),
+        (["gpt2", str(tmp_path / "m")], "argument kind: invalid choice: 'gpt2'"),
+        (["wobert", str(tmp_path / "m"), "--hidden", "100", "--heads", "3"], "--hidden 100 must split into"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            checkpoints.main(args)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "m").exists()
