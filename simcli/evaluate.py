@@ -18,7 +18,8 @@ import numpy as np
 
 from simcli.errors import BadInput, MissingDependency, UsageError
 from simcli.io import atomic_write_with
-from simcli.types import DEFAULT_MAX_LENGTH
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn
+from simcli.vectors import l2_normalize
 from simcli.whitening import MomentAccumulator, Whitening
 
 #: The sentence columns and label column by default: headerless `s1<TAB>s2<TAB>label` (the .data files),
@@ -33,9 +34,7 @@ PAIR_FORMATS = {
     ".json": "jsonl",
 }
 
-ProgressFactory = Callable[
-    [str, int], Callable[[int, int], None]
-]  # (dataset, sentences) -> per-batch callback
+ProgressFactory = Callable[[str, int], ProgressFn]  # (dataset, sentences) -> per-batch callback
 
 
 @dataclass(frozen=True)
@@ -289,15 +288,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip((rx * ry).sum() / denom, -1.0, 1.0))
 
 
-def _normalized(v: np.ndarray) -> np.ndarray:
-    v = v.astype(np.float64)
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n > 0, n, 1.0)
-
-
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two (n, d) arrays, float64."""
-    return (_normalized(a) * _normalized(b)).sum(axis=1)
+    return (l2_normalize(a.astype(np.float64)) * l2_normalize(b.astype(np.float64))).sum(axis=1)
 
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -353,12 +346,9 @@ def evaluate_sts(
     columns: tuple[str, str, str] | None = None,
     limit: int | None = None,
     max_length: int | None = None,
-    tokenizer: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_tokens: int | None = None,
     progress: ProgressFactory | None = None,
     on_encoder: Callable[[Any], None] | None = None,
+    **encoder_options: Any,
 ) -> list[StsResult]:
     """Spearman x100 between cosine and label for each file x pooling x whitening setting.
 
@@ -369,7 +359,7 @@ def evaluate_sts(
 
     Args:
         files: pair files (see `read_pairs`).
-        model: a hub id / folder, or an already loaded Encoder.
+        model: a hub id / folder, an EncoderConfig, or an already loaded Encoder.
         poolings: e.g. "cls,first-last-avg" (auto: the model's default).
         whiten: e.g. "none,full,256".
         beta, gamma: whitening hyper-parameters for every setting but none (REFERENCE 2).
@@ -377,10 +367,10 @@ def evaluate_sts(
         columns, limit: passed to `read_pairs`.
         max_length: tokens per sentence for every data set; None follows the published tables: 64, and 128
             for PAWSX (REFERENCE 1.2).
-        tokenizer, device, dtype: encoder options.
-        batch_tokens: the encoder's token budget per batch.
         progress: called with (dataset, sentences) before encoding; returns a per-batch callback.
         on_encoder: called with the encoder once it is loaded (the CLI prints device and dtype).
+        encoder_options: EncoderConfig fields (tokenizer, device, dtype, batch_tokens, ...) for a model
+            given by name. The pooling loaded is the first of `poolings`, the max length the longest needed.
 
     Returns:
         One StsResult per (file, pooling, setting), in that order.
@@ -396,13 +386,12 @@ def evaluate_sts(
     sets = [read_pairs(p, columns=columns, limit=limit, name=n) for p, n in zip(paths, names, strict=True)]
     fit_texts = read_sentences(fit_on, columns=columns) if fit_on is not None else None
 
-    if isinstance(model, str):
+    if isinstance(model, str | EncoderConfig):
         from simcli.models.encoder import load_encoder
 
         longest = max(max_length or published_max_length(s.name) for s in sets)
-        encoder = load_encoder(
-            model, pooling=pools[0], tokenizer=tokenizer, device=device, dtype=dtype, max_length=longest
-        )
+        config = EncoderConfig(model) if isinstance(model, str) else model
+        encoder = load_encoder(config.with_options(**encoder_options, pooling=pools[0], max_length=longest))
     else:
         encoder = model
     if on_encoder is not None:
@@ -415,7 +404,7 @@ def evaluate_sts(
 
     def encode(name: str, texts: list[str], cut: int | None) -> dict[str, np.ndarray]:
         cb = progress(name, len(texts)) if progress is not None else None
-        return encoder.encode_poolings(texts, modes, batch_tokens=batch_tokens, progress=cb, max_length=cut)
+        return encoder.encode_poolings(texts, modes, progress=cb, max_length=cut)
 
     shared: dict[str, MomentAccumulator] = {}
     if fit_texts is not None:

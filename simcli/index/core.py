@@ -33,7 +33,8 @@ from simcli.index.search import (
 )
 from simcli.index.sources import Source, distinct, open_source
 from simcli.manifest import check_same_model, new_manifest
-from simcli.types import Hit, ModelSpec
+from simcli.types import EncoderConfig, Hit, ModelSpec
+from simcli.vectors import l2_normalize
 
 WHITEN_AUTO_DIM = 256  # REFERENCE 5: whitening to 256-d cut memory 3x and search time ~4x at equal quality
 
@@ -61,9 +62,7 @@ def _quiet(_: str) -> None:
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return l2_normalize(np.asarray(x, dtype=np.float32))
 
 
 def _whiten_value(whiten: str | int) -> str | int:
@@ -244,7 +243,7 @@ class Index:
         source: Any,
         *,
         out: str | Path,
-        model: str | Any | None = None,
+        model: str | EncoderConfig | Any | None = None,
         index: str = "auto",
         whiten: str | int = "auto",
         whitening: str | Path | None = None,
@@ -263,13 +262,13 @@ class Index:
             source: an (n, d) array of raw sentence vectors; a store folder (`simcli encode --out`); or text
                 file path(s) (txt / tsv / csv / jsonl, "-" for stdin) encoded with `model`.
             out: the index folder to write (must be empty or absent, unless `overwrite`).
-            model: hub id, local folder or a loaded Encoder, for text sources.
+            model: hub id, local folder, an EncoderConfig or a loaded Encoder, for text sources.
             index: auto | flat | hnsw | ivf | ivfpq | a faiss factory string (inner-product metric).
             whiten: auto | none | full | K (output dimensions); see `fit_whitening`.
             whitening: a whitening file (`simcli whiten fit`) to apply instead of fitting one.
             memory: budget for the index in memory ("2GB", bytes; default half the RAM), for `auto`.
             texts, spec: the texts and ModelSpec of an array source.
-            encoder_options: pooling / tokenizer / device / dtype / max_length for `load_encoder`.
+            encoder_options: EncoderConfig fields overriding those of `model` (None values are ignored).
             read_options: column / field / errors / skip_empty for the text readers.
             overwrite: replace an index already in `out`.
             progress: called with (sentences, tokens) while encoding text.
@@ -284,23 +283,19 @@ class Index:
         budget = parse_memory(memory)
         index = check_index_name(index)  # before a model loads
         _whiten_value(whiten)
-        enc_options = dict(encoder_options or {})
-        batch_tokens = enc_options.pop("batch_tokens", None)
-        enc_holder: dict[str, Any] = {}
 
         def get_encoder() -> Any:
             if model is None:
                 raise UsageError("text inputs need --model (or give a vector store folder)")
-            if not isinstance(model, str):
-                enc_holder["enc"] = model
-                return model
+            if not isinstance(model, str | EncoderConfig):
+                return model  # a loaded encoder
             from simcli.models.encoder import load_encoder
 
-            enc = load_encoder(model, **{k: v for k, v in enc_options.items() if v is not None})
+            config = model if isinstance(model, EncoderConfig) else EncoderConfig(model)
+            enc = load_encoder(config.with_options(**(encoder_options or {})))
             log(
                 f"model {enc.spec.model} ({enc.spec.family}, pooling {enc.spec.pooling}, dim {enc.spec.dim}) on {enc.device}"
             )
-            enc_holder["enc"] = enc
             return enc
 
         if model is not None and (isinstance(source, np.ndarray) or _is_store_source(source)):
@@ -311,7 +306,6 @@ class Index:
             spec=spec,
             encoder=get_encoder,
             read_options=read_options,
-            batch_tokens=batch_tokens,
             progress=progress,
         )
         if src.empty:
@@ -321,9 +315,7 @@ class Index:
         w = fit_whitening(src, whiten, whitening, log)
         choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
-        enc = enc_holder.get("enc")
-        model_path = str(enc.checkpoint.path) if enc is not None else None
-        return _build(src, w, choice, out, log, model_path, overwrite)
+        return _build(src, w, choice, out, log, src.model_path, overwrite)
 
     @classmethod
     def load(
@@ -389,15 +381,11 @@ class Index:
             from simcli.models.encoder import load_encoder
 
             where = self.model_override or _model_location(spec, self.manifest.get("model_path"))
-            enc = load_encoder(
-                where,
-                pooling=spec.pooling,
-                tokenizer=spec.tokenizer,
-                device=self.device,
-                dtype=self.dtype,
-                max_length=spec.max_length,
-                revision=spec.revision,
-            )
+            config = EncoderConfig(
+                where, pooling=spec.pooling, tokenizer=spec.tokenizer, max_length=spec.max_length,
+                device=self.device, dtype=self.dtype, revision=spec.revision,
+            )  # fmt: skip
+            enc = load_encoder(config)
             check_same_model(spec, enc.spec, f"model {where}")
             self._encoder = enc
         return self._encoder

@@ -330,8 +330,7 @@ class NativeBackbone(nn.Module):
         left = [k for k, v in self.state_dict().items() if v.is_meta]
         if left:
             raise ValueError(f"weights not loaded: {', '.join(left)}")
-        self.requires_grad_(False)
-        return self.eval()
+        return self.eval()  # trainable: inference runs under torch.inference_mode instead of frozen weights
 
     def forward(
         self,
