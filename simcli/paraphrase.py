@@ -291,11 +291,8 @@ def load_paraphraser(
     from simcli.models.unilm import check_can_generate
 
     check_can_generate(open_checkpoint(model))  # refuse before loading the weights
-    # The transformers engine: the UniLM decoder drives its layers with a KV cache, and the re-ranking
-    # vectors come from the same modules.
-    enc = load_encoder(
-        model, pooling="pooler", device=device, dtype=dtype, max_length=max_length, engine="transformers"
-    )
+    # The UniLM decoder shares the encoder's native backbone: re-ranking vectors come from the same weights.
+    enc = load_encoder(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
     return Paraphraser(enc, max_rows=max_rows, cache_mb=cache_mb)
 
 
