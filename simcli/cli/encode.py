@@ -25,7 +25,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import UsageError
-from simcli.io import STDIN, Errors, input_format
+from simcli.io import Errors, count_rows
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn, StoreDType
 
@@ -59,19 +59,9 @@ def _describe(enc: Encoder) -> str:
 def _expected_rows(
     paths: Sequence[str], column: str | None, shard: tuple[int, int] | None, size: int
 ) -> int | None:
-    """Rows the reader will give (lines minus headers), for the ETA; None when reading stdin."""
-    if any(p == STDIN for p in paths):
-        return None
-    total = 0
-    for p in paths:
-        lines, last = 0, b"\n"
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                lines += block.count(b"\n")
-                last = block[-1:]
-        lines += last != b"\n"  # a last line without its newline
-        total += max(lines - (input_format(p, column) in ("tsv", "csv")), 0)
-    if shard is None:
+    """Rows the reader will give to this worker, for the ETA; None when reading stdin."""
+    total = count_rows(paths, column)
+    if shard is None or total is None:
         return total
     i, n = shard
     blocks = -(-total // size)

@@ -24,6 +24,7 @@ import torch
 
 from simcli.errors import ModelError
 from simcli.models.native import KVCache, MLMHead, NativeBackbone
+from simcli.types import ProgressFn
 
 __all__ = ["KVCache", "UniLM", "build_mlm_head", "check_can_generate", "sample"]
 
@@ -355,7 +356,7 @@ def sample(
     pad_id: int,
     max_rows: int,
     cache_bytes: int,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[list[list[int]]]:
     """Generated ids of every job (job order; `count` rows each), batched under a row and cache-memory cap.
 
@@ -367,7 +368,7 @@ def sample(
         sep_id, pad_id: the tokenizer's [SEP] and [PAD].
         max_rows: most rows (samples) in one batch.
         cache_bytes: memory budget of one batch's KV cache.
-        progress: called with the number of rows after each batch.
+        progress: called with (rows, tokens they generated) after each batch.
     """
     elem = torch.finfo(model.dtype).bits // 8
     per_position = 2 * model.layers * model.heads * model.head_dim * elem
@@ -395,5 +396,5 @@ def sample(
         for i in sorted(done):  # pieces of a job are consecutive in `pieces`: keep their order
             results[owner[i]].extend(done[i])
         if progress is not None:
-            progress(start)
+            progress(start, sum(map(len, rows)))
     return results
