@@ -232,15 +232,21 @@ def _parse(
         yield from _parse_table(lines, source, fmt, column)
 
 
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSON-lines row; BadInput naming file:line unless it is a JSON object."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{where}: not a JSON object ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise BadInput(f"{where}: not a JSON object (found {type(obj).__name__})")
+    return obj
+
+
 def _parse_jsonl(lines: _Lines, source: str, field: str) -> Iterator[Record]:
     for text in lines:
         where = f"{source}:{lines.number}"
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{where}: not a JSON object ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise BadInput(f"{where}: not a JSON object (found {type(obj).__name__})")
+        obj = _json_object(text, where)
         if field not in obj:
             raise BadInput(f"{where}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
         value = obj[field]
@@ -399,13 +405,7 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, list[str] | dict[str, Any
         if not line.strip():
             continue
         if fmt == "jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{path}:{i}: not a JSON object ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise BadInput(f"{path}:{i}: not a JSON object (found {type(obj).__name__})")
-            out.append((i, obj))
+            out.append((i, _json_object(line, f"{path}:{i}")))
         else:
             # TSV without quoting: a stray '"' inside a sentence is text (LCQMC, PAWSX).
             out.append((i, line.split("\t")))
