@@ -25,6 +25,7 @@ this row, `--process-rounds 0` skips it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -71,15 +72,16 @@ print(made)
 """
 
 
-def whole_processes(path: Path, texts: list[str], n: int, cap: int, rounds: int) -> None:
+def whole_processes(path: Path, texts: list[str], n: int, cap: int, rounds: int, threads: int) -> None:
     """Cold `simcli generate` against a cold loop of one-sample transformers `generate` calls."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     simcli_cmd = [sys.executable, "-m", "simcli", "generate", *texts, "-m", str(path), "-n", str(n), "-k", "20",
                   "--max-new-tokens", str(cap), "--dtype", "float32", "--seed", "0"]  # fmt: skip
     base_cmd = [sys.executable, "-c", BASELINE_PROCESS, str(path), str(n), str(cap), *texts]
 
     def run(cmd: list[str]) -> float:
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
         return time.perf_counter() - start
 
     ours: list[float] = []
@@ -90,7 +92,8 @@ def whole_processes(path: Path, texts: list[str], n: int, cap: int, rounds: int)
     ratios = sorted(b / a for a, b in zip(ours, theirs, strict=True))
     a, b = statistics.median(ours), statistics.median(theirs)
     print(
-        f"processes : {len(texts)} questions x n={n}, at most {cap} new tokens, {rounds} interleaved rounds; "
+        f"processes : {len(texts)} questions x n={n}, at most {cap} new tokens, {rounds} interleaved rounds, "
+        f"threads {threads or 'default'}; "
         f"simcli generate (cold, re-ranking included) median {a:.2f} s (runs {', '.join(f'{t:.2f}' for t in ours)}); "
         f"one-sample transformers generate loop (cold) median {b:.2f} s (runs {', '.join(f'{t:.1f}' for t in theirs)})"
     )
@@ -111,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.skip_batched:
         with tempfile.TemporaryDirectory() as tmp:
-            whole_processes(small_model(Path(tmp)), questions(5), 100, 24, args.process_rounds)
+            whole_processes(small_model(Path(tmp)), questions(5), 100, 24, args.process_rounds, args.threads)
         return
 
     import torch
@@ -200,7 +203,7 @@ def main() -> None:
     print(f"ratio     : {simcli_rate / base_rate:.1f}x candidates/s (target >= 10x)")
     if args.process_rounds:
         with tempfile.TemporaryDirectory() as tmp:
-            whole_processes(small_model(Path(tmp)), qs[:5], 100, 24, args.process_rounds)
+            whole_processes(small_model(Path(tmp)), qs[:5], 100, 24, args.process_rounds, args.threads)
 
 
 def small_model(folder: Path) -> Path:

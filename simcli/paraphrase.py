@@ -441,8 +441,9 @@ def generate_file(
     else:
         records = list(read_records([input], column=column))
         header = read_header(input, fmt)
-    clash = [c for c in (SOURCE_COLUMN, SCORE_COLUMN) if c in header] or [
-        c for r in records[:1] if isinstance(r.row, dict) for c in (SOURCE_COLUMN, SCORE_COLUMN) if c in r.row
+    added = (SOURCE_COLUMN, SCORE_COLUMN)
+    clash = [col for col in added if col in header] or [
+        col for r in records[:1] if isinstance(r.row, dict) for col in added if col in r.row
     ]
     if clash:
         raise BadInput(f"{input}: already has a {clash[0]!r} column, which the output adds")
