@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
 from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json, atomic_write_with
 from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
-from simcli.types import EncodeStats, ModelSpec, ProgressFn, StoreDType
+from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn, StoreDType
 from simcli.vectors import encode_blocks
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _blocks(
 
 def encode_records(
     records: Iterable[Record],
-    encoder: Any,
+    encoder: Encoder,
     *,
     chunk_size: int = DEFAULT_SHARD_SIZE,
     normalize: bool = False,
@@ -331,7 +331,7 @@ def _check_file(path: Path, size: int, sha256: str | None = None) -> None:
 
 def encode_to_store(
     records: Iterable[Record],
-    encoder: Any,
+    encoder: Encoder,
     out: str | Path,
     *,
     shard_size: int = DEFAULT_SHARD_SIZE,

@@ -15,7 +15,7 @@ import numpy as np
 
 from simcli.errors import BadInput, UsageError
 from simcli.manifest import computed_with
-from simcli.types import EncodeStats, ModelSpec, ProgressFn
+from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn
 from simcli.vectors import BLOCK_SENTENCES as CHUNK  # sentences encoded (and vectors handled) at a time
 
 
@@ -114,7 +114,7 @@ def from_store(path: str | Path) -> Source:
 
 def from_texts(
     records: Iterator[Any],
-    encoder: Any,
+    encoder: Encoder,
     *,
     describe: str,
     progress: ProgressFn | None = None,
