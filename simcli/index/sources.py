@@ -34,7 +34,6 @@ class Source:
         empty: empty texts kept (counted for a warning).
         truncated: texts cut at the model's max_length.
         computed_with: the distinct {"device", "dtype"} that encoded the vectors (empty when unknown).
-        model_path: where the model that encoded text sources was loaded from (None otherwise).
     """
 
     spec: ModelSpec | None
@@ -47,7 +46,6 @@ class Source:
     empty: int = 0
     truncated: int = 0
     computed_with: list[dict[str, str]] = field(default_factory=list)
-    model_path: str | None = None
 
 
 def from_array(
@@ -133,7 +131,6 @@ def from_texts(
         parts.append(vectors)
     if not meta:
         raise BadInput(f"{describe}: no sentences to index")
-    checkpoint = getattr(encoder, "checkpoint", None)
     return Source(
         encoder.spec,
         encoder.spec.dim,
@@ -145,7 +142,6 @@ def from_texts(
         empty=sum(not m["text"] for m in meta),
         truncated=stats.truncated,
         computed_with=[computed_with(encoder)],
-        model_path=str(checkpoint.path) if checkpoint is not None else None,
     )
 
 
