@@ -14,11 +14,20 @@ interleaved rounds (2 questions x n by simcli, then the baseline's share of call
 
     python bench/generate.py                      # 20 LCQMC test questions, n=100, cap 32 new tokens
     python bench/generate.py --questions 20 --n 100 --cap 32 --baseline-calls 40
+
+Whole processes (`--process-rounds R`, default 3): a cold `simcli generate` of 5 questions x n=100 (at most 24
+new tokens, float32, re-ranking included) against a cold Python process that loads transformers'
+RoFormerForCausalLM and makes the 500 one-sample `generate` calls of the port's approach, both on the same
+small-shape checkpoint, R interleaved rounds; medians and the spread are printed. `--skip-batched` runs only
+this row, `--process-rounds 0` skips it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +50,58 @@ def questions(count: int) -> list[str]:
     return out
 
 
+# The port's approach as a whole process: load transformers' model, one `generate` call per candidate.
+BASELINE_PROCESS = """
+import sys, torch
+from transformers import RoFormerForCausalLM
+from transformers.utils import logging
+from simcli.models.tokenizers import load_tokenizer
+logging.set_verbosity_error()
+path, n, cap, texts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+tok = load_tokenizer(path + "/vocab.txt", "char")
+model = RoFormerForCausalLM.from_pretrained(path).eval()
+made = 0
+with torch.inference_mode():
+    for text in texts:
+        x = torch.tensor([tok.encode(text, 64)])
+        for _ in range(n):
+            model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, top_p=0.95, top_k=0,
+                           max_new_tokens=cap, eos_token_id=tok.sep_id, pad_token_id=tok.pad_id)
+            made += 1
+print(made)
+"""
+
+
+def whole_processes(path: Path, texts: list[str], n: int, cap: int, rounds: int, threads: int) -> None:
+    """Cold `simcli generate` against a cold loop of one-sample transformers `generate` calls."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    simcli_cmd = [sys.executable, "-m", "simcli", "generate", *texts, "-m", str(path), "-n", str(n), "-k", "20",
+                  "--max-new-tokens", str(cap), "--dtype", "float32", "--seed", "0"]  # fmt: skip
+    base_cmd = [sys.executable, "-c", BASELINE_PROCESS, str(path), str(n), str(cap), *texts]
+
+    def run(cmd: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
+        return time.perf_counter() - start
+
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(rounds):
+        ours.append(run(simcli_cmd))
+        theirs.append(run(base_cmd))
+    ratios = sorted(b / a for a, b in zip(ours, theirs, strict=True))
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"processes : {len(texts)} questions x n={n}, at most {cap} new tokens, {rounds} interleaved rounds, "
+        f"threads {threads or 'default'}; "
+        f"simcli generate (cold, re-ranking included) median {a:.2f} s (runs {', '.join(f'{t:.2f}' for t in ours)}); "
+        f"one-sample transformers generate loop (cold) median {b:.2f} s (runs {', '.join(f'{t:.1f}' for t in theirs)})"
+    )
+    print(
+        f"ratio     : {b / a:.1f}x whole process (per round {ratios[0]:.1f}x-{ratios[-1]:.1f}x; target >= 10x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=20)
@@ -48,27 +109,26 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=32, help="max new tokens, both sides")
     ap.add_argument("--baseline-calls", type=int, default=40, help="generate() calls timed for the baseline")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--process-rounds", type=int, default=3, help="rounds of the whole-process row (0: skip)")
+    ap.add_argument("--skip-batched", action="store_true", help="only the whole-process row")
     args = ap.parse_args()
+    if args.skip_batched:
+        with tempfile.TemporaryDirectory() as tmp:
+            whole_processes(small_model(Path(tmp)), questions(5), 100, 24, args.process_rounds, args.threads)
+        return
 
     import torch
     from transformers import RoFormerForCausalLM
     from transformers.utils import logging as hf_logging
 
     from simcli.paraphrase import load_paraphraser
-    from tests.checkpoints import build_roformer_sim
 
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
     qs = questions(args.questions)
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_roformer_sim(
-            Path(tmp) / "sim",
-            hidden_size=384,
-            num_attention_heads=6,
-            intermediate_size=1536,
-            num_hidden_layers=6,
-        )
+        path = small_model(Path(tmp))
         para = load_paraphraser(str(path), device="cpu", dtype="float32")
         tok = para.tokenizer
         print(
@@ -141,6 +201,18 @@ def main() -> None:
         f"extrapolated to {cands} candidates: {cands / base_rate:,.0f} s"
     )
     print(f"ratio     : {simcli_rate / base_rate:.1f}x candidates/s (target >= 10x)")
+    if args.process_rounds:
+        with tempfile.TemporaryDirectory() as tmp:
+            whole_processes(small_model(Path(tmp)), qs[:5], 100, 24, args.process_rounds, args.threads)
+
+
+def small_model(folder: Path) -> Path:
+    """A RoFormer-Sim checkpoint of the small model's shape (6 layers, hidden 384), random weights."""
+    from tests.checkpoints import build_roformer_sim
+
+    return build_roformer_sim(
+        folder / "sim", hidden_size=384, num_attention_heads=6, intermediate_size=1536, num_hidden_layers=6
+    )
 
 
 if __name__ == "__main__":

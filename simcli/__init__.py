@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_encoder": "simcli.models.encoder",
     "Encoder": "simcli.models.encoder",
+    "EncoderConfig": "simcli.types",
+    "GenerationConfig": "simcli.paraphrase",
     "encode": "simcli.models.encoder",
     "Whitening": "simcli.whitening",
     "Index": "simcli.index",
@@ -23,6 +25,8 @@ _LAZY = {
 
 __all__ = [
     "Encoder",
+    "EncoderConfig",
+    "GenerationConfig",
     "Index",
     "Whitening",
     "__version__",

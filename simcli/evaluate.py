@@ -7,8 +7,6 @@ kexue.fm/archives/8321); `fit_on` fits them once on another file instead.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,40 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from simcli.errors import BadInput, MissingDependency, UsageError
-from simcli.io import atomic_write_with
-from simcli.types import DEFAULT_MAX_LENGTH
+from simcli.errors import MissingDependency, UsageError
+from simcli.io import PairSet, atomic_write_with, read_pairs, read_sentences
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn
+from simcli.vectors import l2_normalize
 from simcli.whitening import MomentAccumulator, Whitening
 
-#: The sentence columns and label column by default: headerless `s1<TAB>s2<TAB>label` (the .data files),
-#: a header naming sentence1/sentence2/label (PAWS-X tsv), or those keys in jsonl.
-DEFAULT_COLUMNS = ("sentence1", "sentence2", "label")
-PAIR_FORMATS = {
-    ".data": "tsv",
-    ".txt": "tsv",
-    ".tsv": "tsv",
-    ".csv": "csv",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-}
-
-ProgressFactory = Callable[
-    [str, int], Callable[[int, int], None]
-]  # (dataset, sentences) -> per-batch callback
-
-
-@dataclass(frozen=True)
-class PairSet:
-    """Labelled sentence pairs of one file."""
-
-    name: str
-    path: Path
-    s1: list[str]
-    s2: list[str]
-    labels: np.ndarray  # (n,) float64
-
-    def __len__(self) -> int:
-        return len(self.labels)
+ProgressFactory = Callable[[str, int], ProgressFn]  # (dataset, sentences) -> per-batch callback
 
 
 @dataclass(frozen=True)
@@ -94,166 +65,6 @@ def parse_columns(value: str | None) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-def _format(path: Path) -> str:
-    fmt = PAIR_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise BadInput(
-            f"{path}: unknown pair file format {path.suffix or '(no extension)'!r} ({', '.join(PAIR_FORMATS)})"
-        )
-    return fmt
-
-
-def _rows(path: Path, fmt: str) -> list[tuple[int, list[str] | dict[str, Any]]]:
-    """(line number, fields) of every non-blank line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from e
-    lines = text.splitlines()
-    out: list[tuple[int, list[str] | dict[str, Any]]] = []
-    if fmt == "csv":
-        reader = csv.reader(lines)
-        try:
-            for row in reader:
-                if row:
-                    out.append((reader.line_num, row))
-        except csv.Error as e:
-            raise BadInput(f"{path}:{reader.line_num}: malformed csv ({e})") from None
-        return out
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if fmt == "jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{path}:{i}: not a JSON object ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise BadInput(f"{path}:{i}: not a JSON object (found {type(obj).__name__})")
-            out.append((i, obj))
-        else:
-            # TSV without quoting: a stray '"' inside a sentence is text (LCQMC, PAWSX).
-            out.append((i, line.split("\t")))
-    return out
-
-
-def _resolve(columns: tuple[str, str, str] | None, first: list[str]) -> tuple[list[int], bool]:
-    """Column indexes for a delimited file, and whether the first row is a header."""
-    if columns is None:
-        if all(c in first for c in DEFAULT_COLUMNS):
-            return [first.index(c) for c in DEFAULT_COLUMNS], True
-        return [0, 1, 2], False
-    if all(c.isdigit() for c in columns):
-        return [int(c) for c in columns], False
-    missing = [c for c in columns if c not in first]
-    if missing:
-        raise BadInput(f"no column {missing[0]!r} in the header ({', '.join(first)})")
-    return [first.index(c) for c in columns], True
-
-
-def read_pairs(
-    path: str | Path,
-    *,
-    columns: tuple[str, str, str] | None = None,
-    limit: int | None = None,
-    name: str | None = None,
-    labels: bool = True,
-) -> PairSet:
-    """Read labelled sentence pairs.
-
-    Args:
-        path: `.data` / `.txt` / `.tsv` (tab-separated, no quoting), `.csv`, or `.jsonl` / `.json` (JSON lines).
-        columns: (first, second, label) as 0-based indexes (no header) or header names / jsonl keys.
-            Default: columns 0,1,2 without header, or the header / keys sentence1, sentence2, label.
-        limit: keep only the first `limit` pairs.
-        name: the data set name (default: the file name up to its first dot).
-        labels: parse the label column (False: sentences only, labels all 0).
-
-    Raises:
-        BadInput: unreadable file, missing column or field, a label that is not a number (file:line).
-    """
-    path = Path(path)
-    fmt = _format(path)
-    rows = _rows(path, fmt)
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
-    s1: list[str] = []
-    s2: list[str] = []
-    ys: list[float] = []
-    if fmt == "jsonl":
-        keys = list(columns or DEFAULT_COLUMNS)
-        picked = []
-        for line, obj in rows:
-            assert isinstance(obj, dict)
-            for k in keys[: 3 if labels else 2]:
-                if k not in obj:
-                    raise BadInput(f"{path}:{line}: no field {k!r} (fields: {', '.join(map(str, obj))})")
-            picked.append((line, [obj.get(k, "") for k in keys]))
-    else:
-        if not rows:
-            raise BadInput(f"{path}: no pairs")
-        first = rows[0][1]
-        assert isinstance(first, list)
-        try:
-            idx, header = _resolve(columns, first)
-        except BadInput as e:
-            raise BadInput(f"{path}: {e}") from None
-        picked = []
-        need = max(idx[:3] if labels else idx[:2]) + 1
-        for line, row in rows[1:] if header else rows:
-            assert isinstance(row, list)
-            if len(row) < need:
-                raise BadInput(f"{path}:{line}: {len(row)} fields, expected at least {need} (--columns)")
-            picked.append((line, [row[i] if i < len(row) else "" for i in idx]))
-    if limit is not None:
-        picked = picked[:limit]
-    for line, (a, b, y) in picked:
-        if not isinstance(a, str) or not isinstance(b, str):
-            raise BadInput(f"{path}:{line}: the sentence fields must be text")
-        s1.append(a.strip())
-        s2.append(b.strip())
-        if labels:
-            try:
-                value = float(y)
-            except (TypeError, ValueError):
-                raise BadInput(f"{path}:{line}: label {y!r} is not a number") from None
-            if not np.isfinite(value):
-                raise BadInput(f"{path}:{line}: label {y!r} is not a finite number")
-            ys.append(value)
-        else:
-            ys.append(0.0)
-    if not s1:
-        raise BadInput(f"{path}: no pairs")
-    return PairSet(name or path.name.split(".")[0], path, s1, s2, np.asarray(ys, dtype=np.float64))
-
-
-def read_sentences(path: str | Path, *, columns: tuple[str, str, str] | None = None) -> list[str]:
-    """Sentences to fit whitening on (`--fit-on`): both sentences of a pair file, or one sentence a line.
-
-    A `.txt` file without a tab on its first line is read as one sentence a line; any other file is read as
-    pairs (`read_pairs`) and both sentence columns are used, labels ignored.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".txt":
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except FileNotFoundError:
-            raise BadInput(f"{path}: no such file") from None
-        except UnicodeDecodeError as e:
-            raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-        if lines and "\t" not in lines[0]:
-            out = [s.strip() for s in lines if s.strip()]
-            if not out:
-                raise BadInput(f"{path}: no sentences")
-            return out
-    pairs = read_pairs(path, columns=columns, labels=False)
-    return pairs.s1 + pairs.s2
-
-
 def dataset_names(paths: Sequence[Path]) -> list[str]:
     """Short names: the file name up to its first dot, prefixed by the folder where two would clash."""
     names = [p.name.split(".")[0] for p in paths]
@@ -289,15 +100,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip((rx * ry).sum() / denom, -1.0, 1.0))
 
 
-def _normalized(v: np.ndarray) -> np.ndarray:
-    v = v.astype(np.float64)
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n > 0, n, 1.0)
-
-
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two (n, d) arrays, float64."""
-    return (_normalized(a) * _normalized(b)).sum(axis=1)
+    return (l2_normalize(a.astype(np.float64)) * l2_normalize(b.astype(np.float64))).sum(axis=1)
 
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -353,12 +158,9 @@ def evaluate_sts(
     columns: tuple[str, str, str] | None = None,
     limit: int | None = None,
     max_length: int | None = None,
-    tokenizer: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_tokens: int | None = None,
     progress: ProgressFactory | None = None,
     on_encoder: Callable[[Any], None] | None = None,
+    **encoder_options: Any,
 ) -> list[StsResult]:
     """Spearman x100 between cosine and label for each file x pooling x whitening setting.
 
@@ -369,7 +171,7 @@ def evaluate_sts(
 
     Args:
         files: pair files (see `read_pairs`).
-        model: a hub id / folder, or an already loaded Encoder.
+        model: a hub id / folder, an EncoderConfig, or an already loaded Encoder.
         poolings: e.g. "cls,first-last-avg" (auto: the model's default).
         whiten: e.g. "none,full,256".
         beta, gamma: whitening hyper-parameters for every setting but none (REFERENCE 2).
@@ -377,10 +179,10 @@ def evaluate_sts(
         columns, limit: passed to `read_pairs`.
         max_length: tokens per sentence for every data set; None follows the published tables: 64, and 128
             for PAWSX (REFERENCE 1.2).
-        tokenizer, device, dtype: encoder options.
-        batch_tokens: the encoder's token budget per batch.
         progress: called with (dataset, sentences) before encoding; returns a per-batch callback.
         on_encoder: called with the encoder once it is loaded (the CLI prints device and dtype).
+        encoder_options: EncoderConfig fields (tokenizer, device, dtype, batch_tokens, ...) for a model
+            given by name. The pooling loaded is the first of `poolings`, the max length the longest needed.
 
     Returns:
         One StsResult per (file, pooling, setting), in that order.
@@ -396,13 +198,12 @@ def evaluate_sts(
     sets = [read_pairs(p, columns=columns, limit=limit, name=n) for p, n in zip(paths, names, strict=True)]
     fit_texts = read_sentences(fit_on, columns=columns) if fit_on is not None else None
 
-    if isinstance(model, str):
+    if isinstance(model, str | EncoderConfig):
         from simcli.models.encoder import load_encoder
 
         longest = max(max_length or published_max_length(s.name) for s in sets)
-        encoder = load_encoder(
-            model, pooling=pools[0], tokenizer=tokenizer, device=device, dtype=dtype, max_length=longest
-        )
+        config = EncoderConfig(model) if isinstance(model, str) else model
+        encoder = load_encoder(config.with_options(**encoder_options, pooling=pools[0], max_length=longest))
     else:
         encoder = model
     if on_encoder is not None:
@@ -415,7 +216,7 @@ def evaluate_sts(
 
     def encode(name: str, texts: list[str], cut: int | None) -> dict[str, np.ndarray]:
         cb = progress(name, len(texts)) if progress is not None else None
-        return encoder.encode_poolings(texts, modes, batch_tokens=batch_tokens, progress=cb, max_length=cut)
+        return encoder.encode_poolings(texts, modes, progress=cb, max_length=cut)
 
     shared: dict[str, MomentAccumulator] = {}
     if fit_texts is not None:

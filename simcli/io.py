@@ -1,4 +1,4 @@
-"""Reading input text and writing files atomically.
+"""Reading input text and tables (sentences, labelled pairs) and writing files atomically.
 
 Every file simcli writes goes through `atomic_write*`: a temporary file in the same folder, fsync,
 then rename, so an interrupted run never leaves a half-written artefact.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import tempfile
@@ -15,9 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from simcli.errors import BadInput, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @contextmanager
@@ -286,15 +290,21 @@ def _parse(
         yield from _parse_table(lines, source, fmt, column)
 
 
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSON-lines row; BadInput naming file:line unless it is a JSON object."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{where}: not a JSON object ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise BadInput(f"{where}: not a JSON object (found {type(obj).__name__})")
+    return obj
+
+
 def _parse_jsonl(lines: _Lines, source: str, field: str) -> Iterator[Record]:
     for text in lines:
         where = f"{source}:{lines.number}"
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{where}: not a JSON object ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise BadInput(f"{where}: not a JSON object (found {type(obj).__name__})")
+        obj = _json_object(text, where)
         if field not in obj:
             raise BadInput(f"{where}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
         value = obj[field]
@@ -311,7 +321,7 @@ def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None)
         return  # an empty file has no rows
     except csv.Error as e:
         raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
-    col = _column_index(header, column, source)
+    col = column_index(header, column, source)
     start = lines.number + 1
     while True:
         try:
@@ -331,15 +341,38 @@ def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None)
 
 def _check_header(path: Path, fmt: str, column: str | int | None, errors: str) -> None:
     # Only the header row is read: a wrong --column fails at once, not after the model has loaded.
+    header = read_header(path, fmt, errors)
+    if header:
+        column_index(header, column, str(path))
+
+
+def read_header(path: str | Path, fmt: str, errors: Errors | str = "strict") -> list[str]:
+    """The header row of a tsv/csv file, parsed as `read_records` parses it ([] for an empty file)."""
     with open(path, "rb") as f:
         lines = _Lines(f, str(path), errors)
         try:
-            header = next(_table_reader(lines, fmt))
+            return next(_table_reader(lines, fmt))
         except StopIteration:
-            return
+            return []
         except csv.Error as e:
             raise BadInput(f"{path}:{lines.number}: malformed {fmt} ({e})") from None
-    _column_index(header, column, str(path))
+
+
+def count_rows(paths: Sequence[str | Path], column: str | int | None = None) -> int | None:
+    """Rows `read_records` will give (lines, minus the header of tsv/csv), counted fast for a progress bar's
+    total; None when reading stdin. A quoted csv cell spanning lines counts once per line."""
+    if any(str(p) == STDIN for p in paths):
+        return None
+    total = 0
+    for p in paths:
+        lines, last = 0, b"\n"
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        lines += last != b"\n"  # a last line without its newline
+        total += max(lines - (input_format(p, column) in ("tsv", "csv")), 0)
+    return total
 
 
 def _table_reader(lines: Iterable[str], fmt: str) -> Iterator[list[str]]:
@@ -349,7 +382,9 @@ def _table_reader(lines: Iterable[str], fmt: str) -> Iterator[list[str]]:
     return csv.reader(lines)
 
 
-def _column_index(header: list[str], column: str | int | None, source: str) -> int:
+def column_index(header: list[str], column: str | int | None, source: str) -> int:
+    """The 0-based index of `column` (header name, or index; default "text", else the only column);
+    BadInput naming `source` and listing the header otherwise."""
     listing = f"header: {', '.join(header)}"
     if column is None:
         if "text" in header:
@@ -363,3 +398,188 @@ def _column_index(header: list[str], column: str | int | None, source: str) -> i
     if index is None or not 0 <= index < len(header):
         raise BadInput(f"{source}: no column {column!r} ({listing})")
     return index
+
+
+# -- labelled sentence pairs (`simcli eval sts`) -------------------------------------------------------------
+
+#: The sentence columns and label column by default: headerless `s1<TAB>s2<TAB>label` (the .data files),
+#: a header naming sentence1/sentence2/label (PAWS-X tsv), or those keys in jsonl.
+DEFAULT_COLUMNS = ("sentence1", "sentence2", "label")
+PAIR_FORMATS = {
+    ".data": "tsv",
+    ".txt": "tsv",
+    ".tsv": "tsv",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Labelled sentence pairs of one file."""
+
+    name: str
+    path: Path
+    s1: list[str]
+    s2: list[str]
+    labels: np.ndarray  # (n,) float64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _pair_format(path: Path) -> str:
+    fmt = PAIR_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise BadInput(
+            f"{path}: unknown pair file format {path.suffix or '(no extension)'!r} ({', '.join(PAIR_FORMATS)})"
+        )
+    return fmt
+
+
+def read_rows(path: Path, fmt: str) -> list[tuple[int, list[str] | dict[str, Any]]]:
+    """(line number, fields) of every non-blank line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror})") from e
+    lines = text.splitlines()
+    out: list[tuple[int, list[str] | dict[str, Any]]] = []
+    if fmt == "csv":
+        reader = csv.reader(lines)
+        try:
+            for row in reader:
+                if row:
+                    out.append((reader.line_num, row))
+        except csv.Error as e:
+            raise BadInput(f"{path}:{reader.line_num}: malformed csv ({e})") from None
+        return out
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if fmt == "jsonl":
+            out.append((i, _json_object(line, f"{path}:{i}")))
+        else:
+            # TSV without quoting: a stray '"' inside a sentence is text (LCQMC, PAWSX).
+            out.append((i, line.split("\t")))
+    return out
+
+
+def _pair_columns(columns: tuple[str, str, str] | None, first: list[str]) -> tuple[list[int], bool]:
+    """Column indexes for a delimited file, and whether the first row is a header."""
+    if columns is None:
+        if all(c in first for c in DEFAULT_COLUMNS):
+            return [first.index(c) for c in DEFAULT_COLUMNS], True
+        return [0, 1, 2], False
+    if all(c.isdigit() for c in columns):
+        return [int(c) for c in columns], False
+    missing = [c for c in columns if c not in first]
+    if missing:
+        raise BadInput(f"no column {missing[0]!r} in the header ({', '.join(first)})")
+    return [first.index(c) for c in columns], True
+
+
+def read_pairs(
+    path: str | Path,
+    *,
+    columns: tuple[str, str, str] | None = None,
+    limit: int | None = None,
+    name: str | None = None,
+    labels: bool = True,
+) -> PairSet:
+    """Read labelled sentence pairs.
+
+    Args:
+        path: `.data` / `.txt` / `.tsv` (tab-separated, no quoting), `.csv`, or `.jsonl` / `.json` (JSON lines).
+        columns: (first, second, label) as 0-based indexes (no header) or header names / jsonl keys.
+            Default: columns 0,1,2 without header, or the header / keys sentence1, sentence2, label.
+        limit: keep only the first `limit` pairs.
+        name: the data set name (default: the file name up to its first dot).
+        labels: parse the label column (False: sentences only, labels all 0).
+
+    Raises:
+        BadInput: unreadable file, missing column or field, a label that is not a number (file:line).
+    """
+    path = Path(path)
+    fmt = _pair_format(path)
+    rows = read_rows(path, fmt)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    s1: list[str] = []
+    s2: list[str] = []
+    ys: list[float] = []
+    if fmt == "jsonl":
+        keys = list(columns or DEFAULT_COLUMNS)
+        picked = []
+        for line, obj in rows:
+            assert isinstance(obj, dict)
+            for k in keys[: 3 if labels else 2]:
+                if k not in obj:
+                    raise BadInput(f"{path}:{line}: no field {k!r} (fields: {', '.join(map(str, obj))})")
+            picked.append((line, [obj.get(k, "") for k in keys]))
+    else:
+        if not rows:
+            raise BadInput(f"{path}: no pairs")
+        first = rows[0][1]
+        assert isinstance(first, list)
+        try:
+            idx, header = _pair_columns(columns, first)
+        except BadInput as e:
+            raise BadInput(f"{path}: {e}") from None
+        picked = []
+        need = max(idx[:3] if labels else idx[:2]) + 1
+        for line, row in rows[1:] if header else rows:
+            assert isinstance(row, list)
+            if len(row) < need:
+                raise BadInput(f"{path}:{line}: {len(row)} fields, expected at least {need} (--columns)")
+            picked.append((line, [row[i] if i < len(row) else "" for i in idx]))
+    if limit is not None:
+        picked = picked[:limit]
+    for line, (a, b, y) in picked:
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise BadInput(f"{path}:{line}: the sentence fields must be text")
+        s1.append(a.strip())
+        s2.append(b.strip())
+        if labels:
+            try:
+                value = float(y)
+            except (TypeError, ValueError):
+                raise BadInput(f"{path}:{line}: label {y!r} is not a number") from None
+            if not math.isfinite(value):
+                raise BadInput(f"{path}:{line}: label {y!r} is not a finite number")
+            ys.append(value)
+        else:
+            ys.append(0.0)
+    if not s1:
+        raise BadInput(f"{path}: no pairs")
+    import numpy as np
+
+    return PairSet(name or path.name.split(".")[0], path, s1, s2, np.asarray(ys, dtype=np.float64))
+
+
+def read_sentences(path: str | Path, *, columns: tuple[str, str, str] | None = None) -> list[str]:
+    """Sentences to fit whitening on (`--fit-on`): both sentences of a pair file, or one sentence a line.
+
+    A `.txt` file without a tab on its first line is read as one sentence a line; any other file is read as
+    pairs (`read_pairs`) and both sentence columns are used, labels ignored.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except FileNotFoundError:
+            raise BadInput(f"{path}: no such file") from None
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+        if lines and "\t" not in lines[0]:
+            out = [s.strip() for s in lines if s.strip()]
+            if not out:
+                raise BadInput(f"{path}: no sentences")
+            return out
+    pairs = read_pairs(path, columns=columns, labels=False)
+    return pairs.s1 + pairs.s2

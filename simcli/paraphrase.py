@@ -12,13 +12,14 @@ lives in `simcli.models.unilm`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
+from simcli.types import EncoderConfig, ProgressFn
 
 if TYPE_CHECKING:
     from simcli.models.encoder import Encoder
@@ -33,8 +34,6 @@ DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_MAX_ROWS = 512  # samples decoded together in one batch (the KV-cache budget may cap it lower)
 DEFAULT_CACHE_MB = 1024  # KV-cache memory of one batch
 
-ProgressFn = Callable[[int], None]
-
 
 @dataclass(frozen=True)
 class Paraphrase:
@@ -44,38 +43,68 @@ class Paraphrase:
     score: float
 
 
-def check_options(
-    *,
-    n: int,
-    k: int,
-    top_p: float,
-    top_k: int | None,
-    temperature: float,
-    max_length: int,
-    max_new_tokens: int,
-    mask_ratio: float,
-    min_score: float | None,
-    max_score: float | None,
-) -> None:
-    """UsageError (exit 2) naming the flag for any option value that cannot work."""
-    if n < 1:
-        raise UsageError(f"-n must be at least 1, got {n}")
-    if k < 1:
-        raise UsageError(f"-k must be at least 1, got {k}")
-    if not 0.0 < top_p <= 1.0:
-        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    if not temperature > 0.0:
-        raise UsageError(f"--temperature must be above 0, got {temperature}")
-    if max_length < 3:
-        raise UsageError(f"--max-length must be at least 3 ([CLS], one token, [SEP]), got {max_length}")
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if not 0.0 <= mask_ratio < 1.0:
-        raise UsageError(f"--mask-ratio must be in [0, 1), got {mask_ratio}")
-    if min_score is not None and max_score is not None and min_score > max_score:
-        raise UsageError(f"--min-score {min_score} is above --max-score {max_score}")
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How similar sentences are sampled and kept; checked once, when it is made (UsageError naming the flag).
+
+    Attributes:
+        n: samples per text, drawn as one batch (1 with greedy).
+        k: paraphrases kept per text.
+        top_p: nucleus sampling mass (1 disables).
+        top_k: keep only the k most likely tokens before top_p (None disables; SimBERT v1 used 5).
+        temperature: logits are divided by it before sampling.
+        greedy: argmax decoding instead of sampling.
+        seed: makes the samples reproducible (per text, independent of the other texts); None draws one.
+        max_length: source tokens ([CLS] and [SEP] included); longer input is truncated.
+        max_new_tokens: most generated tokens per sample.
+        mask_ratio: share of the source tokens replaced by [MASK] (one draw per text) for more varied output.
+        min_score, max_score: keep paraphrases with cosine in this range (max_score < 1 drops trivial copies).
+    """
+
+    n: int = DEFAULT_N
+    k: int = DEFAULT_K
+    top_p: float = DEFAULT_TOP_P
+    top_k: int | None = None
+    temperature: float = 1.0
+    greedy: bool = False
+    seed: int | None = None
+    max_length: int = DEFAULT_MAX_LENGTH
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    mask_ratio: float = 0.0
+    min_score: float | None = None
+    max_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise UsageError(f"-n must be at least 1, got {self.n}")
+        if self.k < 1:
+            raise UsageError(f"-k must be at least 1, got {self.k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+        if not self.temperature > 0.0:
+            raise UsageError(f"--temperature must be above 0, got {self.temperature}")
+        if self.max_length < 3:
+            raise UsageError(
+                f"--max-length must be at least 3 ([CLS], one token, [SEP]), got {self.max_length}"
+            )
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise UsageError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise UsageError(f"--min-score {self.min_score} is above --max-score {self.max_score}")
+
+    @classmethod
+    def of(cls, config: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+        """`config` (default: the defaults) with `options` (GenerationConfig fields) changed, checked."""
+        return cls(**options) if config is None else replace(config, **options)
+
+    @property
+    def samples(self) -> int:
+        """Samples drawn per text."""
+        return 1 if self.greedy else self.n
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -130,32 +159,26 @@ class Paraphraser:
     def sample_ids(
         self,
         texts: Sequence[str],
+        config: GenerationConfig | None = None,
         *,
-        n: int = DEFAULT_N,
-        seed: int,
         keys: Sequence[int] | None = None,
-        top_p: float = DEFAULT_TOP_P,
-        top_k: int | None = None,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        max_length: int = DEFAULT_MAX_LENGTH,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        mask_ratio: float = 0.0,
         progress: ProgressFn | None = None,
+        **options: Any,
     ) -> list[list[list[int]]]:
-        """Generated token ids ([SEP] excluded) of n continuations per text (1 with greedy).
+        """Generated token ids ([SEP] excluded) of `config.samples` continuations per text.
 
-        `keys` (default: the index of each text) and `seed` decide each source's random stream, so a
-        source's samples do not depend on the other texts of the call.
+        `keys` (default: the index of each text) and the seed decide each source's random stream, so a
+        source's samples do not depend on the other texts of the call. `options` are GenerationConfig fields.
         """
         from simcli.models.unilm import Job, Sampling, sample
 
+        c = GenerationConfig.of(config, **options)
+        seed = fresh_seed() if c.seed is None else c.seed
         keys = list(range(len(texts))) if keys is None else list(keys)
-        count = 1 if greedy else n
         jobs = [
             Job(
-                self.source_ids(t, max_length, mask_ratio, derive_seed(seed, key, 1)),
-                count,
+                self.source_ids(t, c.max_length, c.mask_ratio, derive_seed(seed, key, 1)),
+                c.samples,
                 derive_seed(seed, key),
             )
             for t, key in zip(texts, keys)
@@ -164,8 +187,8 @@ class Paraphraser:
         return sample(
             self.unilm,
             jobs,
-            Sampling(top_p=top_p, top_k=top_k, temperature=temperature, greedy=greedy),
-            max_new_tokens=max_new_tokens,
+            Sampling(top_p=c.top_p, top_k=c.top_k, temperature=c.temperature, greedy=c.greedy),
+            max_new_tokens=c.max_new_tokens,
             sep_id=tok.sep_id,
             pad_id=tok.pad_id,
             max_rows=self.max_rows,
@@ -230,40 +253,23 @@ class Paraphraser:
     def generate(
         self,
         texts: Sequence[str],
+        config: GenerationConfig | None = None,
         *,
-        n: int = DEFAULT_N,
-        k: int = DEFAULT_K,
-        top_p: float = DEFAULT_TOP_P,
-        top_k: int | None = None,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        seed: int | None = None,
         keys: Sequence[int] | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        mask_ratio: float = 0.0,
-        min_score: float | None = None,
-        max_score: float | None = None,
         progress: ProgressFn | None = None,
+        **options: Any,
     ) -> list[list[Paraphrase]]:
-        """`gen_synonyms` for several texts at once; see `generate` for the arguments."""
-        check_options(
-            n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, max_length=max_length,
-            max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score, max_score=max_score,
-        )  # fmt: skip
+        """`gen_synonyms` for several texts at once; `options` are GenerationConfig fields (see `generate`)."""
+        c = GenerationConfig.of(config, **options)
         max_pos = self.unilm.max_positions
-        if max_length + max_new_tokens - 1 > max_pos:
+        if c.max_length + c.max_new_tokens - 1 > max_pos:
             raise UsageError(
-                f"--max-length {max_length} + --max-new-tokens {max_new_tokens} exceed the model's "
+                f"--max-length {c.max_length} + --max-new-tokens {c.max_new_tokens} exceed the model's "
                 f"{max_pos} positions"
             )
-        ids = self.sample_ids(
-            texts, n=n, seed=fresh_seed() if seed is None else seed, keys=keys, top_p=top_p, top_k=top_k,
-            temperature=temperature, greedy=greedy, max_length=max_length, max_new_tokens=max_new_tokens,
-            mask_ratio=mask_ratio, progress=progress,
-        )  # fmt: skip
+        ids = self.sample_ids(texts, config=c, keys=keys, progress=progress)
         candidates = [[self.decode(r) for r in rows] for rows in ids]
-        return self.rerank(texts, candidates, k=k, min_score=min_score, max_score=max_score)
+        return self.rerank(texts, candidates, k=c.k, min_score=c.min_score, max_score=c.max_score)
 
 
 def load_paraphraser(
@@ -291,11 +297,9 @@ def load_paraphraser(
     from simcli.models.unilm import check_can_generate
 
     check_can_generate(open_checkpoint(model))  # refuse before loading the weights
-    # The transformers engine: the UniLM decoder drives its layers with a KV cache, and the re-ranking
-    # vectors come from the same modules.
-    enc = load_encoder(
-        model, pooling="pooler", device=device, dtype=dtype, max_length=max_length, engine="transformers"
-    )
+    # The UniLM decoder shares the encoder's native backbone: re-ranking vectors come from the same weights.
+    config = EncoderConfig(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
+    enc = load_encoder(config)
     return Paraphraser(enc, max_rows=max_rows, cache_mb=cache_mb)
 
 
@@ -306,52 +310,31 @@ def _cached(model: str, device: str, dtype: str, max_length: int) -> Paraphraser
 
 def generate(
     texts: str | Sequence[str],
+    config: GenerationConfig | None = None,
     *,
-    n: int = DEFAULT_N,
-    k: int = DEFAULT_K,
     model: str | Paraphraser = DEFAULT_MODEL,
-    top_p: float = DEFAULT_TOP_P,
-    top_k: int | None = None,
-    temperature: float = 1.0,
-    greedy: bool = False,
-    seed: int | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    mask_ratio: float = 0.0,
-    min_score: float | None = None,
-    max_score: float | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    **options: Any,
 ) -> Any:
     """Similar sentences of each text: n samples from RoFormer-Sim's UniLM head, re-ranked, top k.
 
     Args:
         texts: one text or several.
-        n: samples per text, drawn as one batch (1 with greedy).
-        k: paraphrases kept per text.
+        config: how to sample and what to keep (GenerationConfig); `options` change its fields:
+            n, k, top_p, top_k, temperature, greedy, seed, max_length, max_new_tokens, mask_ratio,
+            min_score, max_score (see GenerationConfig).
         model: hub id, local folder, or a loaded Paraphraser (the loaded model is cached between calls).
-        top_p: nucleus sampling mass (1 disables).
-        top_k: keep only the k most likely tokens before top_p (None disables; SimBERT v1 used 5).
-        temperature: logits are divided by it before sampling.
-        greedy: argmax decoding instead of sampling.
-        seed: makes the samples reproducible (per text, independent of the other texts).
-        max_length: source tokens ([CLS] and [SEP] included); longer input is truncated.
-        max_new_tokens: most generated tokens per sample.
-        mask_ratio: share of the source tokens replaced by [MASK] (one draw per text) for more varied output.
-        min_score, max_score: keep paraphrases with cosine in this range (max_score < 1 drops trivial copies).
         device, dtype: as for `load_encoder`.
 
     Returns:
         list of Paraphrase (text, score), best first, for a single text; a list of such lists for several.
     """
+    c = GenerationConfig.of(config, **options)
     single = isinstance(texts, str)
     batch = [texts] if isinstance(texts, str) else list(texts)
-    para = model if isinstance(model, Paraphraser) else _cached(model, device, dtype, max_length)
-    out = para.generate(
-        batch, n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, greedy=greedy, seed=seed,
-        max_length=max_length, max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score,
-        max_score=max_score,
-    )  # fmt: skip
+    para = model if isinstance(model, Paraphraser) else _cached(model, device, dtype, c.max_length)
+    out = para.generate(batch, config=c)
     return out[0] if single else out
 
 
@@ -407,36 +390,17 @@ def check_batch_paths(input: str | Path, out: str | Path, *, resume: bool, overw
     return fmt
 
 
-def _table_header(path: Path, fmt: str) -> list[str]:
-    import csv
-
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        # TSV has no quoting (as simcli's reader and writer): a '"' in a header name is part of it
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else csv.reader(f)
-        return next(rows, [])
-
-
 def generate_file(
     para: Paraphraser,
     input: str | Path,
     out: str | Path,
+    config: GenerationConfig | None = None,
     *,
     column: str | None = None,
-    n: int = DEFAULT_N,
-    k: int = DEFAULT_K,
-    top_p: float = DEFAULT_TOP_P,
-    top_k: int | None = None,
-    temperature: float = 1.0,
-    greedy: bool = False,
-    seed: int | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    mask_ratio: float = 0.0,
-    min_score: float | None = None,
-    max_score: float | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
+    **options: Any,
 ) -> FileSummary:
     """Augment a tsv/csv/jsonl file: one output row per paraphrase, the other columns copied.
 
@@ -449,21 +413,26 @@ def generate_file(
         para: the loaded model.
         input, out: paths with the same extension (.tsv, .csv or .jsonl).
         column: the text column or field.
+        config, options: as for `generate`; each source's samples are seeded by (seed, its row index).
         resume: continue an interrupted run (its settings must match).
         overwrite: replace `out` and any interrupted run's parts.
-        progress: called with (sources done now, total sources).
-        Other arguments: as for `generate`; each source's samples are seeded by (seed, its row index).
+        progress: called with (sources, tokens generated for them); sources of an interrupted run count
+            with 0 tokens.
     """
     import json
     import shutil
 
     from simcli.errors import BadInput, ManifestMismatch
-    from simcli.io import atomic_open, atomic_write_json, atomic_write_text, read_records
+    from simcli.io import (
+        atomic_open,
+        atomic_write_json,
+        atomic_write_text,
+        column_index,
+        read_header,
+        read_records,
+    )
 
-    check_options(
-        n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, max_length=max_length,
-        max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score, max_score=max_score,
-    )  # fmt: skip
+    c = GenerationConfig.of(config, **options)
     input, out = Path(input), Path(out)
     fmt = check_batch_paths(input, out, resume=resume, overwrite=overwrite)
     if fmt == "jsonl":
@@ -471,61 +440,63 @@ def generate_file(
         header: list[str] = []
     else:
         records = list(read_records([input], column=column))
-        header = _table_header(input, fmt)
-    clash = [c for c in (SOURCE_COLUMN, SCORE_COLUMN) if c in header] or [
-        c for r in records[:1] if isinstance(r.row, dict) for c in (SOURCE_COLUMN, SCORE_COLUMN) if c in r.row
+        header = read_header(input, fmt)
+    added = (SOURCE_COLUMN, SCORE_COLUMN)
+    clash = [col for col in added if col in header] or [
+        col for r in records[:1] if isinstance(r.row, dict) for col in added if col in r.row
     ]
     if clash:
         raise BadInput(f"{input}: already has a {clash[0]!r} column, which the output adds")
-    text_col = _text_column(header, column) if fmt != "jsonl" else (column or "text")
+    text_col = column_index(header, column, str(input)) if fmt != "jsonl" else (column or "text")
 
     parts = _parts_dir(out)
     if overwrite and parts.exists():
         shutil.rmtree(parts)
-    chunk = max(1, 4 * para.max_rows // (1 if greedy else n))  # sources per part file
+    chunk = max(1, 4 * para.max_rows // c.samples)  # sources per part file
     settings = {
         "input": str(input.resolve()),
         "input_size": input.stat().st_size,
         "column": column,
         "model": para.encoder.spec.weights_sha256,
-        "n": n, "k": k, "top_p": top_p, "top_k": top_k, "temperature": temperature, "greedy": greedy,
-        "max_length": max_length, "max_new_tokens": max_new_tokens, "mask_ratio": mask_ratio,
-        "min_score": min_score, "max_score": max_score, "chunk": chunk,
-    }  # fmt: skip
+        **{key: v for key, v in asdict(c).items() if key != "seed"},
+        "chunk": chunk,
+    }
     done: dict[int, list[list[Any]]] = {}
     if resume and (parts / "settings.json").is_file():
         old = json.loads((parts / "settings.json").read_text(encoding="utf-8"))
         differ = [key for key in settings if old.get(key) != settings[key]]
-        if seed is not None and old.get("seed") != seed:
+        if c.seed is not None and old.get("seed") != c.seed:
             differ.append("seed")
         if differ:
             raise ManifestMismatch(
                 f"{out}: --resume with different settings than the interrupted run ({', '.join(differ)}); "
                 "pass --overwrite to start over"
             )
-        seed = int(old["seed"])
+        c = replace(c, seed=int(old["seed"]))
         for part in sorted(parts.glob("part-*.jsonl")):
             for line in part.read_text(encoding="utf-8").splitlines():
                 entry = json.loads(line)
                 done[int(entry["i"])] = entry["p"]
     else:
-        seed = fresh_seed() if seed is None else seed
+        c = replace(c, seed=fresh_seed() if c.seed is None else c.seed)
         parts.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(parts / "settings.json", {**settings, "seed": seed})
+        atomic_write_json(parts / "settings.json", {**settings, "seed": c.seed})
 
     summary = FileSummary(sources=len(records), resumed=len(done))
     if progress is not None and done:
-        progress(len(done), len(records))
+        progress(len(done), 0)
+    generated = [0]  # tokens sampled so far
+
+    def count(_samples: int, tokens: int) -> None:
+        generated[0] += tokens
+
     for first in range(0, len(records), chunk):
         block = range(first, min(first + chunk, len(records)))
         if all(i in done for i in block):
             continue
         todo = [i for i in block if records[i].text]
-        result = para.generate(
-            [records[i].text for i in todo], keys=todo, n=n, k=k, top_p=top_p, top_k=top_k,
-            temperature=temperature, greedy=greedy, seed=seed, max_length=max_length,
-            max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score, max_score=max_score,
-        )  # fmt: skip
+        before = generated[0]
+        result = para.generate([records[i].text for i in todo], config=c, keys=todo, progress=count)
         found = dict(zip(todo, result))
         lines = []
         for i in block:
@@ -534,21 +505,13 @@ def generate_file(
         atomic_write_text(parts / f"part-{first:09d}.jsonl", "\n".join(lines) + "\n")
         summary.generated += len(block)
         if progress is not None:
-            progress(len(block), len(records))
+            progress(len(block), generated[0] - before)
 
     with atomic_open(out, "w", encoding="utf-8") as f:
         summary.paraphrases = _write_rows(f, fmt, header, text_col, records, done)
     shutil.rmtree(parts)
     summary.empty = sum(1 for r in records if not r.text)
     return summary
-
-
-def _text_column(header: list[str], column: str | None) -> int:
-    if column is None:
-        return header.index("text") if "text" in header else 0
-    if column in header:
-        return header.index(column)
-    return int(column)  # read_records has already checked it is a valid index
 
 
 def _write_rows(

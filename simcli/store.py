@@ -33,7 +33,8 @@ from typing import IO, TYPE_CHECKING, Any
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
 from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json, atomic_write_with
 from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
-from simcli.types import ModelSpec, StoreDType
+from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn, StoreDType
+from simcli.vectors import encode_blocks
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,20 +44,6 @@ KIND = "store"
 DEFAULT_SHARD_SIZE = 10_000
 DEFAULT_STORE_DTYPE: StoreDType = "float32"
 STORE_DTYPES = ("float32", "float16")
-
-ProgressFn = Callable[[int, int], None]  # (sentences done, tokens done): the encoder's progress protocol
-
-
-@dataclass
-class _Counts:
-    """Duck-typed twin of the encoder's EncodeStats (that module imports torch)."""
-
-    sentences: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    truncated: int = 0
-    duplicates: int = 0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -121,45 +108,42 @@ def _blocks(
 
 def encode_records(
     records: Iterable[Record],
-    encoder: Any,
+    encoder: Encoder,
     *,
     chunk_size: int = DEFAULT_SHARD_SIZE,
     normalize: bool = False,
     shard: tuple[int, int] | None = None,
-    batch_tokens: int | None = None,
-    stats: Any = None,
+    stats: EncodeStats | None = None,
     progress: ProgressFn | None = None,
 ) -> Iterator[tuple[int, Record, np.ndarray]]:
     """Stream (id, record, float32 vector) in input order, encoding `chunk_size` sentences at a time.
 
     Args:
         records: the input rows (e.g. from `simcli.io.read_records`).
-        encoder: an Encoder (or anything with `encode(texts, normalize=..., stats=..., progress=...)`).
+        encoder: a `simcli.types.Encoder`.
         chunk_size: sentences per `encoder.encode` call; bounds memory.
         normalize: L2-normalise the vectors.
         shard: (i, N): only the rows of worker i (blocks of `chunk_size` rows, block b to worker b % N).
-        batch_tokens: the encoder's token budget per batch (its default when None).
         stats: an EncodeStats the encoder adds its counts to.
         progress: called with (sentences, tokens) as batches finish.
     """
     _check_options(chunk_size, DEFAULT_STORE_DTYPE, shard)
-    for first, block in _blocks(records, chunk_size, shard):
-        vectors = _encode(encoder, block, normalize, batch_tokens, stats, progress)
+    firsts: list[int] = []
+
+    def blocks() -> Iterator[list[Record]]:
+        for first, block in _blocks(records, chunk_size, shard):
+            firsts.append(first)
+            yield block
+
+    stream = encode_blocks(encoder, blocks(), text=_text, normalize=normalize, stats=stats, progress=progress)
+    for block, vectors in stream:
+        first = firsts.pop(0)
         for k, rec in enumerate(block):
             yield first + k, rec, vectors[k]
 
 
-def _encode(
-    encoder: Any,
-    block: list[Record],
-    normalize: bool,
-    batch_tokens: int | None,
-    stats: Any,
-    progress: ProgressFn | None,
-) -> np.ndarray:
-    extra = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
-    texts = [r.text for r in block]
-    return encoder.encode(texts, normalize=normalize, stats=stats, progress=progress, **extra)
+def _text(record: Record) -> str:
+    return record.text
 
 
 def _check_options(shard_size: int, store_dtype: str, shard: tuple[int, int] | None) -> None:
@@ -358,7 +342,7 @@ def _check_file(path: Path, size: int, sha256: str | None = None) -> None:
 
 def encode_to_store(
     records: Iterable[Record],
-    encoder: Any,
+    encoder: Encoder,
     out: str | Path,
     *,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -367,7 +351,6 @@ def encode_to_store(
     resume: bool = False,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
-    batch_tokens: int | None = None,
     inputs: Sequence[str | Path] = (),
     read_options: Mapping[str, Any] | None = None,
     read_stats: ReadStats | None = None,
@@ -378,7 +361,7 @@ def encode_to_store(
 
     Args:
         records: the input rows, e.g. `read_records(paths, ...)`.
-        encoder: an Encoder (anything with `.spec` and `.encode(texts, normalize=, stats=, progress=)`).
+        encoder: a `simcli.types.Encoder` (its `.spec` is recorded, its device and dtype when it has them).
         out: the store folder.
         shard_size: rows per shard (and per `encoder.encode` call).
         store_dtype: "float32" or "float16" on disk (readers always get float32).
@@ -386,7 +369,6 @@ def encode_to_store(
         resume: continue an interrupted run in `out`: finished shards are checked and skipped, not encoded.
         overwrite: replace an existing store in `out`.
         shard: (i, N): encode only worker i's blocks of `shard_size` rows (block b goes to worker b % N).
-        batch_tokens: the encoder's token budget per batch (its default when None).
         inputs: the input paths, recorded in the manifest and compared on resume.
         read_options: the reader's options (column, field, errors, skip_empty), recorded and compared.
         read_stats: the ReadStats the reader fills, for the empty-line counts in the manifest.
@@ -443,29 +425,40 @@ def encode_to_store(
 
     if old is None:
         save(complete=False)
-    written = skipped = tokens = 0
-    seconds = 0.0
-    k = -1
-    for k, (first, block) in enumerate(_blocks(records, shard_size, shard)):
-        if k < len(done):
-            _check_finished(out, done[k], first, block)
-            skipped += 1
-            if progress is not None:
-                progress(len(block), 0)
-            continue
-        counts = _Counts()
-        vectors = _encode(encoder, block, normalize, batch_tokens, counts, progress)
+    counts = EncodeStats()
+    shards: list[tuple[int, int]] = []  # (k, first id) of each block handed to the encoder
+    state = {"blocks": 0, "skipped": 0}
+
+    def todo() -> Iterator[list[Record]]:
+        """The blocks still to encode; finished shards of an interrupted run are checked and passed over."""
+        for k, (first, block) in enumerate(_blocks(records, shard_size, shard)):
+            state["blocks"] = k + 1
+            if k < len(done):
+                _check_finished(out, done[k], first, block)
+                state["skipped"] += 1
+                if progress is not None:
+                    progress(len(block), 0)
+                continue
+            shards.append((k, first))
+            yield block
+
+    written = 0
+    truncated_before = 0
+    stream = encode_blocks(encoder, todo(), text=_text, normalize=normalize, stats=counts, progress=progress)
+    for block, vectors in stream:
+        k, first = shards.pop(0)
         if vectors.shape != (len(block), spec.dim):
             raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})")
-        entry = _write_shard(out, k, first, block, np.ascontiguousarray(vectors, dtype=store_dtype))
-        entry["truncated"] = counts.truncated
+        entry = _write_shard(out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype))
+        entry["truncated"] = counts.truncated - truncated_before
+        truncated_before = counts.truncated
         # informational (not checked on --resume): which device and dtype computed this shard's vectors
         entry["computed_with"] = computed_with(encoder)
         done.append(entry)
         save(complete=False)
         written += 1
-        tokens += counts.tokens
-        seconds += counts.seconds
+    k = state["blocks"] - 1
+    skipped = state["skipped"]
     if k + 1 < len(done):
         raise ManifestMismatch(
             f"{out}: cannot resume: the input now ends in shard {k + 1}, the interrupted run wrote "
@@ -483,8 +476,8 @@ def encode_to_store(
         empty_kept=sum(s["empty"] for s in done),
         empty_skipped=empty_skipped,
         truncated=sum(s["truncated"] for s in done),
-        tokens=tokens,
-        seconds=seconds,
+        tokens=counts.tokens,
+        seconds=counts.seconds,
     )
 
 

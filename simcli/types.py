@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Pooling = Literal["auto", "pooler", "cls", "last-avg", "first-last-avg"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -22,6 +26,69 @@ StoreDType = Literal["float32", "float16"]
 
 #: Tokens per sentence, [CLS] and [SEP] included: the published evaluations truncate to 64 (REFERENCE 1.2).
 DEFAULT_MAX_LENGTH = 64
+
+Engine = Literal["auto", "native", "transformers"]
+
+#: progress(items, tokens): `items` (sentences, samples, sources) finished since the last call and the
+#: `tokens` computed for them; 0 tokens means they were finished without computing (e.g. skipped on resume).
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything that decides how a sentence encoder is loaded and run: built once per command or library
+    call and handed to `simcli.load_encoder`.
+
+    `model`, `pooling`, `tokenizer`, `max_length` and `revision` decide the vectors (they end up in the
+    ModelSpec); `device`, `dtype`, `engine` and `batch_tokens` decide only speed and rounding.
+    """
+
+    model: str  # hub id or local folder
+    pooling: str = "auto"  # auto | pooler | cls | last-avg | first-last-avg
+    tokenizer: str | None = None  # char | word to override the detected tokenizer
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens per sentence, [CLS] and [SEP] included
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    batch_tokens: int | None = None  # token budget of one batch; None: by device (1024 CPU, 16384 CUDA)
+    engine: str = "auto"  # auto | native | transformers
+    revision: str | None = None  # hub revision
+
+    def with_options(self, **changes: Any) -> EncoderConfig:
+        """A copy with the given fields changed; None values leave a field as it is (unset CLI options)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class EncodeStats:
+    """Counts an encode call adds to (pass one in to collect them across calls)."""
+
+    sentences: int = 0
+    tokens: int = 0  # real tokens, [CLS]/[SEP] included
+    padded_tokens: int = 0  # tokens the model actually ran, padding included
+    truncated: int = 0  # sentences cut at max_length
+    duplicates: int = 0  # sentences equal to an earlier one of their chunk: encoded once, copied
+    seconds: float = 0.0
+
+
+class Encoder(Protocol):
+    """What every stage needs of a sentence encoder (the loaded model, a whitened one, a test double).
+
+    `simcli.models.encoder.Encoder` is the implementation `load_encoder` returns; `WhitenedEncoder` wraps one.
+    """
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool = False,
+        stats: EncodeStats | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """float32 (len(texts), spec.dim) vectors in input order."""
+        ...
 
 
 @dataclass(frozen=True)

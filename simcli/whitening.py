@@ -32,7 +32,8 @@ import numpy as np
 from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
 from simcli.io import atomic_write_bytes
 from simcli.manifest import check_same_model, new_manifest
-from simcli.types import ModelSpec
+from simcli.types import Encoder, ModelSpec, ProgressFn
+from simcli.vectors import BLOCK_SENTENCES, chunked, encode_blocks, l2_normalize
 
 KIND = "whitening"
 FORMAT_VERSION = 1
@@ -313,9 +314,7 @@ class Whitening:
         for start in range(0, a2.shape[0], CHUNK_ROWS):
             y = (a2[start : start + CHUNK_ROWS].astype(np.float64) - shift) @ self.W
             if normalize:
-                norms = np.linalg.norm(y, axis=1, keepdims=True)
-                # a vector equal to beta*mu maps to 0: keep it 0 rather than 0/0 = NaN
-                y /= np.where(norms > 0, norms, 1.0)
+                l2_normalize(y, inplace=True)  # a vector equal to beta*mu maps to 0 and stays 0 (no NaN)
             out[start : start + CHUNK_ROWS] = y
         return out[0] if single else out
 
@@ -486,16 +485,15 @@ def fit_store(
 
 def fit_texts(
     texts: Iterable[str],
-    encoder: Any,
+    encoder: Encoder,
     *,
     dim: int | None = None,
     beta: float = 1.0,
     gamma: float = 1.0,
     clamp: bool = False,
     source: str = "",
-    chunk: int = 8192,
-    batch_tokens: int | None = None,
-    progress: Any = None,
+    chunk: int = BLOCK_SENTENCES,
+    progress: ProgressFn | None = None,
 ) -> Whitening:
     """Encode `texts` chunk by chunk with `encoder` (raw vectors) and fit on them; memory stays flat.
 
@@ -503,21 +501,11 @@ def fit_texts(
         texts: sentences, e.g. `(r.text for r in read_records(paths, skip_empty=True))`.
         encoder: a loaded Encoder; its spec is recorded in the whitening.
         chunk: sentences encoded per call.
-        progress: passed on to `encoder.encode` (called with (sentences, tokens) per batch).
+        progress: called with (sentences, tokens) per batch.
     """
     acc = MomentAccumulator(encoder.spec.dim)
-    block: list[str] = []
-
-    def flush() -> None:
-        if block:
-            acc.add(encoder.encode(block, normalize=False, batch_tokens=batch_tokens, progress=progress))
-            block.clear()
-
-    for text in texts:
-        block.append(text)
-        if len(block) >= chunk:
-            flush()
-    flush()
+    for _, vectors in encode_blocks(encoder, chunked(texts, chunk), progress=progress):
+        acc.add(vectors)
     return Whitening.from_moments(
         acc, dim=dim, beta=beta, gamma=gamma, spec=encoder.spec, clamp=clamp, source=source
     )
@@ -526,9 +514,10 @@ def fit_texts(
 class WhitenedEncoder:
     """An encoder whose vectors go through a whitening file: (x - beta*mu) W[:, :k], L2-normalised.
 
-    Has the encoder interface the store and the CLI use (`spec`, `encode`, `info`, `max_length`, `dim`),
-    so `simcli encode --whitening FILE` writes whitened vectors through the same streaming path. The spec's
-    dim is k and its `extra` names the whitening's content hash, so the store's manifest records it.
+    Has the encoder interface the store and the CLI use (`spec`, `encode`, `info`, `max_length`, `dim`,
+    `device`, `dtype`), so `simcli encode --whitening FILE` writes whitened vectors through the same streaming
+    path and records which device and dtype computed them. The spec's dim is k and its `extra` names the
+    whitening's content hash, so the store's manifest records it.
     """
 
     def __init__(self, encoder: Any, whitening: Whitening, path: str | Path) -> None:
@@ -538,6 +527,14 @@ class WhitenedEncoder:
         self.path = Path(path)
         self.max_length = encoder.max_length
         self.dim = whitening.dim_out
+
+    @property
+    def device(self) -> Any:
+        return self.encoder.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.encoder.dtype
 
     @property
     def spec(self) -> ModelSpec:

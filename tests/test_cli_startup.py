@@ -57,6 +57,44 @@ print("FORCED", ",".join(m for m in ("transformers",) if m in sys.modules))
     assert lines[-2:] == ["LOADED ", "FORCED transformers"], out.stdout
 
 
+def test_generation_imports_no_transformers(tmp_path: Path, roformer_sim_dir: Path) -> None:
+    """`simcli generate` (sentences and batch mode) and the library's `generate` decode with simcli's native
+    layers and KV cache: transformers stays unloaded. The SimBERT layout (BERT positions) too. Importing it
+    at the end shows the check can fail."""
+    from tests.checkpoints import build_simbert
+
+    simbert = build_simbert(tmp_path / "simbert")
+    table = tmp_path / "in.tsv"
+    table.write_text("text\tlabel\n花呗怎么还款\t1\n今天天气\t0\n", encoding="utf-8")
+    code = f"""
+import sys
+from simcli.cli import main
+
+def run(*args):
+    sys.argv = ["simcli", "generate", *args]
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+
+run("花呗怎么还款", "-m", {str(roformer_sim_dir)!r}, "-n", "8", "-k", "3", "--seed", "1", "--max-new-tokens", "6")
+run("--input", {str(table)!r}, "--out", {str(tmp_path / "out.tsv")!r}, "-m", {str(roformer_sim_dir)!r}, "-n", "4",
+    "-k", "2", "--seed", "1", "--max-new-tokens", "5")
+import simcli
+found = simcli.generate("今天天气", model={str(simbert)!r}, n=6, k=2, seed=1, max_new_tokens=5, dtype="float32")
+assert found and all(p.text for p in found), found
+print("LOADED", ",".join(m for m in ("transformers", "huggingface_hub") if m in sys.modules))
+import transformers
+print("FORCED", ",".join(m for m in ("transformers",) if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "花呗怎么还款" and lines[1].split()[0] == "1", out.stdout
+    assert (tmp_path / "out.tsv").read_text(encoding="utf-8").startswith("text\tlabel\tsource_row\tscore\n")
+    assert lines[-2:] == ["LOADED ", "FORCED transformers"], out.stdout
+
+
 def test_help_lists_every_command() -> None:
     from simcli.cli import app
 

@@ -98,3 +98,26 @@ def test_whitening_of_another_pooling_is_refused(tmp_path: Path, roformer_sim_di
         f"simcli: error: whitening {path} (fitted for model {roformer_sim_dir}) does not fit model {roformer_sim_dir}"
     )
     assert result.stderr.rstrip().endswith("pooling 'cls' != 'pooler'")
+
+
+def test_store_with_whitening_records_device_and_dtype(tmp_path: Path, roformer_sim_dir: Path) -> None:
+    """`computed_with` names the device and dtype under the whitening (it used to say "unknown")."""
+    path, _, _ = _fit(tmp_path, roformer_sim_dir, "pooler", dim=6)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    out = tmp_path / "store"
+    args = [
+        "encode",
+        str(corpus),
+        "--model",
+        str(roformer_sim_dir),
+        "--whitening",
+        str(path),
+        "--out",
+        str(out),
+    ]
+    for dtype in ("float32", "bfloat16"):
+        result = CliRunner().invoke(app, [*args, "--dtype", dtype, "--device", "cpu", "--overwrite"])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        assert [s["computed_with"] for s in manifest["shards"]] == [{"device": "cpu", "dtype": dtype}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,15 +26,13 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import UsageError
-from simcli.io import STDIN, Errors, input_format
+from simcli.io import Errors, count_rows
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
-from simcli.types import DEFAULT_MAX_LENGTH, StoreDType
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn, StoreDType
 
 if TYPE_CHECKING:
     from simcli.io import ReadStats
     from simcli.models.encoder import Encoder
-
-ProgressFn = Callable[[int, int], None]
 
 
 def _shard_option(value: str | None) -> str | None:
@@ -62,19 +60,9 @@ def _describe(enc: Encoder) -> str:
 def _expected_rows(
     paths: Sequence[str], column: str | None, shard: tuple[int, int] | None, size: int
 ) -> int | None:
-    """Rows the reader will give (lines minus headers), for the ETA; None when reading stdin."""
-    if any(p == STDIN for p in paths):
-        return None
-    total = 0
-    for p in paths:
-        lines, last = 0, b"\n"
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                lines += block.count(b"\n")
-                last = block[-1:]
-        lines += last != b"\n"  # a last line without its newline
-        total += max(lines - (input_format(p, column) in ("tsv", "csv")), 0)
-    if shard is None:
+    """Rows the reader will give to this worker, for the ETA; None when reading stdin."""
+    total = count_rows(paths, column)
+    if shard is None or total is None:
         return total
     i, n = shard
     blocks = -(-total // size)
@@ -216,14 +204,11 @@ def encode(
 
         from simcli.models.encoder import load_encoder
 
-        enc = load_encoder(
-            model,
-            pooling=pooling,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-        )
+        config = EncoderConfig(
+            model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype,
+            batch_tokens=batch_tokens,
+        )  # fmt: skip
+        enc = load_encoder(config)
         if whitening is not None:
             # (x - beta*mu) W[:, :k], L2-normalised (REFERENCE 2); the file must fit this model and pooling.
             from simcli.whitening import WhitenedEncoder, Whitening
@@ -234,7 +219,7 @@ def encode(
         total = _expected_rows(inputs, column, split, shard_size) if sys.stderr.isatty() else None
         with _progress(total) as progress:
             if out is None:
-                _encode_json(records, enc, shard_size, normalize, split, batch_tokens, read_stats, progress)
+                _encode_json(records, enc, shard_size, normalize, split, read_stats, progress)
                 return
             from simcli.store import encode_to_store
 
@@ -248,7 +233,6 @@ def encode(
                 resume=resume,
                 overwrite=overwrite,
                 shard=split,
-                batch_tokens=batch_tokens,
                 inputs=inputs,
                 read_options=read_options,
                 read_stats=read_stats,
@@ -270,12 +254,11 @@ def _encode_json(
     chunk_size: int,
     normalize: bool,
     split: tuple[int, int] | None,
-    batch_tokens: int | None,
     read_stats: ReadStats,
     progress: ProgressFn | None,
 ) -> None:
-    from simcli.models.encoder import EncodeStats
     from simcli.store import encode_records
+    from simcli.types import EncodeStats
 
     stats = EncodeStats()
     count = empty = 0
@@ -286,7 +269,6 @@ def _encode_json(
         chunk_size=chunk_size,
         normalize=normalize,
         shard=split,
-        batch_tokens=batch_tokens,
         stats=stats,
         progress=progress,
     ):
@@ -315,14 +297,10 @@ def info(
     with reported_errors():
         from simcli.models.encoder import load_encoder
 
-        enc = load_encoder(
-            model,
-            pooling=pooling,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
+        config = EncoderConfig(
+            model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype
         )
+        enc = load_encoder(config)
         data = enc.info()
         if json_out:
             typer.echo(json.dumps(data, ensure_ascii=False))

@@ -19,6 +19,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.cli.whiten import progress_bar
+from simcli.types import EncoderConfig
 
 eval_app = typer.Typer(
     help="Evaluate encoders and whitening on labelled sentence pairs.", no_args_is_help=True
@@ -103,9 +104,12 @@ def sts(
                 task = bar.add_task(name, total=total)
                 return lambda n, _tokens: bar.advance(task, n)
 
+            config = EncoderConfig(model).with_options(
+                tokenizer=tokenizer, device=device, dtype=dtype, batch_tokens=batch_tokens
+            )
             results = evaluate_sts(
                 files,
-                model,
+                config,
                 poolings=pooling,
                 whiten=whiten,
                 beta=beta,
@@ -114,10 +118,6 @@ def sts(
                 columns=cols,
                 limit=limit,
                 max_length=max_length,
-                tokenizer=tokenizer,
-                device=device,
-                dtype=dtype,
-                batch_tokens=batch_tokens,
                 progress=progress,
                 on_encoder=show,
             )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,6 +20,7 @@ from simcli.paraphrase import (
     DEFAULT_N,
     DEFAULT_TOP_P,
 )
+from simcli.types import ProgressFn
 
 GenModelOpt = Annotated[
     str,
@@ -37,7 +38,7 @@ def _note(message: str) -> None:
 
 
 @contextmanager
-def _progress(total: int | None, unit: str) -> Iterator[Callable[[int, int], None] | None]:
+def _progress(total: int | None, unit: str) -> Iterator[ProgressFn | None]:
     """A rich progress bar on stderr when it is a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -51,7 +52,7 @@ def _progress(total: int | None, unit: str) -> Iterator[Callable[[int, int], Non
         console=console,
     ) as bar:  # fmt: skip
         task = bar.add_task("generate", total=total)
-        yield lambda done, total: bar.update(task, total=total, advance=done)
+        yield lambda done, _tokens: bar.update(task, advance=done)
 
 
 @app.command()
@@ -113,14 +114,13 @@ def generate(
     Batch:   simcli generate --input train.tsv --column text --out augmented.tsv -k 5
     """
     with reported_errors():
-        options: dict[str, Any] = {
-            "n": n, "k": k, "top_p": top_p, "top_k": top_k, "temperature": temperature, "greedy": greedy,
-            "seed": seed, "max_length": max_length, "max_new_tokens": max_new_tokens, "mask_ratio": mask_ratio,
-            "min_score": min_score, "max_score": max_score,
-        }  # fmt: skip
-        from simcli.paraphrase import check_batch_paths, check_options
+        from simcli.paraphrase import GenerationConfig, check_batch_paths
 
-        check_options(**{key: v for key, v in options.items() if key not in ("greedy", "seed")})
+        config = GenerationConfig(
+            n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, greedy=greedy, seed=seed,
+            max_length=max_length, max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score,
+            max_score=max_score,
+        )  # fmt: skip
         if input is not None or out is not None:
             if texts:
                 raise UsageError("give sentences or --input FILE, not both")
@@ -142,22 +142,27 @@ def generate(
             f"model {model} ({enc.checkpoint.family}), device {enc.device}, dtype {str(enc.dtype).removeprefix('torch.')}"
         )
         if input is not None and out is not None:
-            with _progress(None, "sentences") as progress:
+            from simcli.io import count_rows
+
+            with _progress(count_rows([str(input)], column), "sentences") as progress:
                 summary = generate_file(
-                    para, input, out, column=column, resume=resume, overwrite=overwrite, progress=progress,
-                    **options,
-                )  # fmt: skip
+                    para,
+                    input,
+                    out,
+                    config,
+                    column=column,
+                    resume=resume,
+                    overwrite=overwrite,
+                    progress=progress,
+                )
             earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
             empty = f", {summary.empty} empty skipped" if summary.empty else ""
             made = f"{counted(summary.paraphrases, 'paraphrase')} of {counted(summary.sources, 'sentence')}"
             _note(f"wrote {made}{earlier}{empty} to {out}")
             return
         assert texts is not None
-        samples = len(texts) * (1 if greedy else n)
-        with _progress(samples, "samples") as progress:
-            results = para.generate(
-                texts, progress=(lambda rows: progress(rows, samples)) if progress else None, **options
-            )
+        with _progress(len(texts) * config.samples, "samples") as progress:
+            results = para.generate(texts, config=config, progress=progress)
         for text, found in zip(texts, results):
             if json_out:
                 row = {

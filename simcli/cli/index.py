@@ -28,6 +28,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import BadInput, UsageError
+from simcli.types import EncoderConfig
 
 index_app = typer.Typer(
     help="Build, grow, inspect and check FAISS cosine indexes (query them with `simcli query`).",
@@ -139,27 +140,23 @@ def build(
         from simcli.cli.whiten import progress_bar
         from simcli.index import Index
 
-        options = {
-            "pooling": pooling,
-            "tokenizer": tokenizer,
-            "device": device,
-            "dtype": dtype,
-            "max_length": max_length,
-        }
-        if batch_tokens is not None:
-            options["batch_tokens"] = batch_tokens
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
+        config = None
+        if model is not None:
+            config = EncoderConfig(model).with_options(
+                pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
+                batch_tokens=batch_tokens,
+            )  # fmt: skip
         with progress_bar() as bar:
             idx = Index.build(
                 inputs,
                 out=out,
-                model=model,
+                model=config,
                 index=index,
                 whiten=whiten,
                 whitening=whitening,
                 memory=memory,
-                encoder_options=options,
                 read_options=_read_options(column, field, skip_empty),
                 overwrite=overwrite,
                 progress=_bar_progress(bar),
@@ -359,14 +356,10 @@ def similar(
             raise UsageError(f"give at least two sentences, got {len(texts)}")
         from simcli.index.similar import cosine_matrix
 
-        options = {
-            "pooling": pooling,
-            "tokenizer": tokenizer,
-            "device": device,
-            "dtype": dtype,
-            "max_length": max_length,
-        }
-        m = cosine_matrix(texts, model, whitening=whitening, encoder_options=options)
+        config = EncoderConfig(model).with_options(
+            pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length
+        )
+        m = cosine_matrix(texts, config, whitening=whitening)
         if len(texts) == 2:
             if json_out:
                 typer.echo(

@@ -22,7 +22,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import OutputExists, UsageError
-from simcli.types import DEFAULT_MAX_LENGTH
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
 
 whiten_app = typer.Typer(
     help="Fit BERT-whitening on a vector store or on text, and inspect whitening files.", no_args_is_help=True
@@ -113,10 +113,13 @@ def fit(
                 raise UsageError("--model is for text sources: a store records its model")
             w = whitening.fit_store(stores[0], dim=dim, beta=beta, gamma=gamma, clamp=clamp)
         else:
-            w = _fit_texts(
-                sources, model, dim, beta, gamma, clamp, pooling, tokenizer, device, dtype, max_length,
-                batch_tokens, column, field,
+            if model is None:
+                raise UsageError("text sources need --model (or give a store folder)")
+            config = EncoderConfig(model).with_options(
+                pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
+                batch_tokens=batch_tokens,
             )  # fmt: skip
+            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field)
         w.save(out)
         if w.clamped_from is not None:
             typer.echo(
@@ -135,31 +138,21 @@ def fit(
 
 def _fit_texts(
     sources: list[Path],
-    model: str | None,
+    config: EncoderConfig,
     dim: int | None,
     beta: float,
     gamma: float,
     clamp: bool,
-    pooling: str,
-    tokenizer: str | None,
-    device: str,
-    dtype: str,
-    max_length: int,
-    batch_tokens: int | None,
     column: str | None,
     field: str | None,
 ) -> Any:
     from simcli import whitening
     from simcli.io import read_records
 
-    if model is None:
-        raise UsageError("text sources need --model (or give a store folder)")
     records = read_records([str(s) for s in sources], column=column, field=field, skip_empty=True)
     from simcli.models.encoder import load_encoder
 
-    enc = load_encoder(
-        model, pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length
-    )
+    enc = load_encoder(config)
     spec = enc.spec
     typer.echo(
         f"simcli: {spec.model} ({spec.family}, {spec.pooling}, dim {spec.dim}) on {enc.device} "
@@ -176,7 +169,6 @@ def _fit_texts(
             gamma=gamma,
             clamp=clamp,
             source=", ".join(str(s) for s in sources),
-            batch_tokens=batch_tokens,
             progress=lambda n, _tokens: bar.advance(task, n),
         )
 

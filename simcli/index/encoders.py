@@ -14,20 +14,22 @@ from typing import Any
 from simcli.errors import ModelError, UsageError
 from simcli.index.manifest import IndexManifest
 from simcli.manifest import check_same_model
+from simcli.types import EncoderConfig
 
 Log = Callable[[str], None]
 
 
-def build_encoder(model: str | Any | None, options: dict[str, Any], log: Log) -> Any:
-    """The encoder for a text build: `model` loaded with the encoder options, or `model` itself when it is
-    a loaded Encoder."""
+def build_encoder(model: str | EncoderConfig | Any | None, options: dict[str, Any], log: Log) -> Any:
+    """The encoder for a text build: `model` (a name or an EncoderConfig) loaded with the encoder options
+    (EncoderConfig fields; None values are ignored), or `model` itself when it is a loaded Encoder."""
     if model is None:
         raise UsageError("text inputs need --model (or give a vector store folder)")
-    if not isinstance(model, str):
+    if not isinstance(model, str | EncoderConfig):
         return model
     from simcli.models.encoder import load_encoder
 
-    enc = load_encoder(model, **{k: v for k, v in options.items() if v is not None})
+    config = model if isinstance(model, EncoderConfig) else EncoderConfig(model)
+    enc = load_encoder(config.with_options(**options))
     log(
         f"model {enc.spec.model} ({enc.spec.family}, pooling {enc.spec.pooling}, dim {enc.spec.dim}) on {enc.device}"
     )
@@ -97,14 +99,11 @@ class QueryEncoder:
                 f"{self.path}: its model folder {where} is missing; pass --model with the folder that holds "
                 f"those weights (sha256 {spec.weights_sha256[:16]}...)"
             )
-        enc = load_encoder(
-            where,
-            pooling=spec.pooling,
-            tokenizer=spec.tokenizer,
-            device=self.device,
-            dtype=self.dtype or query_dtype(manifest.computed_with, self.device),
-            max_length=spec.max_length,
-            revision=spec.revision,
-        )
+        dtype = self.dtype or query_dtype(manifest.computed_with, self.device)
+        config = EncoderConfig(
+            where, pooling=spec.pooling, tokenizer=spec.tokenizer, max_length=spec.max_length,
+            device=self.device, dtype=dtype, revision=spec.revision,
+        )  # fmt: skip
+        enc = load_encoder(config)
         check_same_model(spec, enc.spec, f"model {where}")
         return enc

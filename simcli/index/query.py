@@ -28,7 +28,7 @@ from simcli.index.search import SearchParams, set_search_params
 from simcli.index.sources import Source, is_store, open_source
 from simcli.index.space import fit_whitening, to_index_space, whiten_value
 from simcli.index.stored import stored_vectors
-from simcli.types import Hit, ModelSpec
+from simcli.types import EncoderConfig, Hit, ModelSpec, ProgressFn
 
 Log = Callable[[str], None]
 
@@ -120,7 +120,7 @@ class Index:
         source: Any,
         *,
         out: str | Path,
-        model: str | Any | None = None,
+        model: str | EncoderConfig | Any | None = None,
         index: str = "auto",
         whiten: str | int = "auto",
         whitening: str | Path | None = None,
@@ -130,7 +130,7 @@ class Index:
         encoder_options: dict[str, Any] | None = None,
         read_options: dict[str, Any] | None = None,
         overwrite: bool = False,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressFn | None = None,
         log: Log | None = None,
     ) -> Index:
         """Build an index folder from raw vectors, a vector store or text, and return it loaded.
@@ -139,13 +139,13 @@ class Index:
             source: an (n, d) array of raw sentence vectors; a store folder (`simcli encode --out`); or text
                 file path(s) (txt / tsv / csv / jsonl, "-" for stdin) encoded with `model`.
             out: the index folder to write (must be empty or absent, unless `overwrite`).
-            model: hub id, local folder or a loaded Encoder, for text sources.
+            model: hub id, local folder, an EncoderConfig or a loaded Encoder, for text sources.
             index: auto | flat | hnsw | ivf | ivfpq | a faiss factory string (inner-product metric).
             whiten: auto | none | full | K (output dimensions); see `simcli.index.space.fit_whitening`.
             whitening: a whitening file (`simcli whiten fit`) to apply instead of fitting one.
             memory: budget for the index in memory ("2GB", bytes; default half the RAM), for `auto`.
             texts, spec: the texts and ModelSpec of an array source.
-            encoder_options: pooling / tokenizer / device / dtype / max_length / batch_tokens, for text.
+            encoder_options: EncoderConfig fields overriding those of `model` (None values are ignored).
             read_options: column / field / errors / skip_empty for the text readers.
             overwrite: replace an index already in `out`.
             progress: called with (sentences, tokens) while encoding text.
@@ -161,7 +161,6 @@ class Index:
         index = check_index_name(index)  # before a model loads
         whiten_value(whiten)
         enc_options = dict(encoder_options or {})
-        batch_tokens = enc_options.pop("batch_tokens", None)
         used: list[Any] = []
 
         def get_encoder() -> Any:
@@ -178,7 +177,6 @@ class Index:
             spec=spec,
             encoder=get_encoder,
             read_options=read_options,
-            batch_tokens=batch_tokens,
             progress=progress,
         )
         _warn_about(src, log)
@@ -319,7 +317,7 @@ class Index:
         *,
         texts: Sequence[str] | None = None,
         read_options: dict[str, Any] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressFn | None = None,
         log: Log | None = None,
     ) -> int:
         """Append vectors to the index without rebuilding it, with the recorded model and whitening.

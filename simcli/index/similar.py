@@ -8,26 +8,27 @@ from typing import Any
 
 import numpy as np
 
+from simcli.types import EncoderConfig
+from simcli.vectors import l2_normalize
+
 
 def cosine_matrix(
     texts: Sequence[str],
-    model: str | Any,
+    model: str | EncoderConfig | Any,
     *,
     whitening: str | Path | None = None,
-    encoder_options: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """The (n, n) cosine matrix of `texts`: encoded raw, whitened when a file is given, L2-normalised.
 
     Args:
         texts: the sentences.
-        model: hub id, local folder or a loaded Encoder.
+        model: hub id, local folder, an EncoderConfig or a loaded Encoder.
         whitening: a whitening file fitted for this model (checked against the encoder's spec).
-        encoder_options: pooling / tokenizer / device / dtype / max_length for `load_encoder`.
     """
-    if isinstance(model, str):
+    if isinstance(model, str | EncoderConfig):
         from simcli.models.encoder import load_encoder
 
-        enc = load_encoder(model, **{k: v for k, v in (encoder_options or {}).items() if v is not None})
+        enc = load_encoder(model)
     else:
         enc = model
     x = enc.encode(list(texts), normalize=False)  # (n, dim) raw: whitening is fitted on raw vectors
@@ -36,5 +37,5 @@ def cosine_matrix(
 
         x = whitening_for(whitening, enc.spec, f"model {enc.spec.model}").transform(x, normalize=True)
     else:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = l2_normalize(x)
     return np.clip(x @ x.T, -1.0, 1.0)

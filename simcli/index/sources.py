@@ -15,10 +15,8 @@ import numpy as np
 
 from simcli.errors import BadInput, UsageError
 from simcli.manifest import computed_with
-from simcli.types import ModelSpec
-
-CHUNK = 8192  # sentences encoded (and vectors handled) at a time
-ProgressFn = Callable[[int, int], None]
+from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn
+from simcli.vectors import BLOCK_SENTENCES as CHUNK  # sentences encoded (and vectors handled) at a time
 
 
 @dataclass
@@ -114,35 +112,23 @@ def from_store(path: str | Path) -> Source:
 
 def from_texts(
     records: Iterator[Any],
-    encoder: Any,
+    encoder: Encoder,
     *,
     describe: str,
-    batch_tokens: int | None = None,
     progress: ProgressFn | None = None,
 ) -> Source:
     """Encode text records (simcli.io.Record) with `encoder`, CHUNK at a time, keeping the raw vectors in memory."""
-    from simcli.models.encoder import EncodeStats
+    from simcli.vectors import chunked, encode_blocks
 
     stats = EncodeStats()
     parts: list[np.ndarray] = []
     meta: list[dict[str, Any]] = []
-    block: list[str] = []
-
-    def flush() -> None:
-        if block:
-            parts.append(
-                encoder.encode(
-                    block, normalize=False, batch_tokens=batch_tokens, stats=stats, progress=progress
-                )
-            )
-            block.clear()
-
-    for rec in records:
-        meta.append({"text": rec.text, "source": rec.source, "line": rec.line})
-        block.append(rec.text)
-        if len(block) >= CHUNK:
-            flush()
-    flush()
+    blocks = chunked(records, CHUNK)
+    for block, vectors in encode_blocks(
+        encoder, blocks, text=lambda r: r.text, stats=stats, progress=progress
+    ):
+        meta.extend({"text": r.text, "source": r.source, "line": r.line} for r in block)
+        parts.append(vectors)
     if not meta:
         raise BadInput(f"{describe}: no sentences to index")
     return Source(
@@ -175,7 +161,6 @@ def open_source(
     spec: ModelSpec | None = None,
     encoder: Callable[[], Any] | None = None,
     read_options: dict[str, Any] | None = None,
-    batch_tokens: int | None = None,
     progress: ProgressFn | None = None,
 ) -> Source:
     """Resolve what `Index.build` / `Index.add` was given.
@@ -209,6 +194,5 @@ def open_source(
         iter(records),
         encoder(),
         describe=", ".join(map(str, paths)),
-        batch_tokens=batch_tokens,
         progress=progress,
     )

@@ -16,6 +16,7 @@ from simcli.errors import BadInput, ManifestMismatch, UsageError
 from simcli.index.manifest import WhiteningRecord
 from simcli.index.sources import Source
 from simcli.types import ModelSpec
+from simcli.vectors import l2_normalize
 
 WHITEN_AUTO_DIM = 256  # REFERENCE 5: whitening to 256-d cut memory 3x and search time ~4x at equal quality
 Log = Callable[[str], None]
@@ -54,9 +55,7 @@ def to_index_space(x: np.ndarray, whitening: Any) -> np.ndarray:
     """
     if whitening is not None:
         return np.asarray(whitening.transform(x, normalize=True), dtype=np.float32)
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    return l2_normalize(np.asarray(x, dtype=np.float32))
 
 
 def fit_whitening(src: Source, whiten: str | int, whitening: str | Path | None, log: Log) -> Any:

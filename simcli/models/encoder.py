@@ -9,9 +9,9 @@ back into input order.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -22,9 +22,13 @@ from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates, resolve_device
 from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint, recorded_name
 from simcli.models.native import NativeBackbone
-from simcli.models.pooling import NEEDS_ALL_LAYERS, pool, resolve_pooling
+from simcli.models.pooling import resolve_pooling
+from simcli.models.sentence import SentenceModel
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
-from simcli.types import DEFAULT_MAX_LENGTH, ModelSpec
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, EncodeStats, ModelSpec, ProgressFn
+from simcli.vectors import l2_normalize
+
+__all__ = ["EncodeStats", "Encoder", "EncoderConfig", "encode", "load_encoder"]
 
 # Token budget of a batch. On CPU, small batches keep the activations in cache (the elementwise ops,
 # GELU and rotary, are memory-bound): measured 8192 -> 57, 2048 -> 82, 1024 -> 79, 256 -> 56 sentences/s on a
@@ -55,47 +59,44 @@ CALIBRATION_SENTENCES = [
     "如何在网上申请营业执照",
 ]
 
-ProgressFn = Callable[[int, int], None]  # (sentences done in this step, tokens in this step)
-
-
-@dataclass
-class EncodeStats:
-    """Counts an `encode` call adds to (pass one in to collect them across calls)."""
-
-    sentences: int = 0
-    tokens: int = 0  # real tokens, [CLS]/[SEP] included
-    padded_tokens: int = 0  # tokens the model actually ran, padding included
-    truncated: int = 0  # sentences cut at max_length
-    duplicates: int = 0  # sentences equal to an earlier one of their chunk: encoded once, copied
-    seconds: float = 0.0
-
 
 class Encoder:
-    """A loaded sentence encoder. Create with `load_encoder`."""
+    """A loaded sentence encoder: the numpy inference driver around a differentiable `SentenceModel`.
+
+    Create with `load_encoder(EncoderConfig(...))`. Implements the `simcli.types.Encoder` protocol.
+    """
 
     def __init__(
         self,
         checkpoint: Checkpoint,
         tokenizer: Tokenizer,
-        backbone: torch.nn.Module,
-        pooler: torch.nn.Linear | None,
-        pooling: str,
-        max_length: int,
+        model: SentenceModel,
+        config: EncoderConfig,
         device: torch.device,
         dtype: torch.dtype,
         dtype_reason: str,
     ) -> None:
         self.checkpoint = checkpoint
         self.tokenizer = tokenizer
-        self.backbone = backbone
-        self.pooler = pooler
-        self.pooling = pooling
-        self.max_length = max_length
+        self.model = model
+        self.config = config
+        self.pooling = model.pooling
+        self.max_length = config.max_length
         self.device = device
         self.dtype = dtype
         self.dtype_reason = dtype_reason
         self.dim = int(checkpoint.config["hidden_size"])
-        self.engine = "native" if isinstance(backbone, NativeBackbone) else "transformers"
+        self.engine = "native" if isinstance(model.backbone, NativeBackbone) else "transformers"
+        default_budget = CUDA_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
+        self.batch_tokens = config.batch_tokens or default_budget
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.model.backbone
+
+    @property
+    def pooler(self) -> torch.nn.Linear | None:
+        return self.model.pooler
 
     # -- identity -------------------------------------------------------------------------------------
     def spec_for(self, pooling: str) -> ModelSpec:
@@ -161,7 +162,7 @@ class Encoder:
             texts: the sentences.
             normalize: L2-normalise each vector (raw pooled vectors otherwise; whitening wants them raw).
             pooling: override the encoder's pooling for this call.
-            batch_tokens: token budget of one batch (padded length x rows); default by device.
+            batch_tokens: token budget of one batch (padded length x rows) for this call; default the config's.
             stats: an EncodeStats to add counts to.
             progress: called with (sentences, tokens) after each batch.
 
@@ -192,7 +193,7 @@ class Encoder:
         modes = [self.spec_for(p).pooling for p in poolings]
         cut = self.max_length if max_length is None else min(max_length, self.max_length)
         if batch_tokens is None:
-            batch_tokens = CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS
+            batch_tokens = self.batch_tokens
         out = {m: np.empty((len(texts), self.dim), dtype=np.float32) for m in modes}
         stats = stats if stats is not None else EncodeStats()
         start = time.perf_counter()
@@ -214,7 +215,7 @@ class Encoder:
                 self._encode_chunk(tokenized.ids, chunk.start, modes, out, batch_tokens, stats, progress)
         if normalize:
             for v in out.values():
-                v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+                l2_normalize(v, inplace=True)
         stats.seconds += time.perf_counter() - start
         return out
 
@@ -270,80 +271,67 @@ class Encoder:
         for r, row in enumerate(ids):
             input_ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
             mask[r, : len(row)] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        need_all = any(m in NEEDS_ALL_LAYERS for m in modes)
-        result = self.backbone(
-            input_ids=input_ids,
-            attention_mask=mask,
-            token_type_ids=torch.zeros_like(input_ids),  # single sentence: segment 0 throughout
-            output_hidden_states=need_all,
-        )
-        hidden = result.hidden_states if need_all else (result.last_hidden_state,)
-        act = self.checkpoint.pooler_activation
-        return {m: pool(hidden, mask, m, self.pooler, act).cpu().numpy() for m in modes}
+        vectors = self.model.pool_all(input_ids.to(self.device), mask.to(self.device), modes)
+        return {m: v.cpu().numpy() for m, v in vectors.items()}
 
 
-def _cast(
-    backbone: torch.nn.Module, pooler: torch.nn.Linear | None, device: torch.device, dtype: torch.dtype
-) -> None:
-    backbone.to(device=device, dtype=dtype)
-    if pooler is not None:
-        pooler.to(device=device, dtype=dtype)
+def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> None:
+    model.to(device=device, dtype=dtype)
 
 
-def load_encoder(
-    model: str,
-    *,
-    pooling: str = "auto",
-    tokenizer: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_length: int = DEFAULT_MAX_LENGTH,
-    revision: str | None = None,
-    engine: str = "auto",
-) -> Encoder:
+def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
     """Load a WoBERT / RoFormer / RoFormer-Sim / BERT checkpoint as a sentence encoder.
 
     Args:
+        config: an EncoderConfig (what to load and how to run it), or a model name; `options` are
+            EncoderConfig fields that override it: `load_encoder("./rs", dtype="float32")` is
+            `load_encoder(EncoderConfig("./rs", dtype="float32"))`.
+
+    The config's fields:
         model: hub id (downloaded and cached by huggingface_hub) or a local folder in the hub layout.
         pooling: auto | pooler | cls | last-avg | first-last-avg (REFERENCE 1.2).
         tokenizer: "char" or "word" to override the detected tokenizer.
+        max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         device: auto | cpu | cuda | cuda:N.
         dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA; on CPU bfloat16 where the CPU
             runs bf16 matrix products at least 1.5x faster than float32 (measured) and the vectors stay within
             cosine 0.999 of float32 on calibration sentences, else float32.
-        max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
-        revision: hub revision.
+        batch_tokens: token budget of one batch (default 1024 on CPU, 16384 on CUDA).
         engine: auto | native | transformers: who runs the transformer. `native` is simcli's own torch
             implementation (simcli/models/native.py), which spares the ~3 s import of transformers' modeling
             stack; `auto` uses it wherever it implements the checkpoint's config, else transformers.
+        revision: hub revision.
     """
     from simcli.errors import UsageError
 
-    check_engine(engine)  # before anything is loaded
-    ck = open_checkpoint(model, tokenizer=tokenizer, revision=revision)
-    mode = resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained)
+    cfg = EncoderConfig(model=config, **options) if isinstance(config, str) else replace(config, **options)
+    check_engine(cfg.engine)  # before anything is loaded
+    if cfg.batch_tokens is not None and cfg.batch_tokens < 1:
+        raise UsageError(f"--batch-tokens must be at least 1, got {cfg.batch_tokens}")
+    ck = open_checkpoint(cfg.model, tokenizer=cfg.tokenizer, revision=cfg.revision)
+    mode = resolve_pooling(cfg.pooling, ck.family, ck.has_pooler, ck.similarity_trained)
     max_pos = int(ck.config.get("max_position_embeddings", 512))
-    if not 3 <= max_length <= max_pos:
+    if not 3 <= cfg.max_length <= max_pos:
         raise UsageError(
-            f"--max-length must be between 3 and {max_pos} (the model's positions), got {max_length}"
+            f"--max-length must be between 3 and {max_pos} (the model's positions), got {cfg.max_length}"
         )
     tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind)
-    dev = resolve_device(device)
-    want, reason = dtype_candidates(dtype, dev)
-    backbone, pooler = build_backbone(ck, engine=engine)
-    enc = Encoder(ck, tok, backbone, pooler, mode, max_length, dev, torch.float32, reason)
+    dev = resolve_device(cfg.device)
+    want, reason = dtype_candidates(cfg.dtype, dev)
+    backbone, pooler = build_backbone(ck, engine=cfg.engine)
+    model = SentenceModel(backbone, pooler, mode, ck.pooler_activation)
+    enc = Encoder(ck, tok, model, cfg, dev, torch.float32, reason)
     if want == torch.float32:
-        _cast(backbone, pooler, dev, want)
+        _cast(model, dev, want)
         return enc
-    if dtype == "auto" and dev.type == "cpu":
+    if cfg.dtype == "auto" and dev.type == "cpu":
         # Keep bf16 only where it is accurate for this model (REFERENCE: measure the accuracy cost).
         reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
         import copy
 
-        low_backbone, low_pooler = copy.deepcopy(backbone), copy.deepcopy(pooler)
-        _cast(low_backbone, low_pooler, dev, want)
-        trial = Encoder(ck, tok, low_backbone, low_pooler, mode, max_length, dev, want, reason)
+        low = copy.deepcopy(model)
+        _cast(low, dev, want)
+        trial = Encoder(ck, tok, low, cfg, dev, want, reason)
         cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
         if cos >= BF16_MIN_COSINE:
             trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
@@ -351,16 +339,16 @@ def load_encoder(
         enc.dtype_reason = (
             f"auto: bf16 min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
         )
-        _cast(backbone, pooler, dev, torch.float32)
+        _cast(model, dev, torch.float32)
         return enc
-    _cast(backbone, pooler, dev, want)
+    _cast(model, dev, want)
     enc.dtype = want
     return enc
 
 
 @lru_cache(maxsize=2)
-def _cached_encoder(model: str, pooling: str, device: str, dtype: str, max_length: int) -> Encoder:
-    return load_encoder(model, pooling=pooling, device=device, dtype=dtype, max_length=max_length)
+def _cached_encoder(config: EncoderConfig) -> Encoder:
+    return load_encoder(config)
 
 
 def encode(
@@ -378,5 +366,5 @@ def encode(
     Returns:
         float32 array (len(texts), dim), in input order.
     """
-    enc = _cached_encoder(model, pooling, device, dtype, max_length)
-    return enc.encode(texts, normalize=normalize)
+    config = EncoderConfig(model, pooling=pooling, device=device, dtype=dtype, max_length=max_length)
+    return _cached_encoder(config).encode(texts, normalize=normalize)

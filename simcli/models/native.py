@@ -1,4 +1,4 @@
-"""Inference-only RoFormer and BERT encoders in plain PyTorch, built from a checkpoint's config and weights.
+"""RoFormer and BERT encoders (and their masked-LM head) in plain PyTorch, built from a checkpoint's config and weights.
 
 Why this exists: a cold `simcli query` took ~6 s, of which ~3 s was importing transformers' modeling stack
 (`from transformers import RoFormerModel` pulls in scipy.optimize through transformers.loss, 550 ms;
@@ -7,9 +7,13 @@ templates), none of which encoding uses (`import torch` itself is 1.4 s). This m
 forward pass as transformers' `RoFormerModel` / `BertModel` (models/roformer/modeling_roformer.py,
 models/bert/modeling_bert.py) with torch alone, so encoding never imports transformers.
 
+UniLM generation (simcli/models/unilm.py) runs here too: `NativeBackbone.decode` feeds new tokens through
+the same layers with a `KVCache` and per-row positions, and `MLMHead` is the masked-LM head, so
+`simcli generate` never imports transformers either.
+
 transformers' modules remain the reference: tests/test_native.py checks every layer's output against them,
-configurations this module does not implement fall back to them (`unsupported`), and generation
-(simcli/models/unilm.py) drives their layers with a KV cache.
+tests/test_generate.py checks cached decoding against a full transformers forward with the explicit UniLM
+mask, and encoding configurations this module does not implement fall back to them (`unsupported`).
 """
 
 from __future__ import annotations
@@ -227,8 +231,10 @@ class _Layer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (batch, seq, hidden)
-        bias: torch.Tensor | None,  # (batch, 1, 1, seq) additive key mask: 0 or dtype min; None = no padding
-        rotary: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin (seq, head_dim)
+        bias: torch.Tensor | None,  # (batch, 1, 1, keys) additive key mask: 0 or dtype min; None = no padding
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (seq, head_dim) or (batch, 1, seq, hd)
+        cache: KVCache | None = None,  # earlier keys/values (decoding): this pass's are appended
+        index: int = 0,  # this layer's index in the cache
     ) -> torch.Tensor:
         b, t, h = x.shape
         att = self.attention.self
@@ -241,6 +247,8 @@ class _Layer(nn.Module):
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             if self.rotary_value:
                 v = _rotate(v, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, index)
         ctx = attention(q, k, v, bias)  # full attention, whatever the config's is_decoder (REFERENCE 1.1)
         x = self.attention.output(ctx.transpose(1, 2).reshape(b, t, h), x)
         return self.output(self.act(self.intermediate.dense(x)), x)
@@ -256,10 +264,14 @@ class _Embeddings(nn.Module):
         self.position_embeddings = None if c.rotary else _Embedding(c.max_position_embeddings, e)
         self.LayerNorm = _LayerNorm(e, eps=c.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embedded tokens; `positions` (batch or 1, seq) for BERT rows that do not start at position 0."""
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         if self.position_embeddings is not None:
-            x = x + self.position_embeddings.weight[: input_ids.shape[1]]
+            pos = self.position_embeddings.weight
+            x = x + (pos[: input_ids.shape[1]] if positions is None else pos[positions])
         return self.LayerNorm(x)
 
 
@@ -274,8 +286,18 @@ class _RotaryTable(nn.Module):
 
     def forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (t, dim) for positions 0..t-1, pair-interleaved: [a0, a0, a1, a1, ...] (REFERENCE 1.4)."""
-        sin, cos = self.weight[:t].chunk(2, dim=-1)
-        return torch.stack([cos, cos], -1).reshape(t, -1), torch.stack([sin, sin], -1).reshape(t, -1)
+        return _interleave(self.weight[:t])
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (rows, 1, t, dim) for per-row positions (rows, t): each row continues at its own length."""
+        cos, sin = _interleave(self.weight[positions])
+        return cos[:, None], sin[:, None]
+
+
+def _interleave(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sin, cos = table.chunk(2, dim=-1)
+    shape = (*table.shape[:-1], -1)
+    return torch.stack([cos, cos], -1).reshape(shape), torch.stack([sin, sin], -1).reshape(shape)
 
 
 class _Encoder(nn.Module):
@@ -330,8 +352,7 @@ class NativeBackbone(nn.Module):
         left = [k for k, v in self.state_dict().items() if v.is_meta]
         if left:
             raise ValueError(f"weights not loaded: {', '.join(left)}")
-        self.requires_grad_(False)
-        return self.eval()
+        return self.eval()  # trainable: inference runs under torch.inference_mode instead of frozen weights
 
     def forward(
         self,
@@ -357,3 +378,117 @@ class NativeBackbone(nn.Module):
             x = layer(x, bias, rotary)
             hidden.append(x)
         return BackboneOutput(x, tuple(hidden) if output_hidden_states else None)
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,  # (rows, t)
+        token_type_ids: torch.Tensor,  # (rows, t)
+        positions: torch.Tensor,  # (rows or 1, t): each row's own positions (sources differ in length)
+        bias: torch.Tensor,  # (rows, 1, 1, cache.length + t) additive key mask over cached + new keys
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """Last hidden states (rows, t, hidden) of `t` new tokens per row that attend to the cache and to
+        each other as `bias` allows; their keys/values are written into the cache and its length advanced.
+        The same arithmetic as `forward` (UniLM decoding, simcli/models/unilm.py)."""
+        x = self.embeddings(input_ids, token_type_ids, None if self.config.rotary else positions)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        table = self.encoder.embed_positions
+        rotary = table.at(positions) if table is not None else None
+        for i, layer in enumerate(self.encoder.layer):
+            x = layer(x, bias, rotary, cache, i)
+        cache.advance(input_ids.shape[1])
+        return x
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to a capacity and filled left to right.
+
+    `update` stores one layer's keys/values of a pass (the part of transformers' Cache protocol its
+    attention calls); the length advances once per pass (`advance`), after every layer has written its slice.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> None:
+        self.keys = keys  # per layer (batch, heads, capacity, head_dim)
+        self.values = values
+        self.length = length
+
+    @classmethod
+    def empty(
+        cls, layers: int, batch: int, heads: int, capacity: int, head_dim: int, like: torch.Tensor
+    ) -> KVCache:
+        shape = (batch, heads, capacity, head_dim)
+        make = [like.new_empty(shape) for _ in range(2 * layers)]
+        return cls(make[:layers], make[layers:], 0)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this pass's keys/values of one layer; return all keys/values so far (views, no copy)."""
+        end = self.length + key.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache full: {end} > capacity {self.capacity}")
+        self.keys[layer_idx][:, :, self.length : end] = key
+        self.values[layer_idx][:, :, self.length : end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+    def select(self, rows: torch.Tensor, capacity: int | None = None) -> KVCache:
+        """A new cache holding `rows` (repeats allowed: n samples of one source), optionally with more room."""
+        capacity = self.capacity if capacity is None else capacity
+        n, used = len(rows), self.length
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_empty((n, t.shape[1], capacity, t.shape[3]))
+            out[:, :, :used] = t[:, :, :used].index_select(0, rows)
+            return out
+
+        return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], used)
+
+
+class _HeadTransform(nn.Module):
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        self.dense = _Linear(c.hidden_size, c.embedding_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.LayerNorm = _LayerNorm(c.embedding_size, eps=c.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class _Predictions(nn.Module):
+    def __init__(self, c: BackboneConfig) -> None:
+        super().__init__()
+        self.transform = _HeadTransform(c)
+        self.decoder = _Linear(c.embedding_size, c.vocab_size)  # weight tied to the word embeddings
+        self.bias = nn.Parameter(torch.empty(c.vocab_size))  # the checkpoint's; forward uses decoder.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x))
+
+
+class MLMHead(nn.Module):
+    """The masked-LM head (`cls.*` keys): transform (dense, activation, LayerNorm), then the decoder tied to
+    the word embeddings; named and computed as transformers' RoFormerOnlyMLMHead / BertOnlyMLMHead."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.predictions = _Predictions(config)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (..., vocab) from last hidden states (..., hidden)."""
+        return self.predictions(hidden)

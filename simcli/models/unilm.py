@@ -6,16 +6,16 @@ within a, b attends to all of a and causally within b (REFERENCE.md 4; c = cumsu
 iff c[j] <= c[i]). With a KV cache that is exactly: the source pass with full attention over the real
 source tokens, then each new token (type 1) attending to the whole cache and itself.
 
-We drive transformers' RoFormer (or BERT) modules (embeddings, layers, rotary table, MLM head) ourselves
-instead of calling `RoFormerModel.forward`, for two reasons: its rotary positions start at one cache length for the
-whole batch, while rows of a batch have sources of different lengths (each row continues at its own
-length, REFERENCE.md 1.4); and we keep a preallocated cache whose rows can be repeated (n samples of one
-source) and dropped (finished samples) in one copy.
+The layers are simcli's own (`NativeBackbone.decode` and `MLMHead` in simcli/models/native.py), so
+generation never imports transformers (~3 s of a cold start). They take per-row positions, since rows of a
+batch have sources of different lengths and each row continues at its own length (REFERENCE.md 1.4), and a
+preallocated cache whose rows can be repeated (n samples of one source) and dropped (finished samples) in
+one copy. transformers is the test oracle: tests/test_generate.py checks the cached logits against its full
+forward pass over `[CLS] a [SEP] b` with the explicit UniLM mask.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,110 +23,48 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from simcli.errors import ModelError
+from simcli.models.native import KVCache, MLMHead, NativeBackbone
+from simcli.types import ProgressFn
+
+__all__ = ["KVCache", "UniLM", "build_mlm_head", "check_can_generate", "sample"]
 
 if TYPE_CHECKING:
     from simcli.models.encoder import Encoder
     from simcli.models.loading import Checkpoint
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated to a capacity and filled left to right.
-
-    Implements the part of transformers' Cache protocol that RoFormerSelfAttention calls (`update`).
-    The length advances once per forward pass (`advance`), after every layer has written its slice.
-    """
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> None:
-        self.keys = keys  # per layer (batch, heads, capacity, head_dim)
-        self.values = values
-        self.length = length
-
-    @classmethod
-    def empty(
-        cls, layers: int, batch: int, heads: int, capacity: int, head_dim: int, like: torch.Tensor
-    ) -> KVCache:
-        shape = (batch, heads, capacity, head_dim)
-        make = [like.new_empty(shape) for _ in range(2 * layers)]
-        return cls(make[:layers], make[layers:], 0)
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2]
-
-    @property
-    def batch(self) -> int:
-        return self.keys[0].shape[0]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
-
-    def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this pass's keys/values of one layer; return all keys/values so far (views, no copy)."""
-        end = self.length + key.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache full: {end} > capacity {self.capacity}")
-        self.keys[layer_idx][:, :, self.length : end] = key
-        self.values[layer_idx][:, :, self.length : end] = value
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
-
-    def advance(self, steps: int) -> None:
-        self.length += steps
-
-    def select(self, rows: torch.Tensor, capacity: int | None = None) -> KVCache:
-        """A new cache holding `rows` (repeats allowed: n samples of one source), optionally with more room."""
-        capacity = self.capacity if capacity is None else capacity
-        n, used = len(rows), self.length
-
-        def take(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_empty((n, t.shape[1], capacity, t.shape[3]))
-            out[:, :, :used] = t[:, :, :used].index_select(0, rows)
-            return out
-
-        return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], used)
-
-
-def cache_keyword(layer: Any) -> str:
-    """The name a transformers layer gives its cache argument: `cache` from transformers 5.x on (where
-    `past_key_values` still works but warns on every call), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(type(layer).forward).parameters else "past_key_values"
-
-
-def build_mlm_head(backbone: Any, state_dict: dict[str, torch.Tensor]) -> Any:
-    """transformers' RoFormerOnlyMLMHead / BertOnlyMLMHead with the checkpoint's `cls.predictions.*` weights.
+def build_mlm_head(
+    backbone: NativeBackbone, state_dict: dict[str, torch.Tensor], weights_path: Any
+) -> MLMHead:
+    """The masked-LM head with the checkpoint's `cls.predictions.*` weights, on the backbone's device and dtype.
 
     The decoder is tied to the word embeddings (REFERENCE.md 1.1): when the file's decoder weight is absent
     or equal to them, the module shares the backbone's embedding tensor instead of holding a copy.
     """
-    head_class: Any
-    if backbone.config.model_type == "roformer":
-        from transformers.models.roformer.modeling_roformer import RoFormerOnlyMLMHead as head_class
-    else:
-        from transformers.models.bert.modeling_bert import BertOnlyMLMHead as head_class
+    from simcli.models.loading import check_weights
 
     emb = backbone.embeddings.word_embeddings.weight
-    head = head_class(backbone.config)
+    with torch.device("meta"):
+        head = MLMHead(backbone.config)
     pre = "cls.predictions."
+    bias = state_dict.get(pre + "decoder.bias", state_dict.get(pre + "bias"))
     needed = ["transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight"]
     needed += ["transform.LayerNorm.bias"]
     missing = [pre + k for k in needed if pre + k not in state_dict]
-    bias = state_dict.get(pre + "decoder.bias", state_dict.get(pre + "bias"))
     if missing or bias is None:
         raise ModelError(f"MLM head weights missing: {', '.join(missing) or pre + 'bias'}")
-    p = head.predictions
-    with torch.no_grad():
-        for k in needed:
-            p.get_parameter(k).copy_(state_dict[pre + k])
-        p.decoder.bias.copy_(bias)
-        p.bias.copy_(bias)  # unused by forward (the decoder's own bias is), kept equal as in the checkpoint
-    head.to(device=emb.device, dtype=emb.dtype)
+    file_weights = {f"predictions.{k}": state_dict[pre + k] for k in needed}
+    file_weights |= {"predictions.bias": bias, "predictions.decoder.bias": bias}
     decoder = state_dict.get(pre + "decoder.weight")
-    if decoder is None or torch.equal(decoder.to(emb.dtype).to(emb.device), emb.detach()):
-        p.decoder.weight = emb  # tied
-    else:
-        with torch.no_grad():
-            p.decoder.weight.copy_(decoder)
+    tied = decoder is None or torch.equal(decoder.to(emb.dtype).to(emb.device), emb.detach())
+    if decoder is not None and not tied:
+        file_weights["predictions.decoder.weight"] = decoder
+    expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    weights = check_weights(weights_path, file_weights, expected, optional={"predictions.decoder.weight"})
+    owned = {k: v.to(device=emb.device, dtype=emb.dtype, copy=True) for k, v in weights.items()}
+    head.load_state_dict(owned, strict=False, assign=True)
+    if tied:
+        head.predictions.decoder.weight = emb
     return head.eval()
 
 
@@ -152,39 +90,44 @@ def check_can_generate(ck: Checkpoint) -> None:
 
 class UniLM:
     """Incremental seq2seq decoding with a RoFormer (or BERT, for SimBERT) backbone with full attention and
-    its MLM head."""
+    its MLM head (simcli's native modules)."""
 
-    def __init__(self, backbone: Any, head: Any) -> None:
+    def __init__(self, backbone: NativeBackbone, head: MLMHead) -> None:
         self.backbone = backbone
         self.head = head
-        self._cache_kw = cache_keyword(backbone.encoder.layer[0])  # once: inspect is not for every step
         cfg = backbone.config
-        self.layers = int(cfg.num_hidden_layers)
-        self.heads = int(cfg.num_attention_heads)
-        self.head_dim = int(cfg.hidden_size) // self.heads
-        self.max_positions = int(cfg.max_position_embeddings)
-        self.vocab_size = int(cfg.vocab_size)
+        self.layers = cfg.num_hidden_layers
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+        self.max_positions = cfg.max_position_embeddings
+        self.vocab_size = cfg.vocab_size
         emb = backbone.embeddings.word_embeddings.weight
-        self.rotary = cfg.model_type == "roformer"
+        self.rotary = cfg.rotary
         self.device: torch.device = emb.device
         self.dtype: torch.dtype = emb.dtype
         self._min = torch.finfo(self.dtype).min
 
     @classmethod
     def from_encoder(cls, enc: Encoder) -> UniLM:
-        """The UniLM decoder of a loaded RoFormer-Sim encoder; ModelError for models without the UniLM head."""
+        """The UniLM decoder of a loaded RoFormer-Sim encoder; ModelError for models without the UniLM head.
+
+        It shares the encoder's native backbone (one copy of the weights for sampling and re-ranking); an
+        encoder on transformers' modules gets a native backbone built from the same weights.
+        """
         ck = enc.checkpoint
         check_can_generate(ck)
         sd = ck.state_dict()
         backbone = enc.backbone
-        if enc.engine != "transformers":
-            # The native encoder (simcli/models/native.py) has no KV cache: decoding drives transformers'
-            # layers, so build them from the same weights, on the encoder's device and dtype.
+        if not isinstance(backbone, NativeBackbone):
             from simcli.models.loading import build_backbone
 
-            backbone, _ = build_backbone(ck, sd, engine="transformers")
-            backbone.to(device=enc.device, dtype=enc.dtype)
-        return cls(backbone, build_mlm_head(backbone, sd))
+            try:
+                built, _ = build_backbone(ck, sd, engine="native")
+            except ModelError as e:
+                raise ModelError(f"{ck.model}: cannot generate: {e}") from None
+            backbone = built.to(device=enc.device, dtype=enc.dtype)
+        assert isinstance(backbone, NativeBackbone)
+        return cls(backbone, build_mlm_head(backbone, sd, ck.weights_path))
 
     def key_bias(self, allowed: torch.Tensor) -> torch.Tensor:
         """Additive attention bias (batch, 1, 1, keys) from a boolean (batch, keys): 0 allowed, min blocked.
@@ -204,27 +147,7 @@ class UniLM:
         cache: KVCache,
     ) -> torch.Tensor:
         """Run the layers over `ids` (batch, t), writing their keys/values into `cache`; last hidden states."""
-        bb = self.backbone
-        types = torch.full_like(ids, token_type)
-        cached = {self._cache_kw: cache}
-        if not self.rotary:  # BERT (SimBERT): absolute position embeddings, one row of positions per row
-            hidden = bb.embeddings(
-                input_ids=ids, token_type_ids=types, position_ids=positions.expand(ids.shape)
-            )
-            for layer in bb.encoder.layer:
-                hidden = layer(hidden, bias, **cached)
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            cache.advance(ids.shape[1])
-            return hidden
-        hidden = bb.embeddings(input_ids=ids, token_type_ids=types)
-        if hasattr(bb, "embeddings_project"):
-            hidden = bb.embeddings_project(hidden)
-        # Rotary table rows per position; (rows or 1, 1, t, head_dim) broadcasts over heads (REFERENCE 1.4).
-        sin_pos = bb.encoder.embed_positions(ids.shape, position_ids=positions)[:, None]
-        for layer in bb.encoder.layer:
-            hidden = layer(hidden, bias, sin_pos, **cached)[0]
-        cache.advance(ids.shape[1])
-        return hidden
+        return self.backbone.decode(ids, torch.full_like(ids, token_type), positions, bias, cache)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
@@ -433,7 +356,7 @@ def sample(
     pad_id: int,
     max_rows: int,
     cache_bytes: int,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[list[list[int]]]:
     """Generated ids of every job (job order; `count` rows each), batched under a row and cache-memory cap.
 
@@ -445,7 +368,7 @@ def sample(
         sep_id, pad_id: the tokenizer's [SEP] and [PAD].
         max_rows: most rows (samples) in one batch.
         cache_bytes: memory budget of one batch's KV cache.
-        progress: called with the number of rows after each batch.
+        progress: called with (rows, tokens they generated) after each batch.
     """
     elem = torch.finfo(model.dtype).bits // 8
     per_position = 2 * model.layers * model.heads * model.head_dim * elem
@@ -473,5 +396,5 @@ def sample(
         for i in sorted(done):  # pieces of a job are consecutive in `pieces`: keep their order
             results[owner[i]].extend(done[i])
         if progress is not None:
-            progress(start)
+            progress(start, sum(map(len, rows)))
     return results
