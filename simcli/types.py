@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-Pooling = Literal["auto", "pooler", "cls", "last-avg", "first-last-avg"]
+Pooling = Literal[
+    "auto", "pooler", "cls", "last-avg", "first-last-avg", "max", "weighted-mean", "last-token", "mean-sqrt-len"
+]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 #: Model families simcli knows (REFERENCE.md 1).

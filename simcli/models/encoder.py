@@ -20,7 +20,7 @@ import torch
 
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates, resolve_device
-from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint
+from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint, setting_sources
 from simcli.models.native import NativeBackbone
 from simcli.models.pooling import NEEDS_ALL_LAYERS, pool, resolve_pooling
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
@@ -96,6 +96,7 @@ class Encoder:
         self.dtype_reason = dtype_reason
         self.dim = int(checkpoint.config["hidden_size"])
         self.engine = "native" if isinstance(backbone, NativeBackbone) else "transformers"
+        self.sources: dict[str, str] = {}  # setting -> where its value came from (`simcli info`)
 
     # -- identity -------------------------------------------------------------------------------------
     def spec_for(self, pooling: str) -> ModelSpec:
@@ -106,7 +107,9 @@ class Encoder:
             weights_sha256=ck.weights_sha256,
             family=ck.family,
             tokenizer=self.tokenizer.kind,
-            pooling=resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained),
+            pooling=resolve_pooling(
+                pooling, ck.family, ck.has_pooler, ck.similarity_trained, ck.pooling_statement
+            ),
             max_length=self.max_length,
             dim=self.dim,
             revision=ck.revision,
@@ -142,6 +145,8 @@ class Encoder:
             "dtype_reason": self.dtype_reason,
             "engine": self.engine,
             "can_generate": ck.similarity_trained and ck.has_mlm_head,
+            **ck.stated_settings(self.tokenizer.kind),
+            "sources": self.sources,
         }
 
     # -- encoding -------------------------------------------------------------------------------------
@@ -280,7 +285,10 @@ class Encoder:
         )
         hidden = result.hidden_states if need_all else (result.last_hidden_state,)
         act = self.checkpoint.pooler_activation
-        return {m: pool(hidden, mask, m, self.pooler, act).cpu().numpy() for m in modes}
+        pooled = {m: pool(hidden, mask, m, self.pooler, act) for m in modes}
+        if self.checkpoint.normalize:  # a sentence-transformers Normalize module ends the model
+            pooled = {m: torch.nn.functional.normalize(v, dim=-1) for m, v in pooled.items()}
+        return {m: v.cpu().numpy() for m, v in pooled.items()}
 
 
 def _cast(
@@ -322,17 +330,19 @@ def load_encoder(
 
     check_engine(engine)  # before anything is loaded
     ck = open_checkpoint(model, tokenizer=tokenizer, revision=revision)
-    mode = resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained)
-    max_pos = int(ck.config.get("max_position_embeddings", 512))
+    mode = resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained, ck.pooling_statement)
+    max_pos, limit_why = ck.max_length_limit()
     if not 3 <= max_length <= max_pos:
-        raise UsageError(
-            f"--max-length must be between 3 and {max_pos} (the model's positions), got {max_length}"
-        )
-    tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind)
+        raise UsageError(f"--max-length must be between 3 and {max_pos} ({limit_why}), got {max_length}")
+    tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind, ck.tokenizer_settings)
+    sources = setting_sources(
+        ck, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype
+    )
     dev = resolve_device(device)
     want, reason = dtype_candidates(dtype, dev)
     backbone, pooler = build_backbone(ck, engine=engine)
     enc = Encoder(ck, tok, backbone, pooler, mode, max_length, dev, torch.float32, reason)
+    enc.sources = sources
     if want == torch.float32:
         _cast(backbone, pooler, dev, want)
         return enc
@@ -347,6 +357,7 @@ def load_encoder(
         cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
         if cos >= BF16_MIN_COSINE:
             trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
+            trial.sources = sources
             return trial
         enc.dtype_reason = (
             f"auto: bf16 min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
