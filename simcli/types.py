@@ -6,7 +6,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 Pooling = Literal[
-    "auto", "pooler", "cls", "last-avg", "first-last-avg", "max", "weighted-mean", "last-token", "mean-sqrt-len"
+    "auto",
+    "pooler",
+    "cls",
+    "last-avg",
+    "first-last-avg",
+    "max",
+    "weighted-mean",
+    "last-token",
+    "mean-sqrt-len",
 ]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 

@@ -63,7 +63,9 @@ def st_layout(
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
         (dst / "2_Normalize").mkdir()
     modules += extra_modules or []
     (dst / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
@@ -99,7 +101,9 @@ def build_wheel(
         if p.is_file():
             files[f"{path_in_wheel}/{p.relative_to(folder).as_posix()}"] = p.read_bytes()
     files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode()
-    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: simcli-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: simcli-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = []
     for name, data in files.items():
         digest = _record_hash(data + (b"x" if corrupt and name.endswith("/" + corrupt) else b""))

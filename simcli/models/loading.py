@@ -106,7 +106,9 @@ class Checkpoint:
             "strip_accents": True if word else ts.strip_accents,
             "chinese_chars": True if word else ts.chinese_chars,
             "normalize": self.normalize,
-            "include_prompt": statement.include_prompt if statement and statement.source == settings.ST_MODULES else None,
+            "include_prompt": statement.include_prompt
+            if statement and statement.source == settings.ST_MODULES
+            else None,
             "max_length_limit": self.max_length_limit()[0],
         }
 
@@ -220,7 +222,9 @@ def _weight_keys(path: Path) -> list[str]:
 def _count_words(vocab_path: Path) -> int:
     from simcli.models.tokenizers import read_vocab
 
-    return sum(1 for tok in read_vocab(vocab_path) if len(tok) > 1 and all("\u4e00" <= c <= "\u9fff" for c in tok))
+    return sum(
+        1 for tok in read_vocab(vocab_path) if len(tok) > 1 and all("\u4e00" <= c <= "\u9fff" for c in tok)
+    )
 
 
 def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str | None = None) -> Checkpoint:

@@ -182,7 +182,9 @@ def _sentence_transformers_pooling(folder: Path, modules: list[Any]) -> PoolingS
             "[-> Normalize])"
         )
     if kinds[0][1] not in ("", "."):
-        raise ModelError(f"{where}: the Transformer module lives in {kinds[0][1]!r}; simcli reads it from the folder")
+        raise ModelError(
+            f"{where}: the Transformer module lives in {kinds[0][1]!r}; simcli reads it from the folder"
+        )
     pooling_config_path = folder / kinds[1][1] / "config.json"
     pooling_config = read_json(pooling_config_path)
     if pooling_config is None:

@@ -242,7 +242,9 @@ def _verify_cached(folder: Path) -> str:
     weights = folder / str(marker["weights"])
     digest = sha256_file(weights)
     if digest != marker["weights_sha256"]:
-        raise ModelError(f"{weights}: sha256 differs from the one recorded at fetch; remove {folder} and fetch again")
+        raise ModelError(
+            f"{weights}: sha256 differs from the one recorded at fetch; remove {folder} and fetch again"
+        )
     return digest
 
 

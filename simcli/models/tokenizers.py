@@ -104,11 +104,11 @@ class CharTokenizer(Tokenizer):
         from tokenizers import BertWordPieceTokenizer
 
         self.settings = settings or TokenizerSettings()
-        options = dict(
-            lowercase=self.settings.lowercase,
-            strip_accents=self.settings.strip_accents,
-            handle_chinese_chars=self.settings.chinese_chars,
-        )
+        options = {
+            "lowercase": self.settings.lowercase,
+            "strip_accents": self.settings.strip_accents,
+            "handle_chinese_chars": self.settings.chinese_chars,
+        }
         # Two instances: truncation is state on a `tokenizers` object, and `encode_batch` runs in the
         # encoder's background thread while `tokenize` may be called from another.
         self._fast = BertWordPieceTokenizer(dict(self.vocab), **options)
