@@ -14,7 +14,7 @@ SETS = ("LCQMC/LCQMC.test.data", "PAWSX/PAWSX.test.data", "STS-B/STS-B.test.data
 _UPPER = re.compile(r"[A-Z]")
 _DIGIT = re.compile(r"[0-9０-９]")
 _FULL_WIDTH = re.compile(r"[\uff01-\uff5e\u3000]")
-LONG_CHARS = 100  # longer than 64 tokens for these models: cut at the default max length
+LONG_CHARS = 64  # about 64 tokens or more for these models: cut at the default max length
 
 
 def available() -> bool:

