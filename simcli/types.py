@@ -19,7 +19,7 @@ Pooling = Literal[
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 #: Model families simcli knows (REFERENCE.md 1).
-Family = Literal["roformer-sim", "roformer-word", "roformer-char", "wobert", "bert"]
+Family = Literal["roformer-sim", "roformer-word", "roformer-char", "wobert", "bert", "sentence-bert"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
 TokenizerKind = Literal["char", "word"]

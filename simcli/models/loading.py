@@ -263,6 +263,7 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
             f"{model}: model_type {model_type!r} is not supported (simcli loads roformer and bert checkpoints)"
         )
     keys = _weight_keys(weights)
+    stated_pooling = settings.pooling_statement(path, config)
     prefix = f"{model_type}."
     has_pooler = f"{prefix}pooler.dense.weight" in keys or "pooler.dense.weight" in keys
     word_vocab = _count_words(vocab) >= WORD_VOCAB_MIN_WORDS
@@ -270,7 +271,8 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
         # RoFormer-Sim is the RoFormer with a trained (linear) pooler; word/char RoFormer have none.
         family = "roformer-sim" if has_pooler else ("roformer-word" if word_vocab else "roformer-char")
     else:
-        family = "wobert" if word_vocab else "bert"
+        # A BERT that states its sentence pooling (sentence-transformers folder, m3e) was trained for cosine.
+        family = "wobert" if word_vocab else ("sentence-bert" if stated_pooling is not None else "bert")
     detected_kind = "word" if word_vocab else "char"
     if tokenizer is not None and tokenizer not in ("char", "word"):
         raise UsageError(f"--tokenizer must be char or word, got {tokenizer!r}")
@@ -300,7 +302,7 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
         pooler_activation=activation,
         revision=revision,
         tokenizer_settings=settings.tokenizer_settings(path),
-        pooling_statement=settings.pooling_statement(path, config),
+        pooling_statement=stated_pooling,
         _keys=keys,
     )
     if known_sha256 is not None and weights.name == sources.read_marker(path).get("weights"):
