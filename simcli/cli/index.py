@@ -57,6 +57,14 @@ ModelLocationOpt = Annotated[
         help="Where the index's model lives now, if it moved (its weights must match the recorded hash).",
     ),
 ]
+IndexDTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="auto | float32 | bfloat16 | float16 for encoding (default: the dtype the index's vectors were "
+        "computed with, when on the same kind of device; else auto).",
+    ),
+]
 
 
 def _note(message: str) -> None:
@@ -178,7 +186,7 @@ def add(
     skip_empty: SkipEmptyOpt = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
+    dtype: IndexDTypeOpt = None,
 ) -> None:
     """Append sentences to an index without rebuilding it (same model and whitening as recorded).
 
@@ -283,7 +291,7 @@ def query(
     ] = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
+    dtype: IndexDTypeOpt = None,
 ) -> None:
     """Find the indexed sentences closest to each query (cosine, same model and whitening as the index).
 
