@@ -9,11 +9,21 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 if TYPE_CHECKING:
     import numpy as np
 
-Pooling = Literal["auto", "pooler", "cls", "last-avg", "first-last-avg"]
+Pooling = Literal[
+    "auto",
+    "pooler",
+    "cls",
+    "last-avg",
+    "first-last-avg",
+    "max",
+    "weighted-mean",
+    "last-token",
+    "mean-sqrt-len",
+]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 #: Model families simcli knows (REFERENCE.md 1).
-Family = Literal["roformer-sim", "roformer-word", "roformer-char", "wobert", "bert"]
+Family = Literal["roformer-sim", "roformer-word", "roformer-char", "wobert", "bert", "sentence-bert"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
 TokenizerKind = Literal["char", "word"]

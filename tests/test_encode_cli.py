@@ -209,9 +209,9 @@ def test_info_text_and_json(roformer_sim_dir: Path) -> None:
     assert len(data["weights_sha256"]) == 64
     text = run("info", str(roformer_sim_dir), "--pooling", "cls", "--dtype", "float32")
     assert text.exit_code == 0, text.output
-    lines = dict(line.split(None, 1) for line in text.stdout.splitlines())
-    assert lines["pooling"] == "cls" and lines["family"] == "roformer-sim"
-    assert lines["dim"] == str(config["hidden_size"]) and lines["revision"] == "-"
+    rows = {line.split()[0]: line.split()[1:] for line in text.stdout.splitlines()}  # key, value, (source)
+    assert rows["pooling"] == ["cls", "(--pooling)"] and rows["family"][0] == "roformer-sim"
+    assert rows["dim"] == [str(config["hidden_size"]), "(config)"] and rows["revision"] == ["-"]
 
 
 def test_info_on_a_missing_model(tmp_path: Path) -> None:

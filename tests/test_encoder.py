@@ -215,7 +215,7 @@ def test_spec_identifies_weights(roformer_sim_dir: Path, model_copy) -> None:  #
     ("damage", "message"),
     [
         (lambda d: (d / "config.json").unlink(), "config.json missing"),
-        (lambda d: (d / "vocab.txt").unlink(), "vocab.txt missing"),
+        (lambda d: (d / "vocab.txt").unlink(), r"vocab.txt \(or a WordPiece tokenizer.json\) missing"),
         (lambda d: (d / "pytorch_model.bin").unlink(), "no weights"),
         (lambda d: (d / "pytorch_model.bin").write_bytes(b"not a checkpoint"), "unreadable weights"),
         (lambda d: (d / "config.json").write_text("{"), "unreadable config"),

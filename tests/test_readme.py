@@ -87,7 +87,7 @@ def _inputs(folder: Path) -> None:
 def _commands(block: str) -> list[tuple[list[str], str | None, str | None]]:
     """The simcli commands of a bash block: (argv, file piped in by `cat F |`, file of `> F`)."""
     out = []
-    for line in block.splitlines():
+    for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the command
         line = re.sub(r"\s\[[^\]]*\]", "", line)  # `[--json]`: an optional part, shown, not typed
         for part in " ".join(shlex.split(line, comments=True, posix=False)).split("&&"):
             stdin = None

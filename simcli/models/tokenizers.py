@@ -1,8 +1,10 @@
 """Tokenizers: the interface the encoder and the generator use, the char tokenizer, and decoding.
 
-Char models (RoFormer-Sim, SimBERT, char RoFormer, BERT) use plain BERT tokenisation with the checkpoint's
-own vocab.txt (REFERENCE.md 1.1: the hub repos have no tokenizer_config.json, and AutoTokenizer would fall
-back to a jieba tokenizer). The word tokenizer of WoBERT / word RoFormer lives in `word_tokenizer.py`.
+Char models (RoFormer-Sim, SimBERT, char RoFormer, BERT, m3e, MiniLM) use plain BERT tokenisation with the
+checkpoint's own vocab (vocab.txt, or the WordPiece vocab of a tokenizer.json) and the switches the checkpoint
+states (`settings.tokenizer_settings`; lower-case where it states none: the RoFormer-Sim hub repos have no
+tokenizer_config.json, and AutoTokenizer would fall back to a jieba tokenizer). The word tokenizer of WoBERT /
+word RoFormer lives in `word_tokenizer.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simcli.errors import ModelError, UsageError
+from simcli.models.settings import TokenizerSettings, tokenizer_json_vocab
 
 
 @dataclass
@@ -74,7 +77,9 @@ def _is_special(token: str) -> bool:
 
 
 def read_vocab(path: Path) -> dict[str, int]:
-    """token -> id from a BERT vocab.txt (one token a line, id = line number)."""
+    """token -> id from a BERT vocab.txt (one token a line, id = line number) or a WordPiece tokenizer.json."""
+    if path.name == "tokenizer.json":
+        return tokenizer_json_vocab(path)
     try:
         with open(path, encoding="utf-8") as f:
             tokens = [line.rstrip("\r\n") for line in f]
@@ -89,18 +94,25 @@ def read_vocab(path: Path) -> dict[str, int]:
 
 
 class CharTokenizer(Tokenizer):
-    """BERT tokenisation (clean, lower-case + strip accents, CJK split, WordPiece) by HF `tokenizers` (Rust)."""
+    """BERT tokenisation (clean, lower-case + strip accents, CJK split, WordPiece) by HF `tokenizers` (Rust),
+    each switch as the checkpoint states it (`settings`; default: lower-case, strip accents, split CJK)."""
 
     kind = "char"
 
-    def __init__(self, vocab_path: Path, lowercase: bool = True) -> None:
+    def __init__(self, vocab_path: Path, settings: TokenizerSettings | None = None) -> None:
         super().__init__(vocab_path)
         from tokenizers import BertWordPieceTokenizer
 
+        self.settings = settings or TokenizerSettings()
+        options = {
+            "lowercase": self.settings.lowercase,
+            "strip_accents": self.settings.strip_accents,
+            "handle_chinese_chars": self.settings.chinese_chars,
+        }
         # Two instances: truncation is state on a `tokenizers` object, and `encode_batch` runs in the
         # encoder's background thread while `tokenize` may be called from another.
-        self._fast = BertWordPieceTokenizer(str(self.vocab_path), lowercase=lowercase)
-        self._untruncated = BertWordPieceTokenizer(str(self.vocab_path), lowercase=lowercase)
+        self._fast = BertWordPieceTokenizer(dict(self.vocab), **options)
+        self._untruncated = BertWordPieceTokenizer(dict(self.vocab), **options)
         self._max_length = 0
         self._lock = threading.Lock()
 
@@ -175,10 +187,11 @@ def join_tokens(tokens: Sequence[str]) -> str:
     return text.strip()
 
 
-def load_tokenizer(vocab_path: Path, kind: str) -> Tokenizer:
-    """The tokenizer of `kind` ("char" or "word") over the checkpoint's own vocab.txt."""
+def load_tokenizer(vocab_path: Path, kind: str, settings: TokenizerSettings | None = None) -> Tokenizer:
+    """The tokenizer of `kind` ("char" or "word") over the checkpoint's own vocab (vocab.txt or tokenizer.json),
+    with the char tokenizer's switches from `settings` (the word tokenizer lower-cases, as WoBERT was trained)."""
     if kind == "char":
-        return CharTokenizer(vocab_path)
+        return CharTokenizer(vocab_path, settings)
     if kind == "word":
         from simcli.models.word_tokenizer import WordTokenizer
 
