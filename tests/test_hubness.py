@@ -1,0 +1,132 @@
+"""Hubness math against brute-force numpy / scipy: k-NN, N_k, skewness, anti-hubs, radii, CSLS re-ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from simcli.index import hubness as hb
+
+N, D = 600, 24
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_data(seed: int = 0) -> np.ndarray:
+    return unit(np.random.default_rng(seed).standard_normal((N, D)))
+
+
+def clustered_data(seed: int = 1) -> np.ndarray:
+    """A few dense clusters plus an offset: the data hubness is made of (points near the mean of each)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((6, D)) * 2.0
+    x = centres[rng.integers(0, 6, N)] + rng.standard_normal((N, D)) + 1.5
+    return unit(x)
+
+
+DATA = {"random": random_data, "clustered": clustered_data}
+
+
+def brute_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Full float64 cosine matrix, own row excluded, argsort: the independent computation."""
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(s, -np.inf)
+    ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(s, ids, axis=1)
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("k", [1, 10])
+def test_exact_knn_nk_skewness_anti_hubs_equal_brute_force(kind: str, k: int) -> None:
+    x = DATA[kind]()
+    ids, sims = brute_knn(x, k)
+    nb = hb.exact_knn(x, x, k, self_ids=np.arange(N), chunk=97)  # chunks that do not divide N
+    np.testing.assert_array_equal(nb.ids, ids)
+    np.testing.assert_allclose(nb.sims, sims, atol=1e-5)
+
+    nk = hb.k_occurrence(nb.ids, N)
+    expected = np.array([(ids == j).sum() for j in range(N)])
+    np.testing.assert_array_equal(nk, expected)
+    assert nk.sum() == N * k  # the mean of N_k is k
+    assert hb.skewness(nk) == pytest.approx(scipy.stats.skew(expected), abs=1e-12)
+    assert hb.anti_hub_share(nk) == pytest.approx(np.mean(expected == 0))
+    np.testing.assert_allclose(hb.radii(nb.sims), sims.mean(axis=1), atol=1e-6)
+
+    stats, nk2 = hb.hubness_stats(nb, N, top=5)
+    np.testing.assert_array_equal(nk2, expected)
+    assert stats.top[0] == (int(np.argmax(expected)), int(expected.max()))
+    assert [c for _, c in stats.top] == sorted(expected, reverse=True)[:5]
+    assert stats.mean_knn_cosine == pytest.approx(sims.mean(), abs=1e-6)
+
+
+def test_clustered_data_is_hubbier_than_random() -> None:
+    """Not an identity check: the statistic separates the two kinds of data the way the literature says."""
+    skews = {}
+    for kind, make in DATA.items():
+        x = make()
+        skews[kind] = hb.skewness(hb.k_occurrence(hb.exact_knn(x, x, 10, self_ids=np.arange(N)).ids, N))
+    assert skews["clustered"] > skews["random"]
+
+
+def test_skewness_edge_cases() -> None:
+    assert hb.skewness(np.full(7, 10)) == 0.0  # every point equally often a neighbour (scipy says nan)
+    assert np.isnan(hb.skewness(np.array([])))
+    x = np.array([0, 0, 1, 5, 30], dtype=float)
+    assert hb.skewness(x) == pytest.approx(scipy.stats.skew(x))
+
+
+def test_drop_self_keeps_first_k_and_duplicates() -> None:
+    ids = np.array([[0, 3, 2], [5, 1, 4], [7, 2, -1]])
+    sims = np.array([[1.0, 0.9, 0.8], [1.0, 0.99, 0.5], [0.7, 0.6, np.nan]], dtype=np.float32)
+    nb = hb.drop_self(ids, sims, np.array([0, 1, 2]), 2)
+    # row 0: self first; row 1: a duplicate (id 5) before self is a genuine neighbour; row 2: self second, pad
+    np.testing.assert_array_equal(nb.ids, [[3, 2], [5, 4], [7, -1]])
+    np.testing.assert_allclose(nb.sims, [[0.9, 0.8], [1.0, 0.5], [0.7, np.nan]])
+
+
+def test_radii_and_kth_with_padding() -> None:
+    sims = np.array([[0.9, 0.5], [0.4, np.nan]], dtype=np.float32)
+    np.testing.assert_allclose(hb.radii(sims), [0.7, 0.4])
+    np.testing.assert_array_equal(hb.kth_similarity(sims), [0.5, -np.inf])
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+def test_csls_rerank_over_all_candidates_equals_numpy_csls(kind: str) -> None:
+    """With M covering the corpus, re-ranking cosine candidates equals CSLS over the whole corpus."""
+    x = DATA[kind]()
+    queries = unit(np.random.default_rng(9).standard_normal((50, D)) + (1.5 if kind == "clustered" else 0.0))
+    _, sims10 = brute_knn(x, hb.CSLS_K)
+    r = sims10.mean(axis=1)
+    full = 2 * (queries.astype(np.float64) @ x.astype(np.float64).T) - r[None, :]
+    want = np.argsort(-full, axis=1, kind="stable")[:, :10]
+
+    nb = hb.exact_knn(queries, x, N)  # M = N: every corpus entry is a candidate
+    ids, cos, csls = hb.csls_rerank(
+        nb.ids, nb.sims, hb.radii(hb.exact_knn(x, x, 10, self_ids=np.arange(N)).sims), 10
+    )
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(csls, np.take_along_axis(full, want, axis=1), atol=1e-5)
+    np.testing.assert_allclose(cos, np.take_along_axis(queries @ x.T, want, axis=1), atol=1e-5)
+    # and the re-rank changes something: CSLS is not cosine order here
+    assert (ids != nb.ids[:, :10]).any()
+
+
+def test_csls_rerank_ties_padding_and_short_rows() -> None:
+    r = np.array([0.1, 0.1, 0.5, 0.0])
+    ids = np.array([[1, 0, 2, -1], [3, -1, -1, -1]])
+    cos = np.array([[0.8, 0.8, 0.9, np.nan], [0.2, np.nan, np.nan, np.nan]], dtype=np.float32)
+    out_ids, out_cos, out_csls = hb.csls_rerank(ids, cos, r, 5)
+    # row 0: ids 0 and 1 tie at 2*0.8-0.1 = 1.5 (lower id first); id 2 scores 1.3; then padding
+    np.testing.assert_array_equal(out_ids, [[0, 1, 2, -1, -1], [3, -1, -1, -1, -1]])
+    np.testing.assert_allclose(out_csls[0, :3], [1.5, 1.5, 1.3], atol=1e-6)
+    np.testing.assert_allclose(out_cos[1, :1], [0.2])
+    assert np.isnan(out_csls[1, 1:]).all()
+
+
+def test_default_candidates() -> None:
+    assert hb.default_candidates(10) == 50
+    assert hb.default_candidates(20) == 80
+    assert hb.default_candidates(1) == 50
