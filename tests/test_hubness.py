@@ -130,3 +130,79 @@ def test_default_candidates() -> None:
     assert hb.default_candidates(10) == 50
     assert hb.default_candidates(20) == 80
     assert hb.default_candidates(1) == 50
+
+
+# -- neighbourhoods of an index's own vectors ----------------------------------------------------------
+def flat_search(x: np.ndarray):  # type: ignore[no-untyped-def]
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index, lambda q, k: index.search(q, k)
+
+
+def chunked(x: np.ndarray, size: int = 128):  # type: ignore[no-untyped-def]
+    return lambda: iter([x[i : i + size] for i in range(0, len(x), size)])
+
+
+def test_neighbourhood_stats_through_a_flat_index_equal_brute_force() -> None:
+    from simcli.index.neighbourhood import neighbourhood_stats
+
+    x = clustered_data()
+    _, search = flat_search(x)
+    rep = neighbourhood_stats(search, chunked(x), N, D, k=10, sample=N, exact=True, how="flat")
+    ids, sims = brute_knn(x, 10)
+    expected = np.array([(ids == j).sum() for j in range(N)])
+    np.testing.assert_array_equal(rep.nk, expected)
+    assert rep.stats.skewness == pytest.approx(scipy.stats.skew(expected), abs=1e-9)
+    assert rep.stats.anti_hubs == pytest.approx(np.mean(expected == 0))
+    assert rep.stats.mean_knn_cosine == pytest.approx(sims.mean(), abs=1e-5)
+    assert rep.sample is None and rep.exact and "every vector" in rep.method
+
+
+def test_neighbourhood_stats_on_a_sample_equal_brute_force_within_it() -> None:
+    from simcli.index.neighbourhood import neighbourhood_stats
+
+    x = clustered_data()
+    _, search = flat_search(x)
+    rep = neighbourhood_stats(search, chunked(x), N, D, k=5, sample=200, exact=True, how="flat", seed=4)
+    assert len(rep.point_ids) == 200 and rep.sample == 200
+    assert "random sample of 200 of the 600 vectors" in rep.method
+    sub = x[rep.point_ids]
+    ids, _ = brute_knn(sub, 5)
+    expected = np.array([(ids == j).sum() for j in range(200)])
+    np.testing.assert_array_equal(rep.nk, expected)
+    hub, count = rep.stats.top[0]
+    assert (
+        count == expected.max() and hub == rep.point_ids[int(np.argmax(expected))]
+    )  # index ids, not sample rows
+
+
+@pytest.mark.parametrize("added", [5, 40, 400])
+def test_radii_after_add_equal_a_fresh_computation(added: int) -> None:
+    """Few new vectors: only the old ones they enter are re-searched; many: all. Either way == fresh."""
+    from simcli.index.neighbourhood import compute_radii, refresh_radii
+
+    x = clustered_data()
+    rng = np.random.default_rng(7)
+    extra = unit(x[rng.choice(N, added)] + 0.03 * rng.standard_normal((added, D)).astype(np.float32))
+    index, search = flat_search(x)
+    before = compute_radii(search, chunked(x)())
+    _, sims = brute_knn(x, 10)
+    np.testing.assert_allclose(before.r, sims.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(before.kth, sims[:, -1], atol=1e-5)
+
+    index.add(extra)
+    after, researched = refresh_radii(before, search, chunked(x), extra, N)
+    both = np.concatenate([x, extra])
+    _, fresh = flat_search(both)
+    want = compute_radii(fresh, chunked(both)())
+    np.testing.assert_allclose(after.r, want.r, atol=1e-6)
+    np.testing.assert_allclose(after.kth, want.kth, atol=1e-6)
+    _, all_sims = brute_knn(both, 10)
+    np.testing.assert_allclose(after.r, all_sims.mean(axis=1), atol=1e-5)
+    if added == 400:
+        assert researched == N  # more than a quarter of the index: every r recomputed
+    else:
+        changed = np.flatnonzero(np.abs(all_sims[:N].mean(axis=1) - sims.mean(axis=1)) > 1e-7)
+        assert 0 < len(changed) <= researched < N  # the rule re-searched the changed ones, not everyone
