@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -206,3 +208,70 @@ def test_radii_after_add_equal_a_fresh_computation(added: int) -> None:
     else:
         changed = np.flatnonzero(np.abs(all_sims[:N].mean(axis=1) - sims.mean(axis=1)) > 1e-7)
         assert 0 < len(changed) <= researched < N  # the rule re-searched the changed ones, not everyone
+
+
+# -- simcli index stats ---------------------------------------------------------------------------------
+def raw_clustered(n: int = N, seed: int = 1) -> np.ndarray:
+    """Unnormalised vectors (norms vary), as an encoder gives them: the index normalises them."""
+    rng = np.random.default_rng(seed)
+    return (clustered_data(seed) * rng.uniform(0.5, 2.0, (n, 1))).astype(np.float32)[:n]
+
+
+@pytest.fixture(scope="module")
+def flat_and_hnsw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from simcli.index import Index
+
+    root = tmp_path_factory.mktemp("hub-idx")
+    x = raw_clustered()
+    texts = [f"句子{i}" for i in range(N)]
+    return x, {
+        kind: Index.build(x, out=root / kind, index=kind, whiten="none", texts=texts)
+        for kind in ("flat", "hnsw")
+    }
+
+
+def test_cli_index_stats_flat_equals_brute_force(flat_and_hnsw, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+
+    x, idx = flat_and_hnsw
+    ids, sims = brute_knn(unit(x), 10)
+    expected = np.array([(ids == j).sum() for j in range(N)])
+    png = tmp_path / "nk.png"
+    r = CliRunner().invoke(
+        app, ["index", "stats", str(idx["flat"].path), "--json", "--top", "3", "--plot", str(png)]
+    )
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["exact"] is True and got["sample"] is None and got["points"] == N and got["k"] == 10
+    assert "exact (Flat)" in got["method"]
+    assert got["skewness"] == pytest.approx(scipy.stats.skew(expected), abs=1e-5)
+    assert got["anti_hubs"] == pytest.approx(np.mean(expected == 0), abs=1e-6)
+    assert got["anti_hub_count"] == int((expected == 0).sum())
+    assert got["mean_knn_cosine"] == pytest.approx(sims.mean(), abs=1e-5)
+    hubs = np.lexsort((np.arange(N), -expected))[:3]
+    assert [(h["id"], h["nk"], h["text"]) for h in got["top_hubs"]] == [
+        (int(i), int(expected[i]), f"句子{i}") for i in hubs
+    ]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    text = CliRunner().invoke(app, ["index", "stats", str(idx["flat"].path), "-k", "5", "--sample", "100"])
+    assert text.exit_code == 0, text.output
+    assert "100 sampled of 600 vectors, k = 5; exact k-NN within a random sample of 100" in text.stdout
+    assert "N_5 skewness" in text.stdout and "top hubs:" in text.stdout
+
+
+def test_cli_index_stats_hnsw_says_approximate(flat_and_hnsw) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+
+    x, idx = flat_and_hnsw
+    r = CliRunner().invoke(app, ["index", "stats", str(idx["hnsw"].path), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["exact"] is False and "approximate (HNSW32, efSearch" in got["method"]
+    ids, _ = brute_knn(unit(x), 10)
+    expected = np.array([(ids == j).sum() for j in range(N)])
+    assert got["skewness"] == pytest.approx(scipy.stats.skew(expected), abs=0.15)  # near, through the graph

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,3 +208,37 @@ def plot_k_occurrence(nk: np.ndarray, k: int, out: str | Path, title: str = "") 
     fig.tight_layout()
     atomic_write_with(Path(out), lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
+
+
+STATS_SAMPLE = 20000  # above this many vectors, `index stats` measures a random sample of this size
+
+
+def index_stats(index: Any, k: int = 10, sample: int = STATS_SAMPLE, top: int = 10) -> NeighbourhoodReport:
+    """k-occurrence statistics of a loaded `Index`'s own vectors (see `neighbourhood_stats`)."""
+    from simcli.errors import UsageError
+    from simcli.index.search import search_parameter
+
+    if k < 1 or sample < 2:
+        raise UsageError(f"-k must be at least 1 and --sample at least 2, got k {k}, sample {sample}")
+    if index.count < 2:
+        raise UsageError(f"{index.path}: {index.count} vector(s); k-occurrence needs at least two")
+    k = min(k, index.count - 1)
+    factory = index.manifest["index"]["factory"]
+    param = search_parameter(index.faiss_index)
+    exact = param is None and bool(index.manifest["index"]["lossless"])
+    if exact:
+        how = f"exact ({factory})"
+    else:
+        params = ", ".join(f"{n} {v}" for n, v in index.search_params.items())
+        how = f"approximate ({factory}{', ' + params if params else ''})"
+    return neighbourhood_stats(
+        index.faiss_index.search,
+        index._stored_vectors,
+        index.count,
+        index.dim,
+        k=k,
+        sample=sample,
+        exact=exact,
+        how=how,
+        top=top,
+    )
