@@ -53,9 +53,10 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result: `score` is the cosine; `csls` the CSLS score 2 cos - r(y) when re-ranked by it."""
 
     rank: int
     id: int
     score: float
     text: str
+    csls: float | None = None

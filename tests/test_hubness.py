@@ -21,11 +21,12 @@ def random_data(seed: int = 0) -> np.ndarray:
     return unit(np.random.default_rng(seed).standard_normal((N, D)))
 
 
-def clustered_data(seed: int = 1) -> np.ndarray:
-    """A few dense clusters plus an offset: the data hubness is made of (points near the mean of each)."""
+def clustered_data(seed: int = 1, n: int = N) -> np.ndarray:
+    """A few dense clusters plus an offset: the data hubness is made of (points near the mean of each).
+    The clusters are the same for every seed; the seed draws the points."""
+    centres = np.random.default_rng(1).standard_normal((6, D)) * 2.0
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((6, D)) * 2.0
-    x = centres[rng.integers(0, 6, N)] + rng.standard_normal((N, D)) + 1.5
+    x = centres[rng.integers(0, 6, n)] + rng.standard_normal((n, D)) + 1.5
     return unit(x)
 
 
@@ -214,7 +215,7 @@ def test_radii_after_add_equal_a_fresh_computation(added: int) -> None:
 def raw_clustered(n: int = N, seed: int = 1) -> np.ndarray:
     """Unnormalised vectors (norms vary), as an encoder gives them: the index normalises them."""
     rng = np.random.default_rng(seed)
-    return (clustered_data(seed) * rng.uniform(0.5, 2.0, (n, 1))).astype(np.float32)[:n]
+    return (clustered_data(seed, n) * rng.uniform(0.5, 2.0, (n, 1))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +276,135 @@ def test_cli_index_stats_hnsw_says_approximate(flat_and_hnsw) -> None:  # type: 
     ids, _ = brute_knn(unit(x), 10)
     expected = np.array([(ids == j).sum() for j in range(N)])
     assert got["skewness"] == pytest.approx(scipy.stats.skew(expected), abs=0.15)  # near, through the graph
+
+
+# -- CSLS in the index: radii file, re-ranked search, add ------------------------------------------------
+def test_build_csls_stores_radii_with_hash_and_they_equal_brute_force(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from simcli.errors import CorruptArtifact
+    from simcli.index import Index
+
+    x = raw_clustered()
+    idx = Index.build(
+        x, out=tmp_path / "i", index="flat", whiten="none", texts=[str(i) for i in range(N)], csls=True
+    )
+    entry = idx.manifest["files"]["radii"]
+    assert entry["name"].startswith("radii-") and len(entry["sha256"]) == 64
+    assert idx.manifest["csls"] == {"k": 10, "search": "exact"}
+    _, sims = brute_knn(unit(x), 10)
+    again = Index.load(tmp_path / "i")  # verifies every hash, the radii file's too
+    np.testing.assert_allclose(again.radii().r, sims.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(again.radii().kth, sims[:, -1], atol=1e-5)
+    assert again.info()["csls"] == {"k": 10, "search": "exact"}
+    path = tmp_path / "i" / entry["name"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifact, match="radii-.*sha256 does not match"):
+        Index.load(tmp_path / "i")
+
+
+def test_csls_search_over_the_whole_corpus_equals_numpy_csls(flat_and_hnsw, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from simcli.index import Index
+
+    x, _ = flat_and_hnsw
+    idx = Index.build(
+        x, out=tmp_path / "i", index="flat", whiten="none", texts=[f"t{i}" for i in range(N)], csls=True
+    )
+    q = raw_clustered(40, seed=5)
+    _, sims10 = brute_knn(unit(x), 10)
+    r = sims10.mean(axis=1)
+    cos = unit(q).astype(np.float64) @ unit(x).astype(np.float64).T
+    full = 2 * cos - r[None, :]
+    want = np.argsort(-full, axis=1, kind="stable")[:, :10]
+    got = idx.search(q, k=10, rerank="csls", candidates=N)  # M covers the corpus
+    np.testing.assert_array_equal([[h.id for h in hits] for hits in got], want)
+    np.testing.assert_allclose(
+        [[h.csls for h in hits] for hits in got], np.take_along_axis(full, want, axis=1), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        [[h.score for h in hits] for hits in got], np.take_along_axis(cos, want, axis=1), atol=1e-5
+    )
+    assert got[0][0].text == f"t{want[0, 0]}" and [h.rank for h in got[0]] == list(range(1, 11))
+    # the default M = 50 re-ranks the 50 best by cosine: same as numpy CSLS restricted to those
+    top50 = np.argsort(-cos, axis=1, kind="stable")[:, :50]
+    sub = np.take_along_axis(full, top50, axis=1)
+    want50 = np.take_along_axis(top50, np.argsort(-sub, axis=1, kind="stable")[:, :10], axis=1)
+    np.testing.assert_array_equal(
+        [[h.id for h in hits] for hits in idx.search(q, k=10, rerank="csls")], want50
+    )
+    plain = idx.search(q, k=10)
+    assert all(h.csls is None for h in plain[0]) and (want != [[h.id for h in hits] for hits in plain]).any()
+
+
+def test_csls_without_radii_is_a_one_line_error_naming_the_command(flat_and_hnsw) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+    from simcli.errors import UsageError
+
+    _, idx = flat_and_hnsw
+    folder = idx["flat"].path
+    with pytest.raises(UsageError, match=f"run `simcli index hubness {folder}`"):
+        idx["flat"].search(raw_clustered(2, seed=3), rerank="csls")
+    r = CliRunner().invoke(app, ["query", str(folder), "x", "--rerank", "csls"])
+    assert r.exit_code != 0
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and f"simcli index hubness {folder}" in lines[0]
+
+
+@pytest.mark.parametrize("added", [15, 300])
+def test_add_keeps_radii_equal_to_a_fresh_build(tmp_path, added: int) -> None:  # type: ignore[no-untyped-def]
+    from simcli.index import Index
+
+    x = raw_clustered()
+    rng = np.random.default_rng(11)
+    extra = (x[rng.choice(N, added)] + 0.05 * rng.standard_normal((added, D))).astype(np.float32)
+    texts = [f"t{i}" for i in range(N + added)]
+    idx = Index.build(x, out=tmp_path / "grown", index="flat", whiten="none", texts=texts[:N], csls=True)
+    notes: list[str] = []
+    idx.add(extra, texts=texts[N:], log=notes.append)
+    fresh = Index.build(
+        np.concatenate([x, extra]),
+        out=tmp_path / "fresh",
+        index="flat",
+        whiten="none",
+        texts=texts,
+        csls=True,
+    )
+    grown = Index.load(tmp_path / "grown")
+    np.testing.assert_allclose(grown.radii().r, fresh.radii().r, atol=1e-6)
+    np.testing.assert_allclose(grown.radii().kth, fresh.radii().kth, atol=1e-6)
+    researched = next(n for n in notes if n.startswith("CSLS radii"))
+    assert (f"of {N} old vectors re-searched" in researched) and (researched.split()[4] == str(N)) == (
+        added == 300
+    )
+    q = raw_clustered(5, seed=8)
+    assert [[h.id for h in hits] for hits in grown.search(q, rerank="csls")] == [
+        [h.id for h in hits] for hits in fresh.search(q, rerank="csls")
+    ]
+
+
+def test_cli_hubness_then_query_rerank_csls_json(flat_and_hnsw, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+
+    x, idx = flat_and_hnsw
+    folder = tmp_path / "copy"
+    shutil.copytree(idx["flat"].path, folder)
+    r = CliRunner().invoke(app, ["index", "hubness", str(folder), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    _, sims = brute_knn(unit(x), 10)
+    assert (
+        got["k"] == 10 and got["search"] == "exact" and got["mean_r"] == pytest.approx(sims.mean(), abs=1e-5)
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["files"]["radii"]["sha256"] == got["sha256"]
+    # query with a stored vector's text: the folder was built from arrays, so query with --json through the API
+    from simcli.index import Index
+
+    hits = Index.load(folder).search(x[:1], k=3, rerank="csls")[0]
+    assert all(h.csls == pytest.approx(2 * h.score - sims[h.id].mean(), abs=1e-5) for h in hits)

@@ -85,3 +85,43 @@ def stats(
             lines.append(f"{'N_' + str(s.k):>7}  {'id':>7}  text")
             lines.extend(f"{c:>7}  {i:>7}  {texts[i]}" for i, c in s.top)
         typer.echo("\n".join(lines))
+
+
+@index_app.command("hubness")
+def hubness(
+    folder: IndexDirArg,
+    k: Annotated[
+        int, typer.Option("-k", "--k", min=1, help="Neighbours in r(y) (Conneau et al. use 10).")
+    ] = 10,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compute the CSLS radii r(y) of every indexed vector, for `simcli query --rerank csls`.
+
+    r(y) is the mean cosine of y to its k nearest indexed neighbours (itself excluded), found through the
+    index's own search; it is stored in the index folder with its hash in the manifest, and kept up to date
+    by `simcli index add`.
+
+    Example: simcli index hubness faq.idx -k 10
+    """
+    with reported_errors():
+        from simcli.index import Index
+
+        idx = Index.load(folder)
+        radii = idx.hubness(k=k, log=lambda m: typer.echo(f"simcli: {m}", err=True))
+        entry = idx.manifest["files"]["radii"]
+        data = {
+            "path": str(folder),
+            "count": idx.count,
+            "k": k,
+            "search": idx.manifest["csls"]["search"],
+            "file": entry["name"],
+            "sha256": entry["sha256"],
+            "mean_r": round(float(radii.r.mean()), 6),
+        }
+        if json_out:
+            typer.echo(json.dumps(data, sort_keys=True))
+        else:
+            typer.echo(
+                f"wrote {folder / entry['name']}: r(y) of {idx.count} vectors, k {k}, {data['search']} "
+                f"search, mean r {data['mean_r']:.4f}"
+            )

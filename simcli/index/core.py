@@ -191,6 +191,7 @@ class Index:
     model_override: str | None = None
     _encoder: Any = field(default=None, repr=False)
     _texts: persist.Texts | None = field(default=None, repr=False)
+    _radii: Any = field(default=None, repr=False)
 
     # -- facts ------------------------------------------------------------------------------------------
     @property
@@ -235,6 +236,7 @@ class Index:
             "computed_with": ", ".join(f"{e['device']} {e['dtype']}" for e in m.get("computed_with", []))
             or None,
             "simcli_version": m["simcli_version"],
+            "csls": m.get("csls"),
         }
 
     # -- building ---------------------------------------------------------------------------------------
@@ -254,6 +256,7 @@ class Index:
         encoder_options: dict[str, Any] | None = None,
         read_options: dict[str, Any] | None = None,
         overwrite: bool = False,
+        csls: bool = False,
         progress: Callable[[int, int], None] | None = None,
         log: Log | None = None,
     ) -> Index:
@@ -272,6 +275,7 @@ class Index:
             encoder_options: pooling / tokenizer / device / dtype / max_length for `load_encoder`.
             read_options: column / field / errors / skip_empty for the text readers.
             overwrite: replace an index already in `out`.
+            csls: also compute the CSLS radii (`hubness`), for `search(rerank="csls")`.
             progress: called with (sentences, tokens) while encoding text.
             log: called with one-line notes (the CLI prints them on stderr).
 
@@ -323,7 +327,10 @@ class Index:
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         enc = enc_holder.get("enc")
         model_path = str(enc.checkpoint.path) if enc is not None else None
-        return _build(src, w, choice, out, log, model_path, overwrite)
+        built = _build(src, w, choice, out, log, model_path, overwrite)
+        if csls:
+            built.hubness(log=log)
+        return built
 
     @classmethod
     def load(
@@ -422,22 +429,39 @@ class Index:
         k: int = 10,
         min_score: float | None = None,
         params: dict[str, int] | None = None,
+        rerank: str | None = None,
+        candidates: int | None = None,
     ) -> list[list[Hit]]:
-        """The k nearest indexed texts of each query by cosine, best first.
+        """The k nearest indexed texts of each query by cosine (or CSLS), best first.
 
         Args:
             queries: texts (encoded with the recorded model) or raw vectors (n, d) like the build's.
             k: hits per query.
             min_score: drop hits with a lower cosine.
             params: search parameters for this call, e.g. {"nprobe": 64} or {"efSearch": 256}.
+            rerank: None / "none" (cosine order) or "csls": fetch `candidates` by cosine and re-rank them by
+                2 cos - r(y) (needs the radii of `hubness`); each Hit then carries its `csls` score too.
+            candidates: cosine candidates for the re-rank (default max(4 k, 50)).
 
         Returns:
-            One list of Hit(rank, id, score, text) per query.
+            One list of Hit(rank, id, score, text[, csls]) per query.
+
+        Raises:
+            UsageError: rerank "csls" on an index without radii (the message names the command to run).
         """
+        from simcli.index.hubness import csls_rerank, default_candidates
+
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
+        how = (rerank or "none").lower()
+        if how not in ("none", "csls"):
+            raise UsageError(f"--rerank must be none or csls, got {rerank!r}")
+        r = self.radii().r if how == "csls" else None  # before encoding: a missing file fails fast
+        if candidates is not None and candidates < k:
+            raise UsageError(f"--candidates must be at least -k ({k}), got {candidates}")
         if len(queries) == 0:
             return []
+        fetch = min(k, self.count) if r is None else min(candidates or default_candidates(k), self.count)
         if params:
             name = search_parameter(self.faiss_index)
             unknown = [p for p in params if p != name]
@@ -448,23 +472,81 @@ class Index:
                 )
             set_search_params(self.faiss_index, params)
         try:
-            scores, ids = self.faiss_index.search(self.prepare(queries), min(k, self.count))
+            scores, ids = self.faiss_index.search(self.prepare(queries), fetch)
         finally:
             if params:
                 set_search_params(self.faiss_index, self.search_params)
+        csls = None
+        if r is not None:
+            ids, scores, csls = csls_rerank(ids, scores, r, min(k, self.count))
         texts = self._text_store().rows(sorted({int(i) for i in ids.ravel() if i >= 0}))
         by_id = {r["id"]: r["text"] for r in texts}
         results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
+        for row, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
             kept = [
-                (float(s), int(i))
-                for s, i in zip(row_scores, row_ids, strict=True)
+                (float(s), int(i), None if csls is None else float(csls[row, j]))
+                for j, (s, i) in enumerate(zip(row_scores, row_ids, strict=True))
                 if i >= 0 and (min_score is None or s >= min_score)
             ]
-            kept.sort(key=lambda si: (-si[0], si[1]))  # equal scores (duplicates): lower id first, stable
-            hits = [Hit(r + 1, i, s, by_id[i]) for r, (s, i) in enumerate(kept)]
+            if csls is None:
+                kept.sort(key=lambda si: (-si[0], si[1]))  # equal scores (duplicates): lower id first, stable
+            hits = [Hit(n + 1, i, s, by_id[i], c) for n, (s, i, c) in enumerate(kept)]
             results.append(hits)
         return results
+
+    # -- hubness ----------------------------------------------------------------------------------------
+    def radii(self) -> Any:
+        """The CSLS radii (`simcli.index.neighbourhood.Radii`) of every vector (UsageError when not computed)."""
+        from simcli.index.neighbourhood import Radii
+
+        entry = self.manifest["files"].get("radii")
+        if entry is None:
+            raise UsageError(
+                f"{self.path} has no CSLS radii: run `simcli index hubness {self.path}` "
+                "(or build with `simcli index build --csls`)"
+            )
+        if self._radii is None:
+            a = np.load(self.path / entry["name"], allow_pickle=False)
+            if a.shape != (self.count, 2):
+                raise CorruptArtifact(
+                    f"{self.path / entry['name']}: shape {a.shape}, expected ({self.count}, 2)"
+                )
+            self._radii = Radii.from_array(a, int(self.manifest["csls"]["k"]))
+        return self._radii
+
+    def hubness(self, k: int = 10, log: Log | None = None) -> Any:
+        """Compute the CSLS radii r(y) of every vector through the index's own search (k nearest, itself
+        excluded) and store them in the folder (a new generation: the manifest records the file's hash).
+
+        Returns:
+            The Radii.
+        """
+        from simcli.index.neighbourhood import compute_radii
+
+        log = log or _quiet
+        if k < 1:
+            raise UsageError(f"-k must be at least 1, got {k}")
+        start = time.perf_counter()
+        radii = compute_radii(self.faiss_index.search, self._stored_vectors(), k)
+        manifest = {**self.manifest, "generation": int(self.manifest.get("generation", 0)) + 1}
+        manifest["files"] = dict(self.manifest["files"])
+        manifest["files"]["radii"] = persist.write_npy(
+            self.path / persist.file_name("radii", manifest["generation"]),
+            [radii.to_array()],
+            (self.count, 2),
+            np.float32,
+        )
+        manifest["csls"] = self._csls_entry(k)
+        persist.commit(self.path, manifest)
+        self.manifest, self._radii = manifest, radii
+        log(f"CSLS radii of {self.count} vectors (k {k}) in {time.perf_counter() - start:.1f}s")
+        return radii
+
+    def _csls_entry(self, k: int) -> dict[str, Any]:
+        from simcli.index.search import search_parameter
+
+        exact = search_parameter(self.faiss_index) is None and bool(self.manifest["index"]["lossless"])
+        return {"k": k, "search": "exact" if exact else f"approximate ({self.manifest['index']['factory']})"}
 
     def _text_store(self) -> persist.Texts:
         if self._texts is None:
@@ -530,6 +612,9 @@ class Index:
             raise UsageError(
                 f"{self.manifest['index']['factory']} did not take the new vectors: rebuild the index"
             )
+        radii = (
+            self._refreshed_radii(cpu, before, prepared, log) if "radii" in self.manifest["files"] else None
+        )
         manifest = _write_generation(
             self.path,
             cpu,
@@ -537,18 +622,29 @@ class Index:
             prepared,
             self.manifest,
             base=self,
+            radii=radii,
         )
         log(f"added {src.count} vectors to {self.path} ({manifest['count']} in all)")
         fresh = Index.load(
             self.path, verify=False, device=self.device, dtype=self.dtype, model=self.model_override
         )
-        self.manifest, self.faiss_index, self.on_gpu, self._texts = (
+        self.manifest, self.faiss_index, self.on_gpu, self._texts, self._radii = (
             manifest,
             fresh.faiss_index,
             fresh.on_gpu,
             None,
+            radii,
         )
         return src.count
+
+    def _refreshed_radii(self, grown: faiss.Index, before: int, prepared: _Prepared, log: Log) -> Any:
+        """The CSLS radii once the new vectors are in `grown` (see neighbourhood.refresh_radii for the rule)."""
+        from simcli.index.neighbourhood import refresh_radii
+
+        new = np.concatenate([c for c in prepared() if len(c)] or [np.empty((0, self.dim), np.float32)])
+        radii, researched = refresh_radii(self.radii(), grown.search, self._stored_vectors, new, before)
+        log(f"CSLS radii: {len(new)} new, {researched} of {before} old vectors re-searched")
+        return radii
 
     # -- checking ---------------------------------------------------------------------------------------
     def check(self, sample: int = 1000, k: int = 10, params: dict[str, int] | None = None) -> dict[str, Any]:
@@ -706,6 +802,7 @@ def _write_generation(
     *,
     base: Index | None,
     whitening: Any = None,
+    radii: Any = None,
 ) -> dict[str, Any]:
     """Write the files of a new generation and switch the manifest to them."""
     old_files = base.manifest["files"] if base is not None else {}
@@ -742,6 +839,10 @@ def _write_generation(
 
         files["vectors"] = persist.write_npy(
             folder / persist.file_name("vectors", generation), vectors(), (cpu.ntotal, cpu.d), np.float32
+        )
+    if radii is not None:
+        files["radii"] = persist.write_npy(
+            folder / persist.file_name("radii", generation), [radii.to_array()], (cpu.ntotal, 2), np.float32
         )
     manifest = {
         **new_manifest(persist.KIND, format_version=persist.FORMAT_VERSION),

@@ -9,6 +9,9 @@
     whitening-G.safetensors   the whitening applied before normalising (when there is one)
     vectors-G.npy             the normalised float32 vectors, kept only for lossy indexes (PQ), for
                               `index check`'s exact search
+    radii-G.npy               CSLS radii (`index hubness`, `index build --csls`): float32 (count, 2), per
+                              vector r(y) (mean cosine to its K nearest, itself excluded) and the cosine of
+                              its K-th neighbour (what `index add` needs to refresh r)
 
 G is a generation number. A build or an `index add` writes the files of a new generation, then the
 manifest (atomically) that names them, then removes the old generation: an interrupted run leaves the
@@ -51,7 +54,14 @@ class _HashingWriter:
 
 
 def file_name(role: str, generation: int) -> str:
-    ext = {"index": "faiss", "texts": "jsonl", "offsets": "npy", "whitening": "safetensors", "vectors": "npy"}
+    ext = {
+        "index": "faiss",
+        "texts": "jsonl",
+        "offsets": "npy",
+        "whitening": "safetensors",
+        "vectors": "npy",
+        "radii": "npy",
+    }
     return f"{role}-{generation}.{ext[role]}"
 
 
@@ -162,7 +172,7 @@ def commit(folder: Path, manifest: dict[str, Any]) -> None:
 
 def _is_index_file(name: str) -> bool:
     stem = name.split("-", 1)[0]
-    return stem in ("index", "texts", "offsets", "whitening", "vectors") or name.startswith(".")
+    return stem in ("index", "texts", "offsets", "whitening", "vectors", "radii") or name.startswith(".")
 
 
 class Texts:
