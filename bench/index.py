@@ -105,7 +105,7 @@ def bench_indexes(args: argparse.Namespace, tmp: Path) -> None:
         qps = len(queries) / search_s
         # numpy over the same n vectors (the --small-types rows run on fewer)
         base = numpy_qps * args.n / n
-        rows.append((kind, n, idx.manifest["index"]["factory"], idx.search_params, build_s,
+        rows.append((kind, n, idx.manifest.index.factory, idx.search_params, build_s,
                      folder_bytes(idx.path), qps, qps / base, recall(found, want)))  # fmt: skip
         print(
             f"  [{kind}] done: build {build_s:.1f}s, {qps:,.0f} q/s, recall@10 {rows[-1][-1]:.4f}", flush=True

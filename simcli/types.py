@@ -53,10 +53,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: `score` is the cosine; `csls` the CSLS score 2 cos - r(y) when re-ranked by it."""
+    """One search result: `score` ranks it (the cosine, or the re-rank's score); `cosine` is the cosine when
+    a re-rank (CSLS) replaced the score."""
 
     rank: int
     id: int
     score: float
     text: str
-    csls: float | None = None
+    cosine: float | None = None

@@ -287,15 +287,17 @@ def test_build_csls_stores_radii_with_hash_and_they_equal_brute_force(tmp_path) 
     idx = Index.build(
         x, out=tmp_path / "i", index="flat", whiten="none", texts=[str(i) for i in range(N)], csls=True
     )
-    entry = idx.manifest["files"]["radii"]
-    assert entry["name"].startswith("radii-") and len(entry["sha256"]) == 64
-    assert idx.manifest["csls"] == {"k": 10, "search": "exact"}
+    entry = idx.manifest.files["radii"]
+    assert entry.name.startswith("radii-") and len(entry.sha256) == 64
+    assert idx.manifest.csls is not None and vars(idx.manifest.csls) == {"k": 10, "search": "exact"}
+    saved = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert saved["csls"] == {"k": 10, "search": "exact"} and saved["files"]["radii"]["sha256"] == entry.sha256
     _, sims = brute_knn(unit(x), 10)
     again = Index.load(tmp_path / "i")  # verifies every hash, the radii file's too
     np.testing.assert_allclose(again.radii().r, sims.mean(axis=1), atol=1e-5)
     np.testing.assert_allclose(again.radii().kth, sims[:, -1], atol=1e-5)
     assert again.info()["csls"] == {"k": 10, "search": "exact"}
-    path = tmp_path / "i" / entry["name"]
+    path = tmp_path / "i" / entry.name
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -316,13 +318,13 @@ def test_csls_search_over_the_whole_corpus_equals_numpy_csls(flat_and_hnsw, tmp_
     cos = unit(q).astype(np.float64) @ unit(x).astype(np.float64).T
     full = 2 * cos - r[None, :]
     want = np.argsort(-full, axis=1, kind="stable")[:, :10]
-    got = idx.search(q, k=10, rerank="csls", candidates=N)  # M covers the corpus
+    got = idx.search(q, k=10, rerank=idx.csls(N))  # M covers the corpus
     np.testing.assert_array_equal([[h.id for h in hits] for hits in got], want)
     np.testing.assert_allclose(
-        [[h.csls for h in hits] for hits in got], np.take_along_axis(full, want, axis=1), atol=1e-5
+        [[h.score for h in hits] for hits in got], np.take_along_axis(full, want, axis=1), atol=1e-5
     )
     np.testing.assert_allclose(
-        [[h.score for h in hits] for hits in got], np.take_along_axis(cos, want, axis=1), atol=1e-5
+        [[h.cosine for h in hits] for hits in got], np.take_along_axis(cos, want, axis=1), atol=1e-5
     )
     assert got[0][0].text == f"t{want[0, 0]}" and [h.rank for h in got[0]] == list(range(1, 11))
     # the default M = 50 re-ranks the 50 best by cosine: same as numpy CSLS restricted to those
@@ -333,7 +335,9 @@ def test_csls_search_over_the_whole_corpus_equals_numpy_csls(flat_and_hnsw, tmp_
         [[h.id for h in hits] for hits in idx.search(q, k=10, rerank="csls")], want50
     )
     plain = idx.search(q, k=10)
-    assert all(h.csls is None for h in plain[0]) and (want != [[h.id for h in hits] for hits in plain]).any()
+    assert (
+        all(h.cosine is None for h in plain[0]) and (want != [[h.id for h in hits] for hits in plain]).any()
+    )
 
 
 def test_csls_without_radii_is_a_one_line_error_naming_the_command(flat_and_hnsw) -> None:  # type: ignore[no-untyped-def]
@@ -407,4 +411,60 @@ def test_cli_hubness_then_query_rerank_csls_json(flat_and_hnsw, tmp_path) -> Non
     from simcli.index import Index
 
     hits = Index.load(folder).search(x[:1], k=3, rerank="csls")[0]
-    assert all(h.csls == pytest.approx(2 * h.score - sims[h.id].mean(), abs=1e-5) for h in hits)
+    assert all(h.score == pytest.approx(2 * h.cosine - sims[h.id].mean(), abs=1e-5) for h in hits)
+
+
+def test_cli_build_csls_and_query_rerank_with_a_tiny_model(tmp_path, wobert_dir) -> None:  # type: ignore[no-untyped-def]
+    """Text end to end: `index build --csls`, `query --rerank csls --json` reports the CSLS score and the
+    cosine, csls = 2 cos - r(y) with r from the stored radii, hits ordered by it; --candidates checked."""
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+    from simcli.index import Index
+
+    faq = tmp_path / "faq.txt"
+    lines = [
+        "花呗怎么还款",
+        "借呗额度怎么提升",
+        "花呗逾期了怎么办",
+        "怎么开通花呗",
+        "今天天气不错",
+        "我喜欢北京",
+        "北京天气怎么样",
+    ]
+    faq.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "faq.idx"
+    r = CliRunner().invoke(
+        app,
+        ["index", "build", str(faq), "-m", str(wobert_dir), "--out", str(out), "--whiten", "none", "--csls"],
+    )
+    assert r.exit_code == 0, r.output
+    idx = Index.load(out)
+    radii = idx.radii()
+    assert radii.k == 10 and len(radii.r) == len(lines)
+    v = idx.stored_vectors()
+    x = np.concatenate(list(v))
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    np.testing.assert_allclose(
+        radii.r, np.sort(s, axis=1)[:, ::-1][:, : len(lines) - 1].mean(axis=1), atol=1e-5
+    )
+
+    q = CliRunner().invoke(app, ["query", str(out), "花呗如何还款", "-k", "3", "--rerank", "csls", "--json"])
+    assert q.exit_code == 0, q.output
+    hits = json.loads(q.stdout)["results"]
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
+    for h in hits:
+        assert h["csls"] == h["score"] == pytest.approx(2 * h["cosine"] - radii.r[h["id"]], abs=1e-5)
+        assert h["text"] == lines[h["id"]]
+    assert [h["csls"] for h in hits] == sorted((h["csls"] for h in hits), reverse=True)
+    plain = CliRunner().invoke(app, ["query", str(out), "花呗如何还款", "-k", "3", "--json"])
+    assert all("csls" not in h and "cosine" not in h for h in json.loads(plain.stdout)["results"])
+    bad = CliRunner().invoke(app, ["query", str(out), "x", "--candidates", "5"])
+    assert bad.exit_code == 2 and "--candidates is for --rerank csls" in bad.output
+    text = CliRunner().invoke(
+        app, ["query", str(out), "花呗如何还款", "-k", "2", "--rerank", "csls", "--candidates", "4"]
+    )
+    assert text.exit_code == 0 and text.stdout.splitlines()[0] == "花呗如何还款"
+    rank, csls, cos, hit = text.stdout.splitlines()[1].split()
+    assert rank == "1" and float(csls) == pytest.approx(2 * float(cos) - radii.r[lines.index(hit)], abs=2e-4)

@@ -68,7 +68,7 @@ def test_recall_at_10_against_numpy_brute_force(built: dict[str, Index], data, k
     corpus, queries = data
     idx = built[kind]
     assert (
-        idx.manifest["index"]["factory"] == {"hnsw": "HNSW32", "ivf": "IVF128,Flat"}[kind]
+        idx.manifest.index.factory == {"hnsw": "HNSW32", "ivf": "IVF128,Flat"}[kind]
     )  # 4 sqrt(8000) -> 256, halved to keep >= 39 a list
     params = idx.search_params
     assert (
@@ -95,7 +95,7 @@ def test_auto_recall_when_it_chooses_hnsw_and_ivf(
     budget = choose_mod.ivf_bytes(N, D, 128) + 10_000
     assert budget < choose_mod.hnsw_bytes(N, D)
     ivf = Index.build(corpus, out=tmp_path / "b", memory=budget, texts=TEXTS)
-    assert (hnsw.manifest["index"]["factory"], ivf.manifest["index"]["factory"]) == ("HNSW32", "IVF128,Flat")
+    assert (hnsw.manifest.index.factory, ivf.manifest.index.factory) == ("HNSW32", "IVF128,Flat")
     for idx in (hnsw, ivf):
         assert recall_at_k(hit_ids(idx.search(queries, k=10)), truth, 10) >= 0.95
 
@@ -168,7 +168,7 @@ def test_add_to_ivf_equals_faiss_with_the_same_training(tmp_path: Path, data) ->
     """IVF grows without retraining: the result equals faiss adding everything to the same trained lists."""
     corpus, queries = data
     idx = Index.build(corpus[:5000], out=tmp_path / "ivf", index="ivf", texts=TEXTS[:5000])
-    reference = faiss.clone_index(faiss.read_index(str(idx.path / idx.manifest["files"]["index"]["name"])))
+    reference = faiss.clone_index(faiss.read_index(str(idx.path / idx.manifest.files["index"].name)))
     idx.add(corpus[5000:], texts=TEXTS[5000:])
     reference.add(unit(corpus[5000:]))
     reference.nprobe = idx.search_params["nprobe"]
@@ -242,12 +242,12 @@ def test_bad_factory_string_is_a_usage_error(tmp_path: Path, data) -> None:
 def test_lossy_index_keeps_vectors_for_check(tmp_path: Path, data) -> None:
     corpus, _queries = data
     idx = Index.build(corpus[:4000], out=tmp_path / "sq", index="IVF64,SQ4")
-    assert idx.manifest["index"]["lossless"] is False and "vectors" in idx.manifest["files"]
-    stored = np.load(idx.path / idx.manifest["files"]["vectors"]["name"])
+    assert idx.manifest.index.lossless is False and "vectors" in idx.manifest.files
+    stored = np.load(idx.path / idx.manifest.files["vectors"].name)
     np.testing.assert_allclose(stored, unit(corpus[:4000]), atol=1e-6)
     assert 0.0 < idx.check(sample=100)["recall"] <= 1.0
     idx.add(corpus[4000:4100])
-    assert np.load(Index.load(idx.path).path / idx.manifest["files"]["vectors"]["name"]).shape == (4100, D)
+    assert np.load(Index.load(idx.path).path / idx.manifest.files["vectors"].name).shape == (4100, D)
 
 
 def test_gpu_selection(tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,10 +261,10 @@ def test_gpu_selection(tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda index: moved.append("back") or index, raising=False)
     corpus = data[0][:3000]
     ivf = Index.build(corpus, out=tmp_path / "ivf", index="ivf")
-    assert ivf.manifest["index"]["built_on"] == "gpu" and moved[:2] == ["to", "back"] and ivf.on_gpu
+    assert ivf.manifest.index.built_on == "gpu" and moved[:2] == ["to", "back"] and ivf.on_gpu
     moved.clear()
     hnsw = Index.build(corpus, out=tmp_path / "hnsw", index="hnsw")
-    assert hnsw.manifest["index"]["built_on"] == "cpu" and moved == [] and not hnsw.on_gpu
+    assert hnsw.manifest.index.built_on == "cpu" and moved == [] and not hnsw.on_gpu
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
     assert builder.to_device(faiss.IndexFlatIP(4))[1] is False
 
@@ -285,8 +285,8 @@ def test_end_to_end_from_text_roformer_sim(tmp_path: Path, roformer_sim_dir: Pat
     corpus = tmp_path / "faq.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     idx = Index.build([corpus], model=str(roformer_sim_dir), out=tmp_path / "faq.idx")
-    assert idx.manifest["whitening"] is None and idx.spec.family == "roformer-sim"
-    assert idx.manifest["computed_with"] == [{"device": "cpu", "dtype": "float32"}]
+    assert idx.manifest.whitening is None and idx.spec.family == "roformer-sim"
+    assert idx.manifest.computed_with == [{"device": "cpu", "dtype": "float32"}]
     assert idx.info()["computed_with"] == "cpu float32"
     enc = load_encoder(str(roformer_sim_dir), dtype="float32")
     queries = ["花呗还款", "北京天气"]
@@ -311,11 +311,11 @@ def test_end_to_end_wobert_whitening_auto_and_add(tmp_path: Path, wobert_dir: Pa
     idx = Index.build(
         [corpus], model=str(wobert_dir), out=tmp_path / "w.idx", encoder_options={"dtype": "float32"}
     )
-    w_entry = idx.manifest["whitening"]
-    assert w_entry is not None and w_entry["dim_out"] < 48 and idx.dim == w_entry["dim_out"]
+    w_entry = idx.manifest.whitening
+    assert w_entry is not None and w_entry.dim_out < 48 and idx.dim == w_entry.dim_out
     enc = load_encoder(str(wobert_dir), dtype="float32")
     raw = enc.encode(SENTENCES[:12])
-    w = Whitening.fit(raw, dim=w_entry["dim_out"], spec=enc.spec)
+    w = Whitening.fit(raw, dim=w_entry.dim_out, spec=enc.spec)
     queries = ["北京天气", "花呗"]
     expected = brute_force(w.transform(raw), w.transform(enc.encode(queries)), 4)[1]
     got = Index.load(idx.path, dtype="float32").search(queries, k=4)
@@ -325,7 +325,7 @@ def test_end_to_end_wobert_whitening_auto_and_add(tmp_path: Path, wobert_dir: Pa
     loaded = Index.load(idx.path, dtype="float32")
     loaded.add([more])
     assert loaded.count == 16 and loaded.texts() == SENTENCES
-    assert loaded.manifest["whitening"]["sha256"] == w_entry["sha256"]  # same whitening after add
+    assert loaded.manifest.whitening.sha256 == w_entry.sha256  # same whitening after add
 
 
 def test_whiten_options(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: Path, data) -> None:
@@ -333,11 +333,11 @@ def test_whiten_options(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: Path
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     sim = str(roformer_sim_dir)
     none = Index.build([corpus], model=str(wobert_dir), out=tmp_path / "n", whiten="none")
-    assert none.manifest["whitening"] is None and none.dim == 48
+    assert none.manifest.whitening is None and none.dim == 48
     k4 = Index.build([corpus], model=sim, out=tmp_path / "k", whiten="4")
-    assert k4.manifest["whitening"]["dim_out"] == 4 and k4.dim == 4
+    assert k4.manifest.whitening.dim_out == 4 and k4.dim == 4
     # arrays: auto means no whitening (no model family to judge by); K fits one
-    assert Index.build(data[0][:500], out=tmp_path / "a").manifest["whitening"] is None
+    assert Index.build(data[0][:500], out=tmp_path / "a").manifest.whitening is None
     assert Index.build(data[0][:500], out=tmp_path / "b", whiten=16).dim == 16
     with pytest.raises(UsageError, match="--whiten must be auto, none, full or a number"):
         Index.build(data[0][:500], out=tmp_path / "c", whiten="half")
@@ -352,7 +352,7 @@ def test_whitening_file_and_mismatches(tmp_path: Path, wobert_dir: Path, roforme
     wob = load_encoder(str(wobert_dir), dtype="float32")
     Whitening.fit(wob.encode(SENTENCES), dim=8, spec=wob.spec).save(tmp_path / "wob.whiten")
     idx = Index.build([corpus], model=str(wobert_dir), out=tmp_path / "i", whitening=tmp_path / "wob.whiten")
-    assert idx.dim == 8 and idx.manifest["whitening"]["source"] == str(tmp_path / "wob.whiten")
+    assert idx.dim == 8 and idx.manifest.whitening.source == str(tmp_path / "wob.whiten")
     with pytest.raises(ManifestMismatch, match="does not fit"):
         Index.build(
             [corpus], model=str(roformer_sim_dir), out=tmp_path / "j", whitening=tmp_path / "wob.whiten"
@@ -368,7 +368,7 @@ def test_whitening_file_and_mismatches(tmp_path: Path, wobert_dir: Path, roforme
 
 def test_auto_whitening_cut_follows_the_model_size() -> None:
     """REFERENCE 2: usual cuts 128 for small/tiny, 256 for base, 384 for large."""
-    from simcli.index.core import whiten_auto_dim
+    from simcli.index.space import whiten_auto_dim
 
     assert [whiten_auto_dim(d) for d in (48, 312, 384, 768, 1024)] == [48, 128, 128, 256, 384]
 
@@ -381,7 +381,7 @@ def test_simbert_is_not_whitened_by_auto(tmp_path: Path) -> None:
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     model = build_simbert(tmp_path / "simbert")
     idx = Index.build([corpus], model=str(model), out=tmp_path / "s.idx")
-    assert (idx.spec.family, idx.spec.pooling, idx.manifest["whitening"]) == ("bert", "pooler", None)
+    assert (idx.spec.family, idx.spec.pooling, idx.manifest.whitening) == ("bert", "pooler", None)
 
 
 def test_build_from_a_store(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: Path) -> None:
@@ -397,7 +397,7 @@ def test_build_from_a_store(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: 
         assert r.exit_code == 0, r.output
     idx = Index.build(tmp_path / "wob.vec", out=tmp_path / "i", whiten="none", index="flat")
     assert idx.spec.family == "wobert" and idx.texts() == SENTENCES
-    assert idx.manifest["computed_with"] == [{"device": "cpu", "dtype": "float32"}]  # from the store's shards
+    assert idx.manifest.computed_with == [{"device": "cpu", "dtype": "float32"}]  # from the store's shards
     hits = Index.load(idx.path).search(["花呗怎么还款"], k=1)[0]
     assert hits[0].text == "花呗怎么还款" and hits[0].score == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ManifestMismatch, match="does not fit"):

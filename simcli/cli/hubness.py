@@ -51,7 +51,7 @@ def stats(
         idx = Index.load(folder, verify=False)
         rep = index_stats(idx, k=k, sample=sample, top=top)
         s = rep.stats
-        texts = {r["id"]: r["text"] for r in idx._text_store().rows([i for i, _ in s.top])}
+        texts = {r["id"]: r["text"] for r in idx.rows([i for i, _ in s.top])}
         data: dict[str, Any] = {
             "path": str(folder),
             "count": rep.count,
@@ -108,20 +108,21 @@ def hubness(
 
         idx = Index.load(folder)
         radii = idx.hubness(k=k, log=lambda m: typer.echo(f"simcli: {m}", err=True))
-        entry = idx.manifest["files"]["radii"]
+        entry = idx.manifest.files["radii"]
+        assert idx.manifest.csls is not None
         data = {
             "path": str(folder),
             "count": idx.count,
             "k": k,
-            "search": idx.manifest["csls"]["search"],
-            "file": entry["name"],
-            "sha256": entry["sha256"],
+            "search": idx.manifest.csls.search,
+            "file": entry.name,
+            "sha256": entry.sha256,
             "mean_r": round(float(radii.r.mean()), 6),
         }
         if json_out:
             typer.echo(json.dumps(data, sort_keys=True))
         else:
             typer.echo(
-                f"wrote {folder / entry['name']}: r(y) of {idx.count} vectors, k {k}, {data['search']} "
+                f"wrote {folder / entry.name}: r(y) of {idx.count} vectors, k {k}, {data['search']} "
                 f"search, mean r {data['mean_r']:.4f}"
             )

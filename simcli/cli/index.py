@@ -57,6 +57,14 @@ ModelLocationOpt = Annotated[
         help="Where the index's model lives now, if it moved (its weights must match the recorded hash).",
     ),
 ]
+IndexDTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="auto | float32 | bfloat16 | float16 for encoding (default: the dtype the index's vectors were "
+        "computed with, when on the same kind of device; else auto).",
+    ),
+]
 
 
 def _note(message: str) -> None:
@@ -185,7 +193,7 @@ def add(
     skip_empty: SkipEmptyOpt = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
+    dtype: IndexDTypeOpt = None,
 ) -> None:
     """Append sentences to an index without rebuilding it (same model and whitening as recorded).
 
@@ -281,7 +289,10 @@ def query(
         Path | None, typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl).")
     ] = None,
     min_score: Annotated[
-        float | None, typer.Option("--min-score", help="Drop hits below this cosine.")
+        float | None,
+        typer.Option(
+            "--min-score", help="Drop hits below this score (the cosine; the CSLS score with --rerank csls)."
+        ),
     ] = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
@@ -308,7 +319,7 @@ def query(
     ] = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
+    dtype: IndexDTypeOpt = None,
 ) -> None:
     """Find the indexed sentences closest to each query (cosine, same model and whitening as the index).
 
@@ -323,13 +334,11 @@ def query(
         idx = Index.load(folder, device=device, dtype=dtype, model=model)
         if not queries:
             raise BadInput("no queries (empty input)")
+        if candidates is not None and rerank.strip().lower() != "csls":
+            raise UsageError("--candidates is for --rerank csls")
+        step = idx.csls(candidates) if rerank.strip().lower() == "csls" else rerank
         results = idx.search(
-            queries,
-            k=k,
-            min_score=min_score,
-            params=_params(nprobe, ef_search),
-            rerank=rerank,
-            candidates=candidates,
+            queries, k=k, min_score=min_score, params=_params(nprobe, ef_search), rerank=step
         )
         out = []
         for q, hits in zip(queries, results, strict=True):
@@ -340,8 +349,8 @@ def query(
                 out.append(q)
                 out.extend(
                     f"{h.rank:>4}  {h.score:.4f}  {h.text}"
-                    if h.csls is None
-                    else f"{h.rank:>4}  {h.csls:.4f}  {h.score:.4f}  {h.text}"
+                    if h.cosine is None
+                    else f"{h.rank:>4}  {h.score:.4f}  {h.cosine:.4f}  {h.text}"
                     for h in hits
                 )
                 out.append("")
@@ -350,8 +359,8 @@ def query(
 
 def _hit_json(h: Any) -> dict[str, Any]:
     row = {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "text": h.text}
-    if h.csls is not None:
-        row["csls"] = round(h.csls, 6)
+    if h.cosine is not None:  # re-ranked by CSLS: the score is the CSLS score; both are reported
+        row["csls"], row["cosine"] = round(h.score, 6), round(h.cosine, 6)
     return row
 
 

@@ -1,13 +1,39 @@
 """FAISS cosine retrieval: choosing, building, saving, loading and querying an index folder.
 
-Modules: `choose` (the auto rule, factory strings; no faiss import), `build` (make/train/add, GPU),
-`search` (nprobe/efSearch, tuning, recall), `sources` (arrays, stores, text), `persist` (the folder on disk),
-`core` (the `Index` class).
+Modules, one job each:
+    choose    the auto rule, factory strings (no faiss import)
+    space     which whitening a build applies; raw vectors -> index space (whitened, L2-normalised)
+    sources   where raw vectors come from: arrays, stores, text through an encoder
+    encoders  the build's and the queries' encoder (loaded once, behind a lock; the dtype rule)
+    pipeline  build and add: prepare the vectors once, train, add, tune, write a generation
+    build     faiss make/train/add, GPU moves
+    search    per-call search parameters (nprobe/efSearch), tuning, ground truth, recall
+    manifest  the typed manifest (IndexManifest) and the declared file roles (FILE_ROLES)
+    persist   the folder on disk: atomic generations, hashes, random access to the texts
+    stored    the index's vectors given back (sampling, reconstruction, lossless check)
+    rerank    the re-rank step between faiss candidates and hits (Identity by default)
+    hubness   hubness math: k-occurrence, skewness, radii, CSLS scores (pure numpy)
+    neighbourhood  the index's own neighbourhoods: `index stats`, the CSLS radii and their refresh on add
+    csls      the CSLS re-rank step and the radii file
+    query     the `Index` class: load, search (candidates -> re-rank -> hits), add, check, info
+    check     recall and latency against exact search
 """
 
 from __future__ import annotations
 
 from simcli.index.choose import IndexChoice
-from simcli.index.core import Index
+from simcli.index.manifest import FILE_ROLES, FileEntry, FileRole, IndexManifest
+from simcli.index.query import Index
+from simcli.index.rerank import IDENTITY, Candidates, Rerank
 
-__all__ = ["Index", "IndexChoice"]
+__all__ = [
+    "FILE_ROLES",
+    "IDENTITY",
+    "Candidates",
+    "FileEntry",
+    "FileRole",
+    "Index",
+    "IndexChoice",
+    "IndexManifest",
+    "Rerank",
+]

@@ -87,7 +87,7 @@ def train(index: faiss.Index, sample: np.ndarray) -> None:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     except RuntimeError as e:
         raise UsageError(
-            f"faiss could not train the index on {len(sample)} vectors ({_faiss_message(e)})"
+            f"faiss could not train the index on {len(sample)} vectors ({faiss_message(e)})"
         ) from None
 
 
@@ -101,7 +101,8 @@ def add(index: faiss.Index, chunks: Iterable[np.ndarray]) -> int:
     return added
 
 
-def _faiss_message(e: Exception) -> str:
+def faiss_message(e: Exception) -> str:
+    """The useful line of a faiss RuntimeError (its C++ message, without the stack)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     for line in lines:
         if line.startswith("Error:"):

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from simcli.index.check import take_rows
 from simcli.index.hubness import (
     CSLS_K,
     HubnessStats,
@@ -108,7 +109,7 @@ def refresh_radii(
     affected = np.flatnonzero(best > old.kth)
     r, kth = old.r.copy(), old.kth.copy()
     if len(affected):
-        vectors = _rows(old_chunks, affected, new_vectors.shape[1])
+        vectors = take_rows(old_chunks(), affected, new_vectors.shape[1])
         ids_out, sims_out = [], []
         for i in range(0, len(affected), QUERY_BATCH):
             sims, ids = search(np.ascontiguousarray(vectors[i : i + QUERY_BATCH]), k + 1)
@@ -122,18 +123,6 @@ def refresh_radii(
         Radii(np.concatenate([r, radii(fresh.sims)]), np.concatenate([kth, kth_similarity(fresh.sims)]), k),
         len(affected),
     )
-
-
-def _rows(chunks: ChunksFn, ids: np.ndarray, dim: int) -> np.ndarray:
-    """Rows `ids` (sorted) of vectors given chunk by chunk."""
-    out = np.empty((len(ids), dim), dtype=np.float32)
-    start = filled = 0
-    for chunk in chunks():
-        stop = start + len(chunk)
-        hi = int(np.searchsorted(ids, stop))
-        out[filled:hi] = chunk[ids[filled:hi] - start]
-        filled, start = hi, stop
-    return out
 
 
 @dataclass(frozen=True)
@@ -172,7 +161,7 @@ def neighbourhood_stats(
         raise ValueError("k-occurrence needs at least two vectors")
     if count > sample:
         ids = np.sort(np.random.default_rng(seed).choice(count, size=sample, replace=False))
-        x = _rows(chunks, ids, dim)
+        x = take_rows(chunks(), ids, dim)
         nb = exact_knn(x, x, k, self_ids=np.arange(len(ids)))
         stats, nk = hubness_stats(nb, len(ids), top=top)
         stats = replace(stats, top=[(int(ids[i]), c) for i, c in stats.top])
@@ -216,24 +205,22 @@ STATS_SAMPLE = 20000  # above this many vectors, `index stats` measures a random
 def index_stats(index: Any, k: int = 10, sample: int = STATS_SAMPLE, top: int = 10) -> NeighbourhoodReport:
     """k-occurrence statistics of a loaded `Index`'s own vectors (see `neighbourhood_stats`)."""
     from simcli.errors import UsageError
-    from simcli.index.search import search_parameter
 
     if k < 1 or sample < 2:
         raise UsageError(f"-k must be at least 1 and --sample at least 2, got k {k}, sample {sample}")
     if index.count < 2:
         raise UsageError(f"{index.path}: {index.count} vector(s); k-occurrence needs at least two")
     k = min(k, index.count - 1)
-    factory = index.manifest["index"]["factory"]
-    param = search_parameter(index.faiss_index)
-    exact = param is None and bool(index.manifest["index"]["lossless"])
+    factory = index.manifest.index.factory
+    exact = exact_search(index.faiss_index, index.manifest.index.lossless)
     if exact:
         how = f"exact ({factory})"
     else:
         params = ", ".join(f"{n} {v}" for n, v in index.search_params.items())
         how = f"approximate ({factory}{', ' + params if params else ''})"
     return neighbourhood_stats(
-        index.faiss_index.search,
-        index._stored_vectors,
+        index.self_search,
+        index.stored_vectors,
         index.count,
         index.dim,
         k=k,
@@ -242,3 +229,10 @@ def index_stats(index: Any, k: int = 10, sample: int = STATS_SAMPLE, top: int = 
         how=how,
         top=top,
     )
+
+
+def exact_search(faiss_index: Any, lossless: bool) -> bool:
+    """Whether searching this index is exact: no nprobe / efSearch trade-off, and vectors kept as they are."""
+    from simcli.index.search import search_parameter
+
+    return search_parameter(faiss_index) is None and bool(lossless)

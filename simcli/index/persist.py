@@ -9,9 +9,11 @@
     whitening-G.safetensors   the whitening applied before normalising (when there is one)
     vectors-G.npy             the normalised float32 vectors, kept only for lossy indexes (PQ), for
                               `index check`'s exact search
-    radii-G.npy               CSLS radii (`index hubness`, `index build --csls`): float32 (count, 2), per
-                              vector r(y) (mean cosine to its K nearest, itself excluded) and the cosine of
-                              its K-th neighbour (what `index add` needs to refresh r)
+    radii-G.npy               the CSLS radii (`index hubness`): float32 (count, 2), r(y) and the cosine of
+                              each vector's K-th neighbour (`manifest.csls` records K)
+
+The roles and their extensions are declared in `simcli.index.manifest.FILE_ROLES`; the manifest is the typed
+`IndexManifest`.
 
 G is a generation number. A build or an `index add` writes the files of a new generation, then the
 manifest (atomically) that names them, then removes the old generation: an interrupted run leaves the
@@ -22,19 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from simcli.errors import CorruptArtifact, OutputExists
+from simcli.index.manifest import FILE_ROLES, FileEntry, IndexManifest, file_name
+from simcli.index.manifest import read as read_manifest
 from simcli.io import atomic_open, atomic_write_json
-from simcli.manifest import read_manifest
 
 MANIFEST = "manifest.json"
-KIND = "index"
-FORMAT_VERSION = 1
 HASH_BLOCK = 1 << 20
 
 
@@ -49,20 +51,8 @@ class _HashingWriter:
         self.size += len(data)
         return self.f.write(data)
 
-    def entry(self, name: str) -> dict[str, Any]:
-        return {"name": name, "bytes": self.size, "sha256": self.sha.hexdigest()}
-
-
-def file_name(role: str, generation: int) -> str:
-    ext = {
-        "index": "faiss",
-        "texts": "jsonl",
-        "offsets": "npy",
-        "whitening": "safetensors",
-        "vectors": "npy",
-        "radii": "npy",
-    }
-    return f"{role}-{generation}.{ext[role]}"
+    def entry(self, name: str) -> FileEntry:
+        return FileEntry(name, self.size, self.sha.hexdigest())
 
 
 def check_out_folder(out: Path, overwrite: bool) -> None:
@@ -76,7 +66,7 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
             raise OutputExists(f"--out {out} is not empty and not an index folder: not replacing it")
 
 
-def write_index(path: Path, index: Any) -> dict[str, Any]:
+def write_index(path: Path, index: Any) -> FileEntry:
     """Write a faiss index atomically, hashing it on the way; returns its file entry."""
     import faiss
 
@@ -88,7 +78,7 @@ def write_index(path: Path, index: Any) -> dict[str, Any]:
 
 def write_texts(
     texts_path: Path, offsets_path: Path, rows: Iterable[dict[str, Any]], base: Path | None = None
-) -> tuple[dict[str, Any], dict[str, Any], int]:
+) -> tuple[FileEntry, FileEntry, int]:
     """Write the texts file (the rows of `base` first, when given) and its offsets; returns both entries and the count."""
     offsets: list[int] = [0]
     with atomic_open(texts_path, "wb") as f:
@@ -106,7 +96,7 @@ def write_texts(
     return texts_entry, offsets_entry, len(offsets) - 1
 
 
-def write_npy(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype: Any) -> dict[str, Any]:
+def write_npy(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype: Any) -> FileEntry:
     """Stream chunks into one .npy file of a known shape, atomically; returns its file entry."""
     dt = np.dtype(dtype)
     with atomic_open(path, "wb") as f:
@@ -125,54 +115,104 @@ def write_npy(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], 
     return w.entry(path.name)
 
 
-def hash_entry(path: Path) -> dict[str, Any]:
+def write_generation(
+    folder: Path,
+    manifest: IndexManifest,
+    index: Any,
+    rows: Iterable[dict[str, Any]],
+    vectors: Callable[[], Iterator[np.ndarray]],
+    *,
+    base: IndexManifest | None = None,
+    whitening: Any = None,
+    extra: dict[str, FileEntry] | None = None,
+) -> IndexManifest:
+    """Write the files of `manifest.generation`, then switch the manifest to them; returns it with its files.
+
+    Args:
+        manifest: the new manifest, its `files` still empty; `count` and `dim` are taken from `index`.
+        index: the CPU faiss index holding every vector.
+        rows: the {"text", "source", "line"} rows of the new vectors (ids follow on from base's count).
+        vectors: all the index's normalised vectors, in id order (written only for lossy indexes).
+        base: the manifest of the generation being extended (`index add`): its texts come first and its
+            carried files (the whitening) are kept as they are.
+        whitening: the Whitening of a new build (saved as this generation's whitening file).
+        extra: files of this generation the caller wrote (e.g. the CSLS radii), by role.
+    """
+    g = manifest.generation
+    first = base.count if base is not None else 0
+    files: dict[str, FileEntry] = {"index": write_index(folder / file_name("index", g), index)}
+
+    def numbered() -> Iterator[dict[str, Any]]:
+        for i, r in enumerate(rows):
+            yield {"id": first + i, **r}
+
+    files["texts"], files["offsets"], count = write_texts(
+        folder / file_name("texts", g),
+        folder / file_name("offsets", g),
+        numbered(),
+        base=folder / base.files["texts"].name if base is not None else None,
+    )
+    if count != index.ntotal:
+        raise CorruptArtifact(f"{folder}: {count} texts for {index.ntotal} vectors")
+    if base is not None:
+        files.update({r: e for r, e in base.files.items() if r in FILE_ROLES and FILE_ROLES[r].carried})
+    elif whitening is not None:
+        wpath = folder / file_name("whitening", g)
+        whitening.save(wpath)
+        files["whitening"] = hash_entry(wpath)
+    if not manifest.index.lossless:
+        files["vectors"] = write_npy(
+            folder / file_name("vectors", g), vectors(), (index.ntotal, index.d), np.float32
+        )
+    files.update(extra or {})
+    done = replace(manifest, count=int(index.ntotal), dim=int(index.d), files=files)
+    commit(folder, done)
+    return done
+
+
+def hash_entry(path: Path) -> FileEntry:
     """The file entry (name, bytes, sha256) of a file written by someone else (e.g. Whitening.save)."""
     sha, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(HASH_BLOCK), b""):
             sha.update(block)
             size += len(block)
-    return {"name": path.name, "bytes": size, "sha256": sha.hexdigest()}
+    return FileEntry(path.name, size, sha.hexdigest())
 
 
-def read(folder: Path) -> dict[str, Any]:
-    """Read an index manifest (CorruptArtifact when it is missing, malformed or of another kind)."""
+def read(folder: Path) -> IndexManifest:
+    """Read an index folder's manifest (CorruptArtifact when it is missing, malformed or of another kind)."""
     if not folder.is_dir():
         raise CorruptArtifact(f"{folder}: no such index folder")
-    manifest = read_manifest(folder / MANIFEST, KIND)
-    for key in ("files", "count", "dim", "index"):
-        if key not in manifest:
-            raise CorruptArtifact(f"{folder / MANIFEST}: malformed index manifest (missing {key!r})")
-    return manifest
+    return read_manifest(folder / MANIFEST)
 
 
-def verify(folder: Path, manifest: dict[str, Any], *, hashes: bool = True) -> None:
+def verify(folder: Path, manifest: IndexManifest, *, hashes: bool = True) -> None:
     """Check that every file the manifest names exists with its size (and sha256 when `hashes`)."""
-    for role, entry in manifest["files"].items():
-        path = folder / entry["name"]
+    for role, entry in manifest.files.items():
+        path = folder / entry.name
         if not path.is_file():
             raise CorruptArtifact(f"{path}: missing ({role} file of index {folder})")
         size = path.stat().st_size
-        if size != entry["bytes"]:
+        if size != entry.bytes:
             raise CorruptArtifact(
-                f"{path}: {size} bytes, the manifest says {entry['bytes']} (truncated or altered)"
+                f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated or altered)"
             )
-        if hashes and hash_entry(path)["sha256"] != entry["sha256"]:
+        if hashes and hash_entry(path).sha256 != entry.sha256:
             raise CorruptArtifact(f"{path}: sha256 does not match the manifest (file altered)")
 
 
-def commit(folder: Path, manifest: dict[str, Any]) -> None:
+def commit(folder: Path, manifest: IndexManifest) -> None:
     """Write the manifest (the switch to the new generation), then remove files no manifest names."""
-    atomic_write_json(folder / MANIFEST, manifest)
-    keep = {e["name"] for e in manifest["files"].values()} | {MANIFEST}
+    atomic_write_json(folder / MANIFEST, manifest.to_json())
+    keep = {e.name for e in manifest.files.values()} | {MANIFEST}
     for p in folder.iterdir():
         if p.is_file() and p.name not in keep and _is_index_file(p.name):
             p.unlink(missing_ok=True)
 
 
 def _is_index_file(name: str) -> bool:
-    stem = name.split("-", 1)[0]
-    return stem in ("index", "texts", "offsets", "whitening", "vectors", "radii") or name.startswith(".")
+    return name.split("-", 1)[0] in FILE_ROLES or name.startswith(".")
 
 
 class Texts:

@@ -4,14 +4,20 @@ REFERENCE.md 5: never leave nprobe at 1. The parameter is tuned at build time: t
 ladder whose recall@k against exact search, on a sample of the indexed vectors used as queries (each
 query's own row left out), reaches TARGET_RECALL. It is recorded in the manifest and can be overridden
 per query.
+
+Parameters travel with each call as a faiss `SearchParameters` object (`index.search(x, k, params=...)`),
+never set on the shared index: concurrent searches with different parameters do not see each other's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import faiss
 import numpy as np
+
+from simcli.errors import UsageError
 
 TARGET_RECALL = 0.97  # tuned above the 0.95 promise: the tuning sample is not the user's queries
 TUNE_QUERIES = 500
@@ -38,8 +44,54 @@ def search_parameter(index: faiss.Index) -> str | None:
     return None
 
 
+class SearchParams:
+    """Per-call faiss search parameters for one index: `.faiss` goes to `index.search(..., params=)`.
+
+    Holds every nested faiss object: faiss keeps raw pointers to them (e.g. a refine index's base params).
+    """
+
+    def __init__(self, index: faiss.Index, params: dict[str, int], what: str = "this index") -> None:
+        self.values = dict(params)
+        name = search_parameter(index)
+        unknown = [p for p in params if p != name]
+        if unknown:
+            have = name or "none (exact search)"
+            raise UsageError(f"{', '.join(unknown)} does not apply to {what} (its parameter: {have})")
+        self._keep: list[Any] = []
+        inner: Any = None
+        if name in params:
+            # SearchParametersIVF / SearchParametersHNSW, filled field by field (the stubs lack their kwargs)
+            inner = getattr(faiss, "SearchParametersIVF" if name == "nprobe" else "SearchParametersHNSW")()
+            setattr(inner, name, int(params[name]))
+        self._keep.append(inner)
+        # a refine index wants its own params object around its base index's (pre-transforms pass them on)
+        for refine in reversed(_refine_layers(index)):
+            if inner is None:
+                break
+            outer = faiss.IndexRefineSearchParameters()
+            outer.base_index_params = inner
+            outer.k_factor = refine.k_factor
+            self._keep.append(outer)
+            inner = outer
+        self.faiss: Any = inner
+
+
+def _refine_layers(index: faiss.Index) -> list[Any]:
+    """The IndexRefine wrappers from the outside in (through pre-transforms)."""
+    out = []
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform | faiss.IndexRefine):
+        if isinstance(inner, faiss.IndexRefine):
+            out.append(inner)
+            inner = faiss.downcast_index(inner.base_index)
+        else:
+            inner = faiss.downcast_index(inner.index)
+    return out
+
+
 def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
-    """Set nprobe / efSearch on an index (CPU or GPU), through any pre-transform (OPQ)."""
+    """Set nprobe / efSearch on an index (CPU or GPU), through any pre-transform (OPQ): the defaults for
+    callers that search it without per-call parameters (a GPU index, faiss users of the loaded index)."""
     if not params:
         return
     space = faiss.GpuParameterSpace() if _on_gpu(index) else faiss.ParameterSpace()
@@ -115,8 +167,8 @@ def tune(
         ladder = list(EF_SEARCH_LADDER)
     results: list[tuple[int, float]] = []
     for value in ladder:
-        set_search_params(index, {name: value})
-        found = drop_self(index.search(queries, k + 1)[1], query_ids, k)
+        p = SearchParams(index, {name: value})
+        found = drop_self(index.search(queries, k + 1, params=p.faiss)[1], query_ids, k)
         recall = recall_at_k(found, truth, k)
         if log is not None:
             log(f"{name} {value}: recall@{k} {recall:.4f}")
@@ -128,5 +180,4 @@ def tune(
             break
     top = max(r for _, r in results)
     value, recall = next((v, r) for v, r in results if r >= min(target, top - PLATEAU))
-    set_search_params(index, {name: value})
     return {name: value}, recall

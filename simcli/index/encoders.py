@@ -1,0 +1,103 @@
+"""The encoders an index uses: the build's (from --model and the encoder options) and the queries' (from the
+manifest), loaded at most once per Index behind a lock so concurrent searches share one.
+
+All encoder loading of simcli.index happens here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from simcli.errors import UsageError
+from simcli.index.manifest import IndexManifest
+from simcli.manifest import check_same_model
+
+Log = Callable[[str], None]
+
+
+def build_encoder(model: str | Any | None, options: dict[str, Any], log: Log) -> Any:
+    """The encoder for a text build: `model` loaded with the encoder options, or `model` itself when it is
+    a loaded Encoder."""
+    if model is None:
+        raise UsageError("text inputs need --model (or give a vector store folder)")
+    if not isinstance(model, str):
+        return model
+    from simcli.models.encoder import load_encoder
+
+    enc = load_encoder(model, **{k: v for k, v in options.items() if v is not None})
+    log(
+        f"model {enc.spec.model} ({enc.spec.family}, pooling {enc.spec.pooling}, dim {enc.spec.dim}) on {enc.device}"
+    )
+    return enc
+
+
+def query_dtype(computed_with: list[dict[str, str]], device: str) -> str:
+    """The dtype to encode queries with when none is asked for: the one the index's vectors were computed
+    with on this kind of device (cpu / cuda), so near-ties come back in the order the corpus was built for;
+    "auto" when the index was computed on another kind of device, with several dtypes, or unknown."""
+    from simcli.models.device import DTYPE_NAMES, resolve_device
+
+    kind = resolve_device(device).type
+    found = {e.get("dtype") for e in computed_with if str(e.get("device", "")).split(":")[0] == kind}
+    if len(found) == 1:
+        (dtype,) = found
+        if dtype in DTYPE_NAMES:
+            return str(dtype)
+    return "auto"
+
+
+def _model_location(manifest: IndexManifest) -> str:
+    spec = manifest.model
+    assert spec is not None
+    # The path as given may be relative to where the build ran: prefer the resolved folder when it still exists.
+    if manifest.model_path and Path(manifest.model_path).is_dir():
+        return manifest.model_path
+    return spec.model
+
+
+class QueryEncoder:
+    """The index's recorded encoder (model, pooling, tokenizer, max length), loaded on first use, once, even
+    when several threads ask at the same time.
+
+    Args:
+        device: where it runs.
+        dtype: its compute dtype; None: the dtype the index was computed with (`query_dtype`).
+        model: where the model lives now, when the recorded path moved (its weights must match).
+    """
+
+    def __init__(self, path: Path, device: str = "auto", dtype: str | None = None, model: str | None = None):
+        self.path, self.device, self.dtype, self.model = path, device, dtype, model
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+
+    def get(self, manifest: IndexManifest) -> Any:
+        """The loaded encoder (UsageError for an index built from plain vectors)."""
+        enc = self._encoder
+        if enc is not None:
+            return enc
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = self._load(manifest)
+            return self._encoder
+
+    def _load(self, manifest: IndexManifest) -> Any:
+        spec = manifest.model
+        if spec is None:
+            raise UsageError(f"{self.path} was built from vectors without a model: query it with vectors")
+        from simcli.models.encoder import load_encoder
+
+        where = self.model or _model_location(manifest)
+        enc = load_encoder(
+            where,
+            pooling=spec.pooling,
+            tokenizer=spec.tokenizer,
+            device=self.device,
+            dtype=self.dtype or query_dtype(manifest.computed_with, self.device),
+            max_length=spec.max_length,
+            revision=spec.revision,
+        )
+        check_same_model(spec, enc.spec, f"model {where}")
+        return enc

@@ -1,0 +1,232 @@
+"""Building and growing an index folder: the write side of simcli.index.
+
+Build: source (raw vectors) -> whitening (fitted, given or none) -> `prepare`: every vector whitened and
+L2-normalised ONCE into one array -> train on a sample of it, add it, tune the search parameter against exact
+search over it, keep it for lossy indexes -> the folder (`persist.write_generation`). `add` prepares the new
+vectors the same way, with the recorded whitening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from simcli.errors import BadInput, ManifestMismatch, UsageError
+from simcli.index import build as builder
+from simcli.index import persist
+from simcli.index.choose import IndexChoice
+from simcli.index.manifest import IndexManifest, IndexRecord, SearchRecord
+from simcli.index.search import TUNE_K, TUNE_QUERIES, drop_self, ground_truth, set_search_params, tune
+from simcli.index.sources import Source, distinct
+from simcli.index.space import to_index_space, whitening_record
+from simcli.index.stored import is_lossless, sample_ids
+from simcli.manifest import check_same_model
+
+SEED = 0
+#: Prepared vectors past this size go to a memory-mapped scratch file in the index folder, not to RAM.
+IN_MEMORY_BYTES = 2 << 30
+SCRATCH = ".prepared.npy"
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """A source's vectors in index space, and the sizes of the source's chunks."""
+
+    vectors: np.ndarray
+    sizes: list[int]
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The vectors in the source's own chunks: faiss gets the same batches whatever the source (an
+        HNSW graph depends on how its insertions are batched)."""
+        start = 0
+        for size in self.sizes:
+            yield self.vectors[start : start + size]
+            start += size
+
+
+@contextlib.contextmanager
+def prepare(src: Source, whitening: Any, folder: Path) -> Iterator[Prepared]:
+    """The source's vectors in index space (whitened, L2-normalised), computed once: an (n, d) float32 array,
+    in memory or (past IN_MEMORY_BYTES) memory-mapped from a scratch file removed afterwards."""
+    dim = whitening.dim_out if whitening is not None else src.dim
+    scratch = folder / SCRATCH
+    if src.count * dim * 4 > IN_MEMORY_BYTES:
+        folder.mkdir(parents=True, exist_ok=True)
+        out: np.ndarray = np.lib.format.open_memmap(
+            scratch, mode="w+", dtype=np.float32, shape=(src.count, dim)
+        )
+    else:
+        out = np.empty((src.count, dim), dtype=np.float32)
+    try:
+        sizes: list[int] = []
+        filled = 0
+        for chunk in src.chunks():
+            if filled + len(chunk) > src.count:
+                raise BadInput(f"{src.describe}: more vectors than the {src.count} announced")
+            out[filled : filled + len(chunk)] = to_index_space(chunk, whitening)
+            sizes.append(len(chunk))
+            filled += len(chunk)
+        if filled != src.count:
+            raise BadInput(f"{src.describe}: {filled} vectors, {src.count} announced")
+        yield Prepared(out, sizes)
+    finally:
+        del out
+        scratch.unlink(missing_ok=True)
+
+
+def build(
+    src: Source,
+    whitening: Any,
+    choice: IndexChoice,
+    out: Path,
+    *,
+    model_path: str | None,
+    overwrite: bool,
+    log: Log,
+) -> IndexManifest:
+    """Build the index folder `out` from a source and its whitening; returns the manifest written."""
+    with prepare(src, whitening, out) as prepared:
+        vectors = prepared.vectors
+        dim = vectors.shape[1]
+        index = builder.make_index(choice, dim)
+        device_index, on_gpu = builder.to_device(index)
+        log(f"building on {'GPU' if on_gpu else 'CPU'}")
+        start = time.perf_counter()
+        tune_ids = sample_ids(src.count, TUNE_QUERIES, SEED)
+        train_ids = (
+            sample_ids(src.count, choice.train_size, SEED + 2)
+            if not index.is_trained
+            else np.empty(0, np.int64)
+        )
+        if len(train_ids):
+            builder.train(device_index, vectors[train_ids])
+            log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
+        queries = np.ascontiguousarray(vectors[tune_ids])
+        builder.add(device_index, prepared.blocks())
+        params: dict[str, int] = {}
+        recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
+        if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+            truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
+            params, recall = tune(device_index, queries, tune_ids, truth, log=log)
+        build_s = time.perf_counter() - start
+        # the saved index carries the tuned values as its defaults, for faiss users of the file
+        set_search_params(device_index, params)
+        cpu = builder.to_cpu(device_index, on_gpu)
+        log(
+            f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        previous = 0
+        if overwrite and (out / persist.MANIFEST).is_file():
+            # the new files take the next generation's names: the old index stays whole until the manifest switches
+            previous = persist.read(out).generation
+        manifest = IndexManifest(
+            model=src.spec,
+            model_path=model_path,
+            source=src.describe,
+            whitening=whitening_record(whitening),
+            index=IndexRecord(
+                kind=choice.kind,
+                factory=choice.factory,
+                nlist=choice.nlist,
+                train_size=len(train_ids),
+                reason=choice.reason,
+                metric="inner_product",
+                lossless=is_lossless(cpu, tune_ids, queries),
+                built_on="gpu" if on_gpu else "cpu",
+                build_seconds=round(build_s, 3),
+            ),
+            search=SearchRecord(params=params, tuned_recall=round(recall, 4), tune_queries=len(tune_ids)),
+            count=int(cpu.ntotal),
+            dim=int(cpu.d),
+            generation=previous + 1,
+            # informational: which device/dtype computed the vectors (auto may pick bf16); queries follow it
+            computed_with=distinct(src.computed_with),
+        )
+        return persist.write_generation(out, manifest, cpu, src.rows(), prepared.blocks, whitening=whitening)
+
+
+def add(
+    folder: Path,
+    manifest: IndexManifest,
+    cpu_index: Any,
+    whitening: Any,
+    src: Source,
+    stored: Callable[[], Iterator[np.ndarray]],
+    log: Log | None = None,
+) -> IndexManifest:
+    """Append a source's vectors to a loaded index (its CPU form, changed in place) and write the next
+    generation; returns the new manifest.
+
+    Args:
+        stored: the vectors already in the index (read for lossy indexes, which keep a vectors file, and
+            to refresh the CSLS radii).
+        log: one-line notes.
+    """
+    log = log or (lambda _: None)
+    if manifest.model is not None and src.spec is not None:
+        check_same_model(manifest.model, src.spec, f"the vectors of {src.describe}")
+    raw_dim = whitening.dim_in if whitening is not None else manifest.dim
+    if src.dim != raw_dim:
+        raise ManifestMismatch(f"{src.describe}: vectors of dim {src.dim}, the index takes {raw_dim}")
+    if src.normalized and whitening is not None:
+        raise BadInput(f"{src.describe}: L2-normalised vectors cannot be whitened like the corpus")
+    factory = manifest.index.factory
+    with prepare(src, whitening, folder) as prepared:
+        before = cpu_index.ntotal
+        try:
+            builder.add(cpu_index, prepared.blocks())
+        except RuntimeError as e:
+            raise UsageError(
+                f"{factory} cannot grow ({builder.faiss_message(e)}): rebuild the index with `simcli index build`"
+            ) from None
+        if cpu_index.ntotal != before + src.count:
+            raise UsageError(f"{factory} did not take the new vectors: rebuild the index")
+
+        def everything() -> Iterator[np.ndarray]:
+            yield from stored()
+            yield from prepared.blocks()
+
+        grown = replace(
+            manifest,
+            generation=manifest.generation + 1,
+            computed_with=distinct([*manifest.computed_with, *src.computed_with]),
+            files={},
+        )
+        extra = {}
+        if manifest.csls is not None and "radii" in manifest.files:
+            extra["radii"] = _refreshed_radii(
+                folder, manifest, cpu_index, stored, prepared.vectors, grown.generation, log
+            )
+        return persist.write_generation(
+            folder, grown, cpu_index, src.rows(), everything, base=manifest, extra=extra
+        )
+
+
+def _refreshed_radii(
+    folder: Path,
+    manifest: IndexManifest,
+    grown: Any,
+    stored: Callable[[], Iterator[np.ndarray]],
+    new: np.ndarray,
+    generation: int,
+    log: Log,
+) -> Any:
+    """The CSLS radii once `new` is in the index (simcli.index.neighbourhood.refresh_radii: only the old
+    vectors a new one enters are re-searched), written as this generation's radii file."""
+    from simcli.index.csls import read_radii, write_radii
+    from simcli.index.neighbourhood import refresh_radii
+
+    radii, researched = refresh_radii(
+        read_radii(folder, manifest), grown.search, stored, np.ascontiguousarray(new), manifest.count
+    )
+    log(f"CSLS radii: {len(new)} new, {researched} of {manifest.count} old vectors re-searched")
+    return write_radii(folder, generation, radii)
