@@ -132,7 +132,7 @@ def bench_csls(args: argparse.Namespace, tmp: Path) -> None:
     t0 = time.perf_counter()
     idx.hubness()
     hub_s = time.perf_counter() - t0
-    factory, params = idx.manifest["index"]["factory"], idx.search_params
+    factory, params = idx.manifest.index.factory, idx.search_params
     print(f"\nCSLS on {args.csls_n} x {args.dim} ({factory}, {params or 'exact'}): radii of every vector in "
           f"{hub_s:.1f}s", flush=True)  # fmt: skip
     ratios, plain_ms, csls_ms = [], [], []
