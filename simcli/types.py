@@ -130,9 +130,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result: `score` ranks it (the cosine, or the re-rank's score); `cosine` is the cosine when
+    a re-rank (CSLS) replaced the score."""
 
     rank: int
     id: int
     score: float
     text: str
+    cosine: float | None = None

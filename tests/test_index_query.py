@@ -162,29 +162,27 @@ def test_typed_manifest_round_trips_manifest_json(built: dict[str, Index]) -> No
 def test_a_declared_file_role_is_hashed_verified_and_follows_add(
     tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch, carried: bool
 ) -> None:
-    """A new per-index file (say CSLS radii): declared in FILE_ROLES, written with its hash, checked on load;
+    """A new per-index file (a made-up "notes" role): declared in FILE_ROLES, written with its hash, checked on load;
     `index add` keeps it when carried, else drops it with its generation (it no longer fits the index)."""
     from dataclasses import replace
 
     corpus, _ = data
-    monkeypatch.setitem(
-        FILE_ROLES, "radii", FileRole("radii", "npy", "per-vector CSLS radii", carried=carried)
-    )
+    monkeypatch.setitem(FILE_ROLES, "notes", FileRole("notes", "npy", "per-vector notes", carried=carried))
     idx = Index.build(corpus[:300], out=tmp_path / "i", index="flat")
     radii = np.arange(300, dtype=np.float32)
-    entry = persist.write_npy(tmp_path / "i" / file_name("radii", 1), [radii], (300,), np.float32)
-    persist.commit(idx.path, replace(idx.manifest, files={**idx.manifest.files, "radii": entry}))
+    entry = persist.write_npy(tmp_path / "i" / file_name("notes", 1), [radii], (300,), np.float32)
+    persist.commit(idx.path, replace(idx.manifest, files={**idx.manifest.files, "notes": entry}))
     loaded = Index.load(idx.path)
-    assert loaded.manifest.files["radii"] == entry and entry.name == "radii-1.npy"
+    assert loaded.manifest.files["notes"] == entry and entry.name == "notes-1.npy"
     np.testing.assert_array_equal(np.load(idx.path / entry.name), radii)
     loaded.add(corpus[300:310])
     names = sorted(p.name for p in idx.path.iterdir())
-    assert ("radii-1.npy" in names) is carried and ("radii" in loaded.manifest.files) is carried
+    assert ("notes-1.npy" in names) is carried and ("notes" in loaded.manifest.files) is carried
     if carried:
-        raw = bytearray((idx.path / "radii-1.npy").read_bytes())
+        raw = bytearray((idx.path / "notes-1.npy").read_bytes())
         raw[-1] ^= 0xFF
-        (idx.path / "radii-1.npy").write_bytes(bytes(raw))
-        with pytest.raises(CorruptArtifact, match=r"radii-1\.npy: sha256 does not match"):
+        (idx.path / "notes-1.npy").write_bytes(bytes(raw))
+        with pytest.raises(CorruptArtifact, match=r"notes-1\.npy: sha256 does not match"):
             Index.load(idx.path)
 
 

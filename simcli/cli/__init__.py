@@ -8,6 +8,7 @@ from __future__ import annotations
 from simcli.cli import encode as _encode  # noqa: F401  (registers commands)
 from simcli.cli import evaluate as _evaluate  # noqa: F401
 from simcli.cli import generate as _generate  # noqa: F401
+from simcli.cli import hubness as _hubness  # noqa: F401
 from simcli.cli import index as _index  # noqa: F401
 from simcli.cli import whiten as _whiten  # noqa: F401
 from simcli.cli._app import app

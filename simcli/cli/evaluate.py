@@ -1,4 +1,5 @@
-"""`simcli eval sts`: Spearman x100 of cosine against label, per pooling and whitening (REFERENCE.md 3)."""
+"""`simcli eval sts` (Spearman x100 of cosine against label) and `simcli eval retrieval` (MRR, recall, nDCG,
+hubness), per pooling and whitening setting."""
 
 from __future__ import annotations
 
@@ -157,4 +158,142 @@ def _print_table(results: list, beta: float, gamma: float, fit_on: Path | None) 
     if not console.is_terminal:
         console.width = 200  # a pipe or file: never cut columns
     console.print(f"Spearman x100; whitening beta {beta:g}, gamma {gamma:g}, {fitted}", highlight=False)
+    console.print(table)
+
+
+@eval_app.command("retrieval")
+def retrieval(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Labelled pair files, as for `eval sts` (label above --threshold = paraphrase)."),
+    ],
+    model: ModelOpt,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            "--corpus", help="Distractor sentences added to every corpus (one a line, or a pair file)."
+        ),
+    ] = None,
+    pooling: Annotated[
+        str, typer.Option(help="Comma-separated poolings: auto, pooler, cls, last-avg, first-last-avg.")
+    ] = "auto",
+    whiten: Annotated[
+        str, typer.Option(help="Comma-separated whitening settings: none, full, or a dimension k (e.g. 256).")
+    ] = "none,full",
+    rerank: Annotated[
+        str,
+        typer.Option(help="Comma-separated: none (cosine), csls (CSLS re-rank of the cosine candidates)."),
+    ] = "none,csls",
+    candidates: Annotated[
+        int | None,
+        typer.Option("--candidates", help="Cosine candidates CSLS re-ranks [default: max(4k, 50) = 50]."),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="A pair is a paraphrase when its label is above this [default: mid label range]."),
+    ] = None,
+    beta: Annotated[float, typer.Option(help="Whitening beta for every setting but none.")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="Whitening gamma for every setting but none.")] = 1.0,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="first,second,label columns, as for `eval sts` [default: 0,1,2]."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length", help="Tokens per sentence [default: as published: 64, and 128 for PAWSX]."
+        ),
+    ] = None,
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    batch_tokens: BatchTokensOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score retrieval on labelled pairs: MRR@10, recall@1/10, nDCG@10 and hubness (N_10 skewness).
+
+    Queries are the first sentences of the positive pairs, the corpus every distinct sentence (plus
+    --corpus), each query left out of its own results; its relevant documents are its paraphrases.
+
+    Example: simcli eval retrieval LCQMC.test.data --model M --whiten none,256 --rerank none,csls
+    """
+    with reported_errors():
+        from simcli.evaluate import parse_columns, parse_whiten
+        from simcli.retrieval import evaluate_retrieval, parse_rerank
+
+        parse_whiten(whiten)  # usage errors before the model loads
+        parse_rerank(rerank)
+        cols = parse_columns(columns)
+
+        def show(enc) -> None:  # type: ignore[no-untyped-def]
+            spec = enc.spec
+            typer.echo(
+                f"simcli: {spec.model} ({spec.family}, dim {spec.dim}) on "
+                f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
+                err=True,
+            )
+
+        with progress_bar() as bar:
+
+            def progress(name: str, total: int):  # type: ignore[no-untyped-def]
+                task = bar.add_task(name, total=total)
+                return lambda n, _tokens: bar.advance(task, n)
+
+            results = evaluate_retrieval(
+                files,
+                model,
+                poolings=pooling,
+                whiten=whiten,
+                rerank=rerank,
+                candidates=candidates,
+                corpus=corpus,
+                threshold=threshold,
+                beta=beta,
+                gamma=gamma,
+                columns=cols,
+                limit=limit,
+                max_length=max_length,
+                tokenizer=tokenizer,
+                device=device,
+                dtype=dtype,
+                batch_tokens=batch_tokens,
+                progress=progress,
+                on_encoder=show,
+            )
+        if json_out:
+            for r in results:
+                typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+            return
+        _print_retrieval(results)
+
+
+def _print_retrieval(results: list) -> None:  # type: ignore[type-arg]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for name in ("data", "pooling", "whiten", "rerank"):
+        table.add_column(name)
+    for name in ("MRR@10", "R@1", "R@10", "nDCG@10", "N10 skew", "anti-hubs", "queries", "corpus"):
+        table.add_column(name, justify="right")
+    for r in results:
+        table.add_row(
+            r.dataset,
+            r.pooling,
+            r.whiten,
+            r.rerank if r.candidates is None else f"{r.rerank} (M {r.candidates})",
+            f"{r.mrr_at_10:.4f}",
+            f"{r.recall_at_1:.4f}",
+            f"{r.recall_at_10:.4f}",
+            f"{r.ndcg_at_10:.4f}",
+            f"{r.skewness:.2f}",
+            f"{100 * r.anti_hubs:.1f}%",
+            str(r.queries),
+            str(r.corpus),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # a pipe or file: never cut columns
+    console.print("Retrieval, exact search; each query left out of its own results", highlight=False)
     console.print(table)

@@ -130,6 +130,12 @@ def build(
     max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
     batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index in --out.")] = False,
+    csls: Annotated[
+        bool,
+        typer.Option(
+            "--csls", help="Also compute the CSLS radii for `query --rerank csls` (`index hubness`)."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a cosine index folder from text (with --model) or from a vector store.
@@ -159,6 +165,7 @@ def build(
                 memory=memory,
                 read_options=_read_options(column, field, skip_empty),
                 overwrite=overwrite,
+                csls=csls,
                 progress=_bar_progress(bar),
                 log=_note,
             )
@@ -296,18 +303,41 @@ def query(
     column: ColumnOpt = None,
     field: FieldOpt = None,
     min_score: Annotated[
-        float | None, typer.Option("--min-score", help="Drop hits below this cosine.")
+        float | None,
+        typer.Option(
+            "--min-score", help="Drop hits below this score (the cosine; the CSLS score with --rerank csls)."
+        ),
     ] = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    rerank: Annotated[
+        str,
+        typer.Option(
+            "--rerank",
+            help="none | csls: re-rank the cosine candidates by CSLS, 2 cos - r(y), which demotes hubs "
+            "(needs `simcli index hubness` first).",
+        ),
+    ] = "none",
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            "--candidates", min=1, help="Cosine candidates --rerank csls re-ranks [default: max(4k, 50)]."
+        ),
+    ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help='{"query", "results": [{"rank", "id", "score", "text"}]} lines.')
+        bool,
+        typer.Option(
+            "--json",
+            help='{"query", "results": [{"rank", "id", "score", "text"}]} lines ("csls" too when re-ranked).',
+        ),
     ] = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
     dtype: IndexDTypeOpt = None,
 ) -> None:
     """Find the indexed sentences closest to each query (cosine, same model and whitening as the index).
+
+    With --rerank csls each line shows the CSLS score, then the cosine.
 
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
@@ -318,19 +348,34 @@ def query(
         idx = Index.load(folder, device=device, dtype=dtype, model=model)
         if not queries:
             raise BadInput("no queries (empty input)")
-        results = idx.search(queries, k=k, min_score=min_score, params=_params(nprobe, ef_search))
+        if candidates is not None and rerank.strip().lower() != "csls":
+            raise UsageError("--candidates is for --rerank csls")
+        step = idx.csls(candidates) if rerank.strip().lower() == "csls" else rerank
+        results = idx.search(
+            queries, k=k, min_score=min_score, params=_params(nprobe, ef_search), rerank=step
+        )
         out = []
         for q, hits in zip(queries, results, strict=True):
             if json_out:
-                rows = [
-                    {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "text": h.text} for h in hits
-                ]
+                rows = [_hit_json(h) for h in hits]
                 out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
             else:
                 out.append(q)
-                out.extend(f"{h.rank:>4}  {h.score:.4f}  {h.text}" for h in hits)
+                out.extend(
+                    f"{h.rank:>4}  {h.score:.4f}  {h.text}"
+                    if h.cosine is None
+                    else f"{h.rank:>4}  {h.score:.4f}  {h.cosine:.4f}  {h.text}"
+                    for h in hits
+                )
                 out.append("")
         typer.echo("\n".join(out).rstrip("\n"))
+
+
+def _hit_json(h: Any) -> dict[str, Any]:
+    row = {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "text": h.text}
+    if h.cosine is not None:  # re-ranked by CSLS: the score is the CSLS score; both are reported
+        row["csls"], row["cosine"] = round(h.score, 6), round(h.cosine, 6)
+    return row
 
 
 @app.command()

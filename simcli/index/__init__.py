@@ -11,7 +11,10 @@ Modules, one job each:
     manifest  the typed manifest (IndexManifest) and the declared file roles (FILE_ROLES)
     persist   the folder on disk: atomic generations, hashes, random access to the texts
     stored    the index's vectors given back (sampling, reconstruction, lossless check)
-    rerank    the re-rank step between faiss candidates and hits (Identity today)
+    rerank    the re-rank step between faiss candidates and hits (Identity by default)
+    hubness   hubness math: k-occurrence, skewness, radii, CSLS scores (pure numpy)
+    neighbourhood  the index's own neighbourhoods: `index stats`, the CSLS radii and their refresh on add
+    csls      the CSLS re-rank step and the radii file
     query     the `Index` class: load, search (candidates -> re-rank -> hits), add, check, info
     check     recall and latency against exact search
 """

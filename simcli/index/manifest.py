@@ -56,6 +56,11 @@ FILE_ROLES: dict[str, FileRole] = {
         FileRole("offsets", "npy", "int64 byte offsets of the text lines"),
         FileRole("whitening", "safetensors", "the whitening applied before normalising", carried=True),
         FileRole("vectors", "npy", "the normalised float32 vectors, kept for lossy (PQ) indexes"),
+        FileRole(
+            "radii",
+            "npy",
+            "CSLS radii: per vector r(y) and the cosine of its K-th neighbour (float32, n x 2)",
+        ),
     )
 }
 
@@ -114,6 +119,15 @@ class SearchRecord:
     warning: str | None = None  # what tuning said when it stayed below its target
 
 
+@dataclass(frozen=True)
+class CslsRecord:
+    """The CSLS radii file (`index hubness`): K neighbours per r(y), and how they were found ("exact" or
+    "approximate (factory)")."""
+
+    k: int
+    search: str
+
+
 @dataclass
 class IndexManifest:
     """manifest.json of an index folder.
@@ -128,6 +142,7 @@ class IndexManifest:
         generation: the generation whose files `files` names.
         computed_with: the distinct {"device", "dtype"} that computed the vectors, over all generations.
         files: role -> FileEntry, for every role in FILE_ROLES the folder holds.
+        csls: the CSLS radii record, when the folder holds a radii file.
     """
 
     model: ModelSpec | None
@@ -143,6 +158,7 @@ class IndexManifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     simcli_version: str = __version__
     format_version: int = FORMAT_VERSION
+    csls: CslsRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to manifest.json."""
@@ -161,6 +177,7 @@ class IndexManifest:
             "count": self.count,
             "dim": self.dim,
             "files": {role: asdict(e) for role, e in self.files.items()},
+            **({"csls": asdict(self.csls)} if self.csls is not None else {}),
         }
 
     @classmethod
@@ -181,6 +198,7 @@ class IndexManifest:
                 files={role: _record(FileEntry, e) for role, e in data["files"].items()},
                 simcli_version=str(data.get("simcli_version", "")),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
+                csls=_record(CslsRecord, data["csls"]) if data.get("csls") else None,
             )
         except KeyError as e:
             raise CorruptArtifact(f"{where}: malformed index manifest (missing {e.args[0]!r})") from None

@@ -9,6 +9,8 @@
     whitening-G.safetensors   the whitening applied before normalising (when there is one)
     vectors-G.npy             the normalised float32 vectors, kept only for lossy indexes (PQ), for
                               `index check`'s exact search
+    radii-G.npy               the CSLS radii (`index hubness`): float32 (count, 2), r(y) and the cosine of
+                              each vector's K-th neighbour (`manifest.csls` records K)
 
 The roles and their extensions are declared in `simcli.index.manifest.FILE_ROLES`; the manifest is the typed
 `IndexManifest`.
@@ -122,6 +124,7 @@ def write_generation(
     *,
     base: IndexManifest | None = None,
     whitening: Any = None,
+    extra: dict[str, FileEntry] | None = None,
 ) -> IndexManifest:
     """Write the files of `manifest.generation`, then switch the manifest to them; returns it with its files.
 
@@ -133,6 +136,7 @@ def write_generation(
         base: the manifest of the generation being extended (`index add`): its texts come first and its
             carried files (the whitening) are kept as they are.
         whitening: the Whitening of a new build (saved as this generation's whitening file).
+        extra: files of this generation the caller wrote (e.g. the CSLS radii), by role.
     """
     g = manifest.generation
     first = base.count if base is not None else 0
@@ -160,6 +164,7 @@ def write_generation(
         files["vectors"] = write_npy(
             folder / file_name("vectors", g), vectors(), (index.ntotal, index.d), np.float32
         )
+    files.update(extra or {})
     done = replace(manifest, count=int(index.ntotal), dim=int(index.d), files=files)
     commit(folder, done)
     return done

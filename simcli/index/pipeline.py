@@ -208,13 +208,17 @@ def add(
     whitening: Any,
     src: Source,
     stored: Callable[[], Iterator[np.ndarray]],
+    log: Log | None = None,
 ) -> IndexManifest:
     """Append a source's vectors to a loaded index (its CPU form, changed in place) and write the next
     generation; returns the new manifest.
 
     Args:
-        stored: the vectors already in the index (read only for lossy indexes, which keep a vectors file).
+        stored: the vectors already in the index (read for lossy indexes, which keep a vectors file, and
+            to refresh the CSLS radii).
+        log: one-line notes.
     """
+    log = log or (lambda _: None)
     if manifest.model is not None and src.spec is not None:
         check_same_model(manifest.model, src.spec, f"the vectors of {src.describe}")
     raw_dim = whitening.dim_in if whitening is not None else manifest.dim
@@ -244,4 +248,32 @@ def add(
             computed_with=distinct([*manifest.computed_with, *src.computed_with]),
             files={},
         )
-        return persist.write_generation(folder, grown, cpu_index, src.rows(), everything, base=manifest)
+        extra = {}
+        if manifest.csls is not None and "radii" in manifest.files:
+            extra["radii"] = _refreshed_radii(
+                folder, manifest, cpu_index, stored, prepared.vectors, grown.generation, log
+            )
+        return persist.write_generation(
+            folder, grown, cpu_index, src.rows(), everything, base=manifest, extra=extra
+        )
+
+
+def _refreshed_radii(
+    folder: Path,
+    manifest: IndexManifest,
+    grown: Any,
+    stored: Callable[[], Iterator[np.ndarray]],
+    new: np.ndarray,
+    generation: int,
+    log: Log,
+) -> Any:
+    """The CSLS radii once `new` is in the index (simcli.index.neighbourhood.refresh_radii: only the old
+    vectors a new one enters are re-searched), written as this generation's radii file."""
+    from simcli.index.csls import read_radii, write_radii
+    from simcli.index.neighbourhood import refresh_radii
+
+    radii, researched = refresh_radii(
+        read_radii(folder, manifest), grown.search, stored, np.ascontiguousarray(new), manifest.count
+    )
+    log(f"CSLS radii: {len(new)} new, {researched} of {manifest.count} old vectors re-searched")
+    return write_radii(folder, generation, radii)

@@ -60,6 +60,7 @@ class Index:
         rerank: Rerank = IDENTITY,
     ) -> None:
         self.path, self.whitening, self.rerank = path, whitening, rerank
+        self._radii: Any = None
         self._query_encoder = encoder or QueryEncoder(path)
         self._attach(manifest, faiss_index, on_gpu)
 
@@ -111,6 +112,7 @@ class Index:
             "built_on": m.index.built_on,
             "computed_with": ", ".join(f"{e['device']} {e['dtype']}" for e in m.computed_with) or None,
             "simcli_version": m.simcli_version,
+            "csls": vars(m.csls) if m.csls is not None else None,
         }
 
     # -- building ---------------------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Index:
         encoder_options: dict[str, Any] | None = None,
         read_options: dict[str, Any] | None = None,
         overwrite: bool = False,
+        csls: bool = False,
         progress: ProgressFn | None = None,
         log: Log | None = None,
     ) -> Index:
@@ -148,6 +151,7 @@ class Index:
             encoder_options: EncoderConfig fields overriding those of `model` (None values are ignored).
             read_options: column / field / errors / skip_empty for the text readers.
             overwrite: replace an index already in `out`.
+            csls: also compute the CSLS radii (`hubness`), for `search(rerank="csls")`.
             progress: called with (sentences, tokens) while encoding text.
             log: called with one-line notes (the CLI prints them on stderr).
 
@@ -185,7 +189,10 @@ class Index:
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
         pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log)
-        return cls.load(out, verify=False)
+        built = cls.load(out, verify=False)
+        if csls:
+            built.hubness(log=log)
+        return built
 
     # -- loading ----------------------------------------------------------------------------------------
     @classmethod
@@ -262,7 +269,7 @@ class Index:
         k: int = 10,
         min_score: float | None = None,
         params: dict[str, int] | None = None,
-        rerank: Rerank | None = None,
+        rerank: Rerank | str | None = None,
     ) -> list[list[Hit]]:
         """The k nearest indexed texts of each query by cosine (or by the re-rank's score), best first.
 
@@ -271,10 +278,15 @@ class Index:
             k: hits per query.
             min_score: drop hits with a lower score.
             params: search parameters for this call only, e.g. {"nprobe": 64} or {"efSearch": 256}.
-            rerank: the re-rank step for this call (default: the index's `rerank`).
+            rerank: the re-rank step for this call (default: the index's `rerank`); "none", or "csls" for
+                `self.csls()` (CSLS with the default max(4k, 50) candidates; needs the radii of `hubness`).
 
         Returns:
-            One list of Hit(rank, id, score, text) per query.
+            One list of Hit(rank, id, score, text, cosine) per query (cosine set when a re-rank replaced the
+            score).
+
+        Raises:
+            UsageError: "csls" on an index without radii (the message names the command to run).
         """
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
@@ -282,10 +294,73 @@ class Index:
             return []
         if params:
             self._params(params)  # a wrong parameter is refused before the model loads
-        step = rerank or self.rerank
+        step = self._rerank_step(rerank)  # before the model loads: a missing radii file fails fast
         x = self.prepare(queries)
         scores, ids = self.candidates(x, max(k, step.depth(k)), params or None)
         return self._hits(step(Candidates(x, scores, ids, k)), min_score)
+
+    def _rerank_step(self, rerank: Rerank | str | None) -> Rerank:
+        if rerank is None:
+            return self.rerank
+        if not isinstance(rerank, str):
+            return rerank
+        how = rerank.strip().lower()
+        if how == "none":
+            return IDENTITY
+        if how == "csls":
+            return self.csls()
+        raise UsageError(f"--rerank must be none or csls, got {rerank!r}")
+
+    # -- hubness (CSLS) ---------------------------------------------------------------------------------
+    def csls(self, candidates: int | None = None) -> Rerank:
+        """The CSLS re-rank step over this index's radii: `candidates` cosine candidates (default
+        max(4k, 50)) re-scored by 2 cos - r(y). UsageError naming the command when there are no radii."""
+        from simcli.index.csls import Csls
+
+        return Csls(self.radii().r, candidates)
+
+    def radii(self) -> Any:
+        """The CSLS radii (simcli.index.neighbourhood.Radii) of every vector, read once."""
+        from simcli.index.csls import read_radii
+
+        if self._radii is None or len(self._radii.r) != self.count:
+            self._radii = read_radii(self.path, self.manifest)
+        return self._radii
+
+    def hubness(self, k: int = 10, log: Log | None = None) -> Any:
+        """Compute the CSLS radii r(y) of every vector through the index's own search (k nearest, itself
+        excluded) and store them in the folder: a new generation whose manifest records the radii file's
+        hash (the other files carry over). Returns the Radii."""
+        import time
+        from dataclasses import replace
+
+        from simcli.index.csls import record, write_radii
+        from simcli.index.neighbourhood import compute_radii, exact_search
+
+        log = log or _quiet
+        if k < 1:
+            raise UsageError(f"-k must be at least 1, got {k}")
+        start = time.perf_counter()
+        cpu = builder.to_cpu(self.faiss_index, self.on_gpu)
+        radii = compute_radii(self.self_search, stored_vectors(self.path, self.manifest, cpu), k)
+        g = self.manifest.generation + 1
+        files = {**self.manifest.files, "radii": write_radii(self.path, g, radii)}
+        exact = exact_search(self.faiss_index, self.manifest.index.lossless)
+        manifest = replace(
+            self.manifest, generation=g, files=files, csls=record(k, exact, self.manifest.index.factory)
+        )
+        persist.commit(self.path, manifest)
+        self.manifest, self._radii = manifest, radii
+        log(f"CSLS radii of {self.count} vectors (k {k}) in {time.perf_counter() - start:.1f}s")
+        return radii
+
+    def self_search(self, vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's `depth` best (scores, ids) for vectors already in index space, default parameters."""
+        return self.candidates(np.ascontiguousarray(vectors, dtype=np.float32), depth)
+
+    def stored_vectors(self) -> Any:
+        """The index's vectors in index space, in id order, a block at a time."""
+        return stored_vectors(self.path, self.manifest, builder.to_cpu(self.faiss_index, self.on_gpu))
 
     def _params(self, params: dict[str, int]) -> SearchParams:
         return SearchParams(self.faiss_index, params, self.manifest.index.factory)
@@ -293,18 +368,23 @@ class Index:
     def _hits(self, c: Candidates, min_score: float | None) -> list[list[Hit]]:
         """The one place hits are made: padding and low scores dropped, best first (equal scores: lower id
         first, so duplicates come back in a stable order), cut to k, texts read once for all queries."""
-        kept_rows = []
+        kept_rows: list[list[tuple[float, int, float | None]]] = []
         for row_scores, row_ids in zip(c.scores, c.ids, strict=True):
+            cos = c.cosines[len(kept_rows)] if c.cosines is not None else None
             kept = [
-                (float(s), int(i))
-                for s, i in zip(row_scores, row_ids, strict=True)
+                (float(s), int(i), None if cos is None else float(cos[j]))
+                for j, (s, i) in enumerate(zip(row_scores, row_ids, strict=True))
                 if i >= 0 and (min_score is None or s >= min_score)
             ]
             kept.sort(key=lambda si: (-si[0], si[1]))
             kept_rows.append(kept[: c.k])
-        wanted = sorted({i for kept in kept_rows for _, i in kept})
+        wanted = sorted({i for kept in kept_rows for _, i, _ in kept})
         by_id = {r["id"]: r["text"] for r in self._texts.rows(wanted)}
-        return [[Hit(r + 1, i, s, by_id[i]) for r, (s, i) in enumerate(kept)] for kept in kept_rows]
+        return [[Hit(r + 1, i, s, by_id[i], cs) for r, (s, i, cs) in enumerate(kept)] for kept in kept_rows]
+
+    def rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The {"id", "text", "source", "line"} rows of `ids`, in that order (reads only those)."""
+        return self._texts.rows(ids)
 
     def texts(self) -> list[str]:
         """All indexed texts, in id order."""
@@ -346,7 +426,7 @@ class Index:
         cpu = builder.to_cpu(self.faiss_index, self.on_gpu)
         old = self.manifest
         manifest = pipeline.add(
-            self.path, old, cpu, self.whitening, src, lambda: stored_vectors(self.path, old, cpu)
+            self.path, old, cpu, self.whitening, src, lambda: stored_vectors(self.path, old, cpu), log=log
         )
         log(f"added {src.count} vectors to {self.path} ({manifest.count} in all)")
         index, on_gpu = _read_faiss(self.path, manifest, gpu=self.on_gpu or None)

@@ -23,12 +23,14 @@ class Candidates:
         scores: (q, m) their inner products (cosines) with the candidates, best first.
         ids: (q, m) candidate ids; -1 pads rows where faiss found fewer than m.
         k: the hits wanted per query (m >= k when the re-rank asked for more).
+        cosines: (q, m) the faiss cosines, kept by a re-rank that replaced `scores` (None otherwise).
     """
 
     queries: np.ndarray
     scores: np.ndarray
     ids: np.ndarray
     k: int
+    cosines: np.ndarray | None = None
 
 
 class Rerank(Protocol):
