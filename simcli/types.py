@@ -138,3 +138,15 @@ class Hit:
     score: float
     text: str
     cosine: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record of `simcli query --json` and the HTTP /search endpoint (CSLS adds csls and cosine)."""
+        row: dict[str, Any] = {
+            "rank": self.rank,
+            "id": self.id,
+            "score": round(self.score, 6),
+            "text": self.text,
+        }
+        if self.cosine is not None:  # re-ranked by CSLS: the score is the CSLS score; both are reported
+            row["csls"], row["cosine"] = round(self.score, 6), round(self.cosine, 6)
+        return row

