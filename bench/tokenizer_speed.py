@@ -4,7 +4,7 @@
     python bench/tokenizer_speed.py --data BQ --n 20000 --repeat 5
 
 All tokenizers run on the same real sentences (../shared/data/LCQMC) with one vocab shaped like WoBERT's
-(REFERENCE 1.3: BERT-style specials and ASCII pieces, frequent CJK characters, and the 20,000 most frequent
+(kexue.fm/archives/7758: BERT-style specials and ASCII pieces, frequent CJK characters, and the 20,000 most frequent
 multi-character words of jieba's dictionary), built from jieba's dictionary since no hub is reachable.
 Prints sentences/s (best of --repeat passes over the whole list, each by a fresh tokenizer, so simcli's
 caches of out-of-vocab words and of seen texts start empty; one row shows a pass over texts already seen),

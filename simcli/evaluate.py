@@ -1,4 +1,4 @@
-"""STS evaluation: Spearman x100 between the cosine of two sentence vectors and the label (REFERENCE.md 3).
+"""STS evaluation: Spearman x100 between the cosine of two sentence vectors and the label (kexue.fm/archives/8321 and 8454).
 
 For each data set, pooling and whitening setting. By default the whitening statistics are fitted on all
 sentences of each task (both columns of every pair, the published BERT-whitening protocol,
@@ -174,11 +174,11 @@ def evaluate_sts(
         model: a hub id / folder, an EncoderConfig, or an already loaded Encoder.
         poolings: e.g. "cls,first-last-avg" (auto: the model's default).
         whiten: e.g. "none,full,256".
-        beta, gamma: whitening hyper-parameters for every setting but none (REFERENCE 2).
+        beta, gamma: whitening hyper-parameters for every setting but none (kexue.fm/archives/8069).
         fit_on: fit whitening on this file's sentences instead of each task's own.
         columns, limit: passed to `read_pairs`.
         max_length: tokens per sentence for every data set; None follows the published tables: 64, and 128
-            for PAWSX (REFERENCE 1.2).
+            for PAWSX (kexue.fm/archives/8321 and 8454).
         progress: called with (dataset, sentences) before encoding; returns a per-batch callback.
         on_encoder: called with the encoder once it is loaded (the CLI prints device and dtype).
         encoder_options: EncoderConfig fields (tokenizer, device, dtype, batch_tokens, ...) for a model
@@ -241,7 +241,9 @@ def evaluate_sts(
                 acc, fitted_on = shared[mode], str(fit_on)
             else:
                 acc, fitted_on = MomentAccumulator(d), "task"
-                acc.add(v[np.concatenate([i1, i2])])  # all sentences of the task (REFERENCE 2, 3)
+                acc.add(
+                    v[np.concatenate([i1, i2])]
+                )  # all sentences of the task (kexue.fm/archives/8069, 8321)
             spec = encoder.spec_for(mode)
             for s in settings:
                 w = None
@@ -266,7 +268,7 @@ def evaluate_sts(
 
 
 def published_max_length(dataset: str) -> int:
-    """Tokens per sentence in the published evaluations: 64, and 128 for PAWSX (REFERENCE 1.2)."""
+    """Tokens per sentence in the published evaluations: 64, and 128 for PAWSX (kexue.fm/archives/8321 and 8454)."""
     return 128 if dataset.lower().startswith("pawsx") else DEFAULT_MAX_LENGTH
 
 

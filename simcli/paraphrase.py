@@ -1,6 +1,6 @@
 """Similar-question generation with RoFormer-Sim's UniLM head, re-ranked by the model's own sentence vectors.
 
-The reference procedure `gen_synonyms(text, n=100, k=20)` (REFERENCE.md 4): nucleus sampling (top_p 0.95)
+The reference procedure `gen_synonyms(text, n=100, k=20)` (kexue.fm/archives/7427 and 8454): nucleus sampling (top_p 0.95)
 of n continuations of `[CLS] text [SEP]` as one batch, source truncated to 64 tokens and at most 64 new
 tokens; drop duplicates and copies of the input; rank the rest by the cosine of their linear-pooler vectors
 to the input's and keep k. Decoding slices the generated ids (never strips the input from a decoded
@@ -29,7 +29,7 @@ DEFAULT_MODEL = "junnyu/roformer_chinese_sim_char_ft_base"
 DEFAULT_N = 100
 DEFAULT_K = 20
 DEFAULT_TOP_P = 0.95
-DEFAULT_MAX_LENGTH = 64  # source tokens, [CLS] and [SEP] included (REFERENCE.md 4)
+DEFAULT_MAX_LENGTH = 64  # source tokens, [CLS] and [SEP] included (kexue.fm/archives/7427 and 8454)
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_MAX_ROWS = 512  # samples decoded together in one batch (the KV-cache budget may cap it lower)
 DEFAULT_CACHE_MB = 1024  # KV-cache memory of one batch
@@ -144,7 +144,7 @@ class Paraphraser:
         self, text: str, max_length: int, mask_ratio: float = 0.0, mask_seed: int = 0
     ) -> list[int]:
         """`[CLS] text [SEP]` truncated to max_length, with round(mask_ratio * len(text tokens)) random
-        text tokens replaced by [MASK] (the published trick for more varied outputs, REFERENCE.md 4)."""
+        text tokens replaced by [MASK] (the published trick for more varied outputs, kexue.fm/archives/7427 and 8454)."""
         ids = self.tokenizer.encode(text, max_length)
         inner = len(ids) - 2
         count = round(mask_ratio * inner)
@@ -197,7 +197,7 @@ class Paraphraser:
         )
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of generated ids (the slice after the source, REFERENCE.md 4)."""
+        """Text of generated ids (the slice after the source, kexue.fm/archives/7427 and 8454)."""
         return self.tokenizer.decode(ids)
 
     # -- re-ranking -----------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class Paraphraser:
         min_score: float | None = None,
         max_score: float | None = None,
     ) -> list[list[Paraphrase]]:
-        """The k candidates per text most cosine-similar to it (pooler vectors, REFERENCE.md 1.2, 4),
+        """The k candidates per text most cosine-similar to it (pooler vectors, kexue.fm/archives/8454),
         within [min_score, max_score], best first (ties keep first-seen order)."""
         import numpy as np
 
@@ -285,7 +285,7 @@ def load_paraphraser(
     UniLM-trained head (WoBERT, word/char RoFormer, BERT without a trained pooler).
 
     Args:
-        model: hub id or local folder (REFERENCE.md 1.1 layout).
+        model: hub id or local folder (the JunnYu/RoFormer_pytorch hub port layout).
         device: auto | cpu | cuda | cuda:N.
         dtype: auto | float32 | bfloat16 | float16.
         max_length: source tokens, also the re-ranking encoder's max length.

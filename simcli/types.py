@@ -22,7 +22,7 @@ Pooling = Literal[
 ]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 
-#: Model families simcli knows (REFERENCE.md 1).
+#: Model families simcli knows (JunnYu/RoFormer_pytorch).
 Family = Literal["roformer-sim", "roformer-word", "roformer-char", "wobert", "bert", "sentence-bert"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
@@ -34,7 +34,7 @@ DTYPES: tuple[str, ...] = get_args(DType)
 
 StoreDType = Literal["float32", "float16"]
 
-#: Tokens per sentence, [CLS] and [SEP] included: the published evaluations truncate to 64 (REFERENCE 1.2).
+#: Tokens per sentence, [CLS] and [SEP] included: the published evaluations truncate to 64 (kexue.fm/archives/8321 and 8454).
 DEFAULT_MAX_LENGTH = 64
 
 Engine = Literal["auto", "native", "transformers"]

@@ -1,4 +1,4 @@
-"""BERT-whitening: streaming fit, transform, and a safe one-file format (REFERENCE.md 2).
+"""BERT-whitening: streaming fit, transform, and a safe one-file format (kexue.fm/archives/8069).
 
 Given row vectors x (N of them, dimension d) and hyper-parameters beta, gamma, k:
 
@@ -131,7 +131,7 @@ class MomentAccumulator:
         """The mean mu and the covariance around beta*mu (1/N), both float64.
 
         Returns:
-            (mu (d,), Sigma (d, d)) with Sigma = Cov + (1-beta)^2 mu mu^T (REFERENCE 2).
+            (mu (d,), Sigma (d, d)) with Sigma = Cov + (1-beta)^2 mu mu^T (kexue.fm/archives/8069).
         """
         if self._mean is None or self._m2 is None or self.n == 0:
             raise BadInput("whitening: no vectors to fit on")
@@ -174,7 +174,7 @@ class Whitening:
         W: (d, k) float64, U Lambda^(-gamma/2) cut to the top-k components.
         eigenvalues: (d,) float64, descending, of the covariance around beta*mu.
         n: number of fitting vectors.
-        beta, gamma: the hyper-parameters (REFERENCE 2).
+        beta, gamma: the hyper-parameters (kexue.fm/archives/8069).
         rank: numerical rank of the covariance.
         spec: the ModelSpec of the fitting vectors (None when unknown, e.g. plain arrays).
         clamped_from: the k that was asked for when it was lowered to the rank (else None).
@@ -272,7 +272,7 @@ class Whitening:
         rank = int((lam > tol).sum())
         clamped_from = None
         if gamma > 0 and k > rank:
-            # Lambda^(-gamma/2) of an empty direction explodes (REFERENCE 2): refuse or clamp, never Inf.
+            # Lambda^(-gamma/2) of an empty direction explodes (kexue.fm/archives/8069): refuse or clamp, never Inf.
             if rank == 0:
                 raise BadInput(f"whitening: the {acc.n} vectors are all identical; nothing to fit")
             if not clamp:
@@ -300,7 +300,7 @@ class Whitening:
     def transform(self, x: np.ndarray, normalize: bool = True) -> np.ndarray:
         """(x - beta*mu) W, L2-normalised by default; float32 (n, k), or (k,) for one vector.
 
-        Do not L2-normalise x first (REFERENCE 2): whitening is fitted on raw vectors.
+        Do not L2-normalise x first (kexue.fm/archives/8069): whitening is fitted on raw vectors.
         """
         a = np.asarray(x)
         single = a.ndim == 1
@@ -462,7 +462,7 @@ def fit_store(
     """Fit on the vectors of a store folder (`simcli encode --out`), shard by shard.
 
     Raises:
-        BadInput: the store holds L2-normalised vectors (REFERENCE 2: whitening is fitted on raw vectors).
+        BadInput: the store holds L2-normalised vectors (kexue.fm/archives/8069: whitening is fitted on raw vectors).
     """
     from simcli.store import VectorStore
 

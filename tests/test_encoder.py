@@ -50,7 +50,7 @@ def reference_vectors(model_dir: Path, arch: str, texts: list[str], tokenizer) -
                 sd[key].numpy().astype(np.float64),
                 sd["roformer.pooler.dense.bias"].numpy().astype(np.float64),
             )
-            out["pooler"].append(w @ hs[-1][0] + b)  # linear: no tanh (REFERENCE 1.2)
+            out["pooler"].append(w @ hs[-1][0] + b)  # linear: no tanh (kexue.fm/archives/8321 and 8454)
     return {k: np.stack(v) for k, v in out.items() if v}
 
 
@@ -240,7 +240,7 @@ def _with_config(d: Path, **fields: object) -> None:
 def test_roformer_sim_pooler_is_linear_even_if_the_config_says_tanh(
     roformer_sim_dir: Path, model_copy
 ) -> None:  # type: ignore[no-untyped-def]
-    """REFERENCE 1.1/1.2: the port's default is tanh, RoFormer-Sim's pooler is linear."""
+    """the JunnYu/RoFormer_pytorch hub port; kexue.fm/archives/8321 and 8454: the port's default is tanh, RoFormer-Sim's pooler is linear."""
     d = model_copy(roformer_sim_dir)
     _with_config(d, pooler_activation="tanh")
     enc = load_encoder(str(d), dtype="float32")

@@ -224,7 +224,7 @@ def test_evaluate_sts_matches_independent_computation(roformer_sim_dir: Path, tm
 
 
 def test_pawsx_is_cut_at_128_tokens_like_the_published_tables(roformer_sim_dir: Path, tmp_path: Path) -> None:
-    """REFERENCE 1.2: 64 tokens, PAWSX 128. Sentences of ~70 characters, whose endings differ, score as
+    """kexue.fm/archives/8321 and 8454: 64 tokens, PAWSX 128. Sentences of ~70 characters, whose endings differ, score as
     an encoder cut at 128 scores them for PAWSX, and as one cut at 64 for the other data sets."""
     # 50 shared characters, then the short sentence three times: a cut at 64 keeps one whole copy (so cut
     # sentences stay as distinct as the pairs: no new ties), a cut at 128 keeps all three.

@@ -1,5 +1,5 @@
 """Generation with RoFormer-Sim's UniLM head, checked against plain transformers forward passes over the
-whole `[CLS] a [SEP] b` sequence with the explicit UniLM mask (REFERENCE.md 4)."""
+whole `[CLS] a [SEP] b` sequence with the explicit UniLM mask (kexue.fm/archives/7427 and 8454)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_recall_at_10_against_numpy_brute_force(built: dict[str, Index], data, k
         params
         == {"hnsw": {"efSearch": params.get("efSearch")}, "ivf": {"nprobe": params.get("nprobe")}}[kind]
     )
-    assert params.get("nprobe", 8) >= 8  # never nprobe 1 (REFERENCE 5)
+    assert params.get("nprobe", 8) >= 8  # never nprobe 1 (the faiss wiki)
     found = hit_ids(idx.search(queries, k=10))
     _, truth = brute_force(corpus, queries, 10)
     assert recall_at_k(found, truth, 10) >= 0.95
@@ -367,7 +367,7 @@ def test_whitening_file_and_mismatches(tmp_path: Path, wobert_dir: Path, roforme
 
 
 def test_auto_whitening_cut_follows_the_model_size() -> None:
-    """REFERENCE 2: usual cuts 128 for small/tiny, 256 for base, 384 for large."""
+    """kexue.fm/archives/8069: usual cuts 128 for small/tiny, 256 for base, 384 for large."""
     from simcli.index.space import whiten_auto_dim
 
     assert [whiten_auto_dim(d) for d in (48, 312, 384, 768, 1024)] == [48, 128, 128, 256, 384]

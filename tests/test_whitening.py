@@ -1,4 +1,4 @@
-"""BERT-whitening against independent numpy computations (np.cov + np.linalg.svd), REFERENCE.md 2."""
+"""BERT-whitening against independent numpy computations (np.cov + np.linalg.svd), kexue.fm/archives/8069."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_rotation_beta_gamma_zero_keeps_all_cosines() -> None:
 
 @pytest.mark.parametrize("beta,gamma", [(0.5, 0.5), (0.0, 1.0), (1.0, 0.0)])
 def test_beta_gamma_variants_match_reference(beta: float, gamma: float) -> None:
-    """W = U Lambda^(-gamma/2) with the covariance taken around beta*mu (REFERENCE 2)."""
+    """W = U Lambda^(-gamma/2) with the covariance taken around beta*mu (kexue.fm/archives/8069)."""
     x = anisotropic(2000, seed=4)
     w = Whitening.fit(x, beta=beta, gamma=gamma, dim=10)
     mu, s, w_ref = reference(x, beta, gamma)

@@ -80,7 +80,7 @@ def test_fit_from_store_equals_library_fit(roformer_sim_dir: Path, tmp_path: Pat
         0.5,
         str(tmp_path / "s.vec"),
     )
-    # a store of normalised vectors is refused (REFERENCE 2)
+    # a store of normalised vectors is refused (kexue.fm/archives/8069)
     encode_to_store(records, enc, tmp_path / "n.vec", normalize=True)
     r = run("whiten", "fit", tmp_path / "n.vec", "--out", tmp_path / "n.whiten")
     assert r.exit_code == 1 and r.stdout == ""

@@ -210,7 +210,7 @@ def encode(
         )  # fmt: skip
         enc = load_encoder(config)
         if whitening is not None:
-            # (x - beta*mu) W[:, :k], L2-normalised (REFERENCE 2); the file must fit this model and pooling.
+            # (x - beta*mu) W[:, :k], L2-normalised (kexue.fm/archives/8069); the file must fit this model and pooling.
             from simcli.whitening import WhitenedEncoder, Whitening
 
             enc = WhitenedEncoder(enc, Whitening.load(whitening), whitening)  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""`simcli index build/add/info/check`, `simcli query` and `simcli similar` (REFERENCE.md 5).
+"""`simcli index build/add/info/check`, `simcli query` and `simcli similar` (the faiss wiki).
 
 Only stdlib, typer and light simcli modules at module level: numpy, faiss and torch load inside commands.
 """

@@ -1,4 +1,4 @@
-"""`simcli whiten fit` and `simcli whiten info`: BERT-whitening files (REFERENCE.md 2)."""
+"""`simcli whiten fit` and `simcli whiten info`: BERT-whitening files (kexue.fm/archives/8069)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Making, training and filling a FAISS index, on the GPU when there is one (REFERENCE.md 5).
+"""Making, training and filling a FAISS index, on the GPU when there is one (the faiss wiki).
 
 All cosine: the vectors reaching this module are L2-normalised float32 and every index uses the
 inner-product metric. With CUDA and faiss GPU support (`faiss.get_num_gpus() > 0`) training, adding and

@@ -1,6 +1,6 @@
 """Choosing a FAISS index: the `auto` rule, the named types, factory strings and search parameters.
 
-The rule follows the faiss wiki "Guidelines to choose an index" (REFERENCE.md 5; criteo/autofaiss encodes
+The rule follows the faiss wiki "Guidelines to choose an index" (criteo/autofaiss encodes
 the same rules):
 
 - fewer than FLAT_MAX_N vectors: exact search (`Flat`), it is fast enough and has recall 1;

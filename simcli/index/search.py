@@ -1,6 +1,6 @@
 """Search parameters (nprobe / efSearch), their tuning for recall, exact ground truth and recall@k.
 
-REFERENCE.md 5: never leave nprobe at 1. The parameter is tuned at build time: the smallest value from a
+the faiss wiki: never leave nprobe at 1. The parameter is tuned at build time: the smallest value from a
 ladder whose recall@k against exact search, on a sample of the indexed vectors used as queries (each
 query's own row left out), reaches TARGET_RECALL. It is recorded in the manifest and can be overridden
 per query.
@@ -22,7 +22,7 @@ from simcli.errors import UsageError
 TARGET_RECALL = 0.97  # tuned above the 0.95 promise: the tuning sample is not the user's queries
 TUNE_QUERIES = 500
 TUNE_K = 10
-NPROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # never 1 (REFERENCE 5)
+NPROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # never 1 (the faiss wiki)
 EF_SEARCH_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 PLATEAU = 0.002  # a lossy index (PQ) stops improving below the target: stop there
 

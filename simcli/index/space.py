@@ -18,12 +18,14 @@ from simcli.index.sources import Source
 from simcli.types import ModelSpec
 from simcli.vectors import l2_normalize
 
-WHITEN_AUTO_DIM = 256  # REFERENCE 5: whitening to 256-d cut memory 3x and search time ~4x at equal quality
+WHITEN_AUTO_DIM = (
+    256  # kexue.fm/archives/8069: whitening to 256-d cut memory 3x and search time ~4x at equal quality
+)
 Log = Callable[[str], None]
 
 
 def whiten_auto_dim(dim: int) -> int:
-    """The usual cut for a model of this width (REFERENCE 2): 128 for small/tiny (<= 384), 384 for large
+    """The usual cut for a model of this width (kexue.fm/archives/8069): 128 for small/tiny (<= 384), 384 for large
     (>= 1024), WHITEN_AUTO_DIM for base."""
     if dim <= 384:
         return min(128, dim)
@@ -31,7 +33,7 @@ def whiten_auto_dim(dim: int) -> int:
 
 
 def supervised(spec: ModelSpec) -> bool:
-    """Vectors trained for cosine, which whitening does not help (REFERENCE 2): RoFormer-Sim's, a sentence-bert's
+    """Vectors trained for cosine, which whitening does not help (kexue.fm/archives/8069): RoFormer-Sim's, a sentence-bert's
     (m3e, sentence-transformers folders), and SimBERT's pooler (a BERT's `pooler` vectors: auto pooling picks it
     only for SimBERT, Checkpoint.similarity_trained)."""
     return spec.family in ("roformer-sim", "sentence-bert") or (
@@ -65,7 +67,7 @@ def fit_whitening(src: Source, whiten: str | int, whitening: str | Path | None, 
     """The Whitening to apply before normalising (None for none), following `--whiten` / `--whitening`.
 
     auto: none for supervised RoFormer-Sim and for plain arrays (no model to judge by); otherwise a fit on the
-    corpus with the usual cut for the model's width, capped below the covariance rank (REFERENCE 2 and 5).
+    corpus with the usual cut for the model's width, capped below the covariance rank (kexue.fm/archives/8069; the faiss wiki).
     """
     from simcli.whitening import Whitening
 

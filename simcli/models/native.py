@@ -55,7 +55,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "layer_norm_eps": 1e-12,
 }
 
-#: Weights the checkpoint may omit: the hub RoFormer files drop the sinusoidal table (REFERENCE 1.1), which
+#: Weights the checkpoint may omit: the hub RoFormer files drop the sinusoidal table (the JunnYu/RoFormer_pytorch hub port), which
 #: is computed instead; `embeddings.position_ids` is a buffer that old BERT saves carried.
 OPTIONAL_KEYS = frozenset({"encoder.embed_positions.weight", "embeddings.position_ids"})
 
@@ -135,7 +135,7 @@ def unsupported(config: Mapping[str, Any]) -> str | None:
 
 def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
     """RoFormer's rotary table (positions, dim): sin(m * theta_i) in the first half, cos in the second,
-    theta_i = 10000^(-2i/dim) (REFERENCE 1.4), computed as transformers' `create_weight` does (float64
+    theta_i = 10000^(-2i/dim) (kexue.fm/archives/8265), computed as transformers' `create_weight` does (float64
     numpy, then float32)."""
     j = np.arange(dim)
     angles = np.arange(positions)[:, None] / np.power(10000, 2 * (j // 2) / dim)[None, :]
@@ -249,7 +249,9 @@ class _Layer(nn.Module):
                 v = _rotate(v, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, index)
-        ctx = attention(q, k, v, bias)  # full attention, whatever the config's is_decoder (REFERENCE 1.1)
+        ctx = attention(
+            q, k, v, bias
+        )  # full attention, whatever the config's is_decoder (the JunnYu/RoFormer_pytorch hub port)
         x = self.attention.output(ctx.transpose(1, 2).reshape(b, t, h), x)
         return self.output(self.act(self.intermediate.dense(x)), x)
 
@@ -285,7 +287,7 @@ class _RotaryTable(nn.Module):
         self.register_buffer("weight", torch.empty(positions, dim))
 
     def forward(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (t, dim) for positions 0..t-1, pair-interleaved: [a0, a0, a1, a1, ...] (REFERENCE 1.4)."""
+        """cos and sin (t, dim) for positions 0..t-1, pair-interleaved: [a0, a0, a1, a1, ...] (kexue.fm/archives/8265)."""
         return _interleave(self.weight[:t])
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

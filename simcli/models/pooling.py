@@ -1,4 +1,4 @@
-"""Sentence vectors from token vectors (REFERENCE.md 1.2), with padding masked out.
+"""Sentence vectors from token vectors (kexue.fm/archives/8321 and 8454), with padding masked out.
 
 Besides the poolings of the published evaluations (pooler, cls, last-avg, first-last-avg), the other modes of
 sentence-transformers' Pooling module, computed as it does: max, weighted-mean (position weights 1..n),
@@ -95,7 +95,7 @@ def pool(
     if mode == "last-avg":
         return masked_mean(last.float(), mask)
     if mode == "first-last-avg":
-        # Block 0's output is hidden_states[1]; hidden_states[0] is the embedding layer (REFERENCE 1.2).
+        # Block 0's output is hidden_states[1]; hidden_states[0] is the embedding layer (kexue.fm/archives/8321 and 8454).
         if len(hidden_states) < 3:
             raise ValueError("first-last-avg needs all hidden states")
         return (masked_mean(hidden_states[1].float(), mask) + masked_mean(last.float(), mask)) / 2

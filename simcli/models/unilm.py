@@ -2,13 +2,13 @@
 from a KV cache.
 
 Layout `[CLS] a [SEP] b [SEP]`, token_type 0 on `[CLS] a [SEP]` and 1 on `b`; a attends bidirectionally
-within a, b attends to all of a and causally within b (REFERENCE.md 4; c = cumsum(token_type), i attends j
+within a, b attends to all of a and causally within b (kexue.fm/archives/7427 and 8454; c = cumsum(token_type), i attends j
 iff c[j] <= c[i]). With a KV cache that is exactly: the source pass with full attention over the real
 source tokens, then each new token (type 1) attending to the whole cache and itself.
 
 The layers are simcli's own (`NativeBackbone.decode` and `MLMHead` in simcli/models/native.py), so
 generation never imports transformers (~3 s of a cold start). They take per-row positions, since rows of a
-batch have sources of different lengths and each row continues at its own length (REFERENCE.md 1.4), and a
+batch have sources of different lengths and each row continues at its own length (kexue.fm/archives/8265), and a
 preallocated cache whose rows can be repeated (n samples of one source) and dropped (finished samples) in
 one copy. transformers is the test oracle: tests/test_generate.py checks the cached logits against its full
 forward pass over `[CLS] a [SEP] b` with the explicit UniLM mask.
@@ -38,7 +38,7 @@ def build_mlm_head(
 ) -> MLMHead:
     """The masked-LM head with the checkpoint's `cls.predictions.*` weights, on the backbone's device and dtype.
 
-    The decoder is tied to the word embeddings (REFERENCE.md 1.1): when the file's decoder weight is absent
+    The decoder is tied to the word embeddings (the JunnYu/RoFormer_pytorch hub port): when the file's decoder weight is absent
     or equal to them, the module shares the backbone's embedding tensor instead of holding a copy.
     """
     from simcli.models.loading import check_weights
@@ -70,7 +70,7 @@ def build_mlm_head(
 
 def check_can_generate(ck: Checkpoint) -> None:
     """ModelError unless the checkpoint was trained for UniLM seq2seq: RoFormer-Sim, or a char BERT with a
-    trained pooler (SimBERT), with its MLM head (REFERENCE.md 1.1, 4)."""
+    trained pooler (SimBERT), with its MLM head (the JunnYu/RoFormer_pytorch hub port; kexue.fm/archives/7427 and 8454)."""
     family, model = ck.family, ck.model
     if not ck.similarity_trained:
         why = {
@@ -159,7 +159,7 @@ class UniLM:
 
         Returns:
             The cache (capacity = longest) and float32 logits (sources, vocab) at each source's [SEP], which
-            predict the first generated token (REFERENCE.md 4).
+            predict the first generated token (kexue.fm/archives/7427 and 8454).
         """
         ids, lengths = ids.to(self.device), lengths.to(self.device)
         s, longest = ids.shape

@@ -1,4 +1,4 @@
-"""The jieba word tokenizer of WoBERT, WoBERT Plus and word RoFormer (REFERENCE.md 1.3).
+"""The jieba word tokenizer of WoBERT, WoBERT Plus and word RoFormer (kexue.fm/archives/7758).
 
 The rule, as bert4keras applies it when these models were trained:
 1. lower-case, NFD, drop combining marks (category Mn), on the whole text, *before* jieba;
@@ -128,7 +128,7 @@ def wordpiece(chunk: str, vocab: dict[str, int]) -> list[str] | None:
 
 
 class WordTokenizer(Tokenizer):
-    """WoBERT's jieba word tokenizer over the checkpoint's own vocab.txt (REFERENCE.md 1.3)."""
+    """WoBERT's jieba word tokenizer over the checkpoint's own vocab.txt (kexue.fm/archives/7758)."""
 
     kind = "word"
 
