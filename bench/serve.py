@@ -21,7 +21,9 @@ bounded run of requests (--memory-requests) for simcli. Loopback only.
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
+import json
 import os
 import random
 import shutil
@@ -134,6 +136,7 @@ class Server:
         self.base = self.url + base
         self.proc: subprocess.Popen[bytes] | None = None
         self.last_cpu_ms = 0.0  # server CPU ms per request of the last load run
+        self.last_client_cpu_ms = 0.0  # the load generator's own CPU ms per request
 
     def __enter__(self) -> Server:  # noqa: PYI034
         import httpx
@@ -222,16 +225,24 @@ def servers(names: list[str], model: Path, infinity: str | None, dtype: str) -> 
     return out
 
 
-def run_load(server: Server, requests: list[list[str]], concurrency: int) -> tuple[float, list[float]]:
-    """(requests/s, latencies in s) of `requests` sent by `concurrency` client threads."""
-    from openai import OpenAI
+def run_load(
+    server: Server, requests: list[list[str]], concurrency: int, client: str = "openai"
+) -> tuple[float, list[float]]:
+    """(requests/s, latencies in s) of `requests` sent by `concurrency` client threads.
 
+    client "openai": the `openai` package, as applications call it (its own CPU cost is several ms a request,
+    spent on the same 2 cores as the server's); "http": one keep-alive `http.client` connection per thread
+    with pre-encoded JSON bodies, so that the load generator costs the server as little CPU as possible.
+    The client's own CPU per request is kept in `server.last_client_cpu_ms`.
+    """
     counter = itertools.count()
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
 
-    def client() -> None:
+    def openai_client() -> None:
+        from openai import OpenAI
+
         c = OpenAI(base_url=server.base, api_key="x", max_retries=0, timeout=300)
         while True:
             with lock:
@@ -246,8 +257,32 @@ def run_load(server: Server, requests: list[list[str]], concurrency: int) -> tup
             with lock:
                 latencies.append(dt)
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    bodies = [json.dumps({"model": server.model, "input": r}).encode() for r in requests]
+    path = server.base.removeprefix(server.url) + "/embeddings"
+
+    def http_client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer x"}
+        while True:
+            with lock:
+                i = next(counter)
+            if i >= len(requests):
+                conn.close()
+                return
+            t = time.perf_counter()
+            conn.request("POST", path, bodies[i], headers)
+            resp = conn.getresponse()
+            data = json.loads(resp.read())
+            dt = time.perf_counter() - t
+            if resp.status != 200 or len(data["data"]) != len(requests[i]):
+                errors.append(f"request {i}: status {resp.status}")
+            with lock:
+                latencies.append(dt)
+
+    target = openai_client if client == "openai" else http_client
+    threads = [threading.Thread(target=target) for _ in range(concurrency)]
     cpu = server.cpu_seconds()
+    own = time.process_time()
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -255,6 +290,7 @@ def run_load(server: Server, requests: list[list[str]], concurrency: int) -> tup
         t.join()
     wall = time.perf_counter() - start
     server.last_cpu_ms = (server.cpu_seconds() - cpu) * 1000 / len(requests)
+    server.last_client_cpu_ms = (time.process_time() - own) * 1000 / len(requests)
     if errors or len(latencies) != len(requests):
         raise RuntimeError(f"{server.name}: {errors[:3]} ({len(latencies)}/{len(requests)} answered)")
     return len(requests) / wall, latencies
@@ -276,6 +312,12 @@ def main() -> None:
         "--repeats", type=int, default=2, help="rounds over all servers (spread of a noisy machine)"
     )
     ap.add_argument("--dtype", default="auto", help="simcli's --dtype (auto picks bf16 where it is faster)")
+    ap.add_argument(
+        "--client",
+        choices=["openai", "http"],
+        default="openai",
+        help="load generator: the openai package (as applications call it) or light keep-alive http.client",
+    )
     ap.add_argument("--memory-requests", type=int, default=20000, help="simcli RSS check length (0: skip)")
     args = ap.parse_args()
     if not (DATA / "LCQMC").is_dir():
@@ -288,7 +330,9 @@ def main() -> None:
     short = [s for s in pool if len(s) <= 10][:200]
     levels = [int(c) for c in args.concurrency.split(",")]
     names = args.servers.split(",")
-    print(f"model {model}; {args.requests} requests of 1-8 LCQMC sentences per level; {os.cpu_count()} cores")
+    print(
+        f"client {args.client}; model {model}; {args.requests} requests of 1-8 LCQMC sentences per level; {os.cpu_count()} cores"
+    )
     rate: dict[tuple[str, int], list[float]] = {}
     p50: dict[tuple[str, int], list[float]] = {}
     p99: dict[tuple[str, int], list[float]] = {}
@@ -297,11 +341,11 @@ def main() -> None:
     for rnd in range(args.repeats):
         for server in servers(names, model, args.infinity, args.dtype):
             with server:
-                run_load(server, requests[:32], 4)  # warm-up
-                _, lat = run_load(server, [[s] for s in short], 1)
+                run_load(server, requests[:32], 4, args.client)  # warm-up
+                _, lat = run_load(server, [[s] for s in short], 1, args.client)
                 single.setdefault(server.name, []).append(statistics.median(lat) * 1000)
                 for c in levels:
-                    r, lat = run_load(server, requests, c)
+                    r, lat = run_load(server, requests, c, args.client)
                     rate.setdefault((server.name, c), []).append(r)
                     p50.setdefault((server.name, c), []).append(pct(lat, 0.5) * 1000)
                     p99.setdefault((server.name, c), []).append(pct(lat, 0.99) * 1000)
@@ -309,7 +353,8 @@ def main() -> None:
                     print(
                         f"round {rnd + 1} {server.name:<9} {c:>3} clients: {r:7.1f} req/s  "
                         f"p50 {pct(lat, 0.5) * 1000:7.1f} ms  p99 {pct(lat, 0.99) * 1000:7.1f} ms  "
-                        f"server CPU {server.last_cpu_ms:6.1f} ms/request",
+                        f"server CPU {server.last_cpu_ms:6.1f} ms/request  "
+                        f"client CPU {server.last_client_cpu_ms:5.1f} ms/request",
                         flush=True,
                     )
     names = [n for n in names if any(k[0] == n for k in rate)]
@@ -337,10 +382,10 @@ def main() -> None:
                     f"{other} / simcli CPU per request {cell(saving, 2).strip()}x"
                 )
     if args.memory_requests and "simcli" in names:
-        memory(model, args.dtype, pool, args.memory_requests)
+        memory(model, args.dtype, pool, args.memory_requests, args.client)
 
 
-def memory(model: Path, dtype: str, pool: list[str], total: int) -> None:
+def memory(model: Path, dtype: str, pool: list[str], total: int, client: str) -> None:
     """simcli's RSS while it answers `total` requests (32 clients), sampled every tenth."""
     rng = random.Random(1)
     (server,) = servers(["simcli"], model, None, dtype)
@@ -348,7 +393,7 @@ def memory(model: Path, dtype: str, pool: list[str], total: int) -> None:
         step = max(total // 10, 1)
         samples = []
         for _ in range(10):
-            run_load(server, [rng.sample(pool, rng.randint(1, 8)) for _ in range(step)], 32)
+            run_load(server, [rng.sample(pool, rng.randint(1, 8)) for _ in range(step)], 32, client)
             samples.append(server.rss_mb())
         print(
             f"simcli RSS over {step * 10} requests (every {step}): "
