@@ -4,17 +4,13 @@ LangChain send extras."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from simcli.paraphrase import (
-    DEFAULT_K,
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_N,
-    DEFAULT_TOP_P,
-)
+from simcli.paraphrase import GenerationConfig
 from simcli.serve.api_errors import bad_request
 
 
@@ -54,23 +50,16 @@ class SimilarRequest(_Body):
     model: str | None = None
 
 
-class GenerateRequest(_Body):
-    """`simcli generate`'s options."""
-
-    texts: Any = None
-    model: str | None = None
-    n: int = DEFAULT_N
-    k: int = DEFAULT_K
-    top_p: float = DEFAULT_TOP_P
-    top_k: int | None = None
-    temperature: float = 1.0
-    greedy: bool = False
-    seed: int | None = None
-    max_length: int = DEFAULT_MAX_LENGTH
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    mask_ratio: float = 0.0
-    min_score: float | None = None
-    max_score: float | None = None
+# `simcli generate`'s options: the fields of GenerationConfig (one list, with its types and defaults),
+# plus the texts and the model's name.
+_HINTS = typing.get_type_hints(GenerationConfig)
+GenerateRequest = create_model(
+    "GenerateRequest",
+    __base__=_Body,
+    texts=(Any, None),
+    model=(str | None, None),
+    **{f.name: (_HINTS[f.name], f.default) for f in dataclasses.fields(GenerationConfig)},  # type: ignore[call-overload]
+)
 
 
 def _json_type(value: Any) -> str:
