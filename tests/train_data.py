@@ -37,7 +37,11 @@ def pairs(n: int, seed: int, *, nli: bool = False, scores: bool = False) -> list
             label = str(k if same else max(0, k - 3))
         else:
             s2 = sentence(rng, topics[b], rng.randint(4, 12))
-            label = ("entailment" if same else rng.choice(["contradiction", "neutral"])) if nli else str(int(same))
+            label = (
+                ("entailment" if same else rng.choice(["contradiction", "neutral"]))
+                if nli
+                else str(int(same))
+            )
         out.append((s1, s2, label))
     return out
 

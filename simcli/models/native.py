@@ -262,7 +262,9 @@ class _Layer(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, index)
         dropout = self.attention_dropout if self.training else 0.0
-        ctx = attention(q, k, v, bias, dropout)  # full attention, whatever the config's is_decoder (REFERENCE 1.1)
+        ctx = attention(
+            q, k, v, bias, dropout
+        )  # full attention, whatever the config's is_decoder (REFERENCE 1.1)
         x = self.attention.output(ctx.transpose(1, 2).reshape(b, t, h), x)
         return self.output(self.act(self.intermediate.dense(x)), x)
 

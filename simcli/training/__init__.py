@@ -40,8 +40,11 @@ def train(
     Returns:
         (the output folder, the training record also written to its training.json).
     """
+    from simcli.training.checkpoint import check_out
     from simcli.training.loop import Trainer
     from simcli.training.options import TrainOptions
+
+    check_out(Path(out), overwrite)  # before the data and the model are read
 
     if "eval_files" in options:
         options["eval_files"] = tuple(str(f) for f in options["eval_files"])

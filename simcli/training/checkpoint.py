@@ -128,7 +128,10 @@ def write_checkpoint(
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     if head is not None:
         save_file(
-            {k.removeprefix("dense."): v.detach().cpu().float().contiguous() for k, v in head.state_dict().items()},
+            {
+                k.removeprefix("dense."): v.detach().cpu().float().contiguous()
+                for k, v in head.state_dict().items()
+            },
             str(folder / CLASSIFIER),
         )
     atomic_write_json(folder / RECORD, record)

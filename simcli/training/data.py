@@ -113,12 +113,16 @@ def read_labelled(
         if found == "nli":
             name = raw.lower()
             if name not in NLI_LABELS:
-                raise BadInput(f"{path}:{r.line}: label {raw!r} is not one of {', '.join(NLI_LABELS)} (kind nli)")
+                raise BadInput(
+                    f"{path}:{r.line}: label {raw!r} is not one of {', '.join(NLI_LABELS)} (kind nli)"
+                )
             target = float(NLI_LABELS.index(name))
         else:
             target = parse_score(path, r.line, r.label)
             if found == "binary" and target not in (0.0, 1.0):
-                raise BadInput(f"{path}:{r.line}: label {raw!r} is not 0 or 1 (kind binary; scores: --kind scores)")
+                raise BadInput(
+                    f"{path}:{r.line}: label {raw!r} is not 0 or 1 (kind binary; scores: --kind scores)"
+                )
         labels[raw] += 1
         data.s1.append(r.s1)
         data.s2.append(r.s2)
@@ -174,7 +178,7 @@ def stream_indices(n: int, seed: int, stream: int, start: int, count: int) -> np
     """Items start..start+count-1 of an endless sequence of shuffled passes over range(n): pass e is the
     permutation drawn from (seed, stream, e). A pure function of its arguments, so a resumed run picks up
     the same data order from the step it stopped at."""
-    out = []
+    out: list[int] = []
     pos = start
     while len(out) < count:
         e, off = divmod(pos, n)

@@ -270,7 +270,9 @@ class Trainer:
         return True
 
     # -- the run ---------------------------------------------------------------------------------------
-    def train(self, *, resume: bool = False, overwrite: bool = False, on_step: StepFn | None = None) -> dict[str, Any]:
+    def train(
+        self, *, resume: bool = False, overwrite: bool = False, on_step: StepFn | None = None
+    ) -> dict[str, Any]:
         """Train to the last step, write --out; returns the training record."""
         o = self.options
         check_out(self.out, overwrite)
@@ -306,8 +308,15 @@ class Trainer:
                 self.record.history.append({"step": self.step, "loss": round(float(np.mean(losses)), 6)})
                 losses = []
             if on_step is not None:
-                on_step(self.step, self.total_steps, total, self.record.pairs / max(self.record.seconds, 1e-9))
-            if o.eval_files and o.eval_every and self.step % o.eval_every == 0 and self.step < self.total_steps:
+                on_step(
+                    self.step, self.total_steps, total, self.record.pairs / max(self.record.seconds, 1e-9)
+                )
+            if (
+                o.eval_files
+                and o.eval_every
+                and self.step % o.eval_every == 0
+                and self.step < self.total_steps
+            ):
                 self._eval_and_keep()
             if save_every and self.step % save_every == 0 and self.step < self.total_steps:
                 self.save_state()
@@ -315,6 +324,7 @@ class Trainer:
             self._eval_and_keep()
         if self.best is not None:
             self._load_weights(self.best[2])
+        self.model.eval()  # as loaded for inference: the encoder now encodes like the written checkpoint
         record = self.training_record()
         with staged_folder(self.out, overwrite) as stage:
             write_checkpoint(stage, self.encoder.checkpoint, self.model, record, head=self.head)
@@ -357,4 +367,3 @@ class Trainer:
                 else None
             ),
         }
-

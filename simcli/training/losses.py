@@ -37,20 +37,25 @@ class SoftmaxHead(nn.Module):
         return self.dense(torch.cat([u, v, (u - v).abs()], dim=-1))
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision values (autocast) widened to float32 for the loss; float32/64 kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def masked_softmax_loss(logits: torch.Tensor, nli: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the rows; a binary row (nli False, target 0/1) sees logits 0-1 only, an NLI
     row (target 0-2) logits 2-4 only: the other logits get no probability and so no gradient."""
     allowed = torch.zeros_like(logits, dtype=torch.bool)
     allowed[:, BINARY_LOGITS] = ~nli[:, None]
     allowed[:, NLI_LOGITS] = nli[:, None]
-    masked = logits.float().masked_fill(~allowed, float("-inf"))
+    masked = _wide(logits).masked_fill(~allowed, float("-inf"))
     index = targets.long() + torch.where(nli, 2, 0)
     return F.cross_entropy(masked, index)
 
 
 def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, scale: float = COSENT_SCALE) -> torch.Tensor:
     """log(1 + sum_{label_i < label_j} exp(scale (cos_i - cos_j))) over a batch of labelled pairs."""
-    cos = cos.float()
+    cos = _wide(cos)
     diff = scale * (cos[:, None] - cos[None, :])  # [i, j] = scale (cos_i - cos_j)
     ordered = labels[:, None] < labels[None, :]
     terms = diff[ordered]
