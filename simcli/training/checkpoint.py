@@ -69,14 +69,19 @@ def trained_state_dict(
     old_emb = original.get(prefix + "embeddings.word_embeddings.weight")
     if decoder in original and old_emb is not None and torch.equal(original[decoder], old_emb):
         put(decoder, emb)  # keep the decoder tied to the (trained) word embeddings
-    if mlm_head is not None:  # distillation trains the head too
-        for k, v in mlm_head.state_dict().items():
-            if k == "predictions.decoder.weight":
-                continue  # tied: written above
-            put("cls." + k, v)
-        if "cls.predictions.bias" in original:
-            put("cls.predictions.bias", mlm_head.state_dict()["predictions.decoder.bias"])
-    return out
+    if mlm_head is not None:  # distillation trains the head too; written under the keys the original has
+        head = mlm_head.state_dict()
+        for k, v in head.items():
+            if k not in ("predictions.decoder.weight", "predictions.bias") and "cls." + k in original:
+                put("cls." + k, v)
+        if "cls.predictions.bias" in original:  # the one the forward uses is decoder.bias
+            put("cls.predictions.bias", head["predictions.decoder.bias"])
+        untied = "predictions.decoder.weight"
+        if decoder in original and not (old_emb is not None and torch.equal(original[decoder], old_emb)):
+            put(decoder, head[untied])
+    # untouched tensors are copied too: safetensors refuses tensors that share storage (tied weights)
+    replaced = {k for k in out if original.get(k) is not out[k]}
+    return {k: v if k in replaced else v.contiguous().clone() for k, v in out.items()}
 
 
 def _copy_layout(src: Path, dst: Path) -> None:

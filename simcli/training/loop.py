@@ -49,6 +49,7 @@ class Batch:
     rows: list[list[int]]  # 2n rows
     targets: torch.Tensor  # (n,)
     nli: torch.Tensor  # (n,) bool
+    texts: list[str] = field(default_factory=list)  # the 2n sentences of `rows`
 
 
 @dataclass
@@ -102,8 +103,17 @@ class Trainer:
         self.schedule = Schedule({g: len(d) for g, d in self.groups.items()}, o.batch_size, o.seed)
         per_epoch = -(-self.schedule.batches_per_epoch // o.grad_accum)
         self.total_steps = o.steps if o.steps is not None else o.epochs * per_epoch
+        self.modules: dict[str, torch.nn.Module] = {"model": self.model}
+        if self.head is not None:
+            self.modules["head"] = self.head
+        self.prepare()
         self.tokens = self._tokenize()
-        params = [(n, p) for n, p in self._named_parameters() if p.requires_grad]
+        seen: set[int] = set()  # a tied weight (the MLM decoder) is optimised once
+        params = []
+        for n, p in self._named_parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append((n, p))
         groups = [
             {"params": [p for n, p in params if not n.endswith(NO_DECAY)], "weight_decay": o.weight_decay},
             {"params": [p for n, p in params if n.endswith(NO_DECAY)], "weight_decay": 0.0},
@@ -120,12 +130,12 @@ class Trainer:
         self.record = Record()
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # score, step, weights
 
+    def prepare(self) -> None:
+        """Subclasses add modules to train (`self.modules`) here, before the optimizer is built."""
+
     # -- data -----------------------------------------------------------------------------------------
     def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        named = list(self.model.named_parameters())
-        if self.head is not None:
-            named += [(f"head.{n}", p) for n, p in self.head.named_parameters()]
-        return named
+        return [(f"{m}.{n}", p) for m, module in self.modules.items() for n, p in module.named_parameters()]
 
     def _tokenize(self) -> dict[str, list[int]]:
         texts = list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
@@ -136,15 +146,21 @@ class Trainer:
         picked = self.schedule.batch(index)
         first: list[list[int]] = []
         second: list[list[int]] = []
+        texts1: list[str] = []
+        texts2: list[str] = []
         targets: list[float] = []
         nli: list[bool] = []
         for g, idx in picked.items():
             d: PairData = self.groups[g]
+            texts1 += [d.s1[i] for i in idx]
+            texts2 += [d.s2[i] for i in idx]
             first += [self.tokens[d.s1[i]] for i in idx]
             second += [self.tokens[d.s2[i]] for i in idx]
             targets += [d.targets[i] for i in idx]
             nli += [g == "nli"] * len(idx)
-        return Batch(first + second, torch.tensor(targets), torch.tensor(nli, dtype=torch.bool))
+        return Batch(
+            first + second, torch.tensor(targets), torch.tensor(nli, dtype=torch.bool), texts1 + texts2
+        )
 
     # -- forward --------------------------------------------------------------------------------------
     def vectors(self, rows: list[list[int]]) -> torch.Tensor:
@@ -206,15 +222,16 @@ class Trainer:
             self.best = (mean, self.step, self._weights())
 
     def _weights(self) -> dict[str, torch.Tensor]:
-        sd = {f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        if self.head is not None:
-            sd |= {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
-        return sd
+        return {
+            f"{m}.{k}": v.detach().cpu().clone()
+            for m, module in self.modules.items()
+            for k, v in module.state_dict().items()
+        }
 
     def _load_weights(self, sd: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict({k[6:]: v for k, v in sd.items() if k.startswith("model.")})
-        if self.head is not None:
-            self.head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
+        for m, module in self.modules.items():
+            prefix = f"{m}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)})
 
     # -- resumable state ------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -328,9 +345,12 @@ class Trainer:
         self.model.eval()  # as loaded for inference: the encoder now encodes like the written checkpoint
         record = self.training_record()
         with staged_folder(self.out, overwrite) as stage:
-            write_checkpoint(stage, self.encoder.checkpoint, self.model, record, head=self.head)
+            self.write(stage, record)
         shutil.rmtree(state_folder(self.out), ignore_errors=True)
         return record
+
+    def write(self, folder: Path, record: dict[str, Any]) -> None:
+        write_checkpoint(folder, self.encoder.checkpoint, self.model, record, head=self.head)
 
     def training_record(self) -> dict[str, Any]:
         from simcli import __version__

@@ -34,7 +34,9 @@ class TrainOptions:
     dtype: str = "auto"  # autocast dtype: auto | float32 | bfloat16 | float16 (weights stay float32)
     device: str = "auto"
     pooling: str = "auto"
-    batch_tokens: int | None = None  # length-sorted passes of this many tokens (None: 1024 on CPU, one on CUDA)
+    batch_tokens: int | None = (
+        None  # length-sorted passes of this many tokens (None: 1024 on CPU, one on CUDA)
+    )
     save_every: int | None = None  # optimizer steps between resumable states (None: with each evaluation)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
     extra: dict[str, Any] = field(default_factory=dict)
