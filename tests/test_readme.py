@@ -106,7 +106,7 @@ def _commands(block: str) -> list[tuple[list[str], str | None, str | None]]:
 
 def _offline_model(argv: list[str], models: dict[str, Path]) -> list[str]:
     """Every --model / -m value becomes the offline model of its family (WoBERT stays WoBERT); so does a
---teacher / --student that names no folder of an earlier command."""
+    --teacher / --student that names no folder of an earlier command."""
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
         if arg in ("--model", "-m"):

@@ -189,8 +189,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
 ) -> None:
     from safetensors.torch import load_file
 
-    opts = TrainOptions(steps=12, batch_size=8, lr=1e-3, save_every=4, grad_accum=2)
-    Trainer([data["train"]], str(bert_dir), tmp_path / "a", opts).train()
+    opts = TrainOptions(steps=12, batch_size=8, lr=1e-3, save_every=4, grad_accum=2, log_every=5)
+    uninterrupted = Trainer([data["train"]], str(bert_dir), tmp_path / "a", opts).train()
 
     class Killed(Exception):
         pass
@@ -205,6 +205,10 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     resumed = Trainer([data["train"]], str(bert_dir), tmp_path / "b", opts)
     record = resumed.train(resume=True)
     assert record["steps"] == 12 and not state_folder(tmp_path / "b").exists()
+    got = [(h["step"], h["loss"]) for h in record["loss_history"]]
+    want = [(h["step"], h["loss"]) for h in uninterrupted["loss_history"]]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    np.testing.assert_allclose([x for _, x in got], [x for _, x in want], rtol=1e-4)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:

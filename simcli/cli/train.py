@@ -114,7 +114,9 @@ def train(
     ] = None,
     save_every: Annotated[
         int | None,
-        typer.Option("--save-every", help="Steps between resumable states (default: --eval-every)."),
+        typer.Option(
+            "--save-every", help="Steps between resumable states (default: --eval-every, else 500)."
+        ),
     ] = None,
     resume: Annotated[
         bool,

@@ -26,10 +26,10 @@ from simcli.models.sentence import SentenceModel
 
 RECORD = "training.json"
 CLASSIFIER = "classifier.safetensors"
-#: Files of the input folder not copied: its weights (replaced), simcli's fetch marker, other frameworks'
-#: weights (now stale) and an earlier run's training files.
+#: Files of the input folder not copied: its weights (replaced), other frameworks' weights (now stale), an
+#: earlier run's training files, and hidden files (simcli's fetch marker).
 SKIPPED_SUFFIXES = (".h5", ".msgpack", ".ot", ".onnx", ".ckpt", ".index")
-SKIPPED_NAMES = {*WEIGHT_FILES, ".simcli-source.json", RECORD, CLASSIFIER, "model.safetensors.index.json"}
+SKIPPED_NAMES = {*WEIGHT_FILES, RECORD, CLASSIFIER, "model.safetensors.index.json", "onnx", "openvino"}
 
 
 def check_out(out: Path, overwrite: bool) -> None:

@@ -35,6 +35,8 @@ from simcli.types import EncoderConfig
 #: step, total steps, mean loss of the step, pairs/s so far
 StepFn = Callable[[int, int, float, float], None]
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+#: Steps between resumable states when neither --save-every nor --eval-every is given.
+DEFAULT_SAVE_EVERY = 500
 
 
 def state_folder(out: Path) -> Path:
@@ -60,6 +62,7 @@ class Record:
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "scores": {name: spearman}, "mean"}
     seconds: float = 0.0  # training time, evaluation excluded
     pairs: int = 0  # pairs trained on
+    pending: list[float] = field(default_factory=list)  # step losses not yet averaged into `history`
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -301,11 +304,11 @@ class Trainer:
             self.log(f"resuming at step {self.step} of {self.total_steps}")
         else:
             self.log("--resume: no saved state, starting afresh")
-        save_every = o.save_every or o.eval_every
+        save_every = o.save_every or o.eval_every or DEFAULT_SAVE_EVERY
         if o.eval_files and self.step == 0:
             self._eval_and_keep()  # the untrained model's scores: the "before" of the record
         self.model.train()
-        losses: list[float] = []
+        losses = self.record.pending
         while self.step < self.total_steps:
             start = time.perf_counter()
             total = 0.0
@@ -324,7 +327,7 @@ class Trainer:
             losses.append(total)
             if len(losses) == o.log_every or self.step == self.total_steps:
                 self.record.history.append({"step": self.step, "loss": round(float(np.mean(losses)), 6)})
-                losses = []
+                losses.clear()
             if on_step is not None:
                 on_step(
                     self.step, self.total_steps, total, self.record.pairs / max(self.record.seconds, 1e-9)

@@ -37,7 +37,7 @@ class TrainOptions:
     batch_tokens: int | None = (
         None  # length-sorted passes of this many tokens (None: 1024 on CPU, one on CUDA)
     )
-    save_every: int | None = None  # optimizer steps between resumable states (None: with each evaluation)
+    save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
     extra: dict[str, Any] = field(default_factory=dict)
 
