@@ -157,6 +157,12 @@ def train(
             "device": device,
             "columns": cols,
             "save_every": save_every,
+            "kind": kind,
+            "threshold": threshold,
+            "save_best": save_best,
+            "batch_tokens": batch_tokens,
+            "eval_files": [str(f) for f in eval_files or []],
+            "eval_every": eval_every,
         }
         if files and files[0] == DISTILL:
             if teacher is None or student is None:
@@ -166,8 +172,7 @@ def train(
             with _progress("distilling") as on_step:
                 path, record = distill(
                     files[1:], teacher, student, out, resume=resume, overwrite=overwrite, log=_note,
-                    on_step=on_step, eval_files=[str(f) for f in eval_files or []], eval_every=eval_every,
-                    **options,
+                    on_step=on_step, **options,
                 )  # fmt: skip
         else:
             if model is None:
@@ -179,9 +184,7 @@ def train(
             with _progress("training") as on_step:
                 path, record = run(
                     files, model, out, resume=resume, overwrite=overwrite, log=_note, on_step=on_step,
-                    loss=loss, kind=kind, threshold=threshold, eval_files=[str(f) for f in eval_files or []],
-                    eval_every=eval_every, save_best=save_best, pooling=pooling, batch_tokens=batch_tokens,
-                    **options,
+                    loss=loss, pooling=pooling, **options,
                 )  # fmt: skip
         rate = record.get("pairs_per_second")
         _note(
