@@ -11,7 +11,7 @@ from simcli.cli import app
 from simcli.models.encoder import load_encoder
 from simcli.models.unilm import Job, Sampling, UniLM, build_mlm_head, sample_batch
 from simcli.training import distill
-from simcli.training.distill import seq2seq_inputs, teacher_student_gap, unilm_loss
+from simcli.training.distillation import seq2seq_inputs, teacher_student_gap, unilm_loss
 from tests import checkpoints
 from tests.train_data import pairs, write_pairs
 

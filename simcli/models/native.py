@@ -379,7 +379,7 @@ class NativeBackbone(nn.Module):
         attention_bias: torch.Tensor | None = None,
     ) -> BackboneOutput:
         """`attention_bias` (batch, 1, seq, seq), additive, replaces the padding mask: e.g. the UniLM seq2seq
-        mask for training generation (simcli/training/distill.py)."""
+        mask for training generation (simcli/training/distillation.py)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)

@@ -54,7 +54,7 @@ def train(
 
 
 def distill(*args: Any, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
-    """See `simcli.training.distill.distill`."""
-    from simcli.training.distill import distill as run
+    """See `simcli.training.distillation.distill`."""
+    from simcli.training.distillation import distill as run
 
     return run(*args, **kwargs)
