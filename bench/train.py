@@ -66,9 +66,7 @@ def train_st(folder: str, train: Path, out: Path, loss: str, args: argparse.Name
     loader = DataLoader(examples, shuffle=True, batch_size=args.batch_size)  # type: ignore[arg-type]
     dim = model.get_sentence_embedding_dimension()
     objective = (
-        losses.SoftmaxLoss(model, dim, num_labels=2)
-        if loss == "softmax"
-        else losses.CoSENTLoss(model)
+        losses.SoftmaxLoss(model, dim, num_labels=2) if loss == "softmax" else losses.CoSENTLoss(model)
     )
     steps = len(loader)
     start = time.perf_counter()
