@@ -21,6 +21,8 @@ _LAZY = {
     "Index": "simcli.index",
     "generate": "simcli.paraphrase",
     "evaluate_sts": "simcli.evaluate",
+    "train": "simcli.training",
+    "distill": "simcli.training",
 }
 
 __all__ = [
@@ -30,10 +32,12 @@ __all__ = [
     "Index",
     "Whitening",
     "__version__",
+    "distill",
     "encode",
     "evaluate_sts",
     "generate",
     "load_encoder",
+    "train",
 ]
 
 

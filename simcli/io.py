@@ -484,35 +484,33 @@ def _pair_columns(columns: tuple[str, str, str] | None, first: list[str]) -> tup
     return [first.index(c) for c in columns], True
 
 
-def read_pairs(
+@dataclass(frozen=True)
+class RawPair:
+    """One labelled pair as written in its file: the label still text (NLI names, scores, 0/1)."""
+
+    line: int
+    s1: str
+    s2: str
+    label: Any
+
+
+def read_pair_rows(
     path: str | Path,
     *,
     columns: tuple[str, str, str] | None = None,
     limit: int | None = None,
-    name: str | None = None,
     labels: bool = True,
-) -> PairSet:
-    """Read labelled sentence pairs.
-
-    Args:
-        path: `.data` / `.txt` / `.tsv` (tab-separated, no quoting), `.csv`, or `.jsonl` / `.json` (JSON lines).
-        columns: (first, second, label) as 0-based indexes (no header) or header names / jsonl keys.
-            Default: columns 0,1,2 without header, or the header / keys sentence1, sentence2, label.
-        limit: keep only the first `limit` pairs.
-        name: the data set name (default: the file name up to its first dot).
-        labels: parse the label column (False: sentences only, labels all 0).
+) -> list[RawPair]:
+    """The pairs of a file with their line numbers and unparsed labels (see `read_pairs` for the formats).
 
     Raises:
-        BadInput: unreadable file, missing column or field, a label that is not a number (file:line).
+        BadInput: unreadable file, missing column or field, no pairs.
     """
     path = Path(path)
     fmt = _pair_format(path)
     rows = read_rows(path, fmt)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
-    s1: list[str] = []
-    s2: list[str] = []
-    ys: list[float] = []
     if fmt == "jsonl":
         keys = list(columns or DEFAULT_COLUMNS)
         picked = []
@@ -540,26 +538,60 @@ def read_pairs(
             picked.append((line, [row[i] if i < len(row) else "" for i in idx]))
     if limit is not None:
         picked = picked[:limit]
+    out = []
     for line, (a, b, y) in picked:
         if not isinstance(a, str) or not isinstance(b, str):
             raise BadInput(f"{path}:{line}: the sentence fields must be text")
-        s1.append(a.strip())
-        s2.append(b.strip())
-        if labels:
-            try:
-                value = float(y)
-            except (TypeError, ValueError):
-                raise BadInput(f"{path}:{line}: label {y!r} is not a number") from None
-            if not math.isfinite(value):
-                raise BadInput(f"{path}:{line}: label {y!r} is not a finite number")
-            ys.append(value)
-        else:
-            ys.append(0.0)
-    if not s1:
+        out.append(RawPair(line, a.strip(), b.strip(), y))
+    if not out:
         raise BadInput(f"{path}: no pairs")
+    return out
+
+
+def parse_score(path: str | Path, line: int, label: Any) -> float:
+    """A numeric label; BadInput naming file:line when it is not a finite number."""
+    try:
+        value = float(label)
+    except (TypeError, ValueError):
+        raise BadInput(f"{path}:{line}: label {label!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BadInput(f"{path}:{line}: label {label!r} is not a finite number")
+    return value
+
+
+def read_pairs(
+    path: str | Path,
+    *,
+    columns: tuple[str, str, str] | None = None,
+    limit: int | None = None,
+    name: str | None = None,
+    labels: bool = True,
+) -> PairSet:
+    """Read labelled sentence pairs.
+
+    Args:
+        path: `.data` / `.txt` / `.tsv` (tab-separated, no quoting), `.csv`, or `.jsonl` / `.json` (JSON lines).
+        columns: (first, second, label) as 0-based indexes (no header) or header names / jsonl keys.
+            Default: columns 0,1,2 without header, or the header / keys sentence1, sentence2, label.
+        limit: keep only the first `limit` pairs.
+        name: the data set name (default: the file name up to its first dot).
+        labels: parse the label column (False: sentences only, labels all 0).
+
+    Raises:
+        BadInput: unreadable file, missing column or field, a label that is not a number (file:line).
+    """
+    path = Path(path)
+    rows = read_pair_rows(path, columns=columns, limit=limit, labels=labels)
+    ys = [parse_score(path, r.line, r.label) if labels else 0.0 for r in rows]
     import numpy as np
 
-    return PairSet(name or path.name.split(".")[0], path, s1, s2, np.asarray(ys, dtype=np.float64))
+    return PairSet(
+        name or path.name.split(".")[0],
+        path,
+        [r.s1 for r in rows],
+        [r.s2 for r in rows],
+        np.asarray(ys, dtype=np.float64),
+    )
 
 
 def read_sentences(path: str | Path, *, columns: tuple[str, str, str] | None = None) -> list[str]:

@@ -105,11 +105,14 @@ def _commands(block: str) -> list[tuple[list[str], str | None, str | None]]:
 
 
 def _offline_model(argv: list[str], models: dict[str, Path]) -> list[str]:
-    """Every --model / -m value becomes the offline model of its family (WoBERT stays WoBERT)."""
+    """Every --model / -m value becomes the offline model of its family (WoBERT stays WoBERT); so does a
+    --teacher / --student that names no folder of an earlier command."""
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
         if arg in ("--model", "-m"):
             out[i + 1] = str(models["wobert" if "wobert" in out[i + 1] else "roformer-sim"])
+        elif arg in ("--teacher", "--student") and not Path(out[i + 1]).exists():
+            out[i + 1] = str(models["roformer-sim"])  # a hub name; a folder made by an earlier command stays
     return out
 
 

@@ -11,6 +11,7 @@ from simcli.cli import generate as _generate  # noqa: F401
 from simcli.cli import hubness as _hubness  # noqa: F401
 from simcli.cli import index as _index  # noqa: F401
 from simcli.cli import serve as _serve  # noqa: F401
+from simcli.cli import train as _train  # noqa: F401
 from simcli.cli import whiten as _whiten  # noqa: F401
 from simcli.cli._app import app
 

@@ -76,6 +76,8 @@ class BackboneConfig:
     max_position_embeddings: int
     type_vocab_size: int
     rotary_value: bool
+    hidden_dropout_prob: float = 0.1  # dropout is active only in training mode (`simcli train`)
+    attention_probs_dropout_prob: float = 0.1
 
     @property
     def head_dim(self) -> int:
@@ -110,6 +112,9 @@ class BackboneConfig:
             max_position_embeddings=int(c["max_position_embeddings"]),
             type_vocab_size=int(c["type_vocab_size"]),
             rotary_value=model_type == "roformer" and bool(config.get("rotary_value", False)),
+            # transformers' default where the config omits them
+            hidden_dropout_prob=float(config.get("hidden_dropout_prob", 0.1) or 0.0),
+            attention_probs_dropout_prob=float(config.get("attention_probs_dropout_prob", 0.1) or 0.0),
         )
 
 
@@ -145,8 +150,12 @@ def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
     return out
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v over (batch, heads, seq, head_dim); bias (batch, 1, 1, seq) is additive.
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, dropout: float = 0.0
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v over (batch, heads, seq, head_dim); bias (batch, 1, 1, seq) is additive
+    (or (batch, 1, seq, seq) for a per-query mask such as UniLM's); `dropout` on the attention probabilities
+    (training only).
 
     torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (measured on 2 cores
     at sentence lengths, 8-64 tokens: up to 1.4x the eager attention with an additive mask, a boolean mask was
@@ -155,11 +164,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     computed as transformers' eager RoFormer attention does.
     """
     if q.device.type != "cpu" or q.dtype == torch.float32:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if bias is not None:
         scores = scores + bias
-    return torch.matmul(scores.softmax(dim=-1), v)
+    probs = scores.softmax(dim=-1)
+    return torch.matmul(F.dropout(probs, dropout) if dropout else probs, v)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -198,20 +208,21 @@ class _SelfAttention(nn.Module):
 class _DenseNorm(nn.Module):
     """dense, then LayerNorm of (its output + the residual): attention.output and output of a block."""
 
-    def __init__(self, n_in: int, h: int, eps: float) -> None:
+    def __init__(self, n_in: int, h: int, eps: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.dense = _Linear(n_in, h)
         self.LayerNorm = _LayerNorm(h, eps=eps)
+        self.dropout = nn.Dropout(dropout)  # identity in eval mode (inference)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class _Attention(nn.Module):
     def __init__(self, c: BackboneConfig) -> None:
         super().__init__()
         self.self = _SelfAttention(c.hidden_size)
-        self.output = _DenseNorm(c.hidden_size, c.hidden_size, c.layer_norm_eps)
+        self.output = _DenseNorm(c.hidden_size, c.hidden_size, c.layer_norm_eps, c.hidden_dropout_prob)
 
 
 class _Intermediate(nn.Module):
@@ -226,15 +237,16 @@ class _Layer(nn.Module):
     def __init__(self, c: BackboneConfig) -> None:
         super().__init__()
         self.heads, self.head_dim, self.rotary_value = c.num_attention_heads, c.head_dim, c.rotary_value
+        self.attention_dropout = c.attention_probs_dropout_prob
         self.act = ACTIVATIONS[c.hidden_act]
         self.attention = _Attention(c)
         self.intermediate = _Intermediate(c)
-        self.output = _DenseNorm(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
+        self.output = _DenseNorm(c.intermediate_size, c.hidden_size, c.layer_norm_eps, c.hidden_dropout_prob)
 
     def forward(
         self,
         x: torch.Tensor,  # (batch, seq, hidden)
-        bias: torch.Tensor | None,  # (batch, 1, 1, keys) additive key mask: 0 or dtype min; None = no padding
+        bias: torch.Tensor | None,  # (batch, 1, 1 or seq, keys) additive mask: 0 or dtype min; None = none
         rotary: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (seq, head_dim) or (batch, 1, seq, hd)
         cache: KVCache | None = None,  # earlier keys/values (decoding): this pass's are appended
         index: int = 0,  # this layer's index in the cache
@@ -252,9 +264,9 @@ class _Layer(nn.Module):
                 v = _rotate(v, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, index)
-        ctx = attention(
-            q, k, v, bias
-        )  # full attention, whatever the config's is_decoder (the JunnYu/RoFormer_pytorch hub port)
+        dropout = self.attention_dropout if self.training else 0.0
+        # full attention, whatever the config's is_decoder (the JunnYu/RoFormer_pytorch hub port)
+        ctx = attention(q, k, v, bias, dropout)
         x = self.attention.output(ctx.transpose(1, 2).reshape(b, t, h), x)
         return self.output(self.act(self.intermediate.dense(x)), x)
 
@@ -268,6 +280,7 @@ class _Embeddings(nn.Module):
         # BERT's learned absolute positions; RoFormer has none (rotary, in the attention).
         self.position_embeddings = None if c.rotary else _Embedding(c.max_position_embeddings, e)
         self.LayerNorm = _LayerNorm(e, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)  # identity in eval mode (inference)
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, positions: torch.Tensor | None = None
@@ -277,7 +290,7 @@ class _Embeddings(nn.Module):
         if self.position_embeddings is not None:
             pos = self.position_embeddings.weight
             x = x + (pos[: input_ids.shape[1]] if positions is None else pos[positions])
-        return self.LayerNorm(x)
+        return self.dropout(self.LayerNorm(x))
 
 
 class _RotaryTable(nn.Module):
@@ -365,7 +378,10 @@ class NativeBackbone(nn.Module):
         attention_mask: torch.Tensor | None = None,  # (batch, seq), 1 = real token, 0 = padding
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        attention_bias: torch.Tensor | None = None,
     ) -> BackboneOutput:
+        """`attention_bias` (batch, 1, seq, seq), additive, replaces the padding mask: e.g. the UniLM seq2seq
+        mask for training generation (simcli/training/distillation.py)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
@@ -373,8 +389,8 @@ class NativeBackbone(nn.Module):
             x = self.embeddings_project(x)
         table = self.encoder.embed_positions
         rotary = table(input_ids.shape[1]) if table is not None else None
-        bias = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        bias = attention_bias.to(x.dtype) if attention_bias is not None else None
+        if bias is None and attention_mask is not None and not bool(attention_mask.all()):
             # Padding keys blocked; padded queries still see the real keys, so no row is fully masked.
             bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]

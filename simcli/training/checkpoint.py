@@ -1,0 +1,142 @@
+"""Writing a trained model back as a checkpoint in its input's own layout, atomically.
+
+The weights file keeps the original's key names (the hub's `roformer.` / `bert.` prefix or none, the
+pooler, the MLM head with its decoder tied to the word embeddings) and is written as model.safetensors;
+every other file of the input folder (config.json, vocab.txt / tokenizer.json, tokenizer configs, the
+sentence-transformers module folders, README) is copied unchanged, so every simcli command loads the
+result as it loads the original.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simcli.errors import OutputExists
+from simcli.io import atomic_write_json
+from simcli.models.loading import WEIGHT_FILES, Checkpoint
+from simcli.models.native import OPTIONAL_KEYS
+from simcli.models.sentence import SentenceModel
+
+RECORD = "training.json"
+CLASSIFIER = "classifier.safetensors"
+#: Files of the input folder not copied: its weights (replaced), other frameworks' weights (now stale), an
+#: earlier run's training files, and hidden files (simcli's fetch marker).
+SKIPPED_SUFFIXES = (".h5", ".msgpack", ".ot", ".onnx", ".ckpt", ".index")
+SKIPPED_NAMES = {*WEIGHT_FILES, RECORD, CLASSIFIER, "model.safetensors.index.json", "onnx", "openvino"}
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds anything, unless --overwrite and it is an earlier training output."""
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExists(f"--out {out} is not empty (use --overwrite to replace a trained model there)")
+        if not (out / RECORD).is_file():
+            raise OutputExists(f"--out {out} is not empty and holds no {RECORD}: not replacing it")
+
+
+def trained_state_dict(
+    ckpt: Checkpoint, model: SentenceModel, mlm_head: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """The original weights file's tensors, with every trained one replaced under its original key."""
+    original = ckpt.state_dict()
+    model_type = str(ckpt.config["model_type"])
+    prefix = f"{model_type}." if any(k.startswith(f"{model_type}.") for k in original) else ""
+    out = dict(original)
+
+    def put(key: str, value: torch.Tensor) -> None:
+        old = original.get(key)
+        dtype = old.dtype if old is not None and old.is_floating_point() else value.dtype
+        out[key] = value.detach().to("cpu", dtype).contiguous().clone()
+
+    for k, v in model.backbone.state_dict().items():
+        if k in OPTIONAL_KEYS and prefix + k not in original:
+            continue  # computed, not stored (the rotary table)
+        put(prefix + k, v)
+    if model.pooler is not None:
+        put(prefix + "pooler.dense.weight", model.pooler.weight)
+        put(prefix + "pooler.dense.bias", model.pooler.bias)
+    emb = model.backbone.state_dict()["embeddings.word_embeddings.weight"]
+    decoder = "cls.predictions.decoder.weight"
+    old_emb = original.get(prefix + "embeddings.word_embeddings.weight")
+    if decoder in original and old_emb is not None and torch.equal(original[decoder], old_emb):
+        put(decoder, emb)  # keep the decoder tied to the (trained) word embeddings
+    if mlm_head is not None:  # distillation trains the head too; written under the keys the original has
+        head = mlm_head.state_dict()
+        for k, v in head.items():
+            if k not in ("predictions.decoder.weight", "predictions.bias") and "cls." + k in original:
+                put("cls." + k, v)
+        if "cls.predictions.bias" in original:  # the one the forward uses is decoder.bias
+            put("cls.predictions.bias", head["predictions.decoder.bias"])
+        untied = "predictions.decoder.weight"
+        if decoder in original and not (old_emb is not None and torch.equal(original[decoder], old_emb)):
+            put(decoder, head[untied])
+    # untouched tensors are copied too: safetensors refuses tensors that share storage (tied weights)
+    replaced = {k for k in out if original.get(k) is not out[k]}
+    return {k: v if k in replaced else v.contiguous().clone() for k, v in out.items()}
+
+
+def _copy_layout(src: Path, dst: Path) -> None:
+    for item in sorted(src.iterdir()):
+        if item.name in SKIPPED_NAMES or item.suffix in SKIPPED_SUFFIXES or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+
+
+@contextmanager
+def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside `out`, renamed to `out` when the block ends without error (the old `out`,
+    with --overwrite, is moved aside first and removed after); removed on error."""
+    check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def write_checkpoint(
+    folder: Path,
+    ckpt: Checkpoint,
+    model: SentenceModel,
+    record: dict[str, Any],
+    *,
+    head: torch.nn.Module | None = None,
+    mlm_head: torch.nn.Module | None = None,
+) -> None:
+    """Fill `folder` (a staged, empty folder): the input's files, the trained weights, the classifier head
+    (`classifier.safetensors`, key `weight`: (5, 3 dim)) and the training record."""
+    from safetensors.torch import save_file
+
+    _copy_layout(ckpt.path, folder)
+    weights = trained_state_dict(ckpt, model, mlm_head)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if head is not None:
+        save_file(
+            {
+                k.removeprefix("dense."): v.detach().cpu().float().contiguous()
+                for k, v in head.state_dict().items()
+            },
+            str(folder / CLASSIFIER),
+        )
+    atomic_write_json(folder / RECORD, record)
