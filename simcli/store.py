@@ -526,6 +526,23 @@ def encode_to_store(
 # -- reading ---------------------------------------------------------------------------------------------
 
 
+def load_shard_vectors(folder: Path, entry: dict[str, Any], dim: int, store_dtype: str) -> np.ndarray:
+    """One shard's vectors as float32 (count, dim), checked against its manifest entry."""
+    import numpy as np
+
+    npy = folder / f"{entry['name']}.npy"
+    try:
+        v = np.load(npy, allow_pickle=False)
+    except FileNotFoundError:
+        raise CorruptArtifact(f"{npy}: missing") from None
+    except (OSError, ValueError) as e:
+        raise CorruptArtifact(f"{npy}: unreadable ({e})") from None
+    want = (int(entry["count"]), dim)
+    if v.shape != want or v.dtype != np.dtype(store_dtype):
+        raise CorruptArtifact(f"{npy}: holds {v.dtype} {v.shape}, the manifest says {store_dtype} {want}")
+    return v.astype(np.float32, copy=False)
+
+
 @dataclass
 class _Shard:
     folder: Path
@@ -642,20 +659,7 @@ class VectorStore:
 
     # -- data --------------------------------------------------------------------------------------------
     def _load_vectors(self, shard: _Shard) -> np.ndarray:
-        import numpy as np
-
-        try:
-            v = np.load(shard.npy, allow_pickle=False)
-        except FileNotFoundError:
-            raise CorruptArtifact(f"{shard.npy}: missing") from None
-        except (OSError, ValueError) as e:
-            raise CorruptArtifact(f"{shard.npy}: unreadable ({e})") from None
-        want = (int(shard.entry["count"]), self.dim)
-        if v.shape != want or v.dtype != np.dtype(self.store_dtype):
-            raise CorruptArtifact(
-                f"{shard.npy}: holds {v.dtype} {v.shape}, the manifest says {self.store_dtype} {want}"
-            )
-        return v.astype(np.float32, copy=False)
+        return load_shard_vectors(shard.folder, shard.entry, self.dim, self.store_dtype)
 
     def _load_records(self, shard: _Shard) -> list[StoredRecord]:
         try:
@@ -670,6 +674,11 @@ class VectorStore:
         if [r.id for r in records] != list(range(first, first + count)):
             raise CorruptArtifact(f"{shard.jsonl}: rows do not match the manifest (ids {first}..+{count})")
         return records
+
+    def shard_files(self) -> list[tuple[Path, dict[str, Any]]]:
+        """(folder, manifest entry) of every shard, in id order: what a worker needs to read one shard
+        (`load_shard_vectors`) without opening the whole store."""
+        return [(s.folder, dict(s.entry)) for s in self._shards]
 
     def iter_shards(self) -> Iterator[tuple[list[StoredRecord], np.ndarray]]:
         """(records, float32 vectors (n, dim)) shard by shard, in id order."""
@@ -723,6 +732,7 @@ __all__ = [
     "check_output_folder",
     "encode_records",
     "encode_to_store",
+    "load_shard_vectors",
     "parse_shard",
     "store_header",
     "write_shard",
