@@ -178,7 +178,7 @@ def _parquet_rows(path: str, source: str, column: str | None, start: int) -> Ite
         meta = pf.metadata
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
-            if row + n > start:
+            if groups or row + n > start:  # from the group holding row `start` on
                 groups.append(g)
             else:
                 row += n
