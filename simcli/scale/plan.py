@@ -174,7 +174,8 @@ def _parquet_rows(path: str, source: str, column: str | None, start: int) -> Ite
             raise BadInput(f"{path}: not a parquet file ({' '.join(str(e).split())})") from None
         names = pf.schema_arrow.names
         name = names[column_index(names, column, path)]
-        groups, row = [], 0
+        groups: list[int] = []
+        row = 0
         meta = pf.metadata
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
