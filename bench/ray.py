@@ -1,0 +1,122 @@
+"""Encoding on Ray against one process, at the same total cores: Ray's overhead.
+
+    python bench/ray.py                        # 200,000 sentences, m3e-small, each run once
+    python bench/ray.py --n 20000 --repeat 2   # smaller, repeated (the spread is printed)
+
+Real sentences (both sides of the pair sets in ../shared/data, distinct, cycled up to --n) in one .txt
+file, encoded by whole `simcli encode` processes with real trained weights (--model, default m3e-small):
+
+    single    simcli encode corpus.txt --model M --out X                       (torch uses every core)
+    ray 1x2   ... --ray local --workers 1 --cpus-per-worker CORES               (one actor, every core)
+    ray 2x1   ... --ray local --workers 2 --cpus-per-worker CORES/2             (two actors, half each)
+
+Two rates per run: the whole process (start, imports, Ray runtime and actors, model loads, encoding, writing)
+and the steady state (rows of shards 1..last over the time between the first and the last shard file
+landing: what a long run converges to). Ray's overhead is single's rate over Ray's, minus 1. The machine
+may be shared: compare runs of one invocation, and read the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def sentences(n: int) -> list[str]:
+    """n sentences: the distinct ones of the pair sets, cycled (a shard never holds a sentence twice while
+    there are more distinct sentences than --shard-size)."""
+    pool: dict[str, None] = {}
+    for path in sorted(DATA.glob("*/*.data")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                for s in line.rstrip("\n").split("\t")[:2]:
+                    if s.strip():
+                        pool[s.strip()] = None
+    distinct = list(pool)
+    return [distinct[i % len(distinct)] for i in range(n)]
+
+
+def steady_rate(store: Path) -> float:
+    """Rows of shards 1.. over the time from shard 0's landing to the last shard's (file mtimes)."""
+    manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
+    shards = manifest["shards"]
+    times = sorted((store / f"{s['name']}.npy").stat().st_mtime for s in shards)
+    rows = sum(s["count"] for s in shards) - min(s["count"] for s in shards)
+    return rows / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
+
+
+def run(label: str, args: list[str], out: Path, n: int) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "simcli", "encode", *args, "--out", str(out), "--overwrite"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{label} failed:\n{done.stderr}")
+    whole, steady = n / wall, steady_rate(out)
+    print(
+        f"  {label:<10} {whole:8.1f} sentences/s whole process ({wall:6.1f} s)   {steady:8.1f} steady",
+        flush=True,
+    )
+    return whole, steady
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--model", default="m3e-small")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--shard-size", type=int, default=10_000)
+    a = ap.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("".join(s + "\n" for s in sentences(a.n)), encoding="utf-8")
+        common = [str(corpus), "--model", a.model, "--shard-size", str(a.shard_size)]
+        configs = {
+            "single": common,
+            "ray 1x2": [*common, "--ray", "local", "--workers", "1", "--cpus-per-worker", str(cores)],
+            "ray 2x1": [
+                *common,
+                "--ray",
+                "local",
+                "--workers",
+                "2",
+                "--cpus-per-worker",
+                str(max(1, cores // 2)),
+            ],
+        }
+        print(f"{a.n:,} sentences, {a.model}, {cores} cores, shards of {a.shard_size:,}")
+        rates: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
+        for r in range(a.repeat):
+            print(f"run {r + 1}/{a.repeat}")
+            for label, args in configs.items():  # alternating, so a busy spell of the machine hits all
+                rates[label].append(run(label, args, Path(tmp) / "out.vec", a.n))
+    print("medians (spread min..max):")
+    base = [statistics.median(x[i] for x in rates["single"]) for i in (0, 1)]
+    for label, got in rates.items():
+        med = [statistics.median(x[i] for x in got) for i in (0, 1)]
+        spread = [f"{min(x[i] for x in got):.1f}..{max(x[i] for x in got):.1f}" for i in (0, 1)]
+        overhead = (
+            ""
+            if label == "single"
+            else (
+                f"   overhead vs single: {base[0] / med[0] - 1:+.1%} whole, {base[1] / med[1] - 1:+.1%} steady"
+            )
+        )
+        print(
+            f"  {label:<10} whole {med[0]:7.1f} ({spread[0]})  steady {med[1]:7.1f} ({spread[1]}){overhead}"
+        )
+
+
+if __name__ == "__main__":
+    main()
