@@ -76,12 +76,18 @@ def main() -> None:
     ap.add_argument("--model", default="m3e-small")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument(
+        "--dtype",
+        default="bfloat16",
+        help="one dtype for every run: `auto` decides per process and per actor (a noisy probe), which would "
+        "compare bfloat16 with float32",
+    )
     a = ap.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("".join(s + "\n" for s in sentences(a.n)), encoding="utf-8")
-        common = [str(corpus), "--model", a.model, "--shard-size", str(a.shard_size)]
+        common = [str(corpus), "--model", a.model, "--shard-size", str(a.shard_size), "--dtype", a.dtype]
         configs = {
             "single": common,
             "ray 1x2": [*common, "--ray", "local", "--workers", "1", "--cpus-per-worker", str(cores)],
@@ -95,7 +101,7 @@ def main() -> None:
                 str(max(1, cores // 2)),
             ],
         }
-        print(f"{a.n:,} sentences, {a.model}, {cores} cores, shards of {a.shard_size:,}")
+        print(f"{a.n:,} sentences, {a.model} ({a.dtype}), {cores} cores, shards of {a.shard_size:,}")
         rates: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
         for r in range(a.repeat):
             print(f"run {r + 1}/{a.repeat}")
