@@ -47,6 +47,8 @@ def ray_runtime(_crash_dir: Path) -> Iterator[Any]:
 
     # the workers inherit the runtime's environment: the fault injection is armed only by its flag file
     os.environ[FAULT_EXIT_ONCE] = str(_crash_dir / "exit-once")
+    if ray.is_initialized():  # a runtime an earlier test left: this module's must see the variable above
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield connect("local")  # joins the runtime above, as the commands do
