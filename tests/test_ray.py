@@ -275,6 +275,8 @@ def test_ray_refuses_what_it_cannot_do(
         (["whiten", "fit", corpus[0], "--model", str(wobert_dir), "--out", str(tmp_path / "w"), "--ray", "local"],
          "vector store folder"),
         (["encode", "-", "--model", str(wobert_dir), "--out", str(tmp_path / "o2"), "--ray", "local"], "not stdin"),
+        (["encode", str(tmp_path / "missing.txt"), "--model", str(tmp_path / "no-model"), "--out",
+          str(tmp_path / "o3"), "--ray", "local"], "missing.txt: no such file"),
     ]  # fmt: skip
     for args, message in cases:
         result = CliRunner().invoke(app, args)

@@ -39,7 +39,11 @@ def encode_on_ray(
     check_output_folder(out, resume=resume, overwrite=overwrite)
     from simcli.models.encoder import load_encoder
     from simcli.scale.encode import encode_store, workers_for
-    from simcli.scale.plan import absolute
+    from simcli.scale.plan import absolute, check_inputs
+
+    check_inputs(
+        inputs, read_options["column"], read_options["errors"]
+    )  # a typo fails before the model loads
 
     # The model is opened here once, on the CPU: a bad model or whitening fails before Ray starts, and its
     # ModelSpec goes into the manifest before the first actor has loaded it.

@@ -160,8 +160,8 @@ def encode_store(
     """Encode `inputs` into the store `out` on the Ray runtime `ray` (see the module's docstring).
 
     Args:
-        spec: the ModelSpec of the vectors (`simcli.models.loading.model_spec`-style, known before any actor
-            loads the model), recorded in the manifest and compared on --resume.
+        spec: the ModelSpec of the vectors (the driver opens the model once to know it before any actor
+            has loaded it), recorded in the manifest and compared on --resume.
         pool: the actor pool.
         on_shard: called with each result row ({"entry", "tokens", "seconds", "worker"}) as it lands.
         total: called once with the number of rows, once the inputs are planned (for a progress bar).

@@ -76,17 +76,11 @@ def fmt_of(path: str, column: str | None) -> str:
     return input_format(path, column)
 
 
-def plan_shards(
-    paths: Sequence[str],
-    *,
-    shard_size: int,
-    column: str | None = None,
-    field: str | None = None,
-    errors: str = "strict",
-    skip_empty: bool = False,
-    stats: ReadStats | None = None,
-) -> list[ShardPlan]:
-    """Read the inputs once and cut their rows into shards of `shard_size` (BadInput as `read_records`)."""
+def check_inputs(
+    paths: Sequence[str], column: str | None, errors: str
+) -> tuple[list[str], list[list[str] | None]]:
+    """The inputs' formats and tsv/csv headers; a one-line error for stdin, a missing file, an unknown format
+    or a missing column, before anything is loaded."""
     if any(p == STDIN for p in paths):
         raise UsageError("--ray reads files (workers read their own rows), not stdin")
     if errors not in ("strict", "replace"):
@@ -98,6 +92,21 @@ def plan_shards(
     for p, h in zip(paths, headers, strict=True):
         if h:
             column_index(h, column, p)
+    return formats, headers
+
+
+def plan_shards(
+    paths: Sequence[str],
+    *,
+    shard_size: int,
+    column: str | None = None,
+    field: str | None = None,
+    errors: str = "strict",
+    skip_empty: bool = False,
+    stats: ReadStats | None = None,
+) -> list[ShardPlan]:
+    """Read the inputs once and cut their rows into shards of `shard_size` (BadInput as `read_records`)."""
+    formats, headers = check_inputs(paths, column, errors)
     stats = stats if stats is not None else ReadStats()
     plans: list[ShardPlan] = []
     pieces: list[Piece] = []
