@@ -3,7 +3,8 @@
     python bench/ray.py                        # 200,000 sentences, m3e-small, each run once
     python bench/ray.py --n 20000 --repeat 2   # smaller, repeated (the spread is printed)
 
-Real sentences (both sides of the pair sets in ../shared/data, distinct, cycled up to --n) in one .txt
+Real sentences (both sides of the sentence-pair sets beside the checkout, as bench/encode.py reads them;
+distinct, cycled up to --n) in one .txt
 file, encoded by whole `simcli encode` processes with real trained weights (--model, default m3e-small):
 
     single    simcli encode corpus.txt --model M --out X                       (torch uses every core)
