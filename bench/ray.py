@@ -4,8 +4,8 @@
     python bench/ray.py --n 20000 --repeat 2   # smaller, repeated (the spread is printed)
 
 Real sentences (both sides of the sentence-pair sets beside the checkout, as bench/encode.py reads them;
-distinct, cycled up to --n) in one .txt
-file, encoded by whole `simcli encode` processes with real trained weights (--model, default m3e-small):
+distinct, cycled up to --n) in one .txt file, encoded by whole `simcli encode` processes with real trained
+weights (--model, default m3e-small):
 
     single    simcli encode corpus.txt --model M --out X                       (torch uses every core)
     ray 1x2   ... --ray local --workers 1 --cpus-per-worker CORES               (one actor, every core)
