@@ -12,8 +12,8 @@ weights (--model, default m3e-small):
     ray 2x1   ... --ray local --workers 2 --cpus-per-worker CORES/2             (two actors, half each)
 
 Two rates per run: the whole process (start, imports, Ray runtime and actors, model loads, encoding, writing)
-and the steady state (rows of shards 1..last over the time between the first and the last shard file
-landing: what a long run converges to). Ray's overhead is single's rate over Ray's, minus 1. The machine
+and the steady state (the shards landing after each worker's first, over the time from the W-th landing
+to the last, W the number of workers: what a long run converges to). Ray's overhead is single's rate over Ray's, minus 1. The machine
 may be shared: compare runs of one invocation, and read the spread.
 """
 
@@ -47,23 +47,26 @@ def sentences(n: int) -> list[str]:
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
-def steady_rate(store: Path) -> float:
-    """Rows of shards 1.. over the time from shard 0's landing to the last shard's (file mtimes)."""
+def steady_rate(store: Path, workers: int) -> float:
+    """Rows of the shards that landed after each worker's first over the time from the `workers`-th landing
+    to the last (file mtimes): the start-up and each worker's first shard are left out."""
     manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
-    shards = manifest["shards"]
-    times = sorted((store / f"{s['name']}.npy").stat().st_mtime for s in shards)
-    rows = sum(s["count"] for s in shards) - min(s["count"] for s in shards)
-    return rows / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
+    landed = sorted(((store / f"{s['name']}.npy").stat().st_mtime, s["count"]) for s in manifest["shards"])
+    if len(landed) <= workers:
+        return float("nan")
+    rows = sum(count for _, count in landed[workers:])
+    span = landed[-1][0] - landed[workers - 1][0]
+    return rows / span if span > 0 else float("nan")
 
 
-def run(label: str, args: list[str], out: Path, n: int) -> tuple[float, float]:
+def run(label: str, args: list[str], out: Path, n: int, workers: int) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "simcli", "encode", *args, "--out", str(out), "--overwrite"]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{label} failed:\n{done.stderr}")
-    whole, steady = n / wall, steady_rate(out)
+    whole, steady = n / wall, steady_rate(out, workers)
     print(
         f"  {label:<10} {whole:8.1f} sentences/s whole process ({wall:6.1f} s)   {steady:8.1f} steady",
         flush=True,
@@ -107,7 +110,8 @@ def main() -> None:
         for r in range(a.repeat):
             print(f"run {r + 1}/{a.repeat}")
             for label, args in configs.items():  # alternating, so a busy spell of the machine hits all
-                rates[label].append(run(label, args, Path(tmp) / "out.vec", a.n))
+                workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+                rates[label].append(run(label, args, Path(tmp) / "out.vec", a.n, workers))
     print("medians (spread min..max):")
     base = [statistics.median(x[i] for x in rates["single"]) for i in (0, 1)]
     for label, got in rates.items():
