@@ -7,6 +7,7 @@ then rename, so an interrupted run never leaves a half-written artefact.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -216,11 +217,11 @@ def read_records(
     # Checked now, not when iteration starts: a typo in a file name fails before a model is loaded.
     formats = [input_format(path, column) for path in paths]
     for path in paths:
-        if str(path) != STDIN and not Path(path).is_file():
-            raise BadInput(f"{path}: {'not a file' if Path(path).exists() else 'no such file'}")
+        if str(path) != STDIN:
+            check_input(str(path))
     for path, fmt in zip(paths, formats, strict=True):
         if fmt in ("tsv", "csv") and str(path) != STDIN:
-            _check_header(Path(path), fmt, column, errors)
+            _check_header(str(path), fmt, column, errors)
     return _records(paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats())
 
 
@@ -233,42 +234,104 @@ def _records(
     skip_empty: bool,
     stats: ReadStats,
 ) -> Iterator[Record]:
-    for path, fmt in zip(paths, formats, strict=True):
+    for _, _, rec in positioned_records(paths, formats, column, field, errors, skip_empty, stats):
+        yield rec
+
+
+def positioned_records(
+    paths: Sequence[str | Path],
+    formats: list[str],
+    column: str | int | None,
+    field: str,
+    errors: str,
+    skip_empty: bool,
+    stats: ReadStats,
+) -> Iterator[tuple[int, int, Record]]:
+    """(index of the input in `paths`, byte offset where the row starts, Record) of the rows `read_records`
+    gives, counting empty rows in `stats` the same way; the offsets let workers continue a file from a row."""
+    for i, (path, fmt) in enumerate(zip(paths, formats, strict=True)):
         stats.files += 1
-        for rec in _read_one(str(path), fmt, column, field, errors):
+        for offset, rec in _read_one(str(path), fmt, column, field, errors):
             if not rec.text:
                 if skip_empty:
                     stats.empty_skipped += 1
                     continue
                 stats.empty_kept += 1
             stats.records += 1
-            yield rec
+            yield i, offset, rec
 
 
-def _read_one(path: str, fmt: str, column: str | int | None, field: str, errors: str) -> Iterator[Record]:
-    if path == STDIN:
-        yield from _parse(sys.stdin.buffer, "<stdin>", fmt, column, field, errors)
-        return
+def is_uri(path: str | Path) -> bool:
+    """Whether an input is a URI (s3://, gs://, hdfs://, file://...), read through pyarrow's filesystems."""
+    return "://" in str(path)
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
     try:
-        f = open(path, "rb")  # noqa: SIM115 (outside `with`: only open() errors become BadInput)
+        from pyarrow import fs
+    except ImportError:
+        raise BadInput(f"{uri}: reading URIs needs pyarrow (pip install -e '.[ray]')") from None
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{uri}: {' '.join(str(e).split())}") from None
+
+
+def check_input(path: str) -> None:
+    """BadInput naming the input unless it is a readable file (a local path or a URI)."""
+    if not is_uri(path):
+        if not Path(path).is_file():
+            raise BadInput(f"{path}: {'not a file' if Path(path).exists() else 'no such file'}")
+        return
+    from pyarrow import fs
+
+    filesystem, inner = _filesystem(path)
+    try:
+        kind = filesystem.get_file_info(inner).type
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({' '.join(str(e).split())})") from None
+    if kind != fs.FileType.File:
+        raise BadInput(f"{path}: {'no such file' if kind == fs.FileType.NotFound else 'not a file'}")
+
+
+def open_input(path: str) -> IO[bytes]:
+    """Open an input file for reading bytes: a local path, or a URI through pyarrow's filesystems (seekable
+    either way). BadInput naming the file when it cannot be opened."""
+    try:
+        if not is_uri(path):
+            return open(path, "rb")
+        filesystem, inner = _filesystem(path)
+        return io.BufferedReader(filesystem.open_input_file(inner))
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from e
-    with f:
-        yield from _parse(f, path, fmt, column, field, errors)
+        raise BadInput(f"{path}: cannot read ({e.strerror or ' '.join(str(e).split())})") from e
+
+
+def _read_one(
+    path: str, fmt: str, column: str | int | None, field: str, errors: str
+) -> Iterator[tuple[int, Record]]:
+    if path == STDIN:
+        yield from parse_positions(sys.stdin.buffer, "<stdin>", fmt, column, field, errors)
+        return
+    with open_input(path) as f:
+        yield from parse_positions(f, path, fmt, column, field, errors)
 
 
 class _Lines:
-    """Decoded lines of a binary stream with the physical line number of the last line read."""
+    """Decoded lines of a binary stream with the physical line number of the last line read, and its byte
+    offsets (`start`, `end`) in the file, so a reader can later continue from a row (`parse_from`)."""
 
-    def __init__(self, stream: IO[bytes], source: str, errors: str) -> None:
+    def __init__(self, stream: IO[bytes], source: str, errors: str, number: int = 0, offset: int = 0) -> None:
         self.stream, self.source, self.errors = stream, source, errors
-        self.number = 0
+        self.number = number
+        self.start = self.end = offset
 
     def __iter__(self) -> Iterator[str]:
         for raw in self.stream:
             self.number += 1
+            self.start = self.end
+            self.end += len(raw)
             if self.number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Excel's csv)
                 raw = raw[3:]
             try:
@@ -280,14 +343,36 @@ class _Lines:
 def _parse(
     stream: IO[bytes], source: str, fmt: str, column: str | int | None, field: str, errors: str
 ) -> Iterator[Record]:
-    lines = _Lines(stream, source, errors)
+    for _, record in parse_positions(stream, source, fmt, column, field, errors):
+        yield record
+
+
+def parse_positions(
+    stream: IO[bytes],
+    source: str,
+    fmt: str,
+    column: str | int | None,
+    field: str,
+    errors: str,
+    *,
+    line: int = 0,
+    offset: int = 0,
+    header: list[str] | None = None,
+) -> Iterator[tuple[int, Record]]:
+    """(byte offset where the row starts, Record) of each row of a stream, as `read_records` parses them.
+
+    To continue a file from a row (a worker reading its share of a file): seek the stream to the row's
+    offset and pass `offset`, `line` (the physical lines before it) and, for tsv/csv, the file's `header`.
+    """
+    lines = _Lines(stream, source, errors, line, offset)
     if fmt == "txt":
         for text in lines:
-            yield Record(text.strip(), source, lines.number)
+            yield lines.start, Record(text.strip(), source, lines.number)
     elif fmt == "jsonl":
-        yield from _parse_jsonl(lines, source, field)
+        for text in lines:
+            yield lines.start, _jsonl_record(text, f"{source}:{lines.number}", source, lines.number, field)
     else:
-        yield from _parse_table(lines, source, fmt, column)
+        yield from _parse_table(lines, source, fmt, column, header)
 
 
 def _json_object(line: str, where: str) -> dict[str, Any]:
@@ -301,28 +386,29 @@ def _json_object(line: str, where: str) -> dict[str, Any]:
     return obj
 
 
-def _parse_jsonl(lines: _Lines, source: str, field: str) -> Iterator[Record]:
-    for text in lines:
-        where = f"{source}:{lines.number}"
-        obj = _json_object(text, where)
-        if field not in obj:
-            raise BadInput(f"{where}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
-        value = obj[field]
-        if not isinstance(value, str):
-            raise BadInput(f"{where}: field {field!r} is a {type(value).__name__}, not a string")
-        yield Record(value.strip(), source, lines.number, obj)
+def _jsonl_record(text: str, where: str, source: str, line: int, field: str) -> Record:
+    obj = _json_object(text, where)
+    if field not in obj:
+        raise BadInput(f"{where}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
+    value = obj[field]
+    if not isinstance(value, str):
+        raise BadInput(f"{where}: field {field!r} is a {type(value).__name__}, not a string")
+    return Record(value.strip(), source, line, obj)
 
 
-def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None) -> Iterator[Record]:
+def _parse_table(
+    lines: _Lines, source: str, fmt: str, column: str | int | None, header: list[str] | None = None
+) -> Iterator[tuple[int, Record]]:
     reader = _table_reader(lines, fmt)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return  # an empty file has no rows
-    except csv.Error as e:
-        raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
+    if header is None:
+        try:
+            header = next(reader)
+        except StopIteration:
+            return  # an empty file has no rows
+        except csv.Error as e:
+            raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
     col = column_index(header, column, source)
-    start = lines.number + 1
+    start, offset = lines.number + 1, lines.end
     while True:
         try:
             row = next(reader)
@@ -331,15 +417,15 @@ def _parse_table(lines: _Lines, source: str, fmt: str, column: str | int | None)
         except csv.Error as e:
             raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
         if not row:  # a blank physical line: an empty sentence
-            yield Record("", source, start, row)
+            yield offset, Record("", source, start, row)
         elif col >= len(row):
             raise BadInput(f"{source}:{start}: row has {len(row)} fields, no column {col} ({header[col]!r})")
         else:
-            yield Record(row[col].strip(), source, start, row)
-        start = lines.number + 1
+            yield offset, Record(row[col].strip(), source, start, row)
+        start, offset = lines.number + 1, lines.end
 
 
-def _check_header(path: Path, fmt: str, column: str | int | None, errors: str) -> None:
+def _check_header(path: str, fmt: str, column: str | int | None, errors: str) -> None:
     # Only the header row is read: a wrong --column fails at once, not after the model has loaded.
     header = read_header(path, fmt, errors)
     if header:
@@ -348,7 +434,7 @@ def _check_header(path: Path, fmt: str, column: str | int | None, errors: str) -
 
 def read_header(path: str | Path, fmt: str, errors: Errors | str = "strict") -> list[str]:
     """The header row of a tsv/csv file, parsed as `read_records` parses it ([] for an empty file)."""
-    with open(path, "rb") as f:
+    with open_input(str(path)) as f:
         lines = _Lines(f, str(path), errors)
         try:
             return next(_table_reader(lines, fmt))

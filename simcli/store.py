@@ -202,8 +202,12 @@ def _jsonl_row(rid: int, r: Record) -> str:
     )
 
 
-def _write_shard(out: Path, k: int, first: int, block: list[Record], vectors: np.ndarray) -> dict[str, Any]:
-    """Write both files of shard k atomically; return its manifest entry."""
+def write_shard(
+    out: Path, k: int, first: int, block: Sequence[Record], vectors: np.ndarray
+) -> dict[str, Any]:
+    """Write both files of shard k (rows `first`.. of `block`) atomically; return its manifest entry.
+
+    The caller adds the entry's "truncated" count and "computed_with" before `StoreWriter.add`."""
     import numpy as np
 
     name = _shard_name(k)
@@ -298,7 +302,7 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> Non
             raise ManifestMismatch(f"{out}: cannot resume: {key} was {was!r}, now {now!r} ({hint})")
 
 
-def _check_same_dtype(done: list[dict[str, Any]], dtype: str, out: Path) -> None:
+def check_same_dtype(done: list[dict[str, Any]], dtype: str, out: Path) -> None:
     # The dtype changes every vector (bf16 rounds to 3 significant digits): a silently mixed store is not the
     # store an uninterrupted run would have made, so it is refused like any other option change.
     was = next((s["computed_with"]["dtype"] for s in done if "computed_with" in s), None)
@@ -311,14 +315,8 @@ def _check_same_dtype(done: list[dict[str, Any]], dtype: str, out: Path) -> None
 
 def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Record]) -> None:
     """A finished shard must hold exactly the rows the input gives now (else the input changed)."""
+    check_finished_files(out, entry, first, len(block))
     name = entry["name"]
-    for ext in ("npy", "jsonl"):
-        _check_file(out / f"{name}.{ext}", entry[f"{ext}_bytes"], entry[f"{ext}_sha256"])
-    if entry["first_id"] != first or entry["count"] != len(block):
-        raise ManifestMismatch(
-            f"{out}: cannot resume: {name} holds ids {entry['first_id']}..+{entry['count']}, the input now "
-            f"gives {first}..+{len(block)} (input changed; use --overwrite to start again)"
-        )
     with open(out / f"{name}.jsonl", encoding="utf-8") as f:
         for line, rec in zip(f, block, strict=True):
             row = json.loads(line)
@@ -327,6 +325,18 @@ def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Re
                     f"{out}: cannot resume: {rec.source}:{rec.line} is not the text of id {row['id']} in "
                     f"{name}.jsonl (input changed; use --overwrite to start again)"
                 )
+
+
+def check_finished_files(out: Path, entry: dict[str, Any], first: int, count: int) -> None:
+    """A finished shard's files are whole (sizes, sha256) and hold the ids `first`..+`count`."""
+    name = entry["name"]
+    for ext in ("npy", "jsonl"):
+        _check_file(out / f"{name}.{ext}", entry[f"{ext}_bytes"], entry[f"{ext}_sha256"])
+    if entry["first_id"] != first or entry["count"] != count:
+        raise ManifestMismatch(
+            f"{out}: cannot resume: {name} holds ids {entry['first_id']}..+{entry['count']}, the input now "
+            f"gives {first}..+{count} (input changed; use --overwrite to start again)"
+        )
 
 
 def _check_file(path: Path, size: int, sha256: str | None = None) -> None:
@@ -338,6 +348,70 @@ def _check_file(path: Path, size: int, sha256: str | None = None) -> None:
         raise CorruptArtifact(f"{path}: truncated or altered ({actual} bytes, the manifest says {size})")
     if sha256 is not None and _sha256_file(path) != sha256:
         raise CorruptArtifact(f"{path}: altered (sha256 differs from the manifest)")
+
+
+def store_header(
+    spec: ModelSpec,
+    store_dtype: str,
+    normalize: bool,
+    shard_size: int,
+    shard: tuple[int, int] | None,
+    inputs: Sequence[str | Path],
+    read_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest fields a store's writer fixes before the first shard (compared on --resume)."""
+    return new_manifest(
+        KIND,
+        model=spec.to_dict(),
+        store_dtype=store_dtype,
+        normalized=normalize,
+        dim=spec.dim,
+        shard_size=shard_size,
+        shard_of=list(shard) if shard is not None else None,
+        inputs=_describe_inputs(inputs),
+        read=dict(read_options or {}),
+    )
+
+
+class StoreWriter:
+    """The manifest side of writing a store folder, shared by every engine that writes shards.
+
+    Opening prepares the folder (cleared for a fresh run, checked and kept for `resume`) and writes the
+    first, empty manifest; `add` lists a shard whose files have landed (shards are listed in id order, as
+    a contiguous run from shard 0, so any engine can resume any other's run); `save(complete=True)` ends it.
+    """
+
+    def __init__(self, out: Path, header: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+        self.out, self.header = out, header
+        old = _prepare_folder(out, resume, overwrite)
+        self.resumed = old is not None
+        self.done: list[dict[str, Any]] = []
+        if old is not None:
+            _check_resumable(old, header, out)
+            _remove_temporaries(out)
+            self.done = list(old.get("shards", []))
+        else:
+            self.save(complete=False)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """List the next shard (its files written) and save the manifest."""
+        self.done.append(entry)
+        self.save(complete=False)
+
+    def save(self, complete: bool, empty_skipped: int = 0) -> None:
+        done = self.done
+        atomic_write_json(
+            self.out / MANIFEST,
+            {
+                **self.header,
+                "count": sum(s["count"] for s in done),
+                "empty_lines_kept": sum(s["empty"] for s in done),
+                "empty_lines_skipped": empty_skipped,
+                "truncated": sum(s["truncated"] for s in done),
+                "complete": complete,
+                "shards": done,
+            },
+        )
 
 
 def encode_to_store(
@@ -389,42 +463,11 @@ def encode_to_store(
     _check_options(shard_size, store_dtype, shard)
     out = Path(out)
     spec: ModelSpec = encoder.spec
-    header = new_manifest(
-        KIND,
-        model=spec.to_dict(),
-        store_dtype=store_dtype,
-        normalized=normalize,
-        dim=spec.dim,
-        shard_size=shard_size,
-        shard_of=list(shard) if shard is not None else None,
-        inputs=_describe_inputs(inputs),
-        read=dict(read_options or {}),
-    )
-    old = _prepare_folder(out, resume, overwrite)
-    done: list[dict[str, Any]] = []
-    if old is not None:
-        _check_resumable(old, header, out)
-        _remove_temporaries(out)
-        done = list(old.get("shards", []))
-        if not allow_mixed:
-            _check_same_dtype(done, computed_with(encoder)["dtype"], out)
-
-    def save(complete: bool, empty_skipped: int = 0) -> None:
-        atomic_write_json(
-            out / MANIFEST,
-            {
-                **header,
-                "count": sum(s["count"] for s in done),
-                "empty_lines_kept": sum(s["empty"] for s in done),
-                "empty_lines_skipped": empty_skipped,
-                "truncated": sum(s["truncated"] for s in done),
-                "complete": complete,
-                "shards": done,
-            },
-        )
-
-    if old is None:
-        save(complete=False)
+    header = store_header(spec, store_dtype, normalize, shard_size, shard, inputs, read_options)
+    writer = StoreWriter(out, header, resume=resume, overwrite=overwrite)
+    done = writer.done
+    if writer.resumed and not allow_mixed:
+        check_same_dtype(done, computed_with(encoder)["dtype"], out)
     counts = EncodeStats()
     shards: list[tuple[int, int]] = []  # (k, first id) of each block handed to the encoder
     state = {"blocks": 0, "skipped": 0}
@@ -449,13 +492,12 @@ def encode_to_store(
         k, first = shards.pop(0)
         if vectors.shape != (len(block), spec.dim):
             raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})")
-        entry = _write_shard(out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype))
+        entry = write_shard(out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype))
         entry["truncated"] = counts.truncated - truncated_before
         truncated_before = counts.truncated
         # informational (not checked on --resume): which device and dtype computed this shard's vectors
         entry["computed_with"] = computed_with(encoder)
-        done.append(entry)
-        save(complete=False)
+        writer.add(entry)
         written += 1
     k = state["blocks"] - 1
     skipped = state["skipped"]
@@ -465,7 +507,7 @@ def encode_to_store(
             f"{len(done)} shards (input changed; use --overwrite to start again)"
         )
     empty_skipped = read_stats.empty_skipped if read_stats is not None else 0
-    save(complete=True, empty_skipped=empty_skipped)
+    writer.save(complete=True, empty_skipped=empty_skipped)
     return StoreSummary(
         out=out,
         count=sum(s["count"] for s in done),
@@ -482,6 +524,23 @@ def encode_to_store(
 
 
 # -- reading ---------------------------------------------------------------------------------------------
+
+
+def load_shard_vectors(folder: Path, entry: dict[str, Any], dim: int, store_dtype: str) -> np.ndarray:
+    """One shard's vectors as float32 (count, dim), checked against its manifest entry."""
+    import numpy as np
+
+    npy = folder / f"{entry['name']}.npy"
+    try:
+        v = np.load(npy, allow_pickle=False)
+    except FileNotFoundError:
+        raise CorruptArtifact(f"{npy}: missing") from None
+    except (OSError, ValueError) as e:
+        raise CorruptArtifact(f"{npy}: unreadable ({e})") from None
+    want = (int(entry["count"]), dim)
+    if v.shape != want or v.dtype != np.dtype(store_dtype):
+        raise CorruptArtifact(f"{npy}: holds {v.dtype} {v.shape}, the manifest says {store_dtype} {want}")
+    return v.astype(np.float32, copy=False)
 
 
 @dataclass
@@ -600,20 +659,7 @@ class VectorStore:
 
     # -- data --------------------------------------------------------------------------------------------
     def _load_vectors(self, shard: _Shard) -> np.ndarray:
-        import numpy as np
-
-        try:
-            v = np.load(shard.npy, allow_pickle=False)
-        except FileNotFoundError:
-            raise CorruptArtifact(f"{shard.npy}: missing") from None
-        except (OSError, ValueError) as e:
-            raise CorruptArtifact(f"{shard.npy}: unreadable ({e})") from None
-        want = (int(shard.entry["count"]), self.dim)
-        if v.shape != want or v.dtype != np.dtype(self.store_dtype):
-            raise CorruptArtifact(
-                f"{shard.npy}: holds {v.dtype} {v.shape}, the manifest says {self.store_dtype} {want}"
-            )
-        return v.astype(np.float32, copy=False)
+        return load_shard_vectors(shard.folder, shard.entry, self.dim, self.store_dtype)
 
     def _load_records(self, shard: _Shard) -> list[StoredRecord]:
         try:
@@ -628,6 +674,11 @@ class VectorStore:
         if [r.id for r in records] != list(range(first, first + count)):
             raise CorruptArtifact(f"{shard.jsonl}: rows do not match the manifest (ids {first}..+{count})")
         return records
+
+    def shard_files(self) -> list[tuple[Path, dict[str, Any]]]:
+        """(folder, manifest entry) of every shard, in id order: what a worker needs to read one shard
+        (`load_shard_vectors`) without opening the whole store."""
+        return [(s.folder, dict(s.entry)) for s in self._shards]
 
     def iter_shards(self) -> Iterator[tuple[list[StoredRecord], np.ndarray]]:
         """(records, float32 vectors (n, dim)) shard by shard, in id order."""
@@ -674,10 +725,15 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "DEFAULT_STORE_DTYPE",
     "StoreSummary",
+    "StoreWriter",
     "StoredRecord",
     "VectorStore",
+    "check_finished_files",
     "check_output_folder",
     "encode_records",
     "encode_to_store",
+    "load_shard_vectors",
     "parse_shard",
+    "store_header",
+    "write_shard",
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,23 @@ class MomentAccumulator:
         # NaN/Inf anywhere in the chunk propagates to its mean or to the diagonal: no extra pass over it
         if not (np.isfinite(mean_b).all() and np.isfinite(np.trace(m2_b))):
             raise BadInput("whitening: the vectors contain NaN or Inf")
+        self._combine(m, mean_b, m2_b)
+
+    def merge(self, other: MomentAccumulator) -> None:
+        """Add the moments another accumulator gathered (e.g. on another worker), as if its vectors had been
+        added here: the same pairwise update as between batches."""
+        if other.n == 0 or other._mean is None or other._m2 is None:
+            return
+        if self.dim is None:
+            self.dim = other.dim
+        if other.dim != self.dim:
+            raise BadInput(f"whitening: moments of dimension {other.dim} after dimension {self.dim}")
+        if not self._fixed_eps:
+            self.eps = max(self.eps, other.eps)
+        self._combine(other.n, other._mean.copy(), other._m2.copy())
+
+    def _combine(self, m: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        """Chan et al.'s update: these moments and those of m more rows (their mean, centred sum)."""
         if self._mean is None or self._m2 is None:
             self.n, self._mean, self._m2 = m, mean_b, m2_b
             return
@@ -458,8 +475,11 @@ def fit_store(
     beta: float = 1.0,
     gamma: float = 1.0,
     clamp: bool = False,
+    moments: Callable[[Any, float], MomentAccumulator] | None = None,
 ) -> Whitening:
     """Fit on the vectors of a store folder (`simcli encode --out`), shard by shard.
+
+    `moments(store, eps)` gathers the store's moments some other way (on Ray: simcli.scale.whiten).
 
     Raises:
         BadInput: the store holds L2-normalised vectors (kexue.fm/archives/8069: whitening is fitted on raw vectors).
@@ -475,9 +495,13 @@ def fit_store(
             "(re-encode without --normalize)"
         )
     # float16 shards carry float16 rounding noise even though they are read as float32
-    acc = MomentAccumulator(store.dim, eps=float(np.finfo(np.dtype(store.store_dtype)).eps))
-    for batch in store.iter_vectors():
-        acc.add(batch)
+    eps = float(np.finfo(np.dtype(store.store_dtype)).eps)
+    if moments is not None:
+        acc = moments(store, eps)
+    else:
+        acc = MomentAccumulator(store.dim, eps=eps)
+        for batch in store.iter_vectors():
+            acc.add(batch)
     return Whitening.from_moments(
         acc, dim=dim, beta=beta, gamma=gamma, spec=store.spec, clamp=clamp, source=str(path)
     )

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +20,8 @@ HEAVY = (
     "tokenizers",
     "fastapi",
     "uvicorn",
+    "ray",
+    "pyarrow",
 )
 
 
@@ -103,6 +106,55 @@ print("FORCED", ",".join(m for m in ("transformers",) if m in sys.modules))
     assert lines[0] == "花呗怎么还款" and lines[1].split()[0] == "1", out.stdout
     assert (tmp_path / "out.tsv").read_text(encoding="utf-8").startswith("text\tlabel\tsource_row\tscore\n")
     assert lines[-2:] == ["LOADED ", "FORCED transformers"], out.stdout
+
+
+def test_without_ray_flag_nothing_imports_ray(tmp_path: Path, wobert_dir: Path) -> None:
+    """encode, whiten fit and index build without --ray import neither Ray nor pyarrow (simcli.scale is
+    only for --ray); importing simcli.scale.runtime at the end shows the check can fail."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"今天天气很好{i}\n" for i in range(40)), encoding="utf-8")
+    store, whiten, index = tmp_path / "c.vec", tmp_path / "c.whiten", tmp_path / "c.idx"
+    code = f"""
+import sys
+from simcli.cli import main
+
+def run(*args):
+    sys.argv = ["simcli", *args]
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+
+run("encode", {str(corpus)!r}, "-m", {str(wobert_dir)!r}, "--out", {str(store)!r}, "--shard-size", "16")
+run("whiten", "fit", {str(store)!r}, "--dim", "8", "--out", {str(whiten)!r})
+run("index", "build", {str(store)!r}, "--whitening", {str(whiten)!r}, "--out", {str(index)!r})
+print("LOADED", ",".join(m for m in ("ray", "pyarrow", "simcli.scale") if m in sys.modules))
+import simcli.scale.runtime
+print("FORCED", ",".join(m for m in ("simcli.scale",) if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-2:] == ["LOADED ", "FORCED simcli.scale"], out.stdout
+
+
+def test_ray_flag_without_ray_is_one_line_naming_the_extra(
+    tmp_path: Path, wobert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simcli.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("今天天气很好\n", encoding="utf-8")
+    for args in (
+        ["encode", str(corpus), "-m", str(wobert_dir), "--out", str(tmp_path / "o.vec"), "--ray", "local"],
+        ["whiten", "fit", str(tmp_path), "--out", str(tmp_path / "w"), "--ray", "auto"],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert (
+            result.output.strip().splitlines()[-1]
+            == "simcli: error: --ray needs Ray: pip install -e '.[ray]'"
+        )
 
 
 def test_help_lists_every_command() -> None:

@@ -160,3 +160,11 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 WhiteningFileOpt = Annotated[
     Path | None, typer.Option("--whitening", help="Whitening file from `simcli whiten fit`.")
 ]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Run on Ray: local (a runtime on this machine), auto (the running cluster, else local) or a "
+        "cluster address (`pip install -e '.[ray]'`); the store must be on a filesystem every worker sees.",
+    ),
+]

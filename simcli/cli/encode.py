@@ -26,13 +26,14 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import UsageError
-from simcli.io import Errors, count_rows
+from simcli.io import Errors, count_rows, is_uri
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn, StoreDType
 
 if TYPE_CHECKING:
     from simcli.io import ReadStats
     from simcli.models.encoder import Encoder
+    from simcli.store import StoreSummary
 
 
 def _shard_option(value: str | None) -> str | None:
@@ -61,6 +62,8 @@ def _expected_rows(
     paths: Sequence[str], column: str | None, shard: tuple[int, int] | None, size: int
 ) -> int | None:
     """Rows the reader will give to this worker, for the ETA; None when reading stdin."""
+    if any(is_uri(p) for p in paths):
+        return None
     total = count_rows(paths, column)
     if shard is None or total is None:
         return total
@@ -180,6 +183,28 @@ def encode(
     errors: Annotated[
         Errors, typer.Option("--errors", help="Invalid UTF-8: fail, or replace with U+FFFD.")
     ] = "strict",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Encode on Ray: local (a runtime on this machine), auto (the running cluster, else local) "
+            "or a cluster address. Inputs may then be parquet or URIs (s3://, gs://); --out must be a "
+            "folder every worker sees.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="With --ray: encoder actors (default: a GPU or 4 CPUs each)."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", min=0, help="With --ray: GPUs of each actor.")
+    ] = 0,
+    cpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            "--cpus-per-worker", min=0.01, help="With --ray: CPUs (and torch threads) of each actor."
+        ),
+    ] = None,
 ) -> None:
     """Encode sentences into a vector store folder (or JSON lines with --json).
 
@@ -196,6 +221,25 @@ def encode(
         if json_lines and (resume or overwrite):
             raise UsageError("--resume and --overwrite apply to --out, not --json")
         split = parse_shard(shard) if shard is not None else None
+        if ray_address is None and (workers is not None or gpus_per_worker or cpus_per_worker is not None):
+            raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker apply with --ray")
+        if ray_address is not None:
+            if out is None or split is not None:
+                raise UsageError("--ray writes a store: give --out, not --json or --shard")
+            from simcli.cli.encode_ray import encode_on_ray
+
+            encode_on_ray(
+                ray_address, inputs, out,
+                config=EncoderConfig(
+                    model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device,
+                    dtype=dtype, batch_tokens=batch_tokens,
+                ),
+                whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
+                resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
+                read_options={"column": column, "field": field, "errors": errors, "skip_empty": skip_empty},
+                workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+            )  # fmt: skip
+            return
         if out is not None:
             check_output_folder(out, resume=resume, overwrite=overwrite)
         read_options = {"column": column, "field": field, "errors": errors, "skip_empty": skip_empty}
@@ -239,13 +283,17 @@ def encode(
                 progress=progress,
                 allow_mixed=allow_mixed,
             )
-        _warn_counts(summary.empty_kept, summary.empty_skipped, summary.truncated, enc.max_length)
-        earlier = f", {summary.shards_skipped} finished earlier" if summary.shards_skipped else ""
-        _note(
-            f"wrote {counted(summary.count, 'vector')} (dim {summary.dim}, {store_dtype}) in "
-            f"{counted(summary.shards, 'shard')} "
-            f"to {out}{earlier}"
-        )
+        summarize(summary, store_dtype, enc.max_length)
+
+
+def summarize(summary: StoreSummary, store_dtype: str, max_length: int) -> None:
+    """The warnings and the summary line of a store written by `simcli encode` (with or without --ray)."""
+    _warn_counts(summary.empty_kept, summary.empty_skipped, summary.truncated, max_length)
+    earlier = f", {summary.shards_skipped} finished earlier" if summary.shards_skipped else ""
+    _note(
+        f"wrote {counted(summary.count, 'vector')} (dim {summary.dim}, {store_dtype}) in "
+        f"{counted(summary.shards, 'shard')} to {summary.out}{earlier}"
+    )
 
 
 def _encode_json(

@@ -20,6 +20,7 @@ from simcli.cli._app import (
     MaxLengthOpt,
     ModelOpt,
     PoolingOpt,
+    RayOpt,
     TokenizerOpt,
     WhiteningFileOpt,
     app,
@@ -137,6 +138,7 @@ def build(
         ),
     ] = False,
     json_out: JsonOpt = False,
+    ray_address: RayOpt = None,
 ) -> None:
     """Build a cosine index folder from text (with --model) or from a vector store.
 
@@ -154,6 +156,15 @@ def build(
                 pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
                 batch_tokens=batch_tokens,
             )  # fmt: skip
+        ray = None
+        if ray_address is not None:
+            if model is not None or not (len(inputs) == 1 and Path(inputs[0]).is_dir()):
+                raise UsageError(
+                    "--ray builds from one vector store folder (`simcli encode --ray` makes one)"
+                )
+            from simcli.scale.runtime import connect
+
+            ray = connect(ray_address)
         with progress_bar() as bar:
             idx = Index.build(
                 inputs,
@@ -168,6 +179,7 @@ def build(
                 csls=csls,
                 progress=_bar_progress(bar),
                 log=_note,
+                ray=ray,
             )
         info = idx.info()
         if json_out:

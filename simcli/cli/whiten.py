@@ -16,6 +16,7 @@ from simcli.cli._app import (
     MaxLengthOpt,
     ModelOpt,
     PoolingOpt,
+    RayOpt,
     TokenizerOpt,
     app,
     from_environment,
@@ -95,6 +96,7 @@ def fit(
     ] = None,
     field: Annotated[str | None, typer.Option("--field", help="jsonl field holding the text.")] = None,
     json_out: JsonOpt = False,
+    ray_address: RayOpt = None,
 ) -> None:
     """Fit whitening on raw sentence vectors and save it.
 
@@ -111,8 +113,16 @@ def fit(
                 raise UsageError(f"a store folder ({stores[0]}) must be the only SOURCE")
             if model is not None and not from_environment(ctx, "model"):  # SIMCLI_MODEL applies to text only
                 raise UsageError("--model is for text sources: a store records its model")
-            w = whitening.fit_store(stores[0], dim=dim, beta=beta, gamma=gamma, clamp=clamp)
+            moments = None
+            if ray_address is not None:
+                from simcli.scale.runtime import connect
+                from simcli.scale.whiten import moments_on_ray
+
+                moments = moments_on_ray(connect(ray_address))
+            w = whitening.fit_store(stores[0], dim=dim, beta=beta, gamma=gamma, clamp=clamp, moments=moments)
         else:
+            if ray_address is not None:
+                raise UsageError("--ray fits on a vector store folder (`simcli encode --ray` makes one)")
             if model is None:
                 raise UsageError("text sources need --model (or give a store folder)")
             config = EncoderConfig(model).with_options(

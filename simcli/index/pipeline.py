@@ -100,8 +100,13 @@ def build(
     model_path: str | None,
     overwrite: bool,
     log: Log,
+    fill: Callable[[faiss.Index], faiss.Index | None] | None = None,
 ) -> IndexManifest:
-    """Build the index folder `out` from a source and its whitening; returns the manifest written."""
+    """Build the index folder `out` from a source and its whitening; returns the manifest written.
+
+    `fill(trained)` adds the source's vectors to the trained, empty index some other way and returns the
+    filled index (on Ray: simcli.scale.index), or None to add them here.
+    """
     with prepare(src, whitening, out) as prepared:
         vectors = prepared.vectors
         dim = vectors.shape[1]
@@ -121,7 +126,11 @@ def build(
                 builder.train(device_index, vectors[train_ids])
             log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
         queries = np.ascontiguousarray(vectors[tune_ids])
-        builder.add(device_index, prepared.blocks())
+        filled = fill(builder.to_cpu(device_index, on_gpu)) if fill is not None else None
+        if filled is None:
+            builder.add(device_index, prepared.blocks())
+        else:
+            device_index, on_gpu = builder.to_device(filled)
         params: dict[str, int] = {}
         recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
         if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):

@@ -135,6 +135,7 @@ class Index:
         csls: bool = False,
         progress: ProgressFn | None = None,
         log: Log | None = None,
+        ray: Any = None,
     ) -> Index:
         """Build an index folder from raw vectors, a vector store or text, and return it loaded.
 
@@ -154,6 +155,8 @@ class Index:
             csls: also compute the CSLS radii (`hubness`), for `search(rerank="csls")`.
             progress: called with (sentences, tokens) while encoding text.
             log: called with one-line notes (the CLI prints them on stderr).
+            ray: a connected ray module (`simcli.scale.runtime.connect`): a store's shards are added to
+                copies of the trained index by Ray tasks and merged (`simcli.scale.index`).
 
         Raises:
             UsageError, BadInput, ManifestMismatch, OutputExists: bad options, inputs or folders.
@@ -166,6 +169,13 @@ class Index:
         whiten_value(whiten)
         enc_options = dict(encoder_options or {})
         used: list[Any] = []
+        if ray is not None:
+            given = [source] if isinstance(source, str | Path) else source
+            if isinstance(source, np.ndarray) or len(given) != 1 or not is_store(given[0]):
+                raise UsageError(
+                    "--ray builds from one vector store folder (`simcli encode --ray` makes one)"
+                )
+            ray_store = given[0]
 
         def get_encoder() -> Any:
             used.append(build_encoder(model, enc_options, log))
@@ -188,7 +198,13 @@ class Index:
         choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
-        pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log)
+        fill = None
+        if ray is not None:
+            from simcli.scale.index import filler_on_ray
+            from simcli.store import VectorStore
+
+            fill = filler_on_ray(ray, VectorStore.open(ray_store), w, log)
+        pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log, fill=fill)
         built = cls.load(out, verify=False)
         if csls:
             built.hubness(log=log)
