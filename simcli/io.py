@@ -222,20 +222,8 @@ def read_records(
     for path, fmt in zip(paths, formats, strict=True):
         if fmt in ("tsv", "csv") and str(path) != STDIN:
             _check_header(str(path), fmt, column, errors)
-    return _records(paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats())
-
-
-def _records(
-    paths: Sequence[str | Path],
-    formats: list[str],
-    column: str | int | None,
-    field: str,
-    errors: str,
-    skip_empty: bool,
-    stats: ReadStats,
-) -> Iterator[Record]:
-    for _, _, rec in positioned_records(paths, formats, column, field, errors, skip_empty, stats):
-        yield rec
+    rows = positioned_records(paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats())
+    return (rec for _, _, rec in rows)
 
 
 def positioned_records(

@@ -47,3 +47,16 @@ def distinct_sentences(n: int) -> list[str]:
             break
         chosen[s] = None
     return list(chosen)[:n]
+
+
+def lcqmc_sentences(n: int) -> list[str]:
+    """The first n distinct sentences of LCQMC test (then valid): distinct, because simcli encodes a repeated
+    sentence once and the benches compare model throughput."""
+    out: dict[str, None] = {}
+    for split in ("LCQMC.test.data", "LCQMC.valid.data"):
+        with open(DATA / "LCQMC" / split, encoding="utf-8") as f:
+            for line in f:
+                out.update(dict.fromkeys(line.rstrip("\n").split("\t")[:2]))
+                if len(out) >= n:
+                    return list(out)[:n]
+    return list(out)
