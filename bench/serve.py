@@ -113,8 +113,6 @@ def m3e_small(given: str | None) -> Path:
     return folder
 
 
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -222,7 +222,9 @@ def read_records(
     for path, fmt in zip(paths, formats, strict=True):
         if fmt in ("tsv", "csv") and str(path) != STDIN:
             _check_header(str(path), fmt, column, errors)
-    rows = positioned_records(paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats())
+    rows = positioned_records(
+        paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats()
+    )
     return (rec for _, _, rec in rows)
 
 
