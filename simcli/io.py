@@ -267,6 +267,54 @@ def _filesystem(uri: str) -> tuple[Any, str]:
         raise BadInput(f"{uri}: {' '.join(str(e).split())}") from None
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
+def expand_uri_globs(paths: Sequence[str]) -> list[str]:
+    """The inputs with each URI pattern (s3://bucket/corpus/*.jsonl: the shell cannot expand it) replaced by
+    the files it matches on that filesystem, sorted; local paths and plain URIs are kept as given.
+
+    Raises:
+        BadInput: a pattern that matches no file.
+    """
+    out: list[str] = []
+    for path in paths:
+        if not is_uri(path) or not GLOB_CHARS & set(path.split("://", 1)[1]):
+            out.append(path)
+            continue
+        out.extend(_uri_matches(path))
+    return out
+
+
+def _uri_matches(pattern: str) -> list[str]:
+    import fnmatch
+
+    from pyarrow import fs
+
+    scheme, rest = pattern.split("://", 1)
+    path, query = (
+        rest.split("?", 1) if "?" in rest else (rest, "")
+    )  # ?endpoint_override=... stays on each file
+    suffix = f"?{query}" if query else ""
+    # pyarrow's paths are the URI's without "scheme://" (s3: bucket/key; file: /abs/path); the folder above
+    # the first wildcard is listed, recursively when a folder name below it holds a wildcard too
+    folder = path[: min(path.index(c) for c in GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+    filesystem, root = _filesystem(f"{scheme}://{folder}{suffix}")
+    wanted = root.rstrip("/") + path[len(folder) :]
+    try:
+        infos = filesystem.get_file_info(
+            fs.FileSelector(root, recursive="/" in path[len(folder) + 1 :], allow_not_found=True)
+        )
+    except OSError as e:
+        raise BadInput(f"{pattern}: cannot list ({' '.join(str(e).split())})") from None
+    found = sorted(
+        i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatchcase(i.path, wanted)
+    )
+    if not found:
+        raise BadInput(f"{pattern}: no file matches")
+    return [f"{scheme}://{p}{suffix}" for p in found]
+
+
 def check_input(path: str) -> None:
     """BadInput naming the input unless it is a readable file (a local path or a URI)."""
     if not is_uri(path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,25 @@ def model_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 endpoint on localhost (moto's server; no network), for s3:// inputs: AWS_ENDPOINT_URL and test
+    credentials are set for the session, so pyarrow (and Ray workers started afterwards) reach it as they
+    would reach S3 or MinIO. Returns the endpoint URL."""
+    pytest.importorskip("pyarrow", reason="s3:// inputs need pyarrow (pip install -e '.[ray]')")
+    server_module = pytest.importorskip("moto.server", reason="moto is in the dev extra")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        try:
+            yield url
+        finally:
+            server.stop()

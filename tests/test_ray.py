@@ -7,7 +7,6 @@ Skipped when Ray is not installed; CI installs the ray extra.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from simcli.cli import app
 from simcli.io import ReadStats, read_records
 from simcli.store import VectorStore, encode_to_store
 from simcli.types import EncoderConfig
+from tests.object_store import upload_to_s3
 
 SHARD = 9
 COMMON = ["--dtype", "float32", "--max-length", "24", "--shard-size", str(SHARD)]
@@ -34,27 +34,50 @@ def _crash_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def crash_flag(_crash_dir: Path) -> Path:
-    """The file whose existence makes one actor exit (simcli.scale.encode.FAULT_EXIT_ONCE)."""
+    """The file whose existence makes one actor exit mid-shard (see `_exit_once_hook`)."""
     return _crash_dir / "exit-once"
 
 
+def _exit_once_hook(flag: str) -> Any:
+    """A Ray worker setup hook: in every worker, the encode actor's shard reader is wrapped so that the first
+    shard read while `flag` exists removes it and kills the worker (os._exit, as if killed from outside),
+    leaving that shard to Ray's retry. The fault lives here, in the test; the closure is pickled by value."""
+
+    def arm() -> None:
+        import os
+
+        from simcli.scale import encode
+
+        read = encode.read_shard
+
+        def read_or_die(plan: Any, options: Any) -> Any:
+            try:
+                os.remove(flag)
+            except FileNotFoundError:
+                return read(plan, options)
+            os._exit(1)
+
+        encode.read_shard = read_or_die
+
+    return arm
+
+
 @pytest.fixture(scope="module")
-def ray_runtime(_crash_dir: Path) -> Iterator[Any]:
+def ray_runtime(_crash_dir: Path, s3_endpoint: str) -> Iterator[Any]:
+    """A 2-CPU runtime whose workers see the S3 endpoint (they inherit the environment at start)."""
     import ray
 
-    from simcli.scale.encode import FAULT_EXIT_ONCE
     from simcli.scale.runtime import connect
 
-    # the workers inherit the runtime's environment: the fault injection is armed only by its flag file
-    os.environ[FAULT_EXIT_ONCE] = str(_crash_dir / "exit-once")
-    if ray.is_initialized():  # a runtime an earlier test left: this module's must see the variable above
+    if ray.is_initialized():  # a runtime an earlier test left: this module's workers need the hook below
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    hook = _exit_once_hook(str(_crash_dir / "exit-once"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": hook})  # fmt: skip
     try:
         yield connect("local")  # joins the runtime above, as the commands do
     finally:
         ray.shutdown()
-        del os.environ[FAULT_EXIT_ONCE]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +132,22 @@ def test_ray_store_equals_single_process(
     assert store.manifest["empty_lines_kept"] > 0 and store.manifest["truncated"] > 0
     assert "2 workers of 1 CPUs" in said
     assert f"wrote 64 vectors (dim 48, float32) in 8 shards to {out}" in said
+
+
+def test_ray_reads_an_s3_pattern_like_the_local_files(
+    ray_runtime: Any, tmp_path: Path, corpus: list[str], wobert_dir: Path, single_store: Path
+) -> None:
+    uris = upload_to_s3(corpus, "corpus", "in")
+    out = tmp_path / "r.vec"
+    run(["encode", "s3://corpus/in/*", "--model", str(wobert_dir), "--out", str(out), *COMMON, "--ray", "local",
+         "--workers", "2", "--cpus-per-worker", "1"])  # fmt: skip
+    a, b = VectorStore.open(out), VectorStore.open(single_store)
+    to_uri = dict(zip(corpus, uris))
+    assert [(r.id, r.text, to_uri[r.source], r.line) for r in b.iter_records()] == [
+        (r.id, r.text, r.source, r.line) for r in a.iter_records()
+    ]
+    np.testing.assert_allclose(a.vectors(), b.vectors(), rtol=0, atol=1e-6)
+    assert [i["path"] for i in a.manifest["inputs"]] == uris and a.manifest["count"] == b.manifest["count"]
 
 
 def test_skip_empty_and_whitening_on_ray(
@@ -229,22 +268,39 @@ def test_moments_merged_from_parts_equal_one_pass() -> None:
 
 @pytest.mark.parametrize(("kind", "whiten"), [("IVF4,Flat", "none"), ("IVF4,PQ4x4", "16"), ("flat", "16")])
 def test_ray_index_returns_the_hits_of_the_single_process_build(
-    ray_runtime: Any, tmp_path: Path, single_store: Path, kind: str, whiten: str
+    ray_runtime: Any,
+    tmp_path: Path,
+    single_store: Path,
+    kind: str,
+    whiten: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import faiss
 
-    from simcli.index import Index
+    from simcli.index import Index, pipeline
+    from simcli.whitening import Whitening
 
     single = Index.build(single_store, out=tmp_path / "s.idx", index=kind, whiten=whiten)
+
+    def corpus_in_one_array(*args: Any) -> Any:
+        raise AssertionError("index build --ray put the whole corpus in one array on the driver")
+
+    monkeypatch.setattr(pipeline, "prepare", corpus_in_one_array)  # the driver streams shard by shard
     on_ray = Index.build(single_store, out=tmp_path / "r.idx", index=kind, whiten=whiten, ray=ray_runtime)
     a, b = (
         faiss.read_index(str(tmp_path / "r.idx" / "index-1.faiss")),
         faiss.read_index(str(tmp_path / "s.idx" / "index-1.faiss")),
     )
     assert a.ntotal == b.ntotal == 64
+    if whiten != "none":  # fitted from moments merged on Ray: the single-process fit to round-off
+        wa, wb = (Whitening.load(tmp_path / f / "whitening-1.safetensors") for f in ("r.idx", "s.idx"))
+        np.testing.assert_allclose(wa.mu, wb.mu, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(
+            np.abs(wa.W), np.abs(wb.W), rtol=0, atol=1e-8
+        )  # eigenvector signs may flip
     if kind.startswith("IVF"):  # the same trained quantizer: the same centroids
         qa, qb = faiss.extract_index_ivf(a).quantizer, faiss.extract_index_ivf(b).quantizer
-        np.testing.assert_array_equal(qa.reconstruct_n(0, qa.ntotal), qb.reconstruct_n(0, qb.ntotal))
+        np.testing.assert_allclose(qa.reconstruct_n(0, qa.ntotal), qb.reconstruct_n(0, qb.ntotal), atol=1e-6)
     texts = [r.text for r in VectorStore.open(single_store).iter_records()]
     queries = texts[:20]
     got, want = on_ray.search(queries, k=10), single.search(queries, k=10)

@@ -213,8 +213,10 @@ def encode(
     With --whitening FILE (from `simcli whiten fit`) the vectors are whitened and L2-normalised.
     """
     with reported_errors():
-        from simcli.io import ReadStats, read_records
+        from simcli.io import ReadStats, expand_uri_globs, read_records
         from simcli.store import check_output_folder
+
+        inputs = expand_uri_globs(inputs)  # s3://bucket/corpus/*.jsonl: the shell cannot expand it
 
         if (out is None) == (not json_lines):
             raise UsageError("give --out DIR to write a store, or --json for JSON lines on stdout")

@@ -3,7 +3,8 @@
 Build: source (raw vectors) -> whitening (fitted, given or none) -> `prepare`: every vector whitened and
 L2-normalised ONCE into one array -> train on a sample of it, add it, tune the search parameter against exact
 search over it, keep it for lossy indexes -> the folder (`persist.write_generation`). `add` prepares the new
-vectors the same way, with the recorded whitening.
+vectors the same way, with the recorded whitening. When the vectors are added elsewhere (`fill`, on Ray), the
+driver streams them instead (`Streamed`): its memory is a chunk and the samples, not the corpus.
 """
 
 from __future__ import annotations
@@ -60,6 +61,35 @@ class Prepared:
             yield self.vectors[start : start + size]
             start += size
 
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of sorted ids (a training or tuning sample)."""
+        return self.vectors[ids]
+
+
+@dataclass
+class Streamed:
+    """A source's vectors put in index space chunk by chunk on every pass: memory is one chunk plus the
+    samples taken, at the price of a whitening pass per use. For builds whose vectors are added elsewhere
+    (`index build --ray`), where the driver must not hold, or spill to disk, the whole corpus."""
+
+    src: Source
+    whitening: Any
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        for chunk in self.src.chunks():
+            yield to_index_space(chunk, self.whitening)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of sorted ids, bit for bit those of `Prepared.take` (whole chunks are transformed)."""
+        parts, start = [], 0
+        for block in self.blocks():
+            lo, hi = np.searchsorted(ids, [start, start + len(block)])
+            if hi > lo:
+                parts.append(block[ids[lo:hi] - start])
+            start += len(block)
+        dim = self.whitening.dim_out if self.whitening is not None else self.src.dim
+        return np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
+
 
 @contextlib.contextmanager
 def prepare(src: Source, whitening: Any, folder: Path) -> Iterator[Prepared]:
@@ -107,9 +137,11 @@ def build(
     `fill(trained)` adds the source's vectors to the trained, empty index some other way and returns the
     filled index (on Ray: simcli.scale.index), or None to add them here.
     """
-    with prepare(src, whitening, out) as prepared:
-        vectors = prepared.vectors
-        dim = vectors.shape[1]
+    vectors: contextlib.AbstractContextManager[Prepared | Streamed] = (
+        contextlib.nullcontext(Streamed(src, whitening)) if fill is not None else prepare(src, whitening, out)
+    )
+    with vectors as prepared:
+        dim = whitening.dim_out if whitening is not None else src.dim
         index = builder.make_index(choice, dim)
         device_index, on_gpu = builder.to_device(index)
         log(f"building on {'GPU' if on_gpu else 'CPU'}")
@@ -123,9 +155,9 @@ def build(
         faiss_said: list[str] = []
         if len(train_ids):
             with builder.faiss_stderr() as faiss_said:
-                builder.train(device_index, vectors[train_ids])
+                builder.train(device_index, prepared.take(train_ids))
             log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
-        queries = np.ascontiguousarray(vectors[tune_ids])
+        queries = np.ascontiguousarray(prepared.take(tune_ids))
         filled = fill(builder.to_cpu(device_index, on_gpu)) if fill is not None else None
         if filled is None:
             builder.add(device_index, prepared.blocks())

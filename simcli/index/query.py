@@ -194,16 +194,22 @@ class Index:
             progress=progress,
         )
         _warn_about(src, log)
-        w = fit_whitening(src, whiten, whitening, log)
+        moments = fill = None
+        if (
+            ray is not None
+        ):  # the whitening's moments and the adding on Ray; the driver never holds the corpus
+            from simcli.scale.index import filler_on_ray
+            from simcli.scale.whiten import store_moments_on_ray
+            from simcli.store import VectorStore
+
+            store = VectorStore.open(ray_store)
+            moments = store_moments_on_ray(ray, store)
+        w = fit_whitening(src, whiten, whitening, log, moments=moments)
         choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
-        fill = None
         if ray is not None:
-            from simcli.scale.index import filler_on_ray
-            from simcli.store import VectorStore
-
-            fill = filler_on_ray(ray, VectorStore.open(ray_store), w, log)
+            fill = filler_on_ray(ray, store, w, log)
         pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log, fill=fill)
         built = cls.load(out, verify=False)
         if csls:

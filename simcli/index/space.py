@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from simcli.index.manifest import WhiteningRecord
 from simcli.index.sources import Source
 from simcli.types import ModelSpec
 from simcli.vectors import l2_normalize
+
+if TYPE_CHECKING:
+    from simcli.whitening import MomentAccumulator
 
 WHITEN_AUTO_DIM = (
     256  # kexue.fm/archives/8069: whitening to 256-d cut memory 3x and search time ~4x at equal quality
@@ -63,13 +66,26 @@ def to_index_space(x: np.ndarray, whitening: Any) -> np.ndarray:
     return l2_normalize(np.asarray(x, dtype=np.float32))
 
 
-def fit_whitening(src: Source, whiten: str | int, whitening: str | Path | None, log: Log) -> Any:
+def fit_whitening(
+    src: Source,
+    whiten: str | int,
+    whitening: str | Path | None,
+    log: Log,
+    moments: Callable[[], MomentAccumulator] | None = None,
+) -> Any:
     """The Whitening to apply before normalising (None for none), following `--whiten` / `--whitening`.
 
     auto: none for supervised RoFormer-Sim and for plain arrays (no model to judge by); otherwise a fit on the
     corpus with the usual cut for the model's width, capped below the covariance rank (kexue.fm/archives/8069; the faiss wiki).
+    `moments()` gathers the source's moments some other way (on Ray: simcli.scale.whiten) instead of a pass
+    over its chunks here.
     """
     from simcli.whitening import Whitening
+
+    def fitted(dim: int | None, clamp: bool = False) -> Any:
+        if moments is not None:
+            return Whitening.from_moments(moments(), dim=dim, spec=src.spec, clamp=clamp, source=src.describe)
+        return Whitening.fit(src.chunks(), dim=dim, spec=src.spec, clamp=clamp, source=src.describe)
 
     how = whiten_value(whiten)
     if whitening is not None:
@@ -93,17 +109,13 @@ def fit_whitening(src: Source, whiten: str | int, whitening: str | Path | None, 
                 f"note: {src.describe} holds L2-normalised vectors; whitening needs raw ones, so none is applied"
             )
             return None
-        w = Whitening.fit(
-            src.chunks(), dim=whiten_auto_dim(src.dim), spec=src.spec, clamp=True, source=src.describe
-        )
+        w = fitted(whiten_auto_dim(src.dim), clamp=True)
         clamped = f" (lowered from {w.clamped_from}: rank {w.rank})" if w.clamped_from else ""
         log(f"whitening fitted on {w.n} vectors: {w.dim_in} -> {w.dim_out} dimensions{clamped}")
         return w
     if src.normalized:
         raise BadInput(f"{src.describe}: L2-normalised vectors; whitening must be fitted on raw vectors")
-    w = Whitening.fit(
-        src.chunks(), dim=None if how == "full" else int(how), spec=src.spec, source=src.describe
-    )
+    w = fitted(None if how == "full" else int(how))
     log(f"whitening fitted on {w.n} vectors: {w.dim_in} -> {w.dim_out} dimensions")
     return w
 

@@ -102,7 +102,6 @@ class ShardEncoder:
         results: dict[str, list[Any]] = {"entry": [], "tokens": [], "seconds": [], "worker": []}
         for text in batch["plan"]:
             plan = ShardPlan.from_json(str(text))
-            _fault_injection()
             rows = read_shard(plan, self.read_options)
             stats = EncodeStats()
             ((_, vectors),) = encode_blocks(
@@ -120,21 +119,6 @@ class ShardEncoder:
             results["seconds"].append(stats.seconds)
             results["worker"].append(os.getpid())
         return results
-
-
-#: Fault injection for the tests: when this variable names an existing file, the first actor to start a
-#: shard removes the file and exits at once (as if killed), leaving its shard to Ray's retry.
-FAULT_EXIT_ONCE = "SIMCLI_FAULT_EXIT_ONCE"
-
-
-def _fault_injection() -> None:
-    flag = os.environ.get(FAULT_EXIT_ONCE)
-    if flag:
-        try:
-            os.remove(flag)
-        except FileNotFoundError:
-            return
-        os._exit(1)
 
 
 def encode_store(

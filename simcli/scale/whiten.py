@@ -8,7 +8,7 @@ single-process one up to float64 round-off.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +52,12 @@ def moments_on_ray(ray: Any, cpus_per_task: float = 1.0) -> Any:
         return acc
 
     return moments
+
+
+def store_moments_on_ray(ray: Any, store: Any) -> Callable[[], MomentAccumulator]:
+    """The moments of a whole store gathered on Ray, for the whitening `index build --ray` fits
+    (`simcli.index.space.fit_whitening`), with the store dtype's precision as `simcli whiten fit` uses it."""
+    import numpy as np
+
+    eps = float(np.finfo(np.dtype(store.store_dtype)).eps)
+    return lambda: moments_on_ray(ray)(store, eps)
