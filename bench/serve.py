@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import random
+import shlex
 import shutil
 import socket
 import statistics
@@ -179,13 +180,15 @@ class Server:
         return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
 
 
-def servers(names: list[str], model: Path, infinity: str | None, dtype: str) -> list[Server]:
+def servers(
+    names: list[str], model: Path, infinity: str | None, dtype: str, simcli_args: str = ""
+) -> list[Server]:
     out = []
     for name in names:
         port = free_port()
         if name == "simcli":
             cmd = [sys.executable, "-m", "simcli", "serve", "--model", str(model), "--port", str(port)]
-            cmd += ["--pooling", "last-avg", "--dtype", dtype]
+            cmd += ["--pooling", "last-avg", "--dtype", dtype, *shlex.split(simcli_args)]
             out.append(Server("simcli", cmd, port, "/v1", "simcli"))
         elif name in ("st", "st1"):
             cmd = [sys.executable, "-c", ST_ENDPOINT, str(model), str(port)] + (
@@ -310,6 +313,7 @@ def main() -> None:
         default="openai",
         help="load generator: the openai package (as applications call it) or light keep-alive http.client",
     )
+    ap.add_argument("--simcli-args", default="", help="more `simcli serve` options, e.g. '--threads 2'")
     ap.add_argument("--memory-requests", type=int, default=20000, help="simcli RSS check length (0: skip)")
     args = ap.parse_args()
     if not (DATA / "LCQMC").is_dir():
@@ -331,7 +335,7 @@ def main() -> None:
     cpu: dict[tuple[str, int], list[float]] = {}
     single: dict[str, list[float]] = {}
     for rnd in range(args.repeats):
-        for server in servers(names, model, args.infinity, args.dtype):
+        for server in servers(names, model, args.infinity, args.dtype, args.simcli_args):
             with server:
                 run_load(server, requests[:32], 4, args.client)  # warm-up
                 _, lat = run_load(server, [[s] for s in short], 1, args.client)

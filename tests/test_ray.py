@@ -43,9 +43,14 @@ def _exit_once_hook(flag: str) -> Any:
     shard read while `flag` exists removes it and kills the worker (os._exit, as if killed from outside),
     leaving that shard to Ray's retry. The fault lives here, in the test; the closure is pickled by value."""
 
+    root = str(Path(__file__).resolve().parents[1])  # where simcli is when it is not installed
+
     def arm() -> None:
         import os
+        import sys
 
+        if root not in sys.path:  # the hook runs before Ray gives the worker the driver's paths
+            sys.path.append(root)
         from simcli.scale import encode
 
         read = encode.read_shard

@@ -106,3 +106,24 @@ def test_groups_are_consecutive_runs_of_near_equal_length() -> None:
         assert [x for part in g for x in part] == items
         assert len(g) == min(parts, 10)
         assert max(map(len, g)) - min(map(len, g)) <= 1
+
+
+class _Resources:
+    """What `ray.cluster_resources()` reports, the one thing `workers_for` asks of the runtime."""
+
+    def __init__(self, cpus: int, gpus: int = 0) -> None:
+        self.resources = {"CPU": float(cpus), "GPU": float(gpus)}
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+def test_the_default_pool_is_one_actor_a_cpu_or_a_gpu() -> None:
+    from simcli.scale.encode import Workers, workers_for
+
+    assert workers_for(_Resources(16), None, None, 0) == Workers(16, 1.0, 0.0)
+    assert workers_for(_Resources(16), 4, None, 0) == Workers(4, 4.0, 0.0)  # --workers alone: CPUs shared
+    assert workers_for(_Resources(16), None, 2, 0) == Workers(8, 2.0, 0.0)
+    assert workers_for(_Resources(16), None, 0.5, 0) == Workers(32, 0.5, 0.0)
+    assert workers_for(_Resources(16, gpus=4), None, None, 1) == Workers(4, 1.0, 1.0)
+    assert workers_for(_Resources(16, gpus=4), None, None, 0.5) == Workers(8, 1.0, 0.5)

@@ -235,3 +235,15 @@ def test_concurrent_searches_with_their_own_params_equal_index_search(
                 np.testing.assert_allclose([s for _, s in row], [h.score for h in hits], atol=2e-6)
         r = httpx.post(f"{running.url}/search", json={"index": "ivf", "queries": queries, "ef_search": 16})
         assert r.status_code == 400 and "efSearch" in r.json()["error"]["message"], r.text
+
+
+def test_model_threads_default_to_the_cores_shared_among_worker_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert ServeOptions().model_threads() == 8
+    assert ServeOptions(workers=3).model_threads() == 2
+    assert ServeOptions(workers=16).model_threads() == 1
+    assert ServeOptions(threads=5, workers=3).model_threads() == 5

@@ -194,7 +194,9 @@ def encode(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=1, help="With --ray: encoder actors (default: a GPU or 4 CPUs each)."),
+        typer.Option(
+            "--workers", min=1, help="With --ray: encoder actors (default: one a GPU, else one a CPU)."
+        ),
     ] = None,
     gpus_per_worker: Annotated[
         float, typer.Option("--gpus-per-worker", min=0, help="With --ray: GPUs of each actor.")

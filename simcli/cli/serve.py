@@ -91,8 +91,7 @@ def serve(
         typer.Option(
             "--threads",
             min=1,
-            help="torch threads of the model (default: every core but one, at least 1: the "
-            "other runs the HTTP side).",
+            help="torch threads of the model (default: the cores, shared among --workers processes).",
         ),
     ] = None,
     workers: Annotated[

@@ -50,8 +50,11 @@ class Workers:
 
 
 def workers_for(ray: Any, workers: int | None, cpus: float | None, gpus: float) -> Workers:
-    """The pool from the flags: by default one actor a GPU (with --gpus-per-worker), else actors of 4 CPUs
-    (all of them for a small runtime), the cluster's CPUs shared among the actors."""
+    """The pool from the flags: by default one actor a GPU (with --gpus-per-worker), else one actor a CPU.
+
+    One-thread actors, not a few many-thread ones: a sentence batch is too small a matrix product for torch's
+    threads to scale, so separate actors go further (bench/ray.py, 200,000 sentences on 2 cores: two 1-CPU
+    actors 302.7 sentences/s, one 2-CPU actor 233.1). Given --workers alone, the CPUs are shared among them."""
     total = cluster_cpus(ray)
     if gpus < 0 or (cpus is not None and cpus <= 0) or (workers is not None and workers < 1):
         raise SimcliError("--workers must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
@@ -59,7 +62,7 @@ def workers_for(ray: Any, workers: int | None, cpus: float | None, gpus: float) 
         if gpus > 0:
             workers = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
         else:
-            workers = max(1, total // int(cpus or 4))
+            workers = max(1, int(total // (cpus or 1)))
     if cpus is None:
         cpus = 1.0 if gpus > 0 else max(1.0, float(total // workers))
     return Workers(workers, float(cpus), float(gpus))
