@@ -59,6 +59,13 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="stop each setting after N steps of 32 pairs (default: one epoch)",
+    )
+    ap.add_argument("--skip-untrained", action="store_true", help="do not score the untrained model")
     ap.add_argument("--keep", type=Path, default=None, help="keep the trained models in this folder")
     args = ap.parse_args()
 
@@ -85,14 +92,15 @@ def main() -> None:
             return line
 
         print(header, flush=True)
-        base = scores(folder, args.test_limit)
-        table.append(row(f"{args.model} untrained", base, None))
+        base = None if args.skip_untrained else scores(folder, args.test_limit)
+        if base is not None:
+            table.append(row(f"{args.model} untrained", base, None))
         for setting in args.settings.split(","):
             loss, files = SETTINGS[setting]
             out = where / f"{args.model}-{setting}"
             start = time.perf_counter()
             _, record = train(
-                files, folder, out, loss=loss, epochs=1, batch_size=32, lr=2e-5, warmup=0.1, seed=args.seed,
+                files, folder, out, loss=loss, epochs=1, steps=args.steps, batch_size=32, lr=2e-5, warmup=0.1, seed=args.seed,
                 dtype=args.dtype, overwrite=True,
             )  # fmt: skip
             seconds = time.perf_counter() - start
