@@ -279,7 +279,8 @@ def expand_uri_globs(paths: Sequence[str]) -> list[str]:
     """
     out: list[str] = []
     for path in paths:
-        if not is_uri(path) or not GLOB_CHARS & set(path.split("://", 1)[1]):
+        # in a URI "?" starts the query (?endpoint_override=...): only the part before it can be a pattern
+        if not is_uri(path) or not GLOB_CHARS & set(path.split("://", 1)[1].split("?", 1)[0]):
             out.append(path)
             continue
         out.extend(_uri_matches(path))

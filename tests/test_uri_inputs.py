@@ -58,6 +58,8 @@ def test_an_s3_pattern_is_expanded_and_read_like_the_local_files(
     uris = upload_to_s3(local_inputs, "corpus", "2026/parts")
     assert expand_uri_globs(["s3://corpus/2026/parts/*"]) == uris  # sorted, as a shell sorts
     assert expand_uri_globs(["s3://corpus/2026/parts/*.jsonl", "x.txt"]) == [uris[2], "x.txt"]
+    plain = f"{uris[0]}?endpoint_override={s3_endpoint}"  # a query's "?" is not a wildcard
+    assert expand_uri_globs([plain]) == [plain]
     assert expand_uri_globs(["s3://corpus/*/parts/[ab].*"]) == uris[:2]  # a wildcard folder: listed deep
     encode(local_inputs, tmp_path / "local.vec", wobert_dir)
     said = encode(["s3://corpus/2026/parts/*"], tmp_path / "s3.vec", wobert_dir)
