@@ -2,9 +2,10 @@
 
     python bench/train_table.py                                  # m3e-small; cosent, softmax, softmax + NLI
     python bench/train_table.py --settings cosent --test-limit 2000
+    python bench/train_table.py --settings cosent --epochs 2 --skip-untrained
 
-Settings (each one epoch, batch 32, AdamW lr 2e-5, weight decay 0.01, 10% linear warm-up then decay, max length
-64, float32 unless --dtype):
+Settings (each one epoch unless --epochs, batch 32, AdamW lr 2e-5 unless --lr, weight decay 0.01, 10% linear
+warm-up then decay, max length 64, float32 unless --dtype):
     cosent        ATEC.train.partial.derived.data with the CoSENT loss
     softmax       the same file with the softmax loss on concat(u, v, |u-v|) (the RoFormer-Sim-FT recipe)
     softmax+nli   the recipe's mix: ATEC binary pairs and Chinese-SNLI NLI pairs, half of each batch each
@@ -65,6 +66,8 @@ def main() -> None:
         default=None,
         help="stop each setting after N steps of 32 pairs (default: one epoch)",
     )
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--skip-untrained", action="store_true", help="do not score the untrained model")
     ap.add_argument("--keep", type=Path, default=None, help="keep the trained models in this folder")
     args = ap.parse_args()
@@ -97,10 +100,11 @@ def main() -> None:
             table.append(row(f"{args.model} untrained", base, None))
         for setting in args.settings.split(","):
             loss, files = SETTINGS[setting]
-            out = where / f"{args.model}-{setting}"
+            tag = "" if (args.epochs, args.lr) == (1, 2e-5) else f"-e{args.epochs}-lr{args.lr:g}"
+            out = where / f"{args.model}-{setting}{tag}"
             start = time.perf_counter()
             _, record = train(
-                files, folder, out, loss=loss, epochs=1, steps=args.steps, batch_size=32, lr=2e-5, warmup=0.1, seed=args.seed,
+                files, folder, out, loss=loss, epochs=args.epochs, steps=args.steps, batch_size=32, lr=args.lr, warmup=0.1, seed=args.seed,
                 dtype=args.dtype, overwrite=True,
             )  # fmt: skip
             seconds = time.perf_counter() - start
@@ -108,7 +112,7 @@ def main() -> None:
             print(f"  ({setting}: {record['steps']} steps, ~{pairs} pairs in {seconds:.0f} s)", flush=True)
             table.append(
                 row(
-                    f"{setting} ({' + '.join(f.parent.name for f in files)})",
+                    f"{setting}{tag} ({' + '.join(f.parent.name for f in files)})",
                     scores(str(out), args.test_limit),
                     base,
                 )

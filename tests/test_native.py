@@ -280,3 +280,37 @@ def test_generation_runs_on_the_native_backbone(roformer_sim_dir: Path) -> None:
     _, a = unilm.prefill(ids, lengths)
     _, b = para.unilm.prefill(ids, lengths)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def padding_bias(mask: torch.Tensor) -> torch.Tensor:
+    """The additive key mask the padded pass uses, given as `attention_bias` (which turns packing off)."""
+    bias = torch.zeros(mask.shape).masked_fill_(mask == 0, torch.finfo(torch.float32).min)
+    return bias[:, None, None, :]
+
+
+@pytest.mark.parametrize("fixture", ["roformer_sim_dir", "wobert_dir", "simbert_dir"])
+def test_packed_pass_equals_the_padded_pass(fixture: str, request: pytest.FixtureRequest) -> None:
+    """A padded batch runs its position-wise layers on the real tokens only (native.Packing): every layer's
+    real-token states and the weights' gradients of a masked-mean loss equal the padded pass's, and the
+    padding positions come out zero."""
+    ck = open_checkpoint(str(request.getfixturevalue(fixture)))
+    batch = padded_batch(ck)
+    mask = batch["attention_mask"]
+    real = mask.bool()
+    runs = []
+    for bias in (None, padding_bias(mask)):  # packed (the default for a padded batch), then padded
+        model, _ = build_backbone(ck, engine="native")
+        out = model(**batch, output_hidden_states=True, attention_bias=bias)
+        loss = sum((h * mask[..., None]).sum() / mask.sum() for h in out.hidden_states[1:])
+        loss.backward()  # type: ignore[union-attr]
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((out.hidden_states, grads))
+    (packed, packed_grads), (padded, padded_grads) = runs
+    for layer, (a, b) in enumerate(zip(packed, padded, strict=True)):
+        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=0, msg=f"hidden_states[{layer}]")
+        if layer:
+            assert not bool(a[~real].any()), "padding positions are zero"
+            assert bool(b[~real].any()), "premise: the padded pass computes them"
+    assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 10
+    for name, g in packed_grads.items():
+        torch.testing.assert_close(g, padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)

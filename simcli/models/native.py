@@ -250,13 +250,19 @@ class _Layer(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (seq, head_dim) or (batch, 1, seq, hd)
         cache: KVCache | None = None,  # earlier keys/values (decoding): this pass's are appended
         index: int = 0,  # this layer's index in the cache
+        packing: Packing | None = None,  # x holds only the real tokens of a padded batch (no cache then)
     ) -> torch.Tensor:
-        b, t, h = x.shape
         att = self.attention.self
-        q, k, v = (
-            proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (batch, heads, seq, head_dim)
-            for proj in (att.query, att.key, att.value)
-        )
+        if packing is None:
+            b, t, h = x.shape
+            q, k, v = (
+                proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (batch, heads, seq, head_dim)
+                for proj in (att.query, att.key, att.value)
+            )
+        else:  # x (tokens, hidden): the projections on real tokens, attention on the padded layout
+            b, t, h = packing.batch, packing.seq, x.shape[-1]
+            qkv = packing.unpack(torch.cat([att.query(x), att.key(x), att.value(x)], dim=-1))
+            q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             cos, sin = rotary
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -266,8 +272,8 @@ class _Layer(nn.Module):
             k, v = cache.update(k, v, index)
         dropout = self.attention_dropout if self.training else 0.0
         # full attention, whatever the config's is_decoder (the JunnYu/RoFormer_pytorch hub port)
-        ctx = attention(q, k, v, bias, dropout)
-        x = self.attention.output(ctx.transpose(1, 2).reshape(b, t, h), x)
+        ctx = attention(q, k, v, bias, dropout).transpose(1, 2).reshape(b, t, h)
+        x = self.attention.output(ctx if packing is None else packing.pack(ctx), x)
         return self.output(self.act(self.intermediate.dense(x)), x)
 
 
@@ -316,6 +322,32 @@ def _interleave(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sin, cos = table.chunk(2, dim=-1)
     shape = (*table.shape[:-1], -1)
     return torch.stack([cos, cos], -1).reshape(shape), torch.stack([sin, sin], -1).reshape(shape)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The real tokens of a right-padded (batch, seq) batch, in row order ("unpadding", as
+    text-embeddings-inference and FlashAttention's varlen kernels do it): the position-wise layers (the
+    projections, the feed-forward block, LayerNorm, dropout), ~all of the FLOPs at sentence lengths, run on
+    the real tokens only; attention runs on the padded layout with the padding keys masked. The real tokens'
+    results are those of the padded pass; a padding position's output is zero (pooling never reads it)."""
+
+    index: torch.Tensor  # (tokens,) flat positions row * seq + column of the real tokens
+    batch: int
+    seq: int
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor) -> Packing:
+        return cls(attention_mask.flatten().nonzero().squeeze(1), *attention_mask.shape)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, ...) -> (tokens, ...)"""
+        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (batch, seq, ...), zeros at the padding."""
+        out = x.new_zeros(self.batch * self.seq, *x.shape[1:])
+        return out.index_copy(0, self.index, x).view(self.batch, self.seq, *x.shape[1:])
 
 
 class _Encoder(nn.Module):
@@ -395,6 +427,14 @@ class NativeBackbone(nn.Module):
             bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
         hidden = [x]
+        if attention_bias is None and bias is not None:
+            packing = Packing.of(attention_mask)  # type: ignore[arg-type]  # a padding bias needs the mask
+            x = packing.pack(x)
+            for layer in self.encoder.layer:
+                x = layer(x, bias, rotary, packing=packing)
+                hidden.append(packing.unpack(x) if output_hidden_states else x)
+            last = packing.unpack(x) if not output_hidden_states else hidden[-1]
+            return BackboneOutput(last, tuple(hidden) if output_hidden_states else None)
         for layer in self.encoder.layer:
             x = layer(x, bias, rotary)
             hidden.append(x)

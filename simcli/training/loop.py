@@ -26,6 +26,7 @@ from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates
 from simcli.models.encoder import CPU_BATCH_TOKENS, Encoder, load_encoder
 from simcli.models.loading import recorded_name
+from simcli.models.native import NativeBackbone
 from simcli.training.checkpoint import check_out, staged_folder, write_checkpoint
 from simcli.training.data import PairData, Schedule, read_training_data
 from simcli.training.losses import SoftmaxHead, cosent_loss, masked_softmax_loss
@@ -169,8 +170,7 @@ class Trainer:
     def vectors(self, rows: list[list[int]]) -> torch.Tensor:
         """Sentence vectors (rows, dim) with gradients. Rows are sorted by length and run in passes under
         --batch-tokens (none: one pass) so short sentences are not padded to the longest."""
-        # default: the encoder's CPU budget (cuts the padded tokens of ATEC batches ~1.6x); one pass on CUDA
-        budget = self.options.batch_tokens or (CPU_BATCH_TOKENS if self.device.type == "cpu" else 10**9)
+        budget = self.options.batch_tokens or self.default_batch_tokens()
         pad = self.encoder.tokenizer.pad_id
         parts, order = [], []
         for group in batches([len(r) for r in rows], budget, max_batch=10**9):
@@ -187,6 +187,14 @@ class Trainer:
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.as_tensor(order)] = torch.arange(len(order))
         return out[inverse.to(self.device)]
+
+    def default_batch_tokens(self) -> int:
+        """One pass where the backbone packs a padded batch (native.Packing: padding then costs attention
+        only; one pass of an ATEC batch trains ~1.1x faster than passes of 1024 tokens on 2 cores), and on
+        CUDA; else the encoder's CPU budget, which cuts the padded tokens of ATEC batches ~1.6x."""
+        if isinstance(self.model.backbone, NativeBackbone) or self.device.type != "cpu":
+            return 10**9
+        return CPU_BATCH_TOKENS
 
     def loss(self, b: Batch) -> torch.Tensor:
         vec = self.vectors(b.rows)

@@ -35,7 +35,7 @@ class TrainOptions:
     device: str = "auto"
     pooling: str = "auto"
     batch_tokens: int | None = (
-        None  # length-sorted passes of this many tokens (None: 1024 on CPU, one on CUDA)
+        None  # length-sorted passes of this many tokens (None: Trainer.default_batch_tokens)
     )
     save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
