@@ -422,23 +422,20 @@ class NativeBackbone(nn.Module):
         table = self.encoder.embed_positions
         rotary = table(input_ids.shape[1]) if table is not None else None
         bias = attention_bias.to(x.dtype) if attention_bias is not None else None
+        packing = None
+        padded = [x]  # every layer's output in the (batch, seq, hidden) layout, when asked for
         if bias is None and attention_mask is not None and not bool(attention_mask.all()):
             # Padding keys blocked; padded queries still see the real keys, so no row is fully masked.
             bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
-        hidden = [x]
-        if attention_bias is None and bias is not None:
-            packing = Packing.of(attention_mask)  # type: ignore[arg-type]  # a padding bias needs the mask
+            packing = Packing.of(attention_mask)  # the position-wise layers run on the real tokens only
             x = packing.pack(x)
-            for layer in self.encoder.layer:
-                x = layer(x, bias, rotary, packing=packing)
-                hidden.append(packing.unpack(x) if output_hidden_states else x)
-            last = packing.unpack(x) if not output_hidden_states else hidden[-1]
-            return BackboneOutput(last, tuple(hidden) if output_hidden_states else None)
         for layer in self.encoder.layer:
-            x = layer(x, bias, rotary)
-            hidden.append(x)
-        return BackboneOutput(x, tuple(hidden) if output_hidden_states else None)
+            x = layer(x, bias, rotary, packing=packing)
+            if output_hidden_states:
+                padded.append(x if packing is None else packing.unpack(x))
+        last = padded[-1] if output_hidden_states else x if packing is None else packing.unpack(x)
+        return BackboneOutput(last, tuple(padded) if output_hidden_states else None)
 
     def decode(
         self,

@@ -190,8 +190,8 @@ class Trainer:
 
     def default_batch_tokens(self) -> int:
         """One pass where the backbone packs a padded batch (native.Packing: padding then costs attention
-        only; one pass of an ATEC batch trains ~1.1x faster than passes of 1024 tokens on 2 cores), and on
-        CUDA; else the encoder's CPU budget, which cuts the padded tokens of ATEC batches ~1.6x."""
+        only, and one pass has the largest matrix products), and on CUDA; else the encoder's CPU budget, so
+        short sentences are not padded to the batch's longest."""
         if isinstance(self.model.backbone, NativeBackbone) or self.device.type != "cpu":
             return 10**9
         return CPU_BATCH_TOKENS
