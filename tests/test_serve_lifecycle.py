@@ -22,6 +22,7 @@ from simcli.cli import app as cli
 from simcli.index import Index
 from simcli.serve.api_errors import APIError
 from simcli.serve.batcher import Batcher
+from simcli.serve.heap import HeapTrimmer
 from simcli.serve.options import ServeOptions
 from tests.serving import running_server, wait_ready
 from tests.test_serve import CORPUS, _build_index
@@ -105,10 +106,30 @@ class _StandIn:
         return np.array([[sum(r), self.ident] for r in ids], dtype=np.float32)
 
 
+class _CountingTrimmer(HeapTrimmer):
+    """Records when the batcher calls it, with `settled()` at that moment; trims nothing."""
+
+    def __init__(self, settled: Any) -> None:
+        super().__init__(0.05)
+        self._trim = lambda _: 0  # active, with a short idle interval
+        self.settled = settled
+        self.events: list[tuple[str, int]] = []
+        self.idled = threading.Event()
+
+    def worked(self) -> None:
+        self.events.append(("worked", self.settled()))
+
+    def idle(self) -> None:
+        self.events.append(("idle", self.settled()))
+        self.idled.set()
+
+
 def test_batcher_merges_per_encoder_within_budget_and_refuses_when_full() -> None:
     a, b = _StandIn(1), _StandIn(2)
-    batcher = Batcher(max_batch_tokens=10, max_wait_ms=0, max_queue=5)
-    jobs = [
+    jobs: list[Any] = []
+    trimmer = _CountingTrimmer(lambda: sum(j.done() for j in jobs))
+    batcher = Batcher(max_batch_tokens=10, max_wait_ms=0, max_queue=5, trimmer=trimmer)
+    jobs += [
         batcher.encode(a, [[1, 2], [3]]),  # 3 tokens
         batcher.encode(b, [[5]]),
         batcher.encode(a, [[4, 4, 4, 4]]),  # 7 in all for a
@@ -120,7 +141,13 @@ def test_batcher_merges_per_encoder_within_budget_and_refuses_when_full() -> Non
     assert full.value.status == 503 and full.value.headers == {"Retry-After": "1"}
     batcher.start()
     results = [j.result(10) for j in jobs]
+    assert batcher.call(lambda: 7).result(10) == 7
+    assert trimmer.idled.wait(10), "the queue stayed empty for the trimmer's interval"
     batcher.close(10)
+    assert trimmer.events[:4] == [("worked", 2), ("worked", 4), ("worked", 5), ("worked", 5)], (
+        "after each of the three batches (futures settled by then) and after the call"
+    )
+    assert set(trimmer.events[4:]) == {("idle", 5)}
     assert [r.tolist() for r in results] == [
         [[3, 1], [3, 1]],
         [[5, 2]],

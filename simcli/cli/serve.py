@@ -17,6 +17,7 @@ from simcli.serve.options import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_WAIT_MS,
     DEFAULT_PORT,
+    DEFAULT_TRIM_INTERVAL_S,
     ServeOptions,
 )
 from simcli.types import DEFAULT_MAX_LENGTH
@@ -94,6 +95,14 @@ def serve(
             help="torch threads of the model (default: the cores, shared among --workers processes).",
         ),
     ] = None,
+    trim_interval: Annotated[
+        float,
+        typer.Option(
+            "--trim-interval",
+            min=0,
+            help="Seconds between returns of freed heap memory to the OS (glibc malloc_trim); 0: never.",
+        ),
+    ] = DEFAULT_TRIM_INTERVAL_S,
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Server processes, each with its own copy of the models.")
     ] = 1,
@@ -117,5 +126,6 @@ def serve(
             port=port, api_key=api_key or None, device=device, dtype=dtype, pooling=pooling, tokenizer=tokenizer,
             max_length=max_length, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
             max_inputs=max_inputs, max_body_bytes=max_body_bytes, workers=workers, threads=threads,
+            trim_interval_s=trim_interval,
         )  # fmt: skip
         run(options, _note)

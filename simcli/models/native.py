@@ -366,7 +366,8 @@ class BackboneOutput:
 
 
 class NativeBackbone(nn.Module):
-    """A RoFormer (rotary) or BERT (absolute positions) encoder with full attention, for inference.
+    """A RoFormer (rotary) or BERT (absolute positions) encoder with full attention, for inference and
+    training (dropout in train mode; the packed pass has the padded pass's gradients).
 
     Parameter names are transformers' `RoFormerModel` / `BertModel` state dict keys (without the
     `roformer.` / `bert.` prefix). Create with `from_config`, then `load_weights`.

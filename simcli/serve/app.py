@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from simcli.errors import SimcliError
 from simcli.serve.api_errors import APIError, bad_request, from_simcli
 from simcli.serve.batcher import Batcher
+from simcli.serve.heap import HeapTrimmer
 from simcli.serve.metrics import CONTENT_TYPE, Metrics
 from simcli.serve.options import ServeOptions
 from simcli.serve.registry import Registry, ServedModel
@@ -95,6 +96,7 @@ class Service:
             max_wait_ms=options.max_wait_ms,
             max_queue=options.max_queue,
             on_batch=self.metrics.batch,
+            trimmer=HeapTrimmer(options.trim_interval_s),
         )
         self.started = int(time.time())
         self._key = options.api_key.encode() if options.api_key else None

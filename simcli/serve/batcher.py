@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simcli.serve.api_errors import APIError
+from simcli.serve.heap import HeapTrimmer
 from simcli.serve.options import RETRY_AFTER_S
+
+
+class _Idle:
+    """What `_take` returns when no work came for a while."""
+
+
+IDLE = _Idle()
 
 
 @dataclass
@@ -71,11 +79,13 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[BatchReport], None] | None = None,
+        trimmer: HeapTrimmer | None = None,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.trimmer = trimmer  # hands freed heap pages back after work and when the queue falls idle
         self._jobs: deque[EncodeJob | CallJob] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -132,11 +142,14 @@ class Batcher:
 
         return CUDA_BATCH_TOKENS if encoder.device.type == "cuda" else CPU_BATCH_TOKENS
 
-    def _take(self) -> list[EncodeJob] | CallJob | None:
-        """The next unit of work: a CallJob, or encode jobs of one encoder within one token budget."""
+    def _take(self) -> list[EncodeJob] | CallJob | None | _Idle:
+        """The next unit of work: a CallJob, or encode jobs of one encoder within one token budget; IDLE when
+        the queue stayed empty for the trimmer's interval; None once closed and drained."""
+        idle_after = self.trimmer.interval_s if self.trimmer is not None and self.trimmer.active else None
         with self._cond:
             while not self._jobs and not self._closed:
-                self._cond.wait()
+                if not self._cond.wait(idle_after):
+                    return IDLE  # trimmed outside the lock: the event loop's `_put` must not wait on it
             if not self._jobs:
                 return None  # closed and drained
             first = self._jobs[0]
@@ -172,13 +185,19 @@ class Batcher:
             work = self._take()
             if work is None:
                 return
+            if isinstance(work, _Idle):
+                assert self.trimmer is not None
+                self.trimmer.idle()
+                continue
             if isinstance(work, CallJob):
                 if work.future.set_running_or_notify_cancel():
                     _settle(work.future, work.fn)
-                continue
-            jobs = [j for j in work if j.future.set_running_or_notify_cancel()]  # drop cancelled ones
-            if jobs:
-                self._encode(jobs)
+            else:
+                jobs = [j for j in work if j.future.set_running_or_notify_cancel()]  # drop cancelled ones
+                if jobs:
+                    self._encode(jobs)
+            if self.trimmer is not None:
+                self.trimmer.worked()
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         from simcli.models.encoder import EncodeStats
