@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 
 from simcli.cli import app as cli
 from simcli.index import Index
+from simcli.serve.heap import malloc_trim
 from simcli.serve.options import ServeOptions
 from tests.serving import Running, running_server
 
@@ -349,6 +352,15 @@ def test_health_and_metrics(served: Running) -> None:
         'simcli_request_duration_seconds_bucket{endpoint="/search"',
     ):
         assert series in text, series
+    if malloc_trim() is None:
+        return  # not glibc: nothing to trim with
+    # the model thread trims the heap once its queue has stayed empty for --trim-interval (1 s) after work
+    deadline = time.monotonic() + 30
+    while not re.search(
+        r"^simcli_heap_trims_total [1-9]", httpx.get(f"{served.url}/metrics").text, re.MULTILINE
+    ):
+        assert time.monotonic() < deadline, "no heap trim within 30 s of idling after work"
+        time.sleep(0.2)
 
 
 def test_search_csls_rerank_equals_index_search(served: Running) -> None:

@@ -45,11 +45,17 @@ def test_malloc_trim_returns_freed_heap_pages_to_the_os() -> None:
     assert before - after > 0.75 * size * count, f"RSS {before >> 20} -> {after >> 20} MiB"
 
 
-def test_trimmer_keeps_to_its_interval() -> None:
-    now = [100.0]
-    trimmer = HeapTrimmer(5.0, clock=lambda: now[0])
-    if not trimmer.active:
+def _clocked(interval_s: float, start: float) -> tuple[HeapTrimmer, list[float]]:
+    """A trimmer on a clock the test sets (now[0]); skipped where the C library has no malloc_trim."""
+    now = [start]
+    trimmer = HeapTrimmer(interval_s, clock=lambda: now[0])
+    if interval_s > 0 and not trimmer.active:
         pytest.skip("no malloc_trim in this C library")
+    return trimmer, now
+
+
+def test_trimmer_keeps_to_its_interval() -> None:
+    trimmer, now = _clocked(5.0, 100.0)
     trimmer.worked()
     assert trimmer.trims == 0, "not before the interval has passed since the start"
     now[0] = 104.9
@@ -67,8 +73,7 @@ def test_trimmer_keeps_to_its_interval() -> None:
 
 
 def test_interval_zero_never_trims() -> None:
-    now = [0.0]
-    trimmer = HeapTrimmer(0.0, clock=lambda: now[0])
+    trimmer, now = _clocked(0.0, 0.0)
     now[0] = 1e9
     trimmer.worked()
     trimmer.idle()
@@ -76,10 +81,7 @@ def test_interval_zero_never_trims() -> None:
 
 
 def test_idle_trims_once_after_work() -> None:
-    now = [0.0]
-    trimmer = HeapTrimmer(5.0, clock=lambda: now[0])
-    if not trimmer.active:
-        pytest.skip("no malloc_trim in this C library")
+    trimmer, now = _clocked(5.0, 0.0)
     trimmer.idle()
     assert trimmer.trims == 0, "nothing to hand back before any work"
     now[0] = 1.0

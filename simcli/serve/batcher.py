@@ -9,7 +9,8 @@ Like text-embeddings-inference and infinity, a busy model is what makes batches 
 only `max_wait_ms`. The queue is bounded: a full one refuses at once (503 + Retry-After) instead of growing.
 
 Long jobs (generation, loading a generator) run on the same thread through `call`, so only one thread ever
-drives a model.
+drives a model. The same thread hands freed heap memory back to the OS (simcli.serve.heap) after its work and
+when the queue has stayed empty for the trimmer's interval.
 """
 
 from __future__ import annotations

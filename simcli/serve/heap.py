@@ -40,8 +40,14 @@ class HeapTrimmer:
     """malloc_trim(0) on the model thread: `worked` after each unit of work trims at most once every
     `interval_s` seconds; `idle` trims once if there was work since the last trim. interval_s 0: never."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_trim: Callable[[], object] | None = None,
+    ) -> None:
         self.interval_s = interval_s
+        self.on_trim = on_trim  # told after each trim (the server's metrics count them)
         self._trim = malloc_trim() if interval_s > 0 else None
         self._clock = clock
         self._last = clock()
@@ -68,3 +74,5 @@ class HeapTrimmer:
         self._last = self._clock()
         self._dirty = False
         self.trims += 1
+        if self.on_trim is not None:
+            self.on_trim()

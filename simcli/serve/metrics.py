@@ -57,6 +57,10 @@ class Metrics:
         self.batch_seconds = Histogram(
             "simcli_batch_duration_seconds", "Model time of one batch.", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.heap_trims = Counter(
+            "simcli_heap_trims", "Times the model thread handed freed heap memory back to the OS (malloc_trim).",
+            registry=r,
+        )  # fmt: skip
 
     def batch(self, report: BatchReport) -> None:
         """Record one worker cycle (called on the model thread; prometheus_client is thread-safe)."""
