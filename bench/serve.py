@@ -418,12 +418,9 @@ def memory(model: Path, dtype: str, pool: list[str], total: int, client: str, si
             peaks.append(max(peak, lasts[-1]))
             rates.append(rate)
         print(f"simcli RSS over {step * 10} requests, each {step} ({simcli_args or 'default options'}):")
-        print(
-            "  peak MB " + " ".join(f"{s:.0f}" for s in peaks) + f"; last - first {peaks[-1] - peaks[0]:+.0f}"
-        )
-        print(
-            "  end MB  " + " ".join(f"{s:.0f}" for s in lasts) + f"; last - first {lasts[-1] - lasts[0]:+.0f}"
-        )
+        for label, values in (("peak MB", peaks), ("end MB", lasts)):
+            change = values[-1] - values[0]
+            print(f"  {label:<7} " + " ".join(f"{v:.0f}" for v in values) + f"; last - first {change:+.0f}")
         print("  req/s   " + " ".join(f"{r:.1f}" for r in rates) + f"; median {statistics.median(rates):.1f}")
 
 

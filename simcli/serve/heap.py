@@ -12,7 +12,6 @@ busy, and once when it falls idle, so an idle server sits at its working set.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +23,8 @@ def malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None where the C library has none (macOS, Windows, musl)."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    fn = getattr(libc, "malloc_trim", None)
+    # the process's own symbols: libc is always loaded, and find_library("c") would spawn ldconfig
+    fn = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if fn is None:
         return None
     fn.argtypes = [ctypes.c_size_t]
