@@ -135,7 +135,7 @@ def test_ray_store_equals_single_process(
     store = VectorStore.open(out)
     assert store.count == 64 and len(store.manifest["shards"]) == 8
     assert store.manifest["empty_lines_kept"] > 0 and store.manifest["truncated"] > 0
-    assert "2 workers of 1 CPUs" in said
+    assert "2 workers of 1 CPU" in said and "1 CPUs" not in said
     assert f"wrote 64 vectors (dim 48, float32) in 8 shards to {out}" in said
 
 
@@ -353,3 +353,34 @@ def test_single_process_store_matches_read_records(corpus: list[str], single_sto
     got = list(VectorStore.open(single_store).iter_records())
     assert [(r.text, r.source, r.line) for r in got] == [(r.text, r.source, r.line) for r in rows]
     assert encode_to_store is not None
+
+
+def test_a_ray_run_prints_only_simcli_lines(tmp_path: Path, wobert_dir: Path) -> None:
+    """`--ray local` in a fresh process (as a user runs it): stderr holds simcli's own two lines and none of
+    Ray's (its C++ logger announces the RAY_BACKEND_LOG_LEVEL that simcli sets, on stderr, before that level
+    applies); stdout stays empty."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "in.txt").write_text("今天天气很好\n花呗怎么还款\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_BACKEND_LOG_LEVEL"}  # simcli sets it
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    argv = ["encode", "in.txt", "--model", str(wobert_dir), "--out", "o.vec", *COMMON]
+    ray = ["--ray", "local", "--workers", "1", "--cpus-per-worker", "1"]
+    r = subprocess.run(
+        [sys.executable, "-m", "simcli", *argv, *ray],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"simcli: model {wobert_dir} (wobert, word tokenizer), pooling first-last-avg, dim 48, max length 24; "
+        + "on Ray: 1 worker of 1 CPU",
+        "simcli: wrote 2 vectors (dim 48, float32) in 1 shard to o.vec",
+    ]

@@ -63,7 +63,7 @@ def encode_on_ray(
     ray = connect(address)
     pool = workers_for(ray, workers, cpus_per_worker, gpus_per_worker)
     _note(
-        f"{described}; on Ray: {counted(pool.count, 'worker')} of {pool.cpus:g} CPUs"
+        f"{described}; on Ray: {counted(pool.count, 'worker')} of {pool.cpus:g} CPU{'' if pool.cpus == 1 else 's'}"
         + (f" and {pool.gpus:g} GPUs" if pool.gpus else "")
     )
     local = not any("://" in p or p.lower().endswith(".parquet") for p in inputs)

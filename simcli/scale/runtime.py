@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from simcli.errors import SimcliError, UsageError
@@ -38,6 +42,33 @@ def _quiet(ray: Any) -> None:
                 handler.setLevel(logging.ERROR)
 
 
+# Ray's C++ logger announces the RAY_BACKEND_LOG_LEVEL it read on stderr at INFO, before that level applies.
+_LEVEL_BANNER = "Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"
+
+
+@contextmanager
+def _without_level_banner() -> Iterator[None]:
+    """Hold this process's stderr (file descriptor 2, where Ray's C++ logger writes) while Ray starts, and
+    pass on every line but Ray's announcement of its log level."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to hold (a closed stderr): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if _LEVEL_BANNER not in line))
+            sys.stderr.flush()
+
+
 def connect(address: str) -> Any:
     """Start or join the Ray runtime `address` names (local | auto | an address); returns the ray module.
 
@@ -51,15 +82,16 @@ def connect(address: str) -> Any:
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         options["include_dashboard"] = False
         try:
-            if address == "local":
-                ray.init(num_cpus=os.cpu_count() or 1, **options)
-            elif address == "auto":
-                try:
-                    ray.init(address="auto", **options)
-                except ConnectionError:
+            with _without_level_banner():
+                if address == "local":
                     ray.init(num_cpus=os.cpu_count() or 1, **options)
-            else:
-                ray.init(address=address, **options)
+                elif address == "auto":
+                    try:
+                        ray.init(address="auto", **options)
+                    except ConnectionError:
+                        ray.init(num_cpus=os.cpu_count() or 1, **options)
+                else:
+                    ray.init(address=address, **options)
         except (ConnectionError, ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SimcliError(f"--ray {address}: cannot reach a Ray cluster ({first})") from None
