@@ -92,7 +92,7 @@ def test_openai_client_vectors_equal_library(served: Running, encoder, encoding_
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # real token counts: one token per CJK character and punctuation mark, plus [CLS] and [SEP]
     assert res.usage.prompt_tokens == sum(len(t) + 2 for t in texts) == res.usage.total_tokens
-    assert res.model == str(served.service.registry.default.name)
+    assert res.model == encoder.spec.model  # the model that computed them, whatever name was asked for
 
 
 def test_single_string_and_raw_extension_equal_encode_json(
@@ -238,6 +238,32 @@ def test_bad_request_gets_its_status_and_server_stays_up(
     assert_serves(served)
 
 
+def test_answers_name_the_model_and_unknown_names_are_openai_404s(
+    tmp_path: Path, roformer_sim_dir: Path
+) -> None:
+    """Served from an index alone (`--index bq=DIR`): the default alias `simcli`, the index's name, the model's
+    own name and no name at all answer with the model that computed the vectors (the one the index records),
+    not the index's name; a name the server does not list is OpenAI's 404 model_not_found."""
+    bq = _build_index(CORPUS, roformer_sim_dir, tmp_path / "BQ.idx")
+    with running_server(ServeOptions(indexes=[f"bq={bq}"], dtype="float32")) as running:
+        listed = [m["id"] for m in httpx.get(f"{running.url}/v1/models", timeout=60).json()["data"]]
+        assert listed == ["bq", "simcli", str(roformer_sim_dir)]
+        for name in ("simcli", "bq", str(roformer_sim_dir), None):
+            body = {"input": "花呗怎么还款"} | ({} if name is None else {"model": name})
+            r = post(running, "/v1/embeddings", body, headers={})
+            assert r.status_code == 200 and r.json()["model"] == str(roformer_sim_dir), (name, r.text)
+        r = post(running, "/v1/embeddings", {"input": "花呗怎么还款", "model": "BQ"}, headers={})
+        assert r.status_code == 404
+        assert r.json() == {
+            "error": {
+                "message": f"model 'BQ' is not served here (served: bq, simcli, {roformer_sim_dir})",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+        }
+
+
 def test_openai_client_raises_the_api_errors(served: Running) -> None:
     import openai
 
@@ -326,6 +352,7 @@ def test_generate_equals_library(served: Running, roformer_sim_dir: Path) -> Non
     want = para.generate(["花呗怎么还款"], **options)[0]
     got = body["data"][0]["paraphrases"]
     assert [p["text"] for p in got] == [p.text for p in want] and got
+    assert body["model"] == str(roformer_sim_dir)
     np.testing.assert_allclose([p["score"] for p in got], [p.score for p in want], atol=2e-6)
 
 

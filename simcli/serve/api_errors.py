@@ -13,7 +13,7 @@ from simcli.errors import SimcliError
 TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
-    404: "not_found_error",
+    404: "invalid_request_error",  # as OpenAI answers an unknown model or route
     413: "invalid_request_error",
     503: "overloaded_error",
 }

@@ -222,7 +222,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             {
                 "object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(values)],
-                "model": model.name,
+                "model": model.model_id,
                 "usage": usage,
             }
         )
@@ -296,7 +296,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             {"text": t, "paraphrases": [{"text": p.text, "score": round(p.score, 6)} for p in found]}
             for t, found in zip(texts, results, strict=True)
         ]
-        return _json({"object": "list", "model": model.name, "data": data})
+        return _json({"object": "list", "model": model.model_id, "data": data})
 
     @app.get("/health")
     async def health() -> Response:

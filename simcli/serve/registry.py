@@ -43,6 +43,12 @@ class ServedModel:
         return int(self.whitening.dim_out if self.whitening is not None else self.encoder.dim)
 
     @property
+    def model_id(self) -> str:
+        """The model that computes this name's vectors (as `--model` gave it or the index recorded it): what
+        an answer's `model` says, so that the default alias or an index's name resolve to a model."""
+        return str(self.encoder.spec.model)
+
+    @property
     def can_generate(self) -> bool:
         return bool(self.encoder.info()["can_generate"])
 
@@ -299,7 +305,7 @@ class Registry:
         if found is None:
             raise APIError(
                 404,
-                f"model {name!r} is not served here (served: {', '.join(sorted(self.models))})",
+                f"model {name!r} is not served here (served: {', '.join(self.models)})",
                 param="model",
                 code="model_not_found",
             )
