@@ -269,7 +269,8 @@ def evaluate_sts(
 
 def published_max_length(dataset: str) -> int:
     """Tokens per sentence in the published evaluations: 64, and 128 for PAWSX (kexue.fm/archives/8321 and 8454)."""
-    return 128 if dataset.lower().startswith("pawsx") else DEFAULT_MAX_LENGTH
+    name = dataset.rsplit("/", 1)[-1]  # "folder/PAWSX" where two files share a name
+    return 128 if name.lower().startswith("pawsx") else DEFAULT_MAX_LENGTH
 
 
 def summary_rows(results: Sequence[StsResult]) -> tuple[list[str], list[tuple[str, str, list[float], float]]]:

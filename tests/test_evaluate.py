@@ -20,6 +20,7 @@ from simcli.evaluate import (
     parse_columns,
     parse_whiten,
     plot_scores,
+    published_max_length,
     read_pairs,
     read_sentences,
     spearman,
@@ -308,3 +309,10 @@ def test_plot_scores_writes_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(MissingDependency, match=r"pip install -e '\.\[plot\]'"):
         plot_scores(results, tmp_path / "again.png")
     assert not (tmp_path / "again.png").exists()
+
+
+def test_published_max_length_follows_the_file_name(tmp_path: Path) -> None:
+    """128 for PAWSX, also when a folder prefixes the name (two files of one name), 64 for the others."""
+    names = dataset_names([tmp_path / "a" / "PAWSX.test.data", tmp_path / "b" / "PAWSX.test.data"])
+    assert names == ["a/PAWSX", "b/PAWSX"]
+    assert [published_max_length(n) for n in [*names, "pawsx", "LCQMC", "a/LCQMC"]] == [128, 128, 128, 64, 64]

@@ -36,7 +36,7 @@ def test_json_lines_equal_library_results(roformer_sim_dir: Path, files: list[Pa
     assert len(expected) == 12
     # stderr: the model line, then a note for each clamped setting (pooler vectors have rank 47 here)
     assert r.stderr == (
-        f"simcli: {roformer_sim_dir} (roformer-sim, dim 48, max length 64 (PAWSX 128)) on cpu float32\n"
+        f"simcli: {roformer_sim_dir} (roformer-sim, dim 48, max length 64) on cpu float32\n"
         "simcli: note: ATEC pooler whiten full: k 48 lowered to the covariance rank 47 (160 vectors)\n"
         "simcli: note: STS-B pooler whiten full: k 48 lowered to the covariance rank 47 (120 vectors)\n"
     )
@@ -57,6 +57,27 @@ def test_table_rows_and_plot(roformer_sim_dir: Path, files: list[Path], tmp_path
     _, rows = summary_rows(expected)
     assert cells == [[p, w, *(f"{s:.2f}" for s in scores), f"{avg:.2f}"] for p, w, scores, avg in rows]
     assert len(cells) == 2
+
+
+def test_title_and_model_line_say_only_what_applies(
+    roformer_sim_dir: Path, files: list[Path], tmp_path: Path
+) -> None:
+    """No whitening: the title says nothing of one. The model line gives PAWSX's longer cut only where a PAWSX
+    file is evaluated (alone: its cut is the only one), and --max-length instead of both."""
+    model = ("--model", roformer_sim_dir, "--pooling", "cls", "--whiten", "none", "--dtype", "float32")
+    r = run("eval", "sts", *files, *model)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "Spearman x100"
+    line = f"simcli: {roformer_sim_dir} (roformer-sim, dim 48, max length {{}}) on cpu float32\n"
+    assert r.stderr == line.format("64")
+    pawsx = write_data(tmp_path / "PAWSX.test.data", make_pairs(40, seed=10))
+    for args, cut in (
+        ([files[0], pawsx], "64 (PAWSX 128)"),
+        ([pawsx], "128"),
+        ([files[0], pawsx, "--max-length", 32], "32"),
+    ):
+        r = run("eval", "sts", *args, *model, "--json")
+        assert (r.exit_code, r.stderr) == (0, line.format(cut)), args
 
 
 def test_fit_on_and_options(roformer_sim_dir: Path, files: list[Path], tmp_path: Path) -> None:

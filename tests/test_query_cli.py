@@ -138,6 +138,7 @@ def test_index_add_info_check(faq: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     table = run("index", "info", str(faq)).stdout.splitlines()
     assert "count               8" in table and "whitening           none" in table
+    assert {line.index(value) for line in table for value in line.split()[1:2]} == {20}  # one column
 
     r = run("index", "check", str(faq), "--sample", "5", "--json")
     assert r.exit_code == 0, r.output
@@ -145,6 +146,15 @@ def test_index_add_info_check(faq: Path, tmp_path: Path) -> None:
     assert (report["recall"], report["queries"], report["k"], report["count"]) == (1.0, 5, 10, 8)
     text = run("index", "check", str(faq), "--sample", "5").stdout
     assert text.startswith(f"{faq}: 8 vectors, files ok; recall@10 1.0000 on 5 sample queries (exact);")
+
+
+def test_index_add_says_so_once(faq: Path, tmp_path: Path) -> None:
+    """One summary line (stdout), a lone vector in the singular; stderr repeats none of it."""
+    one = tmp_path / "one.txt"
+    one.write_text("上海是个大城市\n", encoding="utf-8")
+    r = run("index", "add", str(faq), str(one), "--dtype", "float32")
+    assert (r.exit_code, r.stdout) == (0, f"added 1 vector to {faq}: 7 in all\n"), r.output
+    assert "added" not in r.stderr and "vectors" not in r.stderr
 
 
 def test_build_ivf_with_search_override(tmp_path: Path) -> None:

@@ -148,10 +148,21 @@ def test_info(tmp_path: Path) -> None:
     kept = w.eigenvalues[:2].sum() / w.eigenvalues.sum()
     r = run("whiten", "info", path)
     assert r.exit_code == 0
+    # aligned columns, as `simcli info` and `simcli index info` print them
     assert r.stdout == (
-        f"file: {path}\nvectors: 200\ndimensions: 6 -> 2\nbeta: 1\ngamma: 1\nrank: 6\n"
-        f"kept variance: {100 * kept:.2f}%\nmodel: tiny\npooling: cls\nmax length: 64\n"
-        f"weights sha256: {'ab' * 32}\nsource: corpus.vec\nsha256: {w.sha256}\n"
+        f"file            {path}\n"
+        "vectors         200\n"
+        "dimensions      6 -> 2\n"
+        "beta            1\n"
+        "gamma           1\n"
+        "rank            6\n"
+        f"kept_variance   {100 * kept:.2f}%\n"
+        "model           tiny\n"
+        "pooling         cls\n"
+        "max_length      64\n"
+        f"weights_sha256  {'ab' * 32}\n"
+        "source          corpus.vec\n"
+        f"sha256          {w.sha256}\n"
     )
     r = run("whiten", "info", path, "--json")
     assert json.loads(r.stdout) == {"file": str(path), **w.metadata(), "kept_variance": pytest.approx(kept)}

@@ -106,6 +106,19 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
+def aligned(fields: dict[str, object], notes: dict[str, str] | None = None) -> str:
+    """The text of an info command: one `key  value` line a field, the values in one column (None shows as
+    -); a field's note follows its value in parentheses, the notes in a column of their own."""
+    notes = notes or {}
+    values = {k: "-" if v is None else str(v) for k, v in fields.items()}
+    width = max(map(len, values), default=0)
+    value_width = max((len(v) for k, v in values.items() if k in notes), default=0)
+    return "\n".join(
+        f"{k:<{width}}  {v:<{value_width}}{f'  ({notes[k]})' if k in notes else ''}".rstrip()
+        for k, v in values.items()
+    )
+
+
 # Options shared by several commands, declared once.
 ModelOpt = Annotated[
     str,

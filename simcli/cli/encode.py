@@ -21,6 +21,7 @@ from simcli.cli._app import (
     PoolingOpt,
     TokenizerOpt,
     WhiteningFileOpt,
+    aligned,
     app,
     counted,
     reported_errors,
@@ -363,9 +364,4 @@ def info(
             typer.echo(json.dumps(data, ensure_ascii=False))
             return
         sources = data.pop("sources", {})
-        width = max(map(len, data))
-        values = {k: "-" if v is None else str(v) for k, v in data.items()}
-        value_width = max(len(v) for k, v in values.items() if k in sources)
-        for key, value in values.items():
-            source = f"  ({sources[key]})" if key in sources else ""
-            typer.echo(f"{key:<{width}}  {value:<{value_width}}{source}".rstrip())
+        typer.echo(aligned(data, sources))

@@ -90,9 +90,10 @@ def sts(
         if plot is not None:
             require_matplotlib()
 
+        cut = max_length if max_length is not None else _published_cuts(files)
+
         def show(enc) -> None:  # type: ignore[no-untyped-def]
             spec = enc.spec
-            cut = max_length if max_length is not None else "64 (PAWSX 128)"
             typer.echo(
                 f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {cut}) on "
                 f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
@@ -138,6 +139,18 @@ def sts(
             _print_table(results, beta, gamma, fit_on)
 
 
+def _published_cuts(files: list[Path]) -> str:
+    """The max lengths the published tables use for these files: "64", "128", or "64 (PAWSX 128)"."""
+    from simcli.evaluate import dataset_names, published_max_length
+
+    names = dataset_names(files)
+    cuts = {published_max_length(n) for n in names}
+    if len(cuts) == 1:
+        return str(cuts.pop())
+    pawsx = [n for n in names if published_max_length(n) != min(cuts)]
+    return f"{min(cuts)} ({', '.join(pawsx)} {max(cuts)})"
+
+
 def _print_table(results: list, beta: float, gamma: float, fit_on: Path | None) -> None:  # type: ignore[type-arg]
     from rich.console import Console
     from rich.table import Table
@@ -145,7 +158,6 @@ def _print_table(results: list, beta: float, gamma: float, fit_on: Path | None) 
     from simcli.evaluate import summary_rows
 
     datasets, rows = summary_rows(results)
-    fitted = f"fitted on {fit_on}" if fit_on is not None else "fitted on each task"
     table = Table()
     table.add_column("pooling")
     table.add_column("whiten")
@@ -157,7 +169,11 @@ def _print_table(results: list, beta: float, gamma: float, fit_on: Path | None) 
     console = Console()
     if not console.is_terminal:
         console.width = 200  # a pipe or file: never cut columns
-    console.print(f"Spearman x100; whitening beta {beta:g}, gamma {gamma:g}, {fitted}", highlight=False)
+    title = "Spearman x100"
+    if any(r.fit_on is not None for r in results):  # some setting whitens: say how
+        fitted = f"fitted on {fit_on}" if fit_on is not None else "fitted on each task"
+        title += f"; whitening beta {beta:g}, gamma {gamma:g}, {fitted}"
+    console.print(title, highlight=False)
     console.print(table)
 
 

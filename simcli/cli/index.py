@@ -23,6 +23,7 @@ from simcli.cli._app import (
     RayOpt,
     TokenizerOpt,
     WhiteningFileOpt,
+    aligned,
     app,
     counted,
     from_environment,
@@ -248,9 +249,7 @@ def info(folder: IndexDirArg, json_out: JsonOpt = False) -> None:
         data["whitening"] = f"{w['dim_in']} -> {w['dim_out']} (fitted on {w['n']})" if w else "none"
         data["search_params"] = _fmt_params(data["search_params"])
         data["files"] = f"{len(index.manifest.files)}, sizes and sha256 as the manifest records"
-        width = max(map(len, data))
-        for key, value in data.items():
-            typer.echo(f"{key:<{width}}  {'-' if value is None else value}")
+        typer.echo(aligned(data))
 
 
 @index_app.command("check")

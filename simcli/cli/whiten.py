@@ -18,6 +18,7 @@ from simcli.cli._app import (
     PoolingOpt,
     RayOpt,
     TokenizerOpt,
+    aligned,
     app,
     from_environment,
     reported_errors,
@@ -204,20 +205,20 @@ def info(
             typer.echo(json.dumps({"file": str(file), **meta}, ensure_ascii=False, sort_keys=True))
             return
         spec = w.spec
-        lines = [
-            f"file: {file}",
-            f"vectors: {w.n}",
-            f"dimensions: {w.dim_in} -> {w.dim_out}"
-            + (f" (asked {w.clamped_from}, lowered to the rank)" if w.clamped_from is not None else ""),
-            f"beta: {w.beta:g}",
-            f"gamma: {w.gamma:g}",
-            f"rank: {w.rank}",
-            f"kept variance: {100 * meta['kept_variance']:.2f}%",
-            f"model: {spec.model if spec else '(unknown)'}",
-            f"pooling: {spec.pooling if spec else '(unknown)'}",
-            f"max length: {spec.max_length if spec else '(unknown)'}",
-            f"weights sha256: {spec.weights_sha256 if spec else '(unknown)'}",
-            f"source: {w.source or '(unknown)'}",
-            f"sha256: {w.sha256}",
-        ]
-        typer.echo("\n".join(lines))
+        lowered = f" (asked {w.clamped_from}, lowered to the rank)" if w.clamped_from is not None else ""
+        fields = {
+            "file": file,
+            "vectors": w.n,
+            "dimensions": f"{w.dim_in} -> {w.dim_out}{lowered}",
+            "beta": f"{w.beta:g}",
+            "gamma": f"{w.gamma:g}",
+            "rank": w.rank,
+            "kept_variance": f"{100 * meta['kept_variance']:.2f}%",
+            "model": spec.model if spec else None,
+            "pooling": spec.pooling if spec else None,
+            "max_length": spec.max_length if spec else None,
+            "weights_sha256": spec.weights_sha256 if spec else None,
+            "source": w.source,
+            "sha256": w.sha256,
+        }
+        typer.echo(aligned(fields))

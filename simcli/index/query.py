@@ -450,7 +450,6 @@ class Index:
         manifest = pipeline.add(
             self.path, old, cpu, self.whitening, src, lambda: stored_vectors(self.path, old, cpu), log=log
         )
-        log(f"added {src.count} vectors to {self.path} ({manifest.count} in all)")
         index, on_gpu = _read_faiss(self.path, manifest, gpu=self.on_gpu or None)
         self._attach(manifest, index, on_gpu)
         return src.count
