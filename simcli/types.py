@@ -26,6 +26,8 @@ POOLINGS: tuple[str, ...] = get_args(Pooling)
 Family = Literal["roformer-sim", "roformer-word", "roformer-char", "wobert", "bert", "sentence-bert"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
+# The checkpoints `simcli demo-model` writes: the families above, SimBERT told apart from a plain BERT.
+DemoFamily = Literal["roformer-sim", "wobert", "roformer-word", "roformer-char", "simbert", "bert"]
 TokenizerKind = Literal["char", "word"]
 TOKENIZER_KINDS: tuple[str, ...] = get_args(TokenizerKind)
 

@@ -162,7 +162,18 @@ def test_help_lists_every_command() -> None:
 
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("encode", "info", "whiten", "eval", "index", "query", "similar", "generate", "serve"):
+    for command in (
+        "encode",
+        "info",
+        "whiten",
+        "eval",
+        "index",
+        "query",
+        "similar",
+        "generate",
+        "serve",
+        "demo-model",
+    ):
         assert command in result.output, command
 
 
@@ -181,6 +192,7 @@ def test_readme_documents_every_command() -> None:
         "simcli similar",
         "simcli generate",
         "simcli serve",
+        "simcli demo-model",
     ):
         assert command in readme, command
     assert "pytest" in readme

@@ -1,5 +1,5 @@
 """Every command and the Python snippet of the README run against the README's offline model
-(`python -m tests.checkpoints roformer-sim ./tiny-model`), in README order, on small input files with the names
+(`simcli demo-model ./tiny-model`), in README order, on small input files with the names
 the README uses. A README example that a user cannot run fails here."""
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The README's offline models, built as `python -m tests.checkpoints KIND DIR` builds them."""
+    """The README's offline models, written by `simcli demo-model DIR [--family wobert]`."""
     root = tmp_path_factory.mktemp("offline")
-    checkpoints.main(["roformer-sim", str(root / "tiny-model")])
-    checkpoints.main(["wobert", str(root / "tiny-wobert")])
-    return {"roformer-sim": root / "tiny-model", "wobert": root / "tiny-wobert"}
+    models = {"roformer-sim": root / "tiny-model", "wobert": root / "tiny-wobert"}
+    for family, folder in models.items():
+        r = CliRunner().invoke(app, ["demo-model", str(folder), "--family", family])
+        assert r.exit_code == 0, r.output
+    return models
 
 
 def _sentences(n: int, seed: int) -> list[str]:
@@ -171,31 +173,3 @@ def test_readme_python_snippet_runs_with_the_offline_model(
     exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102
     assert scope["y"].shape == (2, 256)  # type: ignore[attr-defined]
     assert len(capsys.readouterr().out.splitlines()) == 3  # the three hits printed
-
-
-def test_offline_model_command_has_help_and_usage_errors(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`python -m tests.checkpoints --help` prints usage (no traceback); a bad call is a one-line usage error."""
-    import subprocess
-    import sys
-
-    r = subprocess.run(
-        [sys.executable, "-m", "tests.checkpoints", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert r.returncode == 0 and r.stdout.startswith("usage: python -m tests.checkpoints") and not r.stderr
-    assert "{roformer-sim,wobert}" in r.stdout and "--hidden" in r.stdout
-    for args, message in (
-        ([], "the following arguments are required: kind, out"),
-        (["gpt2", str(tmp_path / "m")], "argument kind: invalid choice: 'gpt2'"),
-        (["wobert", str(tmp_path / "m"), "--hidden", "100", "--heads", "3"], "--hidden 100 must split into"),
-    ):
-        with pytest.raises(SystemExit) as e:
-            checkpoints.main(args)
-        assert e.value.code == 2
-        assert message in capsys.readouterr().err.splitlines()[-1]
-    assert not (tmp_path / "m").exists()

@@ -5,7 +5,8 @@ Each command lives in its own module and registers itself on the shared app.
 
 from __future__ import annotations
 
-from simcli.cli import encode as _encode  # noqa: F401  (registers commands)
+from simcli.cli import demo as _demo  # noqa: F401  (registers commands)
+from simcli.cli import encode as _encode  # noqa: F401
 from simcli.cli import evaluate as _evaluate  # noqa: F401
 from simcli.cli import generate as _generate  # noqa: F401
 from simcli.cli import hubness as _hubness  # noqa: F401

@@ -9,7 +9,6 @@ result as it loads the original.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from simcli import io
 from simcli.errors import OutputExists
 from simcli.io import atomic_write_json
 from simcli.models.loading import WEIGHT_FILES, Checkpoint
@@ -96,23 +96,10 @@ def _copy_layout(src: Path, dst: Path) -> None:
 
 @contextmanager
 def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary folder beside `out`, renamed to `out` when the block ends without error (the old `out`,
-    with --overwrite, is moved aside first and removed after); removed on error."""
+    """`simcli.io.staged_folder` for a training output, after `check_out` allowed replacing `out`."""
     check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
+    with io.staged_folder(out) as stage:
         yield stage
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def write_checkpoint(
