@@ -1,6 +1,6 @@
 """Tokenizers: exact tokens of the char tokenizer (BERT) and the WoBERT jieba word tokenizer (kexue.fm/archives/7758).
 
-The tiny vocabularies come from tests/checkpoints.py: char = BERT specials + a few ASCII pieces (no "##d",
+The tiny vocabularies come from simcli/models/demo.py: char = BERT specials + a few ASCII pieces (no "##d",
 "##2", ...) + 1500 frequent CJK characters; word = that + the 2000 most frequent multi-character jieba
 words. Sentences are real ones from LCQMC, BQ, ATEC, PAWSX and STS-B (../shared/data) unless marked.
 """
