@@ -10,7 +10,6 @@ typer 0.29 carries its own copy of click, so commands and parameters are read by
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from typing import Any
 
 import typer
