@@ -1,5 +1,6 @@
-"""The torch install lines of the README and of CI agree: one exact pin, inside pyproject's torch requirement,
-each on a pip command that carries PyTorch's CPU wheel index (PyPI's Linux torch is the CUDA build)."""
+"""The torch install lines of the README, docs/ and CI agree: one exact pin, inside pyproject's torch requirement,
+each on a pip command that carries PyTorch's CPU wheel index (PyPI's Linux torch is the CUDA build), except the
+GPU line of docs/install.md, which names a CUDA index instead of PyPI."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CUDA_INDEX = re.compile(r"https://download\.pytorch\.org/whl/cu\d+$")
 
 
 def code(markdown: str) -> str:
@@ -53,9 +55,10 @@ def check(sources: dict[str, str]) -> str:
         for args in installs:
             (torch,) = [a for a in args if re.match(r"torch(\W|$)", a)]
             assert torch.startswith("torch=="), f"{name}: {torch!r} is not an exact pin"
-            assert "--extra-index-url" in args and args[args.index("--extra-index-url") + 1] == CPU_INDEX, (
-                f"{name}: {shlex.join(args)} lacks --extra-index-url {CPU_INDEX}"
-            )
+            gpu = "--index-url" in args and CUDA_INDEX.match(args[args.index("--index-url") + 1])
+            assert gpu or (
+                "--extra-index-url" in args and args[args.index("--extra-index-url") + 1] == CPU_INDEX
+            ), f"{name}: {shlex.join(args)} lacks --extra-index-url {CPU_INDEX}"
             pins[f"{name}: {shlex.join(args)}"] = torch.removeprefix("torch==")
     assert len(set(pins.values())) == 1, f"torch pins differ: {pins}"
     return next(iter(pins.values()))
@@ -63,8 +66,10 @@ def check(sources: dict[str, str]) -> str:
 
 def sources() -> dict[str, str]:
     """The commands of the README (its code) and of CI (the whole script)."""
-    readme = code((ROOT / "README.md").read_text(encoding="utf-8"))
-    return {"README.md": readme, ".ci/run": (ROOT / ".ci/run").read_text(encoding="utf-8")}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = {str(p.relative_to(ROOT)): code(p.read_text(encoding="utf-8")) for p in pages}
+    found = {name: text for name, text in found.items() if torch_installs(text)}
+    return {**found, ".ci/run": (ROOT / ".ci/run").read_text(encoding="utf-8")}
 
 
 def test_readme_and_ci_pin_one_cpu_torch_inside_pyproject_bounds() -> None:
@@ -73,11 +78,15 @@ def test_readme_and_ci_pin_one_cpu_torch_inside_pyproject_bounds() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     (torch,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch"]
     assert torch.specifier.contains(Version(version)), f"torch=={version} is outside pyproject's {torch}"
-    # where a newcomer reads them: both quick-start commands, the container, the test setup; and CI
+    # where a newcomer reads them: both quick-start commands; the install page (CPU and GPU), the container, the
+    # test setup; and CI
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quick_start = readme.split("```bash\n", 1)[1].split("```", 1)[0]
     assert len(torch_installs(quick_start)) == 2
-    assert len(torch_installs(found["README.md"])) == 4 and len(torch_installs(found[".ci/run"])) == 1
+    counts = {name: len(torch_installs(text)) for name, text in found.items()}
+    assert counts == {
+        "README.md": 2, "docs/install.md": 2, "docs/serve.md": 1, "docs/testing.md": 1, ".ci/run": 1
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -380,7 +380,11 @@ def test_install_hints_use_the_source_folder() -> None:
     root = Path(__file__).resolve().parents[1]
     texts = {
         p: p.read_text(encoding="utf-8")
-        for p in [root / "README.md", *sorted((root / "simcli").rglob("*.py"))]
+        for p in [
+            root / "README.md",
+            *sorted((root / "docs").glob("*.md")),
+            *sorted((root / "simcli").rglob("*.py")),
+        ]
     }
     # `pip install simcli` / `simcli[plot]` from PyPI is another project; the README may only warn about it
     wrong = [
@@ -390,6 +394,6 @@ def test_install_hints_use_the_source_folder() -> None:
         if "unrelated" not in text[max(0, m.start() - 200) : m.end() + 100]
     ]
     assert wrong == []
-    readme = texts[root / "README.md"]
-    assert "the name `simcli` on PyPI belongs to an unrelated 2018 package" in readme
+    readme = " ".join((texts[root / "README.md"] + texts[root / "docs" / "install.md"]).split()).lower()
+    assert "the name `simcli` on pypi belongs to an unrelated 2018 package" in readme
     assert "pip install -e '.[plot]'" in readme

@@ -291,7 +291,12 @@ def test_ray_index_returns_the_hits_of_the_single_process_build(
         raise AssertionError("index build --ray put the whole corpus in one array on the driver")
 
     monkeypatch.setattr(pipeline, "prepare", corpus_in_one_array)  # the driver streams shard by shard
-    on_ray = Index.build(single_store, out=tmp_path / "r.idx", index=kind, whiten=whiten, ray=ray_runtime)
+    from simcli.scale.index import build_hooks_on_ray
+
+    moments, fill = build_hooks_on_ray(ray_runtime, single_store, lambda _: None)
+    on_ray = Index.build(
+        single_store, out=tmp_path / "r.idx", index=kind, whiten=whiten, moments=moments, fill=fill
+    )
     a, b = (
         faiss.read_index(str(tmp_path / "r.idx" / "index-1.faiss")),
         faiss.read_index(str(tmp_path / "s.idx" / "index-1.faiss")),

@@ -1,6 +1,6 @@
-"""Every command and the Python snippet of the README run against the README's offline model
-(`simcli demo-model ./tiny-model`), in README order, on small input files with the names
-the README uses. A README example that a user cannot run fails here."""
+"""Every command and Python snippet of the README and of docs/ run against the offline model the docs name
+(`simcli demo-model ./tiny-model`), page by page in reading order, on small input files with the names the
+docs use. An example that a user cannot run fails here."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ from simcli.cli import app
 from tests import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The pages whose examples run, in reading order: later pages use what earlier ones wrote (stores, indexes).
+PAGES = [
+    "README.md",
+    *(
+        f"docs/{name}.md"
+        for name in (
+            "install", "models", "encode", "whitening", "evaluate", "train", "generate", "index-and-query",
+            "hubness", "serve", "scale-out", "python-api", "performance", "testing", "architecture",
+        )
+    ),
+]  # fmt: skip
 BLOCK = re.compile(r"```(bash|python)\n(.*?)```", re.DOTALL)
 
 
@@ -129,24 +140,36 @@ def _run(argv: list[str], stdin: str | None, stdout: str | None, models: dict[st
         Path(stdout).write_text(r.stdout, encoding="utf-8")
 
 
+def _blocks(kind: str) -> list[tuple[str, str]]:
+    """(code, "page:line") of every `kind` block of the pages, in reading order."""
+    out = []
+    for page in PAGES:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        out += [
+            (m.group(2), f"{page}:{text[: m.start()].count(chr(10)) + 1}")
+            for m in BLOCK.finditer(text)
+            if m.group(1) == kind
+        ]
+    return out
+
+
+def test_every_docs_page_is_run() -> None:
+    """A new page of docs/ joins PAGES (or is deliberately left out here), so its examples cannot rot unseen."""
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages - set(PAGES) == {"docs/cli.md", "docs/references.md"}
+
+
 def test_readme_commands_run_with_the_offline_model(
     offline: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = [
-        (m.group(2), readme[: m.start()].count("\n") + 1)
-        for m in BLOCK.finditer(readme)
-        if m.group(1) == "bash"
-    ]
     ran = 0
-    for n, (block, line) in enumerate(blocks):
-        commands = _commands(block)
+    for n, (block, where) in enumerate(_blocks("bash")):
         folder = tmp_path / ("quick-start" if n == 0 else "shared")  # the quick start is a fresh checkout
         if not folder.exists():
             _inputs(folder)
         monkeypatch.chdir(folder)
-        for argv, stdin, stdout in commands:
-            _run(argv, stdin, stdout, offline, f"README.md:{line}")
+        for argv, stdin, stdout in _commands(block):
+            _run(argv, stdin, stdout, offline, where)
             ran += 1
     assert ran >= 25  # every documented command, not a handful
     shared = tmp_path / "shared"
@@ -157,19 +180,32 @@ def test_readme_commands_run_with_the_offline_model(
     )
 
 
-def test_readme_python_snippet_runs_with_the_offline_model(
+@pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])
+def test_python_snippets_run_with_the_offline_model(
+    page: str,
     offline: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    (code,) = [m.group(2) for m in BLOCK.finditer(readme) if m.group(1) == "python"]
+    (code,) = [code for code, where in _blocks("python") if where.startswith(page + ":")]
     code, n = re.subn(r'^M = "[^"]*"', f"M = {str(offline['roformer-sim'])!r}", code, flags=re.MULTILINE)
     assert n == 1
     _inputs(tmp_path / "py")
     monkeypatch.chdir(tmp_path / "py")
     scope: dict[str, object] = {}
-    exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102
-    assert scope["y"].shape == (2, 256)  # type: ignore[attr-defined]
+    exec(compile(code, f"{page} (Python API)", "exec"), scope)  # noqa: S102
+    assert scope["vecs"].shape == (2, 384)  # type: ignore[attr-defined]
+    if page == "docs/python-api.md":
+        assert scope["y"].shape == (2, 256)  # type: ignore[attr-defined]
     assert len(capsys.readouterr().out.splitlines()) == 3  # the three hits printed
+
+
+def test_cli_reference_page_is_current() -> None:
+    """docs/cli.md is what `python -m simcli.cli.reference` renders from the commands today."""
+    from simcli.cli.reference import render
+
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert page == render(), "docs/cli.md is stale: python -m simcli.cli.reference > docs/cli.md"
+    for command in ("simcli encode", "simcli index build", "simcli train", "simcli serve", "simcli eval sts"):
+        assert f"## `{command}`" in page

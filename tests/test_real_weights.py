@@ -26,7 +26,9 @@ MODELS = ("m3e-small", "all-minilm-l6-v2")
 N_SENTENCES = 5000
 MAX_LENGTH = 64  # simcli's default; sentence-transformers is set to the same
 FLOAT32_MIN_COSINE = 0.99999
-AUTO_MIN_COSINE = 0.999  # README, "Device and dtype": `--dtype auto` keeps vectors within this of float32
+AUTO_MIN_COSINE = (
+    0.999  # docs/models.md, "Device and dtype": `--dtype auto` keeps vectors within this of float32
+)
 # conftest replaces cpu_flags in every test (auto = float32); the dtype test puts the real one back.
 REAL_CPU_FLAGS = device.cpu_flags
 

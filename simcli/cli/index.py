@@ -157,15 +157,20 @@ def build(
                 pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
                 batch_tokens=batch_tokens,
             )  # fmt: skip
-        ray = None
-        if ray_address is not None:
-            if model is not None or not (len(inputs) == 1 and Path(inputs[0]).is_dir()):
+        moments = fill = None
+        if (
+            ray_address is not None
+        ):  # the whitening's moments and the adding on Ray: the driver never holds the corpus
+            from simcli.index.sources import is_store
+
+            if model is not None or not (len(inputs) == 1 and is_store(inputs[0])):
                 raise UsageError(
                     "--ray builds from one vector store folder (`simcli encode --ray` makes one)"
                 )
+            from simcli.scale.index import build_hooks_on_ray
             from simcli.scale.runtime import connect
 
-            ray = connect(ray_address)
+            moments, fill = build_hooks_on_ray(connect(ray_address), inputs[0], _note)
         with progress_bar() as bar:
             idx = Index.build(
                 inputs,
@@ -180,7 +185,8 @@ def build(
                 csls=csls,
                 progress=_bar_progress(bar),
                 log=_note,
-                ray=ray,
+                moments=moments,
+                fill=fill,
             )
         info = idx.info()
         if json_out:

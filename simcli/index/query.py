@@ -135,7 +135,8 @@ class Index:
         csls: bool = False,
         progress: ProgressFn | None = None,
         log: Log | None = None,
-        ray: Any = None,
+        moments: Callable[[], Any] | None = None,
+        fill: Callable[[Any, Any], Any] | None = None,
     ) -> Index:
         """Build an index folder from raw vectors, a vector store or text, and return it loaded.
 
@@ -155,8 +156,10 @@ class Index:
             csls: also compute the CSLS radii (`hubness`), for `search(rerank="csls")`.
             progress: called with (sentences, tokens) while encoding text.
             log: called with one-line notes (the CLI prints them on stderr).
-            ray: a connected ray module (`simcli.scale.runtime.connect`): a store's shards are added to
-                copies of the trained index by Ray tasks and merged (`simcli.scale.index`).
+            moments: `moments()` gathers the source's moment sums some other way than a pass over its vectors
+                here (`simcli.index.space.fit_whitening`; on Ray: `simcli.scale.whiten`).
+            fill: `fill(trained_index, whitening)` adds the source's vectors to the trained, empty index some
+                other way and returns it filled, or None to fill it here (on Ray: `simcli.scale.index`).
 
         Raises:
             UsageError, BadInput, ManifestMismatch, OutputExists: bad options, inputs or folders.
@@ -169,13 +172,6 @@ class Index:
         whiten_value(whiten)
         enc_options = dict(encoder_options or {})
         used: list[Any] = []
-        if ray is not None:
-            given = [source] if isinstance(source, str | Path) else source
-            if isinstance(source, np.ndarray) or len(given) != 1 or not is_store(given[0]):
-                raise UsageError(
-                    "--ray builds from one vector store folder (`simcli encode --ray` makes one)"
-                )
-            ray_store = given[0]
 
         def get_encoder() -> Any:
             used.append(build_encoder(model, enc_options, log))
@@ -194,23 +190,12 @@ class Index:
             progress=progress,
         )
         _warn_about(src, log)
-        moments = fill = None
-        if (
-            ray is not None
-        ):  # the whitening's moments and the adding on Ray; the driver never holds the corpus
-            from simcli.scale.index import filler_on_ray
-            from simcli.scale.whiten import store_moments_on_ray
-            from simcli.store import VectorStore
-
-            store = VectorStore.open(ray_store)
-            moments = store_moments_on_ray(ray, store)
         w = fit_whitening(src, whiten, whitening, log, moments=moments)
         choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
-        if ray is not None:
-            fill = filler_on_ray(ray, store, w, log)
-        pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log, fill=fill)
+        filler = None if fill is None else lambda trained: fill(trained, w)
+        pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log, fill=filler)
         built = cls.load(out, verify=False)
         if csls:
             built.hubness(log=log)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import UsageError
-from simcli.models.tokenizers import Batch, Tokenizer, is_cjk, is_punctuation
+from simcli.models.tokenizer_base import Batch, Tokenizer, is_cjk, is_punctuation
 
 # bert4keras' Tokenizer(word_maxlen=200): a longer chunk is one unknown token (Google's BERT and HF use 100).
 WORD_MAX_CHARS = 200

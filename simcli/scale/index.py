@@ -45,12 +45,18 @@ def mergeable(index: Any) -> bool:
         return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
 
 
-def filler_on_ray(ray: Any, store: Any, whitening: Any, log: Callable[[str], None]) -> Callable[[Any], Any]:
-    """A `fill(trained_index) -> filled index (None: fill it as usual)` for `simcli.index.pipeline.build`: the store's shards added
-    by Ray tasks into copies of the trained index, merged in id order."""
+def build_hooks_on_ray(
+    ray: Any, store_path: str | Path, log: Callable[[str], None]
+) -> tuple[Callable[[], Any], Callable[[Any, Any], Any]]:
+    """The `moments` and `fill` hooks of `simcli.Index.build` for a store on Ray: the whitening's moments gathered by
+    Ray tasks, and the store's shards added by Ray tasks into copies of the trained index, merged in id order."""
     from simcli.scale.runtime import cluster_cpus
+    from simcli.scale.whiten import store_moments_on_ray
+    from simcli.store import VectorStore
 
-    def fill(trained: Any) -> Any:
+    store = VectorStore.open(store_path)
+
+    def fill(trained: Any, whitening: Any) -> Any:
         import faiss
 
         if not mergeable(trained):
@@ -70,4 +76,4 @@ def filler_on_ray(ray: Any, store: Any, whitening: Any, log: Callable[[str], Non
         log(f"filled on Ray: {len(parts)} parts merged")
         return merged
 
-    return fill
+    return store_moments_on_ray(ray, store), fill
