@@ -22,6 +22,7 @@ from simcli.errors import UsageError
 from simcli.types import EncoderConfig, ProgressFn
 
 if TYPE_CHECKING:
+    from simcli.io import Errors
     from simcli.models.encoder import Encoder
     from simcli.models.unilm import UniLM
 
@@ -400,6 +401,7 @@ def generate_file(
     resume: bool = False,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    errors: Errors = "strict",
     **options: Any,
 ) -> FileSummary:
     """Augment a tsv/csv/jsonl file: one output row per paraphrase, the other columns copied.
@@ -436,11 +438,11 @@ def generate_file(
     input, out = Path(input), Path(out)
     fmt = check_batch_paths(input, out, resume=resume, overwrite=overwrite)
     if fmt == "jsonl":
-        records = list(read_records([input], field=column))
+        records = list(read_records([input], field=column, errors=errors))
         header: list[str] = []
     else:
-        records = list(read_records([input], column=column))
-        header = read_header(input, fmt)
+        records = list(read_records([input], column=column, errors=errors))
+        header = read_header(input, fmt, errors)
     added = (SOURCE_COLUMN, SCORE_COLUMN)
     clash = [col for col in added if col in header] or [
         col for r in records[:1] if isinstance(r.row, dict) for col in added if col in r.row
