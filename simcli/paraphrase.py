@@ -293,11 +293,17 @@ def load_paraphraser(
         max_rows: samples decoded together in one batch.
         cache_mb: KV-cache memory budget of one batch, in MiB.
     """
+    from simcli.errors import ModelError
     from simcli.models.encoder import load_encoder
     from simcli.models.loading import open_checkpoint
+    from simcli.models.sources import GENERATE_ALTERNATIVES, SHORT_NAMES
     from simcli.models.unilm import check_can_generate
 
-    check_can_generate(open_checkpoint(model))  # refuse before loading the weights
+    if model in SHORT_NAMES:  # refused before the registry is asked for weights that cannot generate
+        raise ModelError(f"{model}: cannot generate; {GENERATE_ALTERNATIVES}")
+    check_can_generate(
+        open_checkpoint(model, alternatives=GENERATE_ALTERNATIVES)
+    )  # before loading the weights
     # The UniLM decoder shares the encoder's native backbone: re-ranking vectors come from the same weights.
     config = EncoderConfig(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
     enc = load_encoder(config)
