@@ -150,9 +150,16 @@ def build(
     with reported_errors():
         from simcli.cli.whiten import progress_bar
         from simcli.index import Index
+        from simcli.index.sources import check_store_flags, is_store
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
+        if len(inputs) == 1 and is_store(inputs[0]):
+            # the store fixes these: refuse a contradiction rather than ignore it; the same values are fine
+            check_store_flags(
+                inputs[0], model=model, pooling=pooling, tokenizer=tokenizer, max_length=max_length
+            )
+            model = None
         config = None
         if model is not None:
             config = EncoderConfig(model).with_options(
