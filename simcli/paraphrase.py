@@ -478,7 +478,7 @@ def generate_file(
         if differ:
             raise ManifestMismatch(
                 f"{out}: --resume with different settings than the interrupted run ({', '.join(differ)}); "
-                "pass --overwrite to start over"
+                "replace --resume with --overwrite to start over"
             )
         c = replace(c, seed=int(old["seed"]))
         for part in sorted(parts.glob("part-*.jsonl")):

@@ -45,6 +45,8 @@ KIND = "store"
 DEFAULT_SHARD_SIZE = 10_000
 DEFAULT_STORE_DTYPE: StoreDType = "float32"
 STORE_DTYPES = ("float32", "float16")
+# --overwrite is the way out of a failed --resume; the two flags exclude each other, so the hint says swap
+RESTART = "replace --resume with --overwrite to start again"
 
 
 @dataclass
@@ -294,7 +296,7 @@ def _remove_temporaries(out: Path) -> None:
 
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
     """ManifestMismatch naming what differs between the interrupted run and this one."""
-    hint = "use --overwrite to start again"
+    hint = RESTART
     try:
         check_same_model(ModelSpec.from_dict(old["model"]), ModelSpec.from_dict(new["model"]), "this model")
     except ManifestMismatch as e:
@@ -334,7 +336,7 @@ def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Re
             if (row["text"], row["source"], row["line"]) != (rec.text, rec.source, rec.line):
                 raise ManifestMismatch(
                     f"{out}: cannot resume: {rec.source}:{rec.line} is not the text of id {row['id']} in "
-                    f"{name}.jsonl (input changed; use --overwrite to start again)"
+                    f"{name}.jsonl (input changed; {RESTART})"
                 )
 
 
@@ -346,7 +348,7 @@ def check_finished_files(out: Path, entry: dict[str, Any], first: int, count: in
     if entry["first_id"] != first or entry["count"] != count:
         raise ManifestMismatch(
             f"{out}: cannot resume: {name} holds ids {entry['first_id']}..+{entry['count']}, the input now "
-            f"gives {first}..+{count} (input changed; use --overwrite to start again)"
+            f"gives {first}..+{count} (input changed; {RESTART})"
         )
 
 
@@ -546,7 +548,7 @@ def encode_to_store(
     if k + 1 < len(done):
         raise ManifestMismatch(
             f"{out}: cannot resume: the input now ends in shard {k + 1}, the interrupted run wrote "
-            f"{len(done)} shards (input changed; use --overwrite to start again)"
+            f"{len(done)} shards (input changed; {RESTART})"
         )
     empty_skipped = read_stats.empty_skipped if read_stats is not None else 0
     writer.save(complete=True, empty_skipped=empty_skipped)

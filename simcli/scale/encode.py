@@ -27,6 +27,7 @@ from simcli.io import ReadStats
 from simcli.scale.plan import ShardPlan, plan_shards, read_shard
 from simcli.scale.runtime import cluster_cpus
 from simcli.store import (
+    RESTART,
     StoreSummary,
     StoreWriter,
     check_finished_files,
@@ -164,7 +165,7 @@ def encode_store(
         if len(earlier) > len(plans):
             raise ManifestMismatch(
                 f"{out}: cannot resume: the input now ends in shard {len(plans)}, the interrupted run wrote "
-                f"{len(earlier)} shards (input changed; use --overwrite to start again)"
+                f"{len(earlier)} shards (input changed; {RESTART})"
             )
         for plan, entry in zip(plans, earlier):
             _check_finished(out, entry, plan)
@@ -231,5 +232,5 @@ def _check_finished(out: Path, entry: dict[str, Any], plan: ShardPlan) -> None:
     if (row["source"], row["line"]) != (plan.source, plan.line):
         raise ManifestMismatch(
             f"{out}: cannot resume: id {plan.first} is now {plan.source}:{plan.line}, the interrupted run had "
-            f"{row['source']}:{row['line']} (input changed; use --overwrite to start again)"
+            f"{row['source']}:{row['line']} (input changed; {RESTART})"
         )
