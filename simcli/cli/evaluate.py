@@ -163,13 +163,10 @@ def sts(
 
 
 def model_list(value: str) -> list[str]:
-    """`--model a,b`: the models to evaluate in turn (a name that exists as a path is one model)."""
-    if "," not in value or Path(value).exists():
-        return [value]
-    names = [v.strip() for v in value.split(",")]
-    if not all(names):
-        raise UsageError(f"--model {value!r}: an empty name in the comma list")
-    return list(dict.fromkeys(names))
+    """`--model a,b`: the models to evaluate in turn, split as --pooling is (a path that exists is one model)."""
+    from simcli.evaluate import parse_list
+
+    return [value] if Path(value).exists() else parse_list(value) or [value]
 
 
 def _print_table(by_model: dict[str, list], beta: float, gamma: float, fit_on: Path | None) -> None:  # type: ignore[type-arg]
