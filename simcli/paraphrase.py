@@ -22,6 +22,7 @@ from simcli.errors import UsageError
 from simcli.types import EncoderConfig, ProgressFn
 
 if TYPE_CHECKING:
+    from simcli.io import Errors
     from simcli.models.encoder import Encoder
     from simcli.models.unilm import UniLM
 
@@ -292,11 +293,17 @@ def load_paraphraser(
         max_rows: samples decoded together in one batch.
         cache_mb: KV-cache memory budget of one batch, in MiB.
     """
+    from simcli.errors import ModelError
     from simcli.models.encoder import load_encoder
     from simcli.models.loading import open_checkpoint
+    from simcli.models.sources import GENERATE_ALTERNATIVES, SHORT_NAMES
     from simcli.models.unilm import check_can_generate
 
-    check_can_generate(open_checkpoint(model))  # refuse before loading the weights
+    if model in SHORT_NAMES:  # refused before the registry is asked for weights that cannot generate
+        raise ModelError(f"{model}: cannot generate; {GENERATE_ALTERNATIVES}")
+    check_can_generate(
+        open_checkpoint(model, alternatives=GENERATE_ALTERNATIVES)
+    )  # before loading the weights
     # The UniLM decoder shares the encoder's native backbone: re-ranking vectors come from the same weights.
     config = EncoderConfig(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
     enc = load_encoder(config)
@@ -400,6 +407,7 @@ def generate_file(
     resume: bool = False,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    errors: Errors = "strict",
     **options: Any,
 ) -> FileSummary:
     """Augment a tsv/csv/jsonl file: one output row per paraphrase, the other columns copied.
@@ -436,11 +444,11 @@ def generate_file(
     input, out = Path(input), Path(out)
     fmt = check_batch_paths(input, out, resume=resume, overwrite=overwrite)
     if fmt == "jsonl":
-        records = list(read_records([input], field=column))
+        records = list(read_records([input], field=column, errors=errors))
         header: list[str] = []
     else:
-        records = list(read_records([input], column=column))
-        header = read_header(input, fmt)
+        records = list(read_records([input], column=column, errors=errors))
+        header = read_header(input, fmt, errors)
     added = (SOURCE_COLUMN, SCORE_COLUMN)
     clash = [col for col in added if col in header] or [
         col for r in records[:1] if isinstance(r.row, dict) for col in added if col in r.row
@@ -470,7 +478,7 @@ def generate_file(
         if differ:
             raise ManifestMismatch(
                 f"{out}: --resume with different settings than the interrupted run ({', '.join(differ)}); "
-                "pass --overwrite to start over"
+                "replace --resume with --overwrite to start over"
             )
         c = replace(c, seed=int(old["seed"]))
         for part in sorted(parts.glob("part-*.jsonl")):

@@ -26,6 +26,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ KIND = "store"
 DEFAULT_SHARD_SIZE = 10_000
 DEFAULT_STORE_DTYPE: StoreDType = "float32"
 STORE_DTYPES = ("float32", "float16")
+# --overwrite is the way out of a failed --resume; the two flags exclude each other, so the hint says swap
+RESTART = "replace --resume with --overwrite to start again"
 
 
 @dataclass
@@ -275,6 +278,16 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] 
     return None
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet (None when `path` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def _remove_temporaries(out: Path) -> None:
     for p in out.iterdir():
         if p.name.startswith(".") and p.name.endswith(".tmp") and _is_store_file(p.name):
@@ -283,7 +296,7 @@ def _remove_temporaries(out: Path) -> None:
 
 def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
     """ManifestMismatch naming what differs between the interrupted run and this one."""
-    hint = "use --overwrite to start again"
+    hint = RESTART
     try:
         check_same_model(ModelSpec.from_dict(old["model"]), ModelSpec.from_dict(new["model"]), "this model")
     except ManifestMismatch as e:
@@ -323,7 +336,7 @@ def _check_finished(out: Path, entry: dict[str, Any], first: int, block: list[Re
             if (row["text"], row["source"], row["line"]) != (rec.text, rec.source, rec.line):
                 raise ManifestMismatch(
                     f"{out}: cannot resume: {rec.source}:{rec.line} is not the text of id {row['id']} in "
-                    f"{name}.jsonl (input changed; use --overwrite to start again)"
+                    f"{name}.jsonl (input changed; {RESTART})"
                 )
 
 
@@ -335,7 +348,7 @@ def check_finished_files(out: Path, entry: dict[str, Any], first: int, count: in
     if entry["first_id"] != first or entry["count"] != count:
         raise ManifestMismatch(
             f"{out}: cannot resume: {name} holds ids {entry['first_id']}..+{entry['count']}, the input now "
-            f"gives {first}..+{count} (input changed; use --overwrite to start again)"
+            f"gives {first}..+{count} (input changed; {RESTART})"
         )
 
 
@@ -383,6 +396,7 @@ class StoreWriter:
 
     def __init__(self, out: Path, header: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
         self.out, self.header = out, header
+        self.created = _first_missing(out)  # the folders this writer makes, to remove on `discard`
         old = _prepare_folder(out, resume, overwrite)
         self.resumed = old is not None
         self.done: list[dict[str, Any]] = []
@@ -397,6 +411,33 @@ class StoreWriter:
         """List the next shard (its files written) and save the manifest."""
         self.done.append(entry)
         self.save(complete=False)
+
+    @contextmanager
+    def discarded_on_error(self) -> Iterator[None]:
+        """On an error before the first shard is listed, remove what this run wrote (see `discard`)."""
+        try:
+            yield
+        except Exception:  # not KeyboardInterrupt: an interrupted run keeps its folder for --resume
+            if not self.done and not self.resumed:
+                self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the store files of a run that finished no shard, and the folders it created: the failed
+        first try must not turn the next one into "folder is not empty"."""
+        if self.out.is_dir():
+            for p in self.out.iterdir():
+                if _is_store_file(p.name):
+                    p.unlink(missing_ok=True)
+        if self.created is None:
+            return
+        for folder in (self.out, *self.out.parents):
+            try:
+                folder.rmdir()  # only when empty: never anything the user put there meanwhile
+            except OSError:
+                return
+            if folder == self.created:
+                return
 
     def save(self, complete: bool, empty_skipped: int = 0) -> None:
         done = self.done
@@ -488,23 +529,26 @@ def encode_to_store(
     written = 0
     truncated_before = 0
     stream = encode_blocks(encoder, todo(), text=_text, normalize=normalize, stats=counts, progress=progress)
-    for block, vectors in stream:
-        k, first = shards.pop(0)
-        if vectors.shape != (len(block), spec.dim):
-            raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})")
-        entry = write_shard(out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype))
-        entry["truncated"] = counts.truncated - truncated_before
-        truncated_before = counts.truncated
-        # informational (not checked on --resume): which device and dtype computed this shard's vectors
-        entry["computed_with"] = computed_with(encoder)
-        writer.add(entry)
-        written += 1
+    with writer.discarded_on_error():
+        for block, vectors in stream:
+            k, first = shards.pop(0)
+            if vectors.shape != (len(block), spec.dim):
+                raise SimcliError(
+                    f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})"
+                )
+            entry = write_shard(out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype))
+            entry["truncated"] = counts.truncated - truncated_before
+            truncated_before = counts.truncated
+            # informational (not checked on --resume): which device and dtype computed this shard's vectors
+            entry["computed_with"] = computed_with(encoder)
+            writer.add(entry)
+            written += 1
     k = state["blocks"] - 1
     skipped = state["skipped"]
     if k + 1 < len(done):
         raise ManifestMismatch(
             f"{out}: cannot resume: the input now ends in shard {k + 1}, the interrupted run wrote "
-            f"{len(done)} shards (input changed; use --overwrite to start again)"
+            f"{len(done)} shards (input changed; {RESTART})"
         )
     empty_skipped = read_stats.empty_skipped if read_stats is not None else 0
     writer.save(complete=True, empty_skipped=empty_skipped)

@@ -186,11 +186,14 @@ def test_resume_refuses_another_model_or_options(tmp_path: Path) -> None:
         )
     assert str(e.value) == (
         f"{out}: cannot resume: this model does not fit (expected fake-model): pooling 'cls' != 'pooler' "
-        "(use --overwrite to start again)"
+        "(replace --resume with --overwrite to start again)"
     )
     with pytest.raises(ManifestMismatch) as e:
         encode_to_store(records, FakeEncoder(), out, shard_size=5, inputs=["in.txt"], resume=True)
-    assert str(e.value) == f"{out}: cannot resume: shard_size was 4, now 5 (use --overwrite to start again)"
+    assert (
+        str(e.value)
+        == f"{out}: cannot resume: shard_size was 4, now 5 (replace --resume with --overwrite to start again)"
+    )
     with pytest.raises(ManifestMismatch, match="cannot resume: normalized was False, now True"):
         encode_to_store(
             records, FakeEncoder(), out, shard_size=4, inputs=["in.txt"], normalize=True, resume=True
@@ -206,7 +209,7 @@ def test_resume_refuses_changed_input(tmp_path: Path) -> None:
         encode_to_store(changed, FakeEncoder(), out, shard_size=4, inputs=["in.txt"], resume=True)
     assert str(e.value) == (
         f"{out}: cannot resume: in.txt:6 is not the text of id 5 in shard-00001.jsonl "
-        "(input changed; use --overwrite to start again)"
+        "(input changed; replace --resume with --overwrite to start again)"
     )
     with pytest.raises(ManifestMismatch, match="the input now ends in shard 1, the interrupted run wrote 2"):
         encode_to_store(records[:4], FakeEncoder(), out, shard_size=4, inputs=["in.txt"], resume=True)

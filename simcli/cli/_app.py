@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from simcli.errors import SimcliError
+from simcli.io import Errors
 from simcli.types import DEFAULT_MAX_LENGTH
 
 # Click's exception classes, wherever this Typer takes click from (newer Typers vendor it as typer._click).
@@ -167,6 +168,9 @@ BatchTokensOpt = Annotated[
         "--batch-tokens",
         help="Token budget of one batch (padded length x sentences); default 1024 on CPU, 16384 on CUDA.",
     ),
+]
+ErrorsOpt = Annotated[
+    Errors, typer.Option("--errors", help="Invalid UTF-8 in the input: fail, or replace with U+FFFD.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout instead of a table.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]

@@ -15,6 +15,7 @@ from simcli.cli._app import (
     BatchTokensOpt,
     DeviceOpt,
     DTypeOpt,
+    ErrorsOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -27,7 +28,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import UsageError
-from simcli.io import Errors, count_rows, is_uri
+from simcli.io import count_rows, is_uri
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn, StoreDType
 
@@ -181,9 +182,7 @@ def encode(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")] = False,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")] = False,
-    errors: Annotated[
-        Errors, typer.Option("--errors", help="Invalid UTF-8: fail, or replace with U+FFFD.")
-    ] = "strict",
+    errors: ErrorsOpt = "strict",
     ray_address: Annotated[
         str | None,
         typer.Option(

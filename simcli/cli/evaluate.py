@@ -20,6 +20,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.cli.whiten import progress_bar
+from simcli.errors import UsageError
 from simcli.types import EncoderConfig
 
 eval_app = typer.Typer(
@@ -36,7 +37,15 @@ def sts(
             help="Pair files: s1<TAB>s2<TAB>label (.data/.txt/.tsv), .csv or .jsonl (see --columns)."
         ),
     ],
-    model: ModelOpt,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"{ModelOpt.__metadata__[0].help} Several, comma-separated, give a row per model.",
+            envvar="SIMCLI_MODEL",
+        ),
+    ],
     pooling: Annotated[
         str, typer.Option(help="Comma-separated poolings: auto, pooler, cls, last-avg, first-last-avg.")
     ] = "auto",
@@ -83,7 +92,14 @@ def sts(
     Example: simcli eval sts LCQMC.test.data --model M --pooling cls,first-last-avg --whiten none,full,256
     """
     with reported_errors():
-        from simcli.evaluate import evaluate_sts, parse_columns, parse_whiten, plot_scores, require_matplotlib
+        from simcli.evaluate import (
+            StsResult,
+            evaluate_sts,
+            parse_columns,
+            parse_whiten,
+            plot_scores,
+            require_matplotlib,
+        )
 
         parse_whiten(whiten)  # usage errors before the model loads
         cols = parse_columns(columns)
@@ -100,29 +116,35 @@ def sts(
                 err=True,
             )
 
+        models = model_list(model)
+        if plot is not None and len(models) > 1:
+            raise UsageError("--plot draws one model: give one --model")
+        by_model: dict[str, list[StsResult]] = {}
         with progress_bar() as bar:
 
             def progress(name: str, total: int):  # type: ignore[no-untyped-def]
                 task = bar.add_task(name, total=total)
                 return lambda n, _tokens: bar.advance(task, n)
 
-            config = EncoderConfig(model).with_options(
-                tokenizer=tokenizer, device=device, dtype=dtype, batch_tokens=batch_tokens
-            )
-            results = evaluate_sts(
-                files,
-                config,
-                poolings=pooling,
-                whiten=whiten,
-                beta=beta,
-                gamma=gamma,
-                fit_on=fit_on,
-                columns=cols,
-                limit=limit,
-                max_length=max_length,
-                progress=progress,
-                on_encoder=show,
-            )
+            for name in models:  # one model at a time: a row per model and setting
+                config = EncoderConfig(name).with_options(
+                    tokenizer=tokenizer, device=device, dtype=dtype, batch_tokens=batch_tokens
+                )
+                by_model[name] = evaluate_sts(
+                    files,
+                    config,
+                    poolings=pooling,
+                    whiten=whiten,
+                    beta=beta,
+                    gamma=gamma,
+                    fit_on=fit_on,
+                    columns=cols,
+                    limit=limit,
+                    max_length=max_length,
+                    progress=progress,
+                    on_encoder=show,
+                )
+        results = [r for rs in by_model.values() for r in rs]
         for r in results:
             if r.clamped_from is not None:
                 typer.echo(
@@ -133,10 +155,12 @@ def sts(
         if plot is not None:
             plot_scores(results, plot)
         if json_out:
-            for r in results:
-                typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+            for name, rs in by_model.items():
+                for r in rs:  # which model, when there are several
+                    row = r.to_dict() if len(models) == 1 else {"model": name, **r.to_dict()}
+                    typer.echo(json.dumps(row, ensure_ascii=False))
         else:
-            _print_table(results, beta, gamma, fit_on)
+            _print_table(by_model, beta, gamma, fit_on)
 
 
 def _published_cuts(files: list[Path]) -> str:
@@ -151,26 +175,39 @@ def _published_cuts(files: list[Path]) -> str:
     return f"{min(cuts)} ({', '.join(pawsx)} {max(cuts)})"
 
 
-def _print_table(results: list, beta: float, gamma: float, fit_on: Path | None) -> None:  # type: ignore[type-arg]
+def model_list(value: str) -> list[str]:
+    """`--model a,b`: the models to evaluate in turn, split as --pooling is (a path that exists is one model)."""
+    from simcli.evaluate import parse_list
+
+    return [value] if Path(value).exists() else parse_list(value) or [value]
+
+
+def _print_table(by_model: dict[str, list], beta: float, gamma: float, fit_on: Path | None) -> None:  # type: ignore[type-arg]
     from rich.console import Console
     from rich.table import Table
 
     from simcli.evaluate import summary_rows
 
-    datasets, rows = summary_rows(results)
+    several = len(by_model) > 1
+    rows: list[tuple[list[str], list[float], float]] = []
+    for name, results in by_model.items():
+        datasets, model_rows = summary_rows(results)
+        rows += [([name] * several + [p, w], scores, avg) for p, w, scores, avg in model_rows]
     table = Table()
+    if several:
+        table.add_column("model")
     table.add_column("pooling")
     table.add_column("whiten")
     for ds in datasets:
         table.add_column(ds, justify="right")
     table.add_column("avg", justify="right")
-    for pooling, whiten, scores, avg in rows:
-        table.add_row(pooling, whiten, *(f"{s:.2f}" for s in scores), f"{avg:.2f}")
+    for labels, scores, avg in rows:
+        table.add_row(*labels, *(f"{s:.2f}" for s in scores), f"{avg:.2f}")
     console = Console()
     if not console.is_terminal:
         console.width = 200  # a pipe or file: never cut columns
     title = "Spearman x100"
-    if any(r.fit_on is not None for r in results):  # some setting whitens: say how
+    if any(r.fit_on is not None for rs in by_model.values() for r in rs):  # some setting whitens: say how
         fitted = f"fitted on {fit_on}" if fit_on is not None else "fitted on each task"
         title += f"; whitening beta {beta:g}, gamma {gamma:g}, {fitted}"
     console.print(title, highlight=False)
@@ -240,6 +277,8 @@ def retrieval(
 
         parse_whiten(whiten)  # usage errors before the model loads
         parse_rerank(rerank)
+        if len(model_list(model)) > 1:
+            raise UsageError("eval retrieval takes one --model (eval sts takes a comma list)")
         cols = parse_columns(columns)
 
         def show(enc) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from simcli.cli._app import DeviceOpt, DTypeOpt, JsonOpt, app, counted, reported_errors
+from simcli.cli._app import DeviceOpt, DTypeOpt, ErrorsOpt, JsonOpt, app, counted, reported_errors
 from simcli.errors import UsageError
 from simcli.paraphrase import (
     DEFAULT_K,
@@ -105,6 +105,7 @@ def generate(
         bool, typer.Option("--resume", help="Batch mode: continue an interrupted run.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Batch mode: replace --out.")] = False,
+    errors: ErrorsOpt = "strict",
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
 ) -> None:
@@ -131,8 +132,10 @@ def generate(
             check_batch_paths(input, out, resume=resume, overwrite=overwrite)
         elif not texts:
             raise UsageError("give one or more sentences, or --input FILE --out FILE")
-        elif resume or overwrite or column is not None:
-            raise UsageError("--resume, --overwrite and --column apply to batch mode (--input/--out)")
+        elif resume or overwrite or column is not None or errors != "strict":
+            raise UsageError(
+                "--resume, --overwrite, --column and --errors apply to batch mode (--input/--out)"
+            )
 
         from simcli.paraphrase import generate_file, load_paraphraser
 
@@ -154,6 +157,7 @@ def generate(
                     resume=resume,
                     overwrite=overwrite,
                     progress=progress,
+                    errors=errors,
                 )
             earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
             empty = f", {summary.empty} empty skipped" if summary.empty else ""

@@ -16,6 +16,7 @@ from simcli.cli._app import (
     BatchTokensOpt,
     DeviceOpt,
     DTypeOpt,
+    ErrorsOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -30,6 +31,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import BadInput, UsageError
+from simcli.io import Errors
 from simcli.types import EncoderConfig
 
 index_app = typer.Typer(
@@ -81,8 +83,8 @@ def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
     return params or None
 
 
-def _read_options(column: str | None, field: str | None, skip_empty: bool) -> dict[str, Any]:
-    return {"column": column, "field": field, "skip_empty": skip_empty}
+def _read_options(column: str | None, field: str | None, skip_empty: bool, errors: str) -> dict[str, Any]:
+    return {"column": column, "field": field, "skip_empty": skip_empty, "errors": errors}
 
 
 def _bar_progress(bar: Any) -> Any:
@@ -125,6 +127,7 @@ def build(
     column: ColumnOpt = None,
     field: FieldOpt = None,
     skip_empty: SkipEmptyOpt = False,
+    errors: ErrorsOpt = "strict",
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
@@ -148,9 +151,16 @@ def build(
     with reported_errors():
         from simcli.cli.whiten import progress_bar
         from simcli.index import Index
+        from simcli.index.sources import check_store_flags, is_store
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
+        if len(inputs) == 1 and is_store(inputs[0]):
+            # the store fixes these: refuse a contradiction rather than ignore it; the same values are fine
+            check_store_flags(
+                inputs[0], model=model, pooling=pooling, tokenizer=tokenizer, max_length=max_length
+            )
+            model = None
         config = None
         if model is not None:
             config = EncoderConfig(model).with_options(
@@ -180,7 +190,7 @@ def build(
                 whiten=whiten,
                 whitening=whitening,
                 memory=memory,
-                read_options=_read_options(column, field, skip_empty),
+                read_options=_read_options(column, field, skip_empty, errors),
                 overwrite=overwrite,
                 csls=csls,
                 progress=_bar_progress(bar),
@@ -212,6 +222,7 @@ def add(
     column: ColumnOpt = None,
     field: FieldOpt = None,
     skip_empty: SkipEmptyOpt = False,
+    errors: ErrorsOpt = "strict",
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
     dtype: IndexDTypeOpt = None,
@@ -228,7 +239,7 @@ def add(
         with progress_bar() as bar:
             n = idx.add(
                 inputs,
-                read_options=_read_options(column, field, skip_empty),
+                read_options=_read_options(column, field, skip_empty, errors),
                 progress=_bar_progress(bar),
                 log=_note,
             )
@@ -286,7 +297,9 @@ def check(
         )
 
 
-def _queries(texts: list[str], file: Path | None, column: str | None, field: str | None) -> list[str]:
+def _queries(
+    texts: list[str], file: Path | None, column: str | None, field: str | None, errors: Errors
+) -> list[str]:
     from simcli.io import STDIN, read_records
 
     if texts and file is not None:
@@ -302,7 +315,8 @@ def _queries(texts: list[str], file: Path | None, column: str | None, field: str
             raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
         file = Path(STDIN)
     name = STDIN if str(file) == STDIN else str(file)
-    return [r.text for r in read_records([name], column=column, field=field, skip_empty=True)]
+    records = read_records([name], column=column, field=field, skip_empty=True, errors=errors)
+    return [r.text for r in records]
 
 
 @app.command()
@@ -319,6 +333,7 @@ def query(
     ] = None,
     column: ColumnOpt = None,
     field: FieldOpt = None,
+    errors: ErrorsOpt = "strict",
     min_score: Annotated[
         float | None,
         typer.Option(
@@ -359,7 +374,7 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file, column, field)
+        queries = _queries(texts or [], file, column, field, errors)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)

@@ -117,7 +117,7 @@ def serve(
             import uvicorn  # noqa: F401
         except ImportError as e:
             raise MissingDependency(
-                f"simcli serve needs the serve extra ({e.name} is missing): pip install 'simcli[serve]'"
+                f"simcli serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]' in the simcli source folder"
             ) from None
         from simcli.serve.server import serve as run
 

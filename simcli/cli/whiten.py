@@ -12,6 +12,7 @@ from simcli.cli._app import (
     BatchTokensOpt,
     DeviceOpt,
     DTypeOpt,
+    ErrorsOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -24,6 +25,7 @@ from simcli.cli._app import (
     reported_errors,
 )
 from simcli.errors import OutputExists, UsageError
+from simcli.io import Errors
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
 
 whiten_app = typer.Typer(
@@ -96,6 +98,7 @@ def fit(
         str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
     ] = None,
     field: Annotated[str | None, typer.Option("--field", help="jsonl field holding the text.")] = None,
+    errors: ErrorsOpt = "strict",
     json_out: JsonOpt = False,
     ray_address: RayOpt = None,
 ) -> None:
@@ -130,7 +133,7 @@ def fit(
                 pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
                 batch_tokens=batch_tokens,
             )  # fmt: skip
-            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field)
+            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field, errors)
         w.save(out)
         if w.clamped_from is not None:
             typer.echo(
@@ -156,11 +159,14 @@ def _fit_texts(
     clamp: bool,
     column: str | None,
     field: str | None,
+    errors: Errors,
 ) -> Any:
     from simcli import whitening
     from simcli.io import read_records
 
-    records = read_records([str(s) for s in sources], column=column, field=field, skip_empty=True)
+    records = read_records(
+        [str(s) for s in sources], column=column, field=field, skip_empty=True, errors=errors
+    )
     from simcli.models.encoder import load_encoder
 
     enc = load_encoder(config)

@@ -177,8 +177,10 @@ class Index:
             used.append(build_encoder(model, enc_options, log))
             return used[-1]
 
+        one = [source] if isinstance(source, str | Path) else source
         if model is not None and (
-            isinstance(source, np.ndarray) or (isinstance(source, str | Path) and is_store(source))
+            isinstance(source, np.ndarray)
+            or (len(one) == 1 and isinstance(one[0], str | Path) and is_store(one[0]))
         ):
             raise UsageError("--model is for text inputs: arrays and vector stores carry their own vectors")
         src = open_source(

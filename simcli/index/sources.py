@@ -82,6 +82,46 @@ def is_store(path: str | Path) -> bool:
     return any((q / "manifest.json").is_file() for q in p.iterdir() if q.is_dir())
 
 
+def check_store_flags(
+    path: str | Path,
+    *,
+    model: str | None = None,
+    pooling: str = "auto",
+    tokenizer: str | None = None,
+    max_length: int | None = None,
+) -> None:
+    """UsageError when an encoder flag given with a vector store contradicts what the store's vectors were
+    made with (the store decides: its vectors are computed). Flags equal to the store's are fine."""
+    from simcli.store import VectorStore
+
+    spec = VectorStore.open(path).spec
+    fix = "a store's vectors are already computed: drop the flag, or encode the text again"
+    if model is not None and not _same_model(model, spec):
+        raise UsageError(
+            f"{path}: a vector store of model {spec.model}; --model {model} contradicts it ({fix})"
+        )
+    for flag, given, recorded in (
+        ("--pooling", None if pooling == "auto" else pooling, spec.pooling),
+        ("--tokenizer", tokenizer, spec.tokenizer),
+        ("--max-length", max_length, spec.max_length),
+    ):
+        if given is not None and given != recorded:
+            raise UsageError(
+                f"{path}: a vector store made with {flag} {recorded}; {flag} {given} contradicts it ({fix})"
+            )
+
+
+def _same_model(model: str, spec: ModelSpec) -> bool:
+    """`model` names the store's model: the same name as recorded, or a local folder with the same weights."""
+    from simcli.models.loading import open_checkpoint, recorded_name
+
+    if recorded_name(model) == spec.model:
+        return True
+    if not Path(model).expanduser().is_dir():
+        return False  # a hub id or short name under another name: never fetched just to compare
+    return open_checkpoint(model).weights_sha256 == spec.weights_sha256
+
+
 def from_store(path: str | Path) -> Source:
     """A Source over a vector store folder (`simcli encode --out`), read shard by shard."""
     from simcli.store import VectorStore

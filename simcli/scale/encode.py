@@ -27,6 +27,7 @@ from simcli.io import ReadStats
 from simcli.scale.plan import ShardPlan, plan_shards, read_shard
 from simcli.scale.runtime import cluster_cpus
 from simcli.store import (
+    RESTART,
     StoreSummary,
     StoreWriter,
     check_finished_files,
@@ -159,52 +160,53 @@ def encode_store(
         total(sum(p.count for p in plans))
     header = store_header(spec, store_dtype, normalize, shard_size, None, inputs, read_options)
     writer = StoreWriter(out, header, resume=resume, overwrite=overwrite)
-    earlier = list(writer.done)
-    if len(earlier) > len(plans):
-        raise ManifestMismatch(
-            f"{out}: cannot resume: the input now ends in shard {len(plans)}, the interrupted run wrote "
-            f"{len(earlier)} shards (input changed; use --overwrite to start again)"
-        )
-    for plan, entry in zip(plans, earlier):
-        _check_finished(out, entry, plan)
-        if progress is not None:
-            progress(plan.count, 0)
-    todo = plans[len(earlier) :]
-    tokens, seconds = 0, 0.0
-    if todo:
-        ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
-        results = ds.map_batches(
-            ShardEncoder,
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(pool.count, len(todo))),
-            num_cpus=pool.cpus,
-            num_gpus=pool.gpus or None,
-            fn_constructor_kwargs={
-                "config": config,
-                "whitening": whitening,
-                "out": str(out.absolute()),
-                "store_dtype": store_dtype,
-                "normalize": normalize,
-                "read_options": read_options,
-                "threads": pool.threads,
-            },
-        )
-        landed: dict[int, dict[str, Any]] = {}  # shards whose files landed before an earlier shard's
-        for row in results.iter_rows():
-            entry = json.loads(row["entry"])
-            if earlier and not allow_mixed:
-                check_same_dtype(earlier, entry["computed_with"]["dtype"], out)
-            landed[int(entry["name"].removeprefix("shard-"))] = entry
-            while len(writer.done) in landed:  # listed in id order, as a single-process run lists them
-                writer.add(landed.pop(len(writer.done)))
-            tokens += int(row["tokens"])
-            seconds += float(row["seconds"])
+    with writer.discarded_on_error():
+        earlier = list(writer.done)
+        if len(earlier) > len(plans):
+            raise ManifestMismatch(
+                f"{out}: cannot resume: the input now ends in shard {len(plans)}, the interrupted run wrote "
+                f"{len(earlier)} shards (input changed; {RESTART})"
+            )
+        for plan, entry in zip(plans, earlier):
+            _check_finished(out, entry, plan)
             if progress is not None:
-                progress(int(entry["count"]), int(row["tokens"]) or 1)
-            if on_shard is not None:
-                on_shard(dict(row))
-        if len(writer.done) != len(plans):
-            raise SimcliError(f"{out}: {len(plans) - len(writer.done)} shards did not land")
+                progress(plan.count, 0)
+        todo = plans[len(earlier) :]
+        tokens, seconds = 0, 0.0
+        if todo:
+            ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
+            results = ds.map_batches(
+                ShardEncoder,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=min(pool.count, len(todo))),
+                num_cpus=pool.cpus,
+                num_gpus=pool.gpus or None,
+                fn_constructor_kwargs={
+                    "config": config,
+                    "whitening": whitening,
+                    "out": str(out.absolute()),
+                    "store_dtype": store_dtype,
+                    "normalize": normalize,
+                    "read_options": read_options,
+                    "threads": pool.threads,
+                },
+            )
+            landed: dict[int, dict[str, Any]] = {}  # shards whose files landed before an earlier shard's
+            for row in results.iter_rows():
+                entry = json.loads(row["entry"])
+                if earlier and not allow_mixed:
+                    check_same_dtype(earlier, entry["computed_with"]["dtype"], out)
+                landed[int(entry["name"].removeprefix("shard-"))] = entry
+                while len(writer.done) in landed:  # listed in id order, as a single-process run lists them
+                    writer.add(landed.pop(len(writer.done)))
+                tokens += int(row["tokens"])
+                seconds += float(row["seconds"])
+                if progress is not None:
+                    progress(int(entry["count"]), int(row["tokens"]) or 1)
+                if on_shard is not None:
+                    on_shard(dict(row))
+            if len(writer.done) != len(plans):
+                raise SimcliError(f"{out}: {len(plans) - len(writer.done)} shards did not land")
     writer.save(complete=True, empty_skipped=stats.empty_skipped)
     done = writer.done
     return StoreSummary(
@@ -230,5 +232,5 @@ def _check_finished(out: Path, entry: dict[str, Any], plan: ShardPlan) -> None:
     if (row["source"], row["line"]) != (plan.source, plan.line):
         raise ManifestMismatch(
             f"{out}: cannot resume: id {plan.first} is now {plan.source}:{plan.line}, the interrupted run had "
-            f"{row['source']}:{row['line']} (input changed; use --overwrite to start again)"
+            f"{row['source']}:{row['line']} (input changed; {RESTART})"
         )
