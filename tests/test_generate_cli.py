@@ -108,7 +108,10 @@ def test_batch_mode_round_trip(roformer_sim_dir: Path, para: Paraphraser, tmp_pa
     )
     assert r.exit_code == 0, r.output
     assert r.stdout == ""
-    assert r.stderr == note(roformer_sim_dir) + f"simcli: wrote 6 paraphrases of 2 sentences to {out}\n"
+    assert (
+        r.stderr
+        == note(roformer_sim_dir) + f"simcli: read 2 rows: wrote 6 paraphrases of 2 sentences to {out}\n"
+    )
     expected = tmp_path / "expected.tsv"
     generate_file(para, src, expected, column="text", **OPTS)
     assert out.read_text(encoding="utf-8") == expected.read_text(encoding="utf-8")
@@ -127,7 +130,10 @@ def test_batch_mode_round_trip(roformer_sim_dir: Path, para: Paraphraser, tmp_pa
         ([], "give one or more sentences, or --input FILE --out FILE"),
         (["花呗", "--input", "x.tsv", "--out", "y.tsv"], "give sentences or --input FILE, not both"),
         (["--input", "x.tsv"], "batch mode needs both --input FILE and --out FILE"),
-        (["花呗", "--resume"], "--resume, --overwrite and --column apply to batch mode (--input/--out)"),
+        (
+            ["花呗", "--resume"],
+            "--resume, --overwrite, --column and --header apply to batch mode (--input/--out)",
+        ),
         (["花呗", "-n", "0"], "-n must be at least 1, got 0"),
         (["花呗", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["花呗", "--mask-ratio", "1"], "--mask-ratio must be in [0, 1), got 1.0"),

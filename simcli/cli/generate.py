@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from simcli.cli._app import DeviceOpt, DTypeOpt, JsonOpt, app, counted, reported_errors
+from simcli.cli._app import (
+    DeviceOpt,
+    DTypeOpt,
+    HeaderOpt,
+    JsonOpt,
+    app,
+    counted,
+    read_summary,
+    reported_errors,
+)
 from simcli.errors import UsageError
 from simcli.paraphrase import (
     DEFAULT_K,
@@ -98,6 +107,7 @@ def generate(
     column: Annotated[
         str | None, typer.Option("--column", help="Batch mode: text column or jsonl field (default: text).")
     ] = None,
+    header: HeaderOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Batch mode: output file, same format.")
     ] = None,
@@ -131,8 +141,10 @@ def generate(
             check_batch_paths(input, out, resume=resume, overwrite=overwrite)
         elif not texts:
             raise UsageError("give one or more sentences, or --input FILE --out FILE")
-        elif resume or overwrite or column is not None:
-            raise UsageError("--resume, --overwrite and --column apply to batch mode (--input/--out)")
+        elif resume or overwrite or column is not None or header is not None:
+            raise UsageError(
+                "--resume, --overwrite, --column and --header apply to batch mode (--input/--out)"
+            )
 
         from simcli.paraphrase import generate_file, load_paraphraser
 
@@ -144,21 +156,22 @@ def generate(
         if input is not None and out is not None:
             from simcli.io import count_rows
 
-            with _progress(count_rows([str(input)], column), "sentences") as progress:
+            with _progress(count_rows([str(input)], column, header), "sentences") as progress:
                 summary = generate_file(
                     para,
                     input,
                     out,
                     config,
                     column=column,
+                    header=header,
                     resume=resume,
                     overwrite=overwrite,
                     progress=progress,
                 )
             earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
-            empty = f", {summary.empty} empty skipped" if summary.empty else ""
-            made = f"{counted(summary.paraphrases, 'paraphrase')} of {counted(summary.sources, 'sentence')}"
-            _note(f"wrote {made}{earlier}{empty} to {out}")
+            sentences = counted(summary.sources - summary.empty, "sentence")
+            made = f"wrote {counted(summary.paraphrases, 'paraphrase')} of {sentences}{earlier} to {out}"
+            _note(read_summary(summary.sources, made, summary.empty))
             return
         assert texts is not None
         with _progress(len(texts) * config.samples, "samples") as progress:

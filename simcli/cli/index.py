@@ -16,6 +16,7 @@ from simcli.cli._app import (
     BatchTokensOpt,
     DeviceOpt,
     DTypeOpt,
+    HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -24,6 +25,7 @@ from simcli.cli._app import (
     TokenizerOpt,
     WhiteningFileOpt,
     app,
+    command_line,
     counted,
     from_environment,
     reported_errors,
@@ -80,8 +82,10 @@ def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
     return params or None
 
 
-def _read_options(column: str | None, field: str | None, skip_empty: bool) -> dict[str, Any]:
-    return {"column": column, "field": field, "skip_empty": skip_empty}
+def _read_options(
+    column: str | None, field: str | None, skip_empty: bool, header: bool | None
+) -> dict[str, Any]:
+    return {"column": column, "field": field, "skip_empty": skip_empty, "header": header}
 
 
 def _bar_progress(bar: Any) -> Any:
@@ -122,6 +126,7 @@ def build(
         ),
     ] = None,
     column: ColumnOpt = None,
+    header: HeaderOpt = None,
     field: FieldOpt = None,
     skip_empty: SkipEmptyOpt = False,
     pooling: PoolingOpt = "auto",
@@ -165,22 +170,28 @@ def build(
             from simcli.scale.runtime import connect
 
             ray = connect(ray_address)
-        with progress_bar() as bar:
-            idx = Index.build(
-                inputs,
-                out=out,
-                model=config,
-                index=index,
-                whiten=whiten,
-                whitening=whitening,
-                memory=memory,
-                read_options=_read_options(column, field, skip_empty),
-                overwrite=overwrite,
-                csls=csls,
-                progress=_bar_progress(bar),
-                log=_note,
-                ray=ray,
-            )
+        try:
+            with progress_bar() as bar:
+                idx = Index.build(
+                    inputs,
+                    out=out,
+                    model=config,
+                    index=index,
+                    whiten=whiten,
+                    whitening=whitening,
+                    memory=memory,
+                    read_options=_read_options(column, field, skip_empty, header),
+                    overwrite=overwrite,
+                    csls=csls,
+                    progress=_bar_progress(bar),
+                    log=_note,
+                    ray=ray,
+                )
+        except KeyboardInterrupt:
+            # a generation becomes the index only when its manifest lands, so nothing half-built stays
+            _note(f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
+                  f"{command_line(ctx)}")  # fmt: skip
+            raise typer.Exit(130) from None
         info = idx.info()
         if json_out:
             typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
@@ -203,6 +214,7 @@ def add(
         typer.Argument(help="Text files (- for stdin), or a vector store folder of the same model."),
     ],
     column: ColumnOpt = None,
+    header: HeaderOpt = None,
     field: FieldOpt = None,
     skip_empty: SkipEmptyOpt = False,
     model: ModelLocationOpt = None,
@@ -221,7 +233,7 @@ def add(
         with progress_bar() as bar:
             n = idx.add(
                 inputs,
-                read_options=_read_options(column, field, skip_empty),
+                read_options=_read_options(column, field, skip_empty, header),
                 progress=_bar_progress(bar),
                 log=_note,
             )
@@ -281,7 +293,9 @@ def check(
         )
 
 
-def _queries(texts: list[str], file: Path | None, column: str | None, field: str | None) -> list[str]:
+def _queries(
+    texts: list[str], file: Path | None, column: str | None, field: str | None, header: bool | None = None
+) -> list[str]:
     from simcli.io import STDIN, read_records
 
     if texts and file is not None:
@@ -297,7 +311,8 @@ def _queries(texts: list[str], file: Path | None, column: str | None, field: str
             raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
         file = Path(STDIN)
     name = STDIN if str(file) == STDIN else str(file)
-    return [r.text for r in read_records([name], column=column, field=field, skip_empty=True)]
+    records = read_records([name], column=column, field=field, skip_empty=True, header=header)
+    return [r.text for r in records]
 
 
 @app.command()
@@ -313,6 +328,7 @@ def query(
         typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
     ] = None,
     column: ColumnOpt = None,
+    header: HeaderOpt = None,
     field: FieldOpt = None,
     min_score: Annotated[
         float | None,
@@ -354,7 +370,7 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file, column, field)
+        queries = _queries(texts or [], file, column, field, header)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)

@@ -12,6 +12,7 @@ from simcli.cli._app import (
     BatchTokensOpt,
     DeviceOpt,
     DTypeOpt,
+    HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -19,7 +20,9 @@ from simcli.cli._app import (
     RayOpt,
     TokenizerOpt,
     app,
+    counted,
     from_environment,
+    read_summary,
     reported_errors,
 )
 from simcli.errors import OutputExists, UsageError
@@ -94,6 +97,7 @@ def fit(
     column: Annotated[
         str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
     ] = None,
+    header: HeaderOpt = None,
     field: Annotated[str | None, typer.Option("--field", help="jsonl field holding the text.")] = None,
     json_out: JsonOpt = False,
     ray_address: RayOpt = None,
@@ -129,7 +133,7 @@ def fit(
                 pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
                 batch_tokens=batch_tokens,
             )  # fmt: skip
-            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field)
+            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field, header)
         w.save(out)
         if w.clamped_from is not None:
             typer.echo(
@@ -155,11 +159,15 @@ def _fit_texts(
     clamp: bool,
     column: str | None,
     field: str | None,
+    header: bool | None,
 ) -> Any:
     from simcli import whitening
-    from simcli.io import read_records
+    from simcli.io import ReadStats, read_records
 
-    records = read_records([str(s) for s in sources], column=column, field=field, skip_empty=True)
+    stats = ReadStats()
+    records = read_records(
+        [str(s) for s in sources], column=column, field=field, skip_empty=True, header=header, stats=stats
+    )
     from simcli.models.encoder import load_encoder
 
     enc = load_encoder(config)
@@ -171,7 +179,7 @@ def _fit_texts(
     )
     with progress_bar() as bar:
         task = bar.add_task("encoding", total=None)
-        return whitening.fit_texts(
+        fitted = whitening.fit_texts(
             (r.text for r in records),
             enc,
             dim=dim,
@@ -181,6 +189,9 @@ def _fit_texts(
             source=", ".join(str(s) for s in sources),
             progress=lambda n, _tokens: bar.advance(task, n),
         )
+    written = f"fitted on {counted(stats.records, 'sentence')}"
+    typer.echo(f"simcli: {read_summary(stats.rows, written, stats.empty_skipped)}", err=True)
+    return fitted
 
 
 @whiten_app.command("info")
