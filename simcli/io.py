@@ -550,10 +550,13 @@ def _check_header(
     first = _first_rows(path, fmt, errors, 3)
     if first:
         col = column_index(first[0], column, str(path))
-        numeric = column is not None and not (isinstance(column, str) and column in first[0])
-        if warn and numeric and looks_like_data(first[0], first[1:], col):
+        index = column if isinstance(column, int) else int(column) if column and column.isdigit() else None
+        if warn and index is not None and looks_like_data(first[0], first[1:], col):
+            # a digit that names a cell of that row picks the cell's field (a header named "0" wins), so
+            # the warning says which field a data row made it
+            named = f" (--column {column} is the name of its field {col})" if col != index else ""
             warnings.warn(
-                f"{path}:1 looks like data, not a header; pass --no-header to read it as a row",
+                f"{path}:1 looks like data, not a header; pass --no-header to read it as a row{named}",
                 InputWarning,
                 stacklevel=3,
             )
