@@ -253,17 +253,21 @@ def encode(
                 raise UsageError("--ray writes a store: give --out, not --json or --shard")
             from simcli.cli.encode_ray import encode_on_ray
 
-            encode_on_ray(
-                ray_address, inputs, out,
-                config=EncoderConfig(
-                    model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device,
-                    dtype=dtype, batch_tokens=batch_tokens,
-                ),
-                whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
-                resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
-                read_options=read_options(column, field, errors, skip_empty, header),
-                workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-            )  # fmt: skip
+            fresh = not (out.is_dir() and any(out.iterdir()))
+            try:
+                encode_on_ray(
+                    ray_address, inputs, out,
+                    config=EncoderConfig(
+                        model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device,
+                        dtype=dtype, batch_tokens=batch_tokens,
+                    ),
+                    whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
+                    resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
+                    read_options=read_options(column, field, errors, skip_empty, header),
+                    workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                )  # fmt: skip
+            except KeyboardInterrupt:  # the driver lists landed shards in order: they resume like local ones
+                interrupted(ctx, out, fresh)
             return
         if out is not None:
             check_output_folder(out, resume=resume, overwrite=overwrite)
