@@ -206,3 +206,43 @@ def test_summaries_count_rows_read_written_and_skipped(tmp_path: Path, roformer_
               "--out", str(tmp_path / "w.whiten"))  # fmt: skip
     assert fit.exit_code == 0, fit.output
     assert fit.stderr.splitlines()[-1] == "simcli: read 9 rows: fitted on 6 sentences, skipped 3 empty"
+
+
+def test_generate_augments_a_data_file_without_inventing_a_header(
+    tmp_path: Path, roformer_sim_dir: Path
+) -> None:
+    rows = [("花呗怎么还款", "花呗如何还款", "1"), ("借呗额度怎么提升", "我喜欢北京", "0")]
+    src = write_pairs(tmp_path / "train.data", rows)
+    out = tmp_path / "augmented.data"
+    flags = [
+        "-n",
+        "12",
+        "-k",
+        "3",
+        "--seed",
+        "7",
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
+    r = run(
+        "generate",
+        "--input",
+        str(src),
+        "--column",
+        "0",
+        "--out",
+        str(out),
+        "-m",
+        str(roformer_sim_dir),
+        *flags,
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[-1] == f"simcli: read 2 rows: wrote 6 paraphrases of 2 sentences to {out}"
+    written = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    # no header row: every row is a paraphrase of column 0, the other columns copied, then source_row and score
+    assert [w[1:4] for w in written] == [[*rows[0][1:], "1"]] * 3 + [[*rows[1][1:], "2"]] * 3
+    assert all(len(w) == 5 and -1 <= float(w[4]) <= 1 for w in written)
