@@ -41,3 +41,8 @@ class OutputExists(SimcliError):
 
 class MissingDependency(SimcliError):
     """An optional package (an extra) that a feature needs is not installed."""
+
+
+class InputWarning(UserWarning):
+    """Input that reads, but maybe not as meant (a header row that looks like data); the CLI prints it as
+    one `simcli: warning:` line."""

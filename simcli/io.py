@@ -11,15 +11,17 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from simcli.errors import BadInput, UsageError
+from simcli.errors import BadInput, InputWarning, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -132,12 +134,13 @@ def tsv_cell(value: Any) -> str:
 _TSV_BREAKS = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
 
 
-def write_table(f: IO[str], fmt: str, header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> int:
-    """Write a header and rows as .tsv (no quoting, as `read_records` reads it) or .csv (RFC 4180 quoting);
-    returns the number of rows (header excluded). `f` is a text file opened with encoding utf-8."""
+def write_table(f: IO[str], fmt: str, header: Sequence[Any] | None, rows: Iterable[Sequence[Any]]) -> int:
+    """Write a header (None: none) and rows as .tsv (no quoting, as `read_records` reads it) or .csv (RFC 4180
+    quoting); returns the number of rows (header excluded). `f` is a text file opened with encoding utf-8."""
     count = 0
     if fmt == "tsv":
-        f.write("\t".join(map(tsv_cell, header)) + "\n")
+        if header is not None:
+            f.write("\t".join(map(tsv_cell, header)) + "\n")
         for row in rows:
             f.write("\t".join(map(tsv_cell, row)) + "\n")
             count += 1
@@ -145,7 +148,8 @@ def write_table(f: IO[str], fmt: str, header: Sequence[Any], rows: Iterable[Sequ
     if fmt != "csv":
         raise ValueError(f"write_table writes tsv or csv, not {fmt!r}")
     writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(header)
+    if header is not None:
+        writer.writerow(header)
     for row in rows:
         writer.writerow(row)
         count += 1
@@ -163,8 +167,10 @@ def write_jsonl(f: IO[str], rows: Iterable[dict[str, Any]]) -> int:
 
 # -- readers -------------------------------------------------------------------------------------------
 
-#: Input formats by file extension; `-` (stdin) reads as txt, or as tsv when a column is given.
-FORMATS: dict[str, str] = {".txt": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
+#: Input formats by file extension; `-` (stdin) reads as txt, or as tsv when a column is given. A .data
+#: file (the evaluation and training pairs, `s1<TAB>s2<TAB>label`) is tab-separated text without a header.
+FORMATS: dict[str, str] = {".txt": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".data": "tsv"}
+HEADERLESS = frozenset({".data"})
 STDIN = "-"
 Errors = Literal["strict", "replace"]
 
@@ -196,6 +202,36 @@ class ReadStats:
     empty_skipped: int = 0
     files: int = 0  # inputs opened so far
 
+    @property
+    def rows(self) -> int:
+        """Rows read: the records yielded plus the empty ones skipped."""
+        return self.records + self.empty_skipped
+
+
+def has_header(path: str | Path, header: bool | None = None) -> bool:
+    """Whether the first row of a tsv/csv input is its header: `header` when given, else yes, except for
+    .data files (headerless `s1<TAB>s2<TAB>label`)."""
+    if header is not None:
+        return header
+    return str(path) == STDIN or Path(path).suffix.lower() not in HEADERLESS
+
+
+def headerless_column(column: str | int | None) -> int | None:
+    """The 0-based index `column` names in a file without a header (None: the only column); UsageError for
+    a name, which only a header could resolve."""
+    if column is None or isinstance(column, int):
+        return column
+    if not column.isdigit():
+        raise UsageError(f"--column {column!r}: a file without a header takes a 0-based column index")
+    return int(column)
+
+
+def no_sentences(paths: Sequence[str | Path], stats: ReadStats | None, verb: str) -> BadInput:
+    """The error for an input that gave nothing to `verb` (encode, index), naming the inputs and the empty
+    rows skipped."""
+    skipped = f" ({stats.empty_skipped:,} empty skipped)" if stats is not None and stats.empty_skipped else ""
+    return BadInput(f"{', '.join(map(str, paths))}: no sentences to {verb}{skipped}")
+
 
 def input_format(path: str | Path, column: str | int | None = None) -> str:
     """The format of an input path: txt, tsv, csv or jsonl (BadInput for an unknown extension)."""
@@ -216,24 +252,28 @@ def read_records(
     errors: Errors = "strict",
     skip_empty: bool = False,
     stats: ReadStats | None = None,
+    header: bool | None = None,
 ) -> Iterator[Record]:
     """Stream the sentences of several input files, in order, line by line.
 
     Args:
-        paths: .txt (one sentence a line), .tsv / .csv (header row, then rows), .jsonl (one JSON object a
-            line), or "-" for stdin (txt, or tsv when `column` is given).
+        paths: .txt (one sentence a line), .tsv / .csv (header row, then rows), .data (tab-separated, no
+            header), .jsonl (one JSON object a line), or "-" for stdin (txt, or tsv when `column` is given).
         column: tsv/csv column, by header name or 0-based index (a digit string is an index unless a header
-            has that name). Default: the column named "text", else the only column.
+            has that name). Default: the column named "text", else the only column. Without a header, an
+            index only.
         field: jsonl field holding the text (default "text").
         errors: "strict" raises BadInput naming file:line on invalid UTF-8; "replace" substitutes U+FFFD.
         skip_empty: drop empty sentences instead of yielding them (counted either way in `stats`).
         stats: a ReadStats to fill in (empty lines kept / skipped, records).
+        header: whether tsv/csv inputs start with a header row (default: yes, except .data files).
 
     Yields:
         Record per sentence.
 
     Raises:
         BadInput: missing file, unknown format, invalid UTF-8, missing column or field, malformed JSON line.
+        UsageError: a column name for a file without a header.
     """
     if errors not in ("strict", "replace"):
         raise UsageError(f"--errors must be strict or replace, got {errors!r}")
@@ -242,13 +282,37 @@ def read_records(
     for path in paths:
         if str(path) != STDIN:
             check_input(str(path))
-    for path, fmt in zip(paths, formats, strict=True):
-        if fmt in ("tsv", "csv") and str(path) != STDIN:
-            _check_header(str(path), fmt, column, errors)
+    headers = table_headers(paths, formats, column, errors, header)
     rows = positioned_records(
-        paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats()
+        paths, formats, column, field or "text", errors, skip_empty, stats or ReadStats(), headers
     )
     return (rec for _, _, rec in rows)
+
+
+def table_headers(
+    paths: Sequence[str | Path],
+    formats: Sequence[str],
+    column: str | int | None,
+    errors: str,
+    header: bool | None,
+) -> list[list[str] | None]:
+    """For each input, what `parse_positions` takes as `header`: [] for a table without a header, None for
+    other formats and stdin (read from the stream); a local table's header row, read and checked against
+    `column` now (a wrong --column fails before a model loads), with a warning when it looks like data."""
+    out: list[list[str] | None] = []
+    for path, fmt in zip(paths, formats, strict=True):
+        if fmt not in ("tsv", "csv"):
+            out.append(None)
+        elif not has_header(path, header):
+            headerless_column(column)
+            out.append([])
+        elif str(path) == STDIN:
+            out.append(None)
+        else:
+            # an explicit --header is taken at its word: no warning that the row looks like data
+            first = _check_header(str(path), fmt, column, errors, warn=header is None)
+            out.append(first or None)
+    return out
 
 
 def positioned_records(
@@ -259,12 +323,16 @@ def positioned_records(
     errors: str,
     skip_empty: bool,
     stats: ReadStats,
+    headers: Sequence[list[str] | None] | None = None,
 ) -> Iterator[tuple[int, int, Record]]:
     """(index of the input in `paths`, byte offset where the row starts, Record) of the rows `read_records`
-    gives, counting empty rows in `stats` the same way; the offsets let workers continue a file from a row."""
+    gives, counting empty rows in `stats` the same way; the offsets let workers continue a file from a row.
+    `headers`: as `table_headers` gives them (default: every table has a header row)."""
     for i, (path, fmt) in enumerate(zip(paths, formats, strict=True)):
         stats.files += 1
-        for offset, rec in _read_one(str(path), fmt, column, field, errors):
+        # only "no header" is passed on: a header row is read again with the rows that follow it
+        header: list[str] | None = [] if headers is not None and headers[i] == [] else None
+        for offset, rec in _read_one(str(path), fmt, column, field, errors, header):
             if not rec.text:
                 if skip_empty:
                     stats.empty_skipped += 1
@@ -371,13 +439,13 @@ def open_input(path: str) -> IO[bytes]:
 
 
 def _read_one(
-    path: str, fmt: str, column: str | int | None, field: str, errors: str
+    path: str, fmt: str, column: str | int | None, field: str, errors: str, header: list[str] | None = None
 ) -> Iterator[tuple[int, Record]]:
     if path == STDIN:
-        yield from parse_positions(sys.stdin.buffer, "<stdin>", fmt, column, field, errors)
+        yield from parse_positions(sys.stdin.buffer, "<stdin>", fmt, column, field, errors, header=header)
         return
     with open_input(path) as f:
-        yield from parse_positions(f, path, fmt, column, field, errors)
+        yield from parse_positions(f, path, fmt, column, field, errors, header=header)
 
 
 class _Lines:
@@ -424,7 +492,8 @@ def parse_positions(
     """(byte offset where the row starts, Record) of each row of a stream, as `read_records` parses them.
 
     To continue a file from a row (a worker reading its share of a file): seek the stream to the row's
-    offset and pass `offset`, `line` (the physical lines before it) and, for tsv/csv, the file's `header`.
+    offset and pass `offset`, `line` (the physical lines before it) and, for tsv/csv, the file's `header`
+    ([] for a file without a header: every row is data and the column is an index).
     """
     lines = _Lines(stream, source, errors, line, offset)
     if fmt == "txt":
@@ -469,7 +538,7 @@ def _parse_table(
             return  # an empty file has no rows
         except csv.Error as e:
             raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
-    col = column_index(header, column, source)
+    col = column_index(header, column, source) if header else headerless_column(column)
     start, offset = lines.number + 1, lines.end
     while True:
         try:
@@ -480,18 +549,84 @@ def _parse_table(
             raise BadInput(f"{source}:{lines.number}: malformed {fmt} ({e})") from None
         if not row:  # a blank physical line: an empty sentence
             yield offset, Record("", source, start, row)
-        elif col >= len(row):
-            raise BadInput(f"{source}:{start}: row has {len(row)} fields, no column {col} ({header[col]!r})")
         else:
-            yield offset, Record(row[col].strip(), source, start, row)
+            yield offset, Record(_cell(row, col, header, f"{source}:{start}"), source, start, row)
         start, offset = lines.number + 1, lines.end
 
 
-def _check_header(path: str, fmt: str, column: str | int | None, errors: str) -> None:
-    # Only the header row is read: a wrong --column fails at once, not after the model has loaded.
-    header = read_header(path, fmt, errors)
-    if header:
-        column_index(header, column, str(path))
+def _cell(row: list[str], col: int | None, header: list[str], where: str) -> str:
+    """The chosen cell of a row, stripped; `col` None (no header, no --column): the row's only cell."""
+    if col is None:
+        if len(row) > 1:
+            raise BadInput(f"{where}: {len(row)} fields and no header: choose one with --column (0-based)")
+        col = 0
+    if col >= len(row):
+        named = f" ({header[col]!r})" if col < len(header) else ""
+        raise BadInput(f"{where}: row has {len(row)} fields, no column {col}{named}")
+    return row[col].strip()
+
+
+def _check_header(
+    path: str, fmt: str, column: str | int | None, errors: str, *, warn: bool = True
+) -> list[str]:
+    # Only the first rows are read: a wrong --column fails at once, not after the model has loaded.
+    first = _first_rows(path, fmt, errors, 3)
+    if first:
+        col = column_index(first[0], column, str(path))
+        index = column if isinstance(column, int) else int(column) if column and column.isdigit() else None
+        if warn and index is not None and looks_like_data(first[0], first[1:], col):
+            # a digit that names a cell of that row picks the cell's field (a header named "0" wins), so
+            # the warning says which field a data row made it
+            named = f" (--column {column} is the name of its field {col})" if col != index else ""
+            warnings.warn(
+                f"{path}:1 looks like data, not a header; pass --no-header to read it as a row{named}",
+                InputWarning,
+                stacklevel=3,
+            )
+    return first[0] if first else []
+
+
+#: Chinese column names; an ASCII name (text, sentence1, question_text) is recognised by its shape.
+HEADER_WORDS = frozenset({"文本", "句子", "句子1", "句子2", "问题", "查询", "答案", "标题", "内容", "标签"})
+
+
+def looks_like_data(first: list[str], following: list[list[str]], col: int) -> bool:
+    """Whether a table's first row reads as one more row of data: the same number of fields as the rows
+    after it, a number exactly where they have numbers, and no header word in the chosen column."""
+    if not following or any(len(row) != len(first) for row in following):
+        return False
+    for row in following:
+        if any(_is_number(a) != _is_number(b) for a, b in zip(first, row, strict=True)):
+            return False
+    cell = first[col].strip()
+    return bool(cell) and cell.lower() not in HEADER_WORDS and not _IDENTIFIER.fullmatch(cell)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # a column name (question_text), not a sentence
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_rows(path: str | Path, fmt: str, errors: Errors | str, n: int) -> list[list[str]]:
+    """Up to `n` first non-blank rows of a tsv/csv file, parsed as `read_records` parses them."""
+    out: list[list[str]] = []
+    with open_input(str(path)) as f:
+        lines = _Lines(f, str(path), errors)
+        try:
+            for row in _table_reader(lines, fmt):
+                if row:
+                    out.append(row)
+                if len(out) == n:
+                    break
+        except csv.Error as e:
+            raise BadInput(f"{path}:{lines.number}: malformed {fmt} ({e})") from None
+    return out
 
 
 def read_header(path: str | Path, fmt: str, errors: Errors | str = "strict") -> list[str]:
@@ -506,7 +641,9 @@ def read_header(path: str | Path, fmt: str, errors: Errors | str = "strict") -> 
             raise BadInput(f"{path}:{lines.number}: malformed {fmt} ({e})") from None
 
 
-def count_rows(paths: Sequence[str | Path], column: str | int | None = None) -> int | None:
+def count_rows(
+    paths: Sequence[str | Path], column: str | int | None = None, header: bool | None = None
+) -> int | None:
     """Rows `read_records` will give (lines, minus the header of tsv/csv), counted fast for a progress bar's
     total; None when reading stdin. A quoted csv cell spanning lines counts once per line."""
     if any(str(p) == STDIN for p in paths):
@@ -519,7 +656,8 @@ def count_rows(paths: Sequence[str | Path], column: str | int | None = None) -> 
                 lines += block.count(b"\n")
                 last = block[-1:]
         lines += last != b"\n"  # a last line without its newline
-        total += max(lines - (input_format(p, column) in ("tsv", "csv")), 0)
+        table = input_format(p, column) in ("tsv", "csv")
+        total += max(lines - (table and has_header(p, header)), 0)
     return total
 
 

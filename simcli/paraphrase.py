@@ -404,6 +404,7 @@ def generate_file(
     config: GenerationConfig | None = None,
     *,
     column: str | None = None,
+    header: bool | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
@@ -421,6 +422,8 @@ def generate_file(
         para: the loaded model.
         input, out: paths with the same extension (.tsv, .csv or .jsonl).
         column: the text column or field.
+        header: whether a tsv/csv input starts with a header row (default: yes, except .data files); the
+            output has one when the input has.
         config, options: as for `generate`; each source's samples are seeded by (seed, its row index).
         resume: continue an interrupted run (its settings must match).
         overwrite: replace `out` and any interrupted run's parts.
@@ -436,6 +439,8 @@ def generate_file(
         atomic_write_json,
         atomic_write_text,
         column_index,
+        has_header,
+        headerless_column,
         read_header,
         read_records,
     )
@@ -443,19 +448,24 @@ def generate_file(
     c = GenerationConfig.of(config, **options)
     input, out = Path(input), Path(out)
     fmt = check_batch_paths(input, out, resume=resume, overwrite=overwrite)
+    names: list[str] | None = []  # the header row; None: a table without one (nor one in the output)
     if fmt == "jsonl":
         records = list(read_records([input], field=column, errors=errors))
-        header: list[str] = []
     else:
-        records = list(read_records([input], column=column, errors=errors))
-        header = read_header(input, fmt, errors)
+        records = list(read_records([input], column=column, header=header, errors=errors))
+        names = read_header(input, fmt, errors) if has_header(input, header) else None
     added = (SOURCE_COLUMN, SCORE_COLUMN)
-    clash = [col for col in added if col in header] or [
+    clash = [col for col in added if col in (names or [])] or [
         col for r in records[:1] if isinstance(r.row, dict) for col in added if col in r.row
     ]
     if clash:
         raise BadInput(f"{input}: already has a {clash[0]!r} column, which the output adds")
-    text_col = column_index(header, column, str(input)) if fmt != "jsonl" else (column or "text")
+    if fmt == "jsonl":
+        text_col: Any = column or "text"
+    elif names is None:
+        text_col = headerless_column(column) or 0
+    else:
+        text_col = column_index(names, column, str(input))
 
     parts = _parts_dir(out)
     if overwrite and parts.exists():
@@ -465,6 +475,7 @@ def generate_file(
         "input": str(input.resolve()),
         "input_size": input.stat().st_size,
         "column": column,
+        **({"header": header} if header is not None else {}),
         "model": para.encoder.spec.weights_sha256,
         **{key: v for key, v in asdict(c).items() if key != "seed"},
         "chunk": chunk,
@@ -516,14 +527,14 @@ def generate_file(
             progress(len(block), generated[0] - before)
 
     with atomic_open(out, "w", encoding="utf-8") as f:
-        summary.paraphrases = _write_rows(f, fmt, header, text_col, records, done)
+        summary.paraphrases = _write_rows(f, fmt, names, text_col, records, done)
     shutil.rmtree(parts)
     summary.empty = sum(1 for r in records if not r.text)
     return summary
 
 
 def _write_rows(
-    f: Any, fmt: str, header: list[str], text_col: Any, records: Sequence[Any], done: dict[int, Any]
+    f: Any, fmt: str, header: list[str] | None, text_col: Any, records: Sequence[Any], done: dict[int, Any]
 ) -> int:
     from simcli.io import write_jsonl, write_table
 
@@ -540,8 +551,9 @@ def _write_rows(
     def rows() -> Iterator[list[Any]]:
         for i, rec in enumerate(records):
             for text, score in done.get(i, []):
-                cells = list(rec.row) + [""] * (len(header) - len(rec.row))
+                cells = list(rec.row) + [""] * (len(header or ()) - len(rec.row))
                 cells[text_col] = text
                 yield [*cells, rec.line, f"{score:.4f}"]
 
-    return write_table(f, fmt, [*header, SOURCE_COLUMN, SCORE_COLUMN], rows())
+    names = None if header is None else [*header, SOURCE_COLUMN, SCORE_COLUMN]
+    return write_table(f, fmt, names, rows())

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
-from simcli.io import STDIN, ReadStats, Record, atomic_write_bytes, atomic_write_json, atomic_write_with
+from simcli.io import (
+    STDIN,
+    ReadStats,
+    Record,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_with,
+    no_sentences,
+)
 from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
 from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn, StoreDType
 from simcli.vectors import encode_blocks
@@ -64,6 +72,7 @@ class StoreSummary:
     truncated: int  # sentences cut at the model's max_length
     tokens: int = 0  # tokens encoded by this call
     seconds: float = 0.0  # encoder time of this call
+    rows_read: int = 0  # input rows read (stored, skipped empty, or another --shard worker's)
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,26 @@ def check_output_folder(out: str | Path, *, resume: bool = False, overwrite: boo
         raise OutputExists(
             f"{out}: holds {foreign[0]!r}, which is not part of a simcli store; choose another --out"
         )
+
+
+def kept_shards(out: Path) -> list[dict[str, Any]]:
+    """The finished shards a store folder lists (none when it holds no readable manifest)."""
+    try:
+        shards = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("shards", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return list(shards) if isinstance(shards, list) else []
+
+
+def remove_unfinished(out: Path) -> None:
+    """Remove the store files of a folder that holds no finished shard, and the folder once empty."""
+    if kept_shards(out) or not out.is_dir():
+        return
+    for p in sorted(out.iterdir(), key=lambda p: p.name != MANIFEST):
+        if _is_store_file(p.name):
+            p.unlink()
+    if not any(out.iterdir()):
+        out.rmdir()
 
 
 def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -498,11 +527,19 @@ def encode_to_store(
         OutputExists: `out` is not empty and neither resume nor overwrite is set, or holds other files.
         ManifestMismatch: resuming with another model, options or input than the interrupted run.
         CorruptArtifact: a finished shard of the interrupted run is missing or altered.
+        BadInput: the input gives no row (nothing is written).
     """
+    import itertools
+
     import numpy as np
 
     _check_options(shard_size, store_dtype, shard)
     out = Path(out)
+    rows = iter(records)
+    head = next(rows, None)  # before the folder is touched: an empty input leaves no store behind
+    if head is None:
+        raise no_sentences(inputs or [out], read_stats, "encode")
+    records = itertools.chain([head], rows)
     spec: ModelSpec = encoder.spec
     header = store_header(spec, store_dtype, normalize, shard_size, shard, inputs, read_options)
     writer = StoreWriter(out, header, resume=resume, overwrite=overwrite)
@@ -564,6 +601,7 @@ def encode_to_store(
         truncated=sum(s["truncated"] for s in done),
         tokens=counts.tokens,
         seconds=counts.seconds,
+        rows_read=read_stats.rows if read_stats is not None else 0,
     )
 
 

@@ -47,7 +47,8 @@ def test_encode_txt_to_a_store(tmp_path: Path, roformer_sim_dir: Path, reference
     dim = reference.dim
     assert (
         r.stderr
-        == header(roformer_sim_dir) + f"simcli: wrote 5 vectors (dim {dim}, float32) in 3 shards to {out}\n"
+        == header(roformer_sim_dir)
+        + f"simcli: read 5 rows: wrote 5 vectors (dim {dim}, float32) in 3 shards to {out}\n"
     )
     store = VectorStore.open(out)
     assert store.texts() == SENTENCES
@@ -75,7 +76,10 @@ def test_json_lines_from_stdin(roformer_sim_dir: Path, reference) -> None:  # ty
     assert [(x["id"], x["text"]) for x in rows] == list(enumerate(SENTENCES))
     got = np.array([x["vector"] for x in rows], dtype=np.float32)
     np.testing.assert_allclose(got, reference.encode(SENTENCES, normalize=True), rtol=1e-5, atol=1e-5)
-    assert r.stderr == header(roformer_sim_dir) + f"simcli: encoded 5 sentences (dim {reference.dim})\n"
+    assert (
+        r.stderr
+        == header(roformer_sim_dir) + f"simcli: read 5 rows: encoded 5 sentences (dim {reference.dim})\n"
+    )
 
 
 def test_tsv_column_and_float16_and_shards(tmp_path: Path, roformer_sim_dir: Path, reference) -> None:  # type: ignore[no-untyped-def]
@@ -121,13 +125,13 @@ def test_empty_lines_and_truncation_are_reported(tmp_path: Path, roformer_sim_di
     assert kept.stderr.splitlines()[1:] == [
         "simcli: warning: 2 empty lines kept (use --skip-empty)",
         "simcli: warning: 1 line truncated at --max-length 5",  # singular: issue 14 item 12
-        f"simcli: wrote 4 vectors (dim 48, float32) in 1 shard to {tmp_path / 'a'}",
+        f"simcli: read 4 rows: wrote 4 vectors (dim 48, float32) in 1 shard to {tmp_path / 'a'}",
     ]
     skipped = run(*base, "--skip-empty", "--out", str(tmp_path / "b"))
     assert skipped.exit_code == 0, skipped.output
-    assert skipped.stderr.splitlines()[1:3] == [
-        "simcli: 2 empty lines skipped",
+    assert skipped.stderr.splitlines()[1:] == [
         "simcli: warning: 1 line truncated at --max-length 5",
+        f"simcli: read 4 rows: wrote 2 vectors (dim 48, float32) in 1 shard to {tmp_path / 'b'}, skipped 2 empty",
     ]
     assert VectorStore.open(tmp_path / "b").texts() == ["花呗怎么还款", "你好"]
 
@@ -149,7 +153,7 @@ def test_invalid_utf8_fails_with_file_and_line_then_resumes_with_replace(
     assert ok.exit_code == 0, ok.output
     assert (
         ok.stderr.splitlines()[-1]
-        == f"simcli: wrote 3 vectors (dim 48, float32) in 3 shards to {out}, 1 finished earlier"
+        == f"simcli: read 3 rows: wrote 3 vectors (dim 48, float32) in 3 shards to {out}, 1 finished earlier"
     )
     assert VectorStore.open(out).texts() == ["好", "\ufffd", "你好"]
 
@@ -159,10 +163,7 @@ def test_json_counts_skipped_empty_lines(roformer_sim_dir: Path) -> None:
             stdin="一\n\n二\n\n\n")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == ["一", "二"]
-    assert r.stderr.splitlines()[1:] == [
-        "simcli: 3 empty lines skipped",
-        "simcli: encoded 2 sentences (dim 48)",
-    ]
+    assert r.stderr.splitlines()[1:] == ["simcli: read 5 rows: encoded 2 sentences (dim 48), skipped 3 empty"]
 
 
 @pytest.mark.parametrize("bad", ["2/2", "x", "1/0"])

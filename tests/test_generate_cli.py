@@ -108,7 +108,10 @@ def test_batch_mode_round_trip(roformer_sim_dir: Path, para: Paraphraser, tmp_pa
     )
     assert r.exit_code == 0, r.output
     assert r.stdout == ""
-    assert r.stderr == note(roformer_sim_dir) + f"simcli: wrote 6 paraphrases of 2 sentences to {out}\n"
+    assert (
+        r.stderr
+        == note(roformer_sim_dir) + f"simcli: read 2 rows: wrote 6 paraphrases of 2 sentences to {out}\n"
+    )
     expected = tmp_path / "expected.tsv"
     generate_file(para, src, expected, column="text", **OPTS)
     assert out.read_text(encoding="utf-8") == expected.read_text(encoding="utf-8")
@@ -129,7 +132,7 @@ def test_batch_mode_round_trip(roformer_sim_dir: Path, para: Paraphraser, tmp_pa
         (["--input", "x.tsv"], "batch mode needs both --input FILE and --out FILE"),
         (
             ["花呗", "--resume"],
-            "--resume, --overwrite, --column and --errors apply to batch mode (--input/--out)",
+            "--resume, --overwrite, --column, --header and --errors apply to batch mode (--input/--out)",
         ),
         (["花呗", "-n", "0"], "-n must be at least 1, got 0"),
         (["花呗", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),

@@ -199,7 +199,10 @@ def test_bad_paths_fail_before_iteration(tmp_path: Path) -> None:
     """Unknown formats and missing files are reported when read_records is called, not later."""
     with pytest.raises(BadInput) as e:
         read_records([tmp_path / "x.docx"])
-    assert str(e.value) == f"{tmp_path / 'x.docx'}: unknown input format '.docx' (.txt, .tsv, .csv, .jsonl)"
+    assert (
+        str(e.value)
+        == f"{tmp_path / 'x.docx'}: unknown input format '.docx' (.txt, .tsv, .csv, .jsonl, .data)"
+    )
     with pytest.raises(BadInput) as e:
         read_records([tmp_path / "missing.txt"])
     assert str(e.value) == f"{tmp_path / 'missing.txt'}: no such file"

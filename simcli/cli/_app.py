@@ -6,8 +6,10 @@ Only stdlib, typer and light simcli modules are imported here: `simcli --help` m
 from __future__ import annotations
 
 import os
+import shlex
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from simcli.errors import SimcliError
+from simcli.errors import InputWarning, SimcliError
 from simcli.io import Errors
 from simcli.types import DEFAULT_MAX_LENGTH
 
@@ -32,6 +34,12 @@ class _OneLineErrors(TyperGroup):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         _hide_flag_types(self)
+
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any, **extra: Any) -> Any:
+        given = list(args)  # before parsing consumes them: the command line a hint can repeat
+        ctx = super().make_context(info_name, args, *rest, **extra)
+        ctx.meta[ARGV] = given
+        return ctx
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.pop("standalone_mode", True):
@@ -84,16 +92,40 @@ app = typer.Typer(
 )
 
 
+ARGV = "simcli.argv"
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a SimcliError into one line on stderr and its exit code; anything else keeps its traceback."""
-    try:
-        yield
-    except SimcliError as e:
-        if os.environ.get("SIMCLI_DEBUG"):
-            raise
-        typer.echo(f"simcli: error: {e}", err=True)
-        raise typer.Exit(e.exit_code) from None
+    """Turn a SimcliError into one line on stderr and its exit code (anything else keeps its traceback), and
+    each distinct InputWarning into one `simcli: warning:` line."""
+    shown: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, InputWarning):
+            default_show(message, category, *args, **kwargs)
+        elif str(message) not in shown:  # inputs checked twice (a driver and its plan) warn once
+            shown.add(str(message))
+            typer.echo(f"simcli: warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        default_show = warnings.showwarning
+        warnings.simplefilter("always", InputWarning)
+        warnings.showwarning = show
+        try:
+            yield
+        except SimcliError as e:
+            if os.environ.get("SIMCLI_DEBUG"):
+                raise
+            typer.echo(f"simcli: error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+def command_line(ctx: typer.Context, *, drop: Sequence[str] = (), add: Sequence[str] = ()) -> str:
+    """The command line this run was started with (`simcli` and its arguments, shell-quoted), without the
+    flags in `drop` and with those in `add` that it lacks: a hint the user can paste."""
+    given = [a for a in ctx.meta.get(ARGV, []) if a not in drop]
+    return shlex.join(["simcli", *given, *(a for a in add if a not in given)])
 
 
 def from_environment(ctx: typer.Context, name: str) -> bool:
@@ -118,6 +150,14 @@ def aligned(fields: dict[str, object], notes: dict[str, str] | None = None) -> s
         f"{k:<{width}}  {v:<{value_width}}{f'  ({notes[k]})' if k in notes else ''}".rstrip()
         for k, v in values.items()
     )
+
+
+def read_summary(rows: int, written: str, skipped: int, elsewhere: int = 0) -> str:
+    """ "read 2,001 rows: wrote 1,998 vectors ..., skipped 3 empty": rows read = rows written + rows skipped."""
+    parts = [f"skipped {skipped:,} empty"] if skipped else []
+    if elsewhere:
+        parts.append(f"left {elsewhere:,} to the other --shard workers")
+    return f"read {counted(rows, 'row')}: {written}" + "".join(f", {p}" for p in parts)
 
 
 # Options shared by several commands, declared once.
@@ -176,6 +216,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout inst
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 WhiteningFileOpt = Annotated[
     Path | None, typer.Option("--whitening", help="Whitening file from `simcli whiten fit`.")
+]
+HeaderOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--header/--no-header",
+        help="Whether tsv/csv inputs start with a header row (default: yes; .data files have none). "
+        "Without one, --column is a 0-based index.",
+    ),
 ]
 RayOpt = Annotated[
     str | None,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -16,6 +17,7 @@ from simcli.cli._app import (
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -24,7 +26,9 @@ from simcli.cli._app import (
     WhiteningFileOpt,
     aligned,
     app,
+    command_line,
     counted,
+    read_summary,
     reported_errors,
 )
 from simcli.errors import UsageError
@@ -61,12 +65,16 @@ def _describe(enc: Encoder) -> str:
 
 
 def _expected_rows(
-    paths: Sequence[str], column: str | None, shard: tuple[int, int] | None, size: int
+    paths: Sequence[str],
+    column: str | None,
+    shard: tuple[int, int] | None,
+    size: int,
+    header: bool | None = None,
 ) -> int | None:
     """Rows the reader will give to this worker, for the ETA; None when reading stdin."""
     if any(is_uri(p) for p in paths):
         return None
-    total = count_rows(paths, column)
+    total = count_rows(paths, column, header)
     if shard is None or total is None:
         return total
     i, n = shard
@@ -126,20 +134,32 @@ def _progress(total: int | None) -> Iterator[ProgressFn | None]:
         yield advance
 
 
-def _warn_counts(empty_kept: int, empty_skipped: int, truncated: int, max_length: int) -> None:
+def read_options(
+    column: str | None, field: str | None, errors: str, skip_empty: bool, header: bool | None
+) -> dict[str, Any]:
+    """The reader's options, as the store manifest records them (and --resume compares them)."""
+    options: dict[str, Any] = {"column": column, "field": field, "errors": errors, "skip_empty": skip_empty}
+    if header is not None:  # recorded only when given: stores written before the flag existed still resume
+        options["header"] = header
+    return options
+
+
+def _warn_counts(empty_kept: int, truncated: int, max_length: int) -> None:
     if empty_kept:
         _note(f"warning: {counted(empty_kept, 'empty line')} kept (use --skip-empty)")
-    if empty_skipped:
-        _note(f"{counted(empty_skipped, 'empty line')} skipped")
     if truncated:
         _note(f"warning: {counted(truncated, 'line')} truncated at --max-length {max_length}")
 
 
 @app.command()
 def encode(
+    ctx: typer.Context,
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Input files: .txt (a sentence a line), .tsv/.csv, .jsonl; - for stdin."),
+        typer.Argument(
+            help="Input files: .txt (a sentence a line), .tsv/.csv, .data (tab-separated, no header), "
+            ".jsonl; - for stdin."
+        ),
     ],
     model: ModelOpt,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Store folder to write.")] = None,
@@ -149,6 +169,7 @@ def encode(
     column: Annotated[
         str | None, typer.Option(help="tsv/csv column: header name or 0-based index (default: text).")
     ] = None,
+    header: HeaderOpt = None,
     field: Annotated[str | None, typer.Option(help="jsonl field holding the text (default: text).")] = None,
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
@@ -215,7 +236,7 @@ def encode(
     With --whitening FILE (from `simcli whiten fit`) the vectors are whitened and L2-normalised.
     """
     with reported_errors():
-        from simcli.io import ReadStats, expand_uri_globs, read_records
+        from simcli.io import ReadStats, expand_uri_globs, no_sentences, read_records
         from simcli.store import check_output_folder
 
         inputs = expand_uri_globs(inputs)  # s3://bucket/corpus/*.jsonl: the shell cannot expand it
@@ -232,23 +253,31 @@ def encode(
                 raise UsageError("--ray writes a store: give --out, not --json or --shard")
             from simcli.cli.encode_ray import encode_on_ray
 
-            encode_on_ray(
-                ray_address, inputs, out,
-                config=EncoderConfig(
-                    model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device,
-                    dtype=dtype, batch_tokens=batch_tokens,
-                ),
-                whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
-                resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
-                read_options={"column": column, "field": field, "errors": errors, "skip_empty": skip_empty},
-                workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-            )  # fmt: skip
+            fresh = not (out.is_dir() and any(out.iterdir()))
+            try:
+                encode_on_ray(
+                    ray_address, inputs, out,
+                    config=EncoderConfig(
+                        model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device,
+                        dtype=dtype, batch_tokens=batch_tokens,
+                    ),
+                    whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
+                    resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
+                    read_options=read_options(column, field, errors, skip_empty, header),
+                    workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                )  # fmt: skip
+            except KeyboardInterrupt:  # the driver lists landed shards in order: they resume like local ones
+                interrupted(ctx, out, fresh)
             return
         if out is not None:
             check_output_folder(out, resume=resume, overwrite=overwrite)
-        read_options = {"column": column, "field": field, "errors": errors, "skip_empty": skip_empty}
+        options = read_options(column, field, errors, skip_empty, header)
         read_stats = ReadStats()
-        records = read_records(inputs, stats=read_stats, **read_options)  # type: ignore[arg-type]
+        records = read_records(inputs, stats=read_stats, **options)
+        head = next(records, None)  # an empty input fails before the model loads
+        if head is None:
+            raise no_sentences(inputs, read_stats, "encode")
+        records = itertools.chain([head], records)
 
         from simcli.models.encoder import load_encoder
 
@@ -264,40 +293,69 @@ def encode(
             enc = WhitenedEncoder(enc, Whitening.load(whitening), whitening)  # type: ignore[assignment]
             normalize = True
         _note(_describe(enc))
-        total = _expected_rows(inputs, column, split, shard_size) if sys.stderr.isatty() else None
-        with _progress(total) as progress:
-            if out is None:
-                _encode_json(records, enc, shard_size, normalize, split, read_stats, progress)
-                return
-            from simcli.store import encode_to_store
+        total = _expected_rows(inputs, column, split, shard_size, header) if sys.stderr.isatty() else None
+        fresh = out is not None and not (out.is_dir() and any(out.iterdir()))
+        try:
+            with _progress(total) as progress:
+                if out is None:
+                    _encode_json(records, enc, shard_size, normalize, split, read_stats, progress)
+                    return
+                from simcli.store import encode_to_store
 
-            summary = encode_to_store(
-                records,
-                enc,
-                out,
-                shard_size=shard_size,
-                store_dtype=store_dtype,
-                normalize=normalize,
-                resume=resume,
-                overwrite=overwrite,
-                shard=split,
-                inputs=inputs,
-                read_options=read_options,
-                read_stats=read_stats,
-                progress=progress,
-                allow_mixed=allow_mixed,
-            )
+                summary = encode_to_store(
+                    records,
+                    enc,
+                    out,
+                    shard_size=shard_size,
+                    store_dtype=store_dtype,
+                    normalize=normalize,
+                    resume=resume,
+                    overwrite=overwrite,
+                    shard=split,
+                    inputs=inputs,
+                    read_options=options,
+                    read_stats=read_stats,
+                    progress=progress,
+                    allow_mixed=allow_mixed,
+                )
+        except KeyboardInterrupt:
+            interrupted(ctx, out, fresh)
         summarize(summary, store_dtype, enc.max_length)
+
+
+def interrupted(ctx: typer.Context, out: Path | None, fresh: bool) -> NoReturn:
+    """After Ctrl-C: one line saying what the store in `out` kept and how to continue; exit code 130.
+
+    A folder this run created that holds no finished shard is removed, so the same command runs again."""
+    from simcli.store import kept_shards, remove_unfinished
+
+    if out is None:
+        _note("interrupted")
+        raise typer.Exit(130)
+    shards = kept_shards(out)
+    if not shards:
+        if fresh:
+            remove_unfinished(out)
+        _note(f"interrupted before the first shard was finished: nothing kept in {out}")
+        raise typer.Exit(130)
+    rows = sum(int(s["count"]) for s in shards)
+    _note(
+        f"interrupted: {out} keeps {counted(len(shards), 'shard')} ({counted(rows, 'row')}); "
+        f"continue with: {command_line(ctx, drop=('--overwrite',), add=('--resume',))}"
+    )
+    raise typer.Exit(130)
 
 
 def summarize(summary: StoreSummary, store_dtype: str, max_length: int) -> None:
     """The warnings and the summary line of a store written by `simcli encode` (with or without --ray)."""
-    _warn_counts(summary.empty_kept, summary.empty_skipped, summary.truncated, max_length)
+    _warn_counts(summary.empty_kept, summary.truncated, max_length)
     earlier = f", {summary.shards_skipped} finished earlier" if summary.shards_skipped else ""
-    _note(
+    written = (
         f"wrote {counted(summary.count, 'vector')} (dim {summary.dim}, {store_dtype}) in "
         f"{counted(summary.shards, 'shard')} to {summary.out}{earlier}"
     )
+    elsewhere = summary.rows_read - summary.empty_skipped - summary.count
+    _note(read_summary(summary.rows_read, written, summary.empty_skipped, max(elsewhere, 0)))
 
 
 def _encode_json(
@@ -328,8 +386,10 @@ def _encode_json(
         count += 1
         empty += not rec.text
     sys.stdout.flush()
-    _warn_counts(empty, read_stats.empty_skipped, stats.truncated, enc.max_length)
-    _note(f"encoded {counted(count, 'sentence')} (dim {enc.dim})")
+    _warn_counts(empty, stats.truncated, enc.max_length)
+    elsewhere = read_stats.records - count
+    written = f"encoded {counted(count, 'sentence')} (dim {enc.dim})"
+    _note(read_summary(read_stats.rows, written, read_stats.empty_skipped, elsewhere))
 
 
 @app.command()

@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from simcli.cli._app import DeviceOpt, DTypeOpt, ErrorsOpt, JsonOpt, app, counted, reported_errors
+from simcli.cli._app import (
+    DeviceOpt,
+    DTypeOpt,
+    ErrorsOpt,
+    HeaderOpt,
+    JsonOpt,
+    app,
+    counted,
+    read_summary,
+    reported_errors,
+)
 from simcli.errors import UsageError
 from simcli.paraphrase import (
     DEFAULT_K,
@@ -98,6 +108,7 @@ def generate(
     column: Annotated[
         str | None, typer.Option("--column", help="Batch mode: text column or jsonl field (default: text).")
     ] = None,
+    header: HeaderOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Batch mode: output file, same format.")
     ] = None,
@@ -132,9 +143,9 @@ def generate(
             check_batch_paths(input, out, resume=resume, overwrite=overwrite)
         elif not texts:
             raise UsageError("give one or more sentences, or --input FILE --out FILE")
-        elif resume or overwrite or column is not None or errors != "strict":
+        elif resume or overwrite or column is not None or header is not None or errors != "strict":
             raise UsageError(
-                "--resume, --overwrite, --column and --errors apply to batch mode (--input/--out)"
+                "--resume, --overwrite, --column, --header and --errors apply to batch mode (--input/--out)"
             )
 
         from simcli.paraphrase import generate_file, load_paraphraser
@@ -147,22 +158,23 @@ def generate(
         if input is not None and out is not None:
             from simcli.io import count_rows
 
-            with _progress(count_rows([str(input)], column), "sentences") as progress:
+            with _progress(count_rows([str(input)], column, header), "sentences") as progress:
                 summary = generate_file(
                     para,
                     input,
                     out,
                     config,
                     column=column,
+                    header=header,
                     resume=resume,
                     overwrite=overwrite,
                     progress=progress,
                     errors=errors,
                 )
             earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
-            empty = f", {summary.empty} empty skipped" if summary.empty else ""
-            made = f"{counted(summary.paraphrases, 'paraphrase')} of {counted(summary.sources, 'sentence')}"
-            _note(f"wrote {made}{earlier}{empty} to {out}")
+            sentences = counted(summary.sources - summary.empty, "sentence")
+            made = f"wrote {counted(summary.paraphrases, 'paraphrase')} of {sentences}{earlier} to {out}"
+            _note(read_summary(summary.sources, made, summary.empty))
             return
         assert texts is not None
         with _progress(len(texts) * config.samples, "samples") as progress:

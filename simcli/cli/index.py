@@ -17,6 +17,7 @@ from simcli.cli._app import (
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -26,6 +27,7 @@ from simcli.cli._app import (
     WhiteningFileOpt,
     aligned,
     app,
+    command_line,
     counted,
     from_environment,
     reported_errors,
@@ -83,8 +85,10 @@ def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
     return params or None
 
 
-def _read_options(column: str | None, field: str | None, skip_empty: bool, errors: str) -> dict[str, Any]:
-    return {"column": column, "field": field, "skip_empty": skip_empty, "errors": errors}
+def _read_options(
+    column: str | None, field: str | None, skip_empty: bool, header: bool | None, errors: str
+) -> dict[str, Any]:
+    return {"column": column, "field": field, "skip_empty": skip_empty, "header": header, "errors": errors}
 
 
 def _bar_progress(bar: Any) -> Any:
@@ -125,6 +129,7 @@ def build(
         ),
     ] = None,
     column: ColumnOpt = None,
+    header: HeaderOpt = None,
     field: FieldOpt = None,
     skip_empty: SkipEmptyOpt = False,
     errors: ErrorsOpt = "strict",
@@ -181,23 +186,29 @@ def build(
             from simcli.scale.runtime import connect
 
             moments, fill = build_hooks_on_ray(connect(ray_address), inputs[0], _note)
-        with progress_bar() as bar:
-            idx = Index.build(
-                inputs,
-                out=out,
-                model=config,
-                index=index,
-                whiten=whiten,
-                whitening=whitening,
-                memory=memory,
-                read_options=_read_options(column, field, skip_empty, errors),
-                overwrite=overwrite,
-                csls=csls,
-                progress=_bar_progress(bar),
-                log=_note,
-                moments=moments,
-                fill=fill,
-            )
+        try:
+            with progress_bar() as bar:
+                idx = Index.build(
+                    inputs,
+                    out=out,
+                    model=config,
+                    index=index,
+                    whiten=whiten,
+                    whitening=whitening,
+                    memory=memory,
+                    read_options=_read_options(column, field, skip_empty, header, errors),
+                    overwrite=overwrite,
+                    csls=csls,
+                    progress=_bar_progress(bar),
+                    log=_note,
+                    moments=moments,
+                    fill=fill,
+                )
+        except KeyboardInterrupt:
+            # a generation becomes the index only when its manifest lands, so nothing half-built stays
+            _note(f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
+                  f"{command_line(ctx)}")  # fmt: skip
+            raise typer.Exit(130) from None
         info = idx.info()
         if json_out:
             typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
@@ -220,6 +231,7 @@ def add(
         typer.Argument(help="Text files (- for stdin), or a vector store folder of the same model."),
     ],
     column: ColumnOpt = None,
+    header: HeaderOpt = None,
     field: FieldOpt = None,
     skip_empty: SkipEmptyOpt = False,
     errors: ErrorsOpt = "strict",
@@ -239,7 +251,7 @@ def add(
         with progress_bar() as bar:
             n = idx.add(
                 inputs,
-                read_options=_read_options(column, field, skip_empty, errors),
+                read_options=_read_options(column, field, skip_empty, header, errors),
                 progress=_bar_progress(bar),
                 log=_note,
             )
@@ -298,7 +310,12 @@ def check(
 
 
 def _queries(
-    texts: list[str], file: Path | None, column: str | None, field: str | None, errors: Errors
+    texts: list[str],
+    file: Path | None,
+    column: str | None,
+    field: str | None,
+    errors: Errors,
+    header: bool | None = None,
 ) -> list[str]:
     from simcli.io import STDIN, read_records
 
@@ -315,7 +332,7 @@ def _queries(
             raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
         file = Path(STDIN)
     name = STDIN if str(file) == STDIN else str(file)
-    records = read_records([name], column=column, field=field, skip_empty=True, errors=errors)
+    records = read_records([name], column=column, field=field, skip_empty=True, header=header, errors=errors)
     return [r.text for r in records]
 
 
@@ -332,6 +349,7 @@ def query(
         typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
     ] = None,
     column: ColumnOpt = None,
+    header: HeaderOpt = None,
     field: FieldOpt = None,
     errors: ErrorsOpt = "strict",
     min_score: Annotated[
@@ -374,7 +392,7 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file, column, field, errors)
+        queries = _queries(texts or [], file, column, field, errors, header)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)

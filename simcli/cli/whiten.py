@@ -13,6 +13,7 @@ from simcli.cli._app import (
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
@@ -21,7 +22,9 @@ from simcli.cli._app import (
     TokenizerOpt,
     aligned,
     app,
+    counted,
     from_environment,
+    read_summary,
     reported_errors,
 )
 from simcli.errors import OutputExists, UsageError
@@ -97,6 +100,7 @@ def fit(
     column: Annotated[
         str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
     ] = None,
+    header: HeaderOpt = None,
     field: Annotated[str | None, typer.Option("--field", help="jsonl field holding the text.")] = None,
     errors: ErrorsOpt = "strict",
     json_out: JsonOpt = False,
@@ -133,7 +137,7 @@ def fit(
                 pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
                 batch_tokens=batch_tokens,
             )  # fmt: skip
-            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field, errors)
+            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field, header, errors)
         w.save(out)
         if w.clamped_from is not None:
             typer.echo(
@@ -159,13 +163,21 @@ def _fit_texts(
     clamp: bool,
     column: str | None,
     field: str | None,
+    header: bool | None,
     errors: Errors,
 ) -> Any:
     from simcli import whitening
-    from simcli.io import read_records
+    from simcli.io import ReadStats, read_records
 
+    stats = ReadStats()
     records = read_records(
-        [str(s) for s in sources], column=column, field=field, skip_empty=True, errors=errors
+        [str(s) for s in sources],
+        column=column,
+        field=field,
+        skip_empty=True,
+        header=header,
+        stats=stats,
+        errors=errors,
     )
     from simcli.models.encoder import load_encoder
 
@@ -178,7 +190,7 @@ def _fit_texts(
     )
     with progress_bar() as bar:
         task = bar.add_task("encoding", total=None)
-        return whitening.fit_texts(
+        fitted = whitening.fit_texts(
             (r.text for r in records),
             enc,
             dim=dim,
@@ -188,6 +200,9 @@ def _fit_texts(
             source=", ".join(str(s) for s in sources),
             progress=lambda n, _tokens: bar.advance(task, n),
         )
+    written = f"fitted on {counted(stats.records, 'sentence')}"
+    typer.echo(f"simcli: {read_summary(stats.rows, written, stats.empty_skipped)}", err=True)
+    return fitted
 
 
 @whiten_app.command("info")

@@ -432,6 +432,7 @@ class Index:
             read_options=read_options,
             progress=progress,
         )
+        _warn_about(src, log)
         cpu = builder.to_cpu(self.faiss_index, self.on_gpu)
         old = self.manifest
         manifest = pipeline.add(
@@ -466,6 +467,12 @@ def path_of(index: Index, role: str) -> Path:
 
 
 def _warn_about(src: Source, log: Log) -> None:
+    if src.encode_seconds:  # text: what was read and how long encoding took (the build is timed apart)
+        skipped = f", skipped {src.empty_skipped:,} empty" if src.empty_skipped else ""
+        log(
+            f"read {src.rows_read:,} row{'s' if src.rows_read != 1 else ''}: encoded {src.count:,} "
+            f"sentence{'s' if src.count != 1 else ''} in {src.encode_seconds:.1f}s{skipped}"
+        )
     if src.empty:
         log(f"warning: {src.empty} empty texts kept (use --skip-empty)")
     if src.truncated:

