@@ -28,11 +28,23 @@ CORPUS = ["花呗怎么还款", "借呗额度怎么提升", "花呗如何还款"
 QUERIES = ["花呗还款", "北京", "额度"]
 
 
-def _build_index(corpus: list[str], model: Path, out: Path) -> Path:
+def _build_index(corpus: list[str], model: Path, out: Path, *options: str) -> Path:
     src = out.with_suffix(".txt")
     src.write_text("\n".join(corpus) + "\n", encoding="utf-8")
     r = CliRunner().invoke(
-        cli, ["index", "build", str(src), "--model", str(model), "--out", str(out), "--dtype", "float32"]
+        cli,
+        [
+            "index",
+            "build",
+            str(src),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--dtype",
+            "float32",
+            *options,
+        ],
     )
     assert r.exit_code == 0, r.output
     return out
@@ -262,6 +274,20 @@ def test_answers_name_the_model_and_unknown_names_are_openai_404s(
                 "code": "model_not_found",
             }
         }
+
+
+def test_a_whitened_index_answers_with_its_own_name(tmp_path: Path, roformer_sim_dir: Path) -> None:
+    """An index that whitens its vectors answers with its own name (the default alias included): sending the bare
+    model's name back would give the raw vectors, which differ."""
+    bq = _build_index(CORPUS, roformer_sim_dir, tmp_path / "bq.idx", "--whiten", "4")
+    with running_server(ServeOptions(indexes=[f"bq={bq}"], dtype="float32")) as running:
+        answers = {}
+        for name in ("simcli", "bq", str(roformer_sim_dir)):
+            r = post(running, "/v1/embeddings", {"input": "花呗怎么还款", "model": name}, headers={})
+            assert r.status_code == 200, r.text
+            answers[name] = (r.json()["model"], r.json()["data"][0]["embedding"])
+    assert [answers[n][0] for n in answers] == ["bq", "bq", str(roformer_sim_dir)]
+    assert answers["simcli"][1] == answers["bq"][1] != answers[str(roformer_sim_dir)][1]
 
 
 def test_openai_client_raises_the_api_errors(served: Running) -> None:

@@ -44,9 +44,11 @@ class ServedModel:
 
     @property
     def model_id(self) -> str:
-        """The model that computes this name's vectors (as `--model` gave it or the index recorded it): what
-        an answer's `model` says, so that the default alias or an index's name resolve to a model."""
-        return str(self.encoder.spec.model)
+        """What an answer's `model` says: the name whose request gives these vectors again. The model itself
+        (as `--model` gave it or the index recorded it) when its raw vectors are served, so that the default
+        alias or an unwhitened index's name resolve to a model; the served name when a whitening is applied,
+        since the bare model's name would give other vectors."""
+        return self.name if self.whitening is not None else str(self.encoder.spec.model)
 
     @property
     def can_generate(self) -> bool:
