@@ -147,14 +147,17 @@ class FakeGpu:
             raise RuntimeError(f"Error in cloning: {self.refuse}")
         inner = _inner(index)
         if isinstance(inner, faiss.IndexRefine | faiss.IndexHNSW):
-            raise RuntimeError("Error: This index type is not implemented on GPU")
+            raise RuntimeError("Error: This index type is not implemented on GPU")  # noqa: TRY004  # faiss's type
         if isinstance(inner, faiss.IndexIVF):
             flat = isinstance(faiss.downcast_index(inner.quantizer), faiss.IndexFlat)
             if not flat and not co.allowCpuCoarseQuantizer:
                 raise RuntimeError("Error: coarse quantizer of this type is not implemented on GPU")
-        if isinstance(inner, faiss.IndexIVFPQ) and not co.useFloat16:
-            if inner.pq.M * inner.pq.ksub * 4 > SHARED_MEMORY:
-                raise RuntimeError("Error: not enough shared memory for the lookup tables: try useFloat16")
+        if (
+            isinstance(inner, faiss.IndexIVFPQ)
+            and not co.useFloat16
+            and inner.pq.M * inner.pq.ksub * 4 > SHARED_MEMORY
+        ):
+            raise RuntimeError("Error: not enough shared memory for the lookup tables: try useFloat16")
         return FakeGpuIndex(index, device)
 
     def to_gpu(self, res: Any, device: int, index: Any, co: Any = None) -> FakeGpuIndex:
