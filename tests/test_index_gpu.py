@@ -231,3 +231,23 @@ def test_concurrent_searches_take_turns_on_the_gpu(tmp_path: Path, corpus: np.nd
     for n, got in results.items():
         assert got == idx.search(corpus[:5], k=5, params={"nprobe": n})
     assert len(idx.gpu.index.searches) == 6 * 5 + 6  # type: ignore[union-attr]
+
+
+def test_without_either_faiss_extra_index_commands_say_which_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base install depends on neither faiss-cpu nor faiss-gpu-cu12 (they share the `faiss` package)."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as when neither extra is installed
+    monkeypatch.delitem(sys.modules, "simcli.index")
+    result = CliRunner().invoke(app, ["index", "info", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "simcli: error: the index commands need faiss: pip install -e '.[cpu]' "
+        "(or '.[gpu]' on a CUDA 12 machine, after pip uninstall -y faiss-cpu)"
+    )
