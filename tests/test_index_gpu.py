@@ -251,3 +251,47 @@ def test_without_either_faiss_extra_index_commands_say_which_to_install(
         "simcli: error: the index commands need faiss: pip install -e '.[cpu]' "
         "(or '.[gpu]' on a CUDA 12 machine, after pip uninstall -y faiss-cpu)"
     )
+
+
+def test_served_gpu_index_answers_concurrent_and_large_k_searches(
+    tmp_path: Path, roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`simcli serve` on a GPU index: concurrent /search requests (the fake raises on overlapping searches)
+    and k 2500 (above the GPU's 2048) all answer 200, with the same hits as the CPU index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from simcli.cli import app
+    from simcli.serve.options import ServeOptions
+    from tests.serving import running_server
+
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(f"问题{i}怎么办" for i in range(2600)) + "\n", encoding="utf-8")
+    out = tmp_path / "c.idx"
+    r = CliRunner().invoke(
+        app,
+        ["index", "build", str(src), "-m", str(roformer_sim_dir), "--out", str(out), "--dtype", "float32"],
+    )
+    assert r.exit_code == 0, r.output
+    want = Index.load(out, dtype="float32").search(["问题7怎么办"], k=2500)[0]
+    fake = fake_gpu.install(monkeypatch, gpus=1)
+    options = ServeOptions(indexes=[str(out)], dtype="float32", max_wait_ms=5)
+    with running_server(options) as running:
+        assert running.service.registry.indexes["c"].index.on_gpu
+
+        def ask(k: int) -> httpx.Response:
+            return httpx.post(
+                f"{running.url}/search", json={"index": "c", "queries": "问题7怎么办", "k": k}, timeout=60
+            )
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, [5] * 24 + [2500] * 2))
+    assert [a.status_code for a in answers] == [200] * 26
+    big = answers[-1].json()["data"][0]["results"]
+    assert [h["id"] for h in big] == [h.id for h in want]
+    assert [h["id"] for h in answers[0].json()["data"][0]["results"]] == [h.id for h in want[:5]]
+    gpu_index = running.service.registry.indexes["c"].index.gpu.index
+    assert len(gpu_index.searches) == 24 and fake.moves[0][0] == [0]
+    gpu_mod.resources.cache_clear()
