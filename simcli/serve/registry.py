@@ -80,11 +80,9 @@ class ServedModel:
             from simcli.paraphrase import load_paraphraser
 
             enc = self.encoder
+            # the served encoder's weights drive generation too: one copy of the model in memory
             self._paraphraser = load_paraphraser(
-                str(enc.checkpoint.path),
-                device=str(enc.device),
-                dtype=str(enc.dtype).removeprefix("torch."),
-                max_length=enc.max_length,
+                str(enc.checkpoint.path), max_length=enc.max_length, encoder=enc
             )
         return self._paraphraser
 
