@@ -337,9 +337,9 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         tokenizer: "char" or "word" to override the detected tokenizer.
         max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         device: auto | cpu | cuda | cuda:N.
-        dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA; on CPU bfloat16 where the CPU
-            runs bf16 matrix products at least 1.5x faster than float32 (measured) and the vectors stay within
-            cosine 0.999 of float32 on calibration sentences, else float32.
+        dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA, on CPU bfloat16 where the CPU
+            runs bf16 matrix products at least 1.5x faster than float32 (measured); either only where the
+            vectors stay within cosine 0.999 of float32 on calibration sentences, else float32.
         batch_tokens: token budget of one batch (default 1024 on CPU, 16384 on CUDA).
         engine: auto | native | transformers: who runs the transformer. `native` is simcli's own torch
             implementation (simcli/models/native.py), which spares the ~3 s import of transformers' modeling
@@ -375,8 +375,9 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
     if want == torch.float32:
         _cast(model, dev, want)
         return enc
-    if cfg.dtype == "auto" and dev.type == "cpu":
-        # Keep bf16 only where it is accurate for this model (the accuracy cost is measured, not assumed).
+    if cfg.dtype == "auto":
+        # Keep bf16 (CPU) or fp16 (CUDA) only where it is accurate for this model (measured, not assumed).
+        _cast(model, dev, torch.float32)  # the float32 reference runs where the model will
         reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
         import copy
 
@@ -388,8 +389,9 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
             trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
             trial.sources = sources
             return trial
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(want, str(want))
         enc.dtype_reason = (
-            f"auto: bf16 min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
+            f"auto: {short} min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
         )
         _cast(model, dev, torch.float32)
         return enc
