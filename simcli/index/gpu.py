@@ -85,14 +85,19 @@ def no_gpu_form(index: faiss.Index) -> str | None:
 def cloner_options(index: faiss.Index) -> Any:
     """GpuClonerOptions for this CPU index: float16 PQ lookup tables, a CPU coarse quantizer when it is not flat."""
     co = faiss.GpuMultipleClonerOptions()  # type: ignore[attr-defined]  # also a GpuClonerOptions
-    inner = _unwrap(index)
-    if isinstance(inner, faiss.IndexIVFPQ):
+    if isinstance(_unwrap(index), faiss.IndexIVFPQ):
         co.useFloat16 = True  # the tables of m=64 x 256 codes in float32 overflow a block's shared memory
-    if isinstance(inner, faiss.IndexIVF) and not isinstance(
-        faiss.downcast_index(inner.quantizer), faiss.IndexFlat
-    ):
+    if coarse_not_flat(index):
         co.allowCpuCoarseQuantizer = True  # the auto IVF{n}_HNSW32: the HNSW quantizer stays on the CPU
     return co
+
+
+def coarse_not_flat(index: faiss.Index) -> bool:
+    """An IVF index whose coarse quantizer is not flat (HNSW): faiss has no GPU form of that quantizer."""
+    inner = _unwrap(index)
+    return isinstance(inner, faiss.IndexIVF) and not isinstance(
+        faiss.downcast_index(inner.quantizer), faiss.IndexFlat
+    )
 
 
 def nprobe_of(index: faiss.Index) -> int | None:
@@ -167,7 +172,7 @@ def to_gpu(
         return None
     say = log or (lambda _: None)
     why = no_gpu_form(index)
-    if why is None and building and cloner_options(index).allowCpuCoarseQuantizer:
+    if why is None and building and coarse_not_flat(index):
         why = "its coarse quantizer is not flat (trained on the CPU; a load searches it on the GPU)"
     if why is not None:
         say(f"faiss index stays on the CPU: {why}")
@@ -178,8 +183,8 @@ def to_gpu(
         say(
             f"note: nprobe {nprobe} is above the GPU limit {GPU_MAX_K}: the GPU index searches at {GPU_MAX_K}"
         )
-    co = cloner_options(index)
     try:
+        co = cloner_options(index)  # an older faiss without one of its options refuses here, not later
         if len(gpus) == 1:
             moved = faiss.index_cpu_to_gpu(resources(gpus[0]), gpus[0], index, co)  # type: ignore[attr-defined]
         else:
