@@ -6,7 +6,7 @@ Written for faiss's GPU types as they behave, not as the CPU ones do:
   list count are read from the CPU index it was cloned from; nprobe is set through `GpuParameterSpace`.
 - k and nprobe are capped by the GPU's k-selection (GPU_MAX_K); above it the search runs on the CPU copy.
 - a GPU index and its StandardGpuResources (one scratch stream and memory pool) are not safe for concurrent
-  searches, even read-only: every search takes the device's lock. One StandardGpuResources per device, for
+  searches, even read-only: every GPU search takes the process's GPU lock. One StandardGpuResources per device, for
   the life of the process (a hot reload reuses it; creating one reserves memory on the device each time).
 - some CPU indexes have no GPU form or need cloner options: an HNSW coarse quantizer stays on the CPU
   (`allowCpuCoarseQuantizer`); IVF-PQ lookup tables go to float16 (`useFloat16`), else m=64 with 8-bit codes
@@ -59,10 +59,9 @@ def resources(gpu: int) -> Any:
     return faiss.StandardGpuResources()  # type: ignore[attr-defined]
 
 
-@functools.cache
-def device_lock(gpus: tuple[int, ...]) -> threading.Lock:
-    """One lock per set of GPUs: searches sharing a StandardGpuResources never overlap."""
-    return threading.Lock()
+# one lock for every GPU search of the process: indexes on overlapping GPUs share their StandardGpuResources,
+# and a server rarely holds indexes on disjoint GPUs
+GPU_LOCK = threading.Lock()
 
 
 def _unwrap(index: Any) -> Any:
@@ -112,12 +111,13 @@ class GpuIndex:
     """A faiss index on the GPU(s) with the CPU index it was cloned from, searched one call at a time.
 
     `cpu` is the truth for everything but the search: its type gives the search parameter, it is what gets
-    saved, and searches beyond GPU_MAX_K (k or nprobe) run on it. Keep both in step: `add` adds to both.
+    saved, and searches beyond GPU_MAX_K (k or nprobe) run on it. After training or adding on the GPU, take
+    `to_cpu()` and wrap the pair anew (the build does); an `Index.add` adds on the CPU and moves it again.
     """
 
     def __init__(self, gpu_index: Any, cpu: faiss.Index, gpus: list[int]) -> None:
         self.index, self.cpu, self.gpus = gpu_index, cpu, list(gpus)
-        self.lock = device_lock(tuple(gpus))
+        self.lock = GPU_LOCK
         self._space = faiss.GpuParameterSpace()  # type: ignore[attr-defined]
 
     @property
@@ -143,14 +143,6 @@ class GpuIndex:
             for name, value in params.items():
                 self._space.set_index_parameter(self.index, name, int(value))
             return self.index.search(x, k)  # type: ignore[call-arg]
-
-    def train(self, x: np.ndarray) -> None:
-        with self.lock:
-            self.index.train(x)
-
-    def add(self, x: np.ndarray) -> None:
-        with self.lock:
-            self.index.add(x)
 
     def to_cpu(self) -> faiss.Index:
         """The GPU index's content as a CPU index (after training / adding on the GPU)."""
