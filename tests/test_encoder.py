@@ -382,3 +382,23 @@ def test_open_checkpoint_reports_keys(roformer_sim_dir: Path) -> None:
     ck = open_checkpoint(str(roformer_sim_dir))
     assert ck.has_pooler and ck.has_mlm_head and ck.pooler_activation == "linear"
     assert "roformer.encoder.embed_positions.weight" not in ck.keys
+
+
+def test_auto_fp16_has_the_same_calibration_gate(
+    roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--dtype auto` picking float16 (CUDA's choice, played here on the CPU) keeps it only where the vectors of
+    the calibration sentences stay within the cosine threshold of float32, like bf16 on the CPU."""
+    monkeypatch.setattr(
+        encoder_mod, "dtype_candidates", lambda name, dev: (torch.float16, "auto: float16 on CUDA")
+    )
+    monkeypatch.setattr(encoder_mod, "BF16_MIN_COSINE", 0.0)
+    kept = load_encoder(str(roformer_sim_dir))
+    assert kept.dtype == torch.float16 and kept.dtype_reason.startswith(
+        "auto: float16 on CUDA; min cosine to float32 "
+    )
+    monkeypatch.setattr(encoder_mod, "BF16_MIN_COSINE", 1.01)
+    refused = load_encoder(str(roformer_sim_dir))
+    assert refused.dtype == torch.float32 and next(refused.backbone.parameters()).dtype == torch.float32
+    assert refused.dtype_reason.startswith("auto: fp16 min cosine to float32 was ")
+    assert refused.dtype_reason.endswith(" < 1.01, using float32")

@@ -12,7 +12,6 @@ import pytest
 import simcli.index.choose as choose_mod
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, UsageError
 from simcli.index import Index
-from simcli.index import build as builder
 from simcli.index.search import recall_at_k
 
 N, D, CLUSTERS = 8000, 32, 80
@@ -252,21 +251,20 @@ def test_lossy_index_keeps_vectors_for_check(tmp_path: Path, data) -> None:
 
 def test_gpu_selection(tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a GPU, IVF builds there and the CPU form is saved; HNSW (no GPU form) stays on the CPU."""
-    moved: list[str] = []
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    # faiss-cpu has no GPU functions: stand-ins that record the moves and keep the CPU index
-    monkeypatch.setattr(
-        faiss, "index_cpu_to_all_gpus", lambda index: moved.append("to") or index, raising=False
-    )
-    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda index: moved.append("back") or index, raising=False)
+    from simcli.index import gpu as gpu_mod
+    from tests import fake_gpu
+
+    fake = fake_gpu.install(monkeypatch, gpus=1)  # a GPU index type faiss's CPU helpers do not reach
     corpus = data[0][:3000]
     ivf = Index.build(corpus, out=tmp_path / "ivf", index="ivf")
-    assert ivf.manifest.index.built_on == "gpu" and moved[:2] == ["to", "back"] and ivf.on_gpu
-    moved.clear()
+    assert ivf.manifest.index.built_on == "gpu" and ivf.on_gpu and fake.back == 1
+    assert ivf.manifest.search.params["nprobe"] >= 8
+    moves = len(fake.moves)
     hnsw = Index.build(corpus, out=tmp_path / "hnsw", index="hnsw")
-    assert hnsw.manifest.index.built_on == "cpu" and moved == [] and not hnsw.on_gpu
+    assert hnsw.manifest.index.built_on == "cpu" and len(fake.moves) == moves and not hnsw.on_gpu
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
-    assert builder.to_device(faiss.IndexFlatIP(4))[1] is False
+    assert gpu_mod.to_gpu(faiss.IndexFlatIP(4)) is None
+    gpu_mod.resources.cache_clear()
 
 
 # -- whitening and text ------------------------------------------------------------------------------

@@ -127,3 +127,14 @@ def test_the_default_pool_is_one_actor_a_cpu_or_a_gpu() -> None:
     assert workers_for(_Resources(16), None, 0.5, 0) == Workers(32, 0.5, 0.0)
     assert workers_for(_Resources(16, gpus=4), None, None, 1) == Workers(4, 1.0, 1.0)
     assert workers_for(_Resources(16, gpus=4), None, None, 0.5) == Workers(8, 1.0, 0.5)
+
+
+def test_actors_get_their_own_gpu_not_the_drivers_cuda_n() -> None:
+    """Ray narrows an actor's CUDA_VISIBLE_DEVICES to its GPU: the driver's cuda:3 does not exist there."""
+    from simcli.scale.encode import actor_config
+    from simcli.types import EncoderConfig
+
+    assert actor_config(EncoderConfig("m", device="cuda:3")).device == "cuda"
+    assert actor_config(EncoderConfig("m", device="cuda:3", dtype="float16")).dtype == "float16"
+    for kept in ("cuda", "cpu", "auto"):
+        assert actor_config(EncoderConfig("m", device=kept)).device == kept

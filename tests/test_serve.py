@@ -380,6 +380,9 @@ def test_generate_equals_library(served: Running, roformer_sim_dir: Path) -> Non
     assert [p["text"] for p in got] == [p.text for p in want] and got
     assert body["model"] == str(roformer_sim_dir)
     np.testing.assert_allclose([p["score"] for p in got], [p.score for p in want], atol=2e-6)
+    # the served generator runs on the served encoder's weights: no second copy of the model
+    model = served.service.registry.models[str(roformer_sim_dir)]
+    assert model.paraphraser().encoder.model.backbone is model.encoder.model.backbone
 
 
 def test_generate_refused_where_the_model_cannot(tmp_path: Path, wobert_dir: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from simcli.serve.heap import HeapTrimmer, malloc_trim
 
@@ -90,3 +91,29 @@ def test_idle_trims_once_after_work() -> None:
     trimmer.idle()
     trimmer.idle()
     assert trimmer.trims == 1, "once when the queue falls idle, not again while it stays idle"
+
+
+def test_a_cuda_server_trims_only_when_idle() -> None:
+    """Serving a CUDA model, a trim never lands between two batches; it waits for the queue to empty."""
+    trimmer, now = _clocked(1.0, 0.0)
+    trimmer.idle_only = True
+    for t in range(1, 20):
+        now[0] = float(t)
+        trimmer.worked()
+    assert trimmer.trims == 0, "19 s of batches, no trim among them"
+    trimmer.idle()
+    assert trimmer.trims == 1
+
+
+def test_the_server_picks_idle_only_trimming_for_a_cuda_encoder() -> None:
+    from types import SimpleNamespace
+
+    from simcli.serve.app import Service
+    from simcli.serve.options import ServeOptions
+    from simcli.serve.registry import Registry
+
+    for device, idle_only in (("cuda", True), ("cpu", False)):
+        registry = Registry()
+        registry.encoders.append(SimpleNamespace(device=torch.device(device)))
+        service = Service(registry, ServeOptions())
+        assert service.batcher.trimmer is not None and service.batcher.trimmer.idle_only is idle_only

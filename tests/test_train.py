@@ -251,3 +251,29 @@ def test_cli_counts_overwrite_and_cosent(bert_dir: Path, data: dict[str, Path], 
         and rec["classifier"] is None
         and not (out / "classifier.safetensors").exists()
     )
+
+
+def test_resume_on_cuda_of_a_run_started_on_cpu(
+    bert_dir: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU run saves an empty GradScaler state (loss scaling off); resuming it where fp16 loss scaling is on
+    (CUDA) starts the scaler afresh instead of crashing. An enabled CPU GradScaler stands in for CUDA's: it
+    refuses an empty state the same way."""
+    opts = TrainOptions(steps=8, batch_size=8, lr=1e-3, save_every=4, log_every=5)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step: int, *_: float) -> None:
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer([data["train"]], str(bert_dir), tmp_path / "b", opts).train(on_step=kill)
+    assert torch.load(state_folder(tmp_path / "b") / "state.pt", weights_only=False)["scaler"] == {}
+    real = torch.amp.GradScaler
+    with pytest.raises(RuntimeError, match="empty"):  # premise: what the old resume ran into
+        real("cpu", enabled=True).load_state_dict({})
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real("cpu", enabled=True))
+    record = Trainer([data["train"]], str(bert_dir), tmp_path / "b", opts).train(resume=True)
+    assert record["steps"] == 8 and (tmp_path / "b" / "model.safetensors").is_file()

@@ -21,6 +21,16 @@ Modules, one job each:
 
 from __future__ import annotations
 
+import importlib.util
+
+from simcli.errors import MissingDependency
+
+if importlib.util.find_spec("faiss") is None:  # neither extra installed: say which one to install
+    raise MissingDependency(
+        "the index commands need faiss: pip install -e '.[cpu]' (or '.[gpu]' on a CUDA 12 machine, "
+        "after pip uninstall -y faiss-cpu)"
+    )
+
 from simcli.index.choose import IndexChoice
 from simcli.index.manifest import FILE_ROLES, FileEntry, FileRole, IndexManifest
 from simcli.index.query import Index

@@ -2,7 +2,7 @@
 
 All cosine: the vectors reaching this module are L2-normalised float32 and every index uses the
 inner-product metric. With CUDA and faiss GPU support (`faiss.get_num_gpus() > 0`) training, adding and
-searching run on the GPUs; the CPU form is what gets saved. HNSW has no GPU form in faiss: it stays on the CPU.
+searching run on the GPU (simcli.index.gpu); the CPU form is what gets saved.
 """
 
 from __future__ import annotations
@@ -53,32 +53,6 @@ def _tune_opq(index: faiss.Index) -> None:
         vt = faiss.downcast_VectorTransform(index.chain.at(i))  # type: ignore[attr-defined]
         if isinstance(vt, faiss.OPQMatrix):
             vt.niter = OPQ_ITERATIONS
-
-
-def gpu_count() -> int:
-    """GPUs faiss can use (0 with faiss-cpu, or without CUDA)."""
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
-
-
-def has_gpu_form(index: faiss.Index) -> bool:
-    """Whether faiss can move this index to a GPU (HNSW graphs cannot)."""
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    return not isinstance(inner, faiss.IndexHNSW)
-
-
-def to_device(index: faiss.Index) -> tuple[faiss.Index, bool]:
-    """The index on all GPUs when there are any and it has a GPU form, else itself: (index, on_gpu)."""
-    if gpu_count() > 0 and has_gpu_form(index):
-        return faiss.index_cpu_to_all_gpus(index), True
-    return index, False
-
-
-def to_cpu(index: faiss.Index, on_gpu: bool) -> faiss.Index:
-    """The CPU form of an index (what gets saved)."""
-    return faiss.index_gpu_to_cpu(index) if on_gpu else index
 
 
 def train(index: faiss.Index, sample: np.ndarray) -> None:

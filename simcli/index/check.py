@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from simcli.errors import UsageError
-from simcli.index.search import SearchParams, drop_self, ground_truth, recall_at_k
+from simcli.index.search import drop_self, ground_truth, recall_at_k
 from simcli.index.stored import sample_ids
 
 SEED = 1
@@ -30,18 +30,20 @@ def take_rows(chunks: Iterator[np.ndarray], ids: np.ndarray, dim: int) -> np.nda
 
 
 def check(
-    index: Any,
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    dim: int,
     stored: Callable[[], Iterator[np.ndarray]],
-    params: SearchParams,
+    params: dict[str, int],
     *,
     count: int,
     sample: int = 1000,
     k: int = 10,
 ) -> dict[str, Any]:
-    """Recall@k and latency of a faiss index searched with `params`.
+    """Recall@k and latency of an index's search (`params` are what it searches with, for the report).
 
     Args:
-        index: the faiss index (as loaded, CPU or GPU).
+        search: (queries, k) -> (scores, ids) through the index as loaded (CPU or GPU).
+        dim: the vectors' dimension.
         stored: the index's normalised vectors in id order (the ground truth's database).
         count: vectors in the index.
 
@@ -52,24 +54,24 @@ def check(
     if sample < 1 or k < 1:
         raise UsageError("--sample and -k must be at least 1")
     ids = sample_ids(count, sample, SEED)
-    queries = take_rows(stored(), ids, index.d)
+    queries = take_rows(stored(), ids, dim)
     t0 = time.perf_counter()
     _, truth = ground_truth(queries, stored(), k + 1)
     exact_s = time.perf_counter() - t0
     truth = drop_self(truth, ids, k)
     t0 = time.perf_counter()
-    _, found = index.search(queries, k + 1, params=params.faiss)
+    _, found = search(queries, k + 1)
     batch_s = time.perf_counter() - t0
     single = queries[: min(len(queries), SINGLE_QUERIES)]
     t0 = time.perf_counter()
     for q in single:
-        index.search(q[None, :], k, params=params.faiss)
+        search(q[None, :], k)
     single_s = (time.perf_counter() - t0) / len(single)
     return {
         "queries": len(ids),
         "k": k,
         "recall": recall_at_k(drop_self(found, ids, k), truth, k),
-        "params": params.values,
+        "params": dict(params),
         "ms_per_query": single_s * 1000,
         "queries_per_s": len(ids) / batch_s if batch_s > 0 else float("inf"),
         "exact_queries_per_s": len(ids) / exact_s if exact_s > 0 else float("inf"),

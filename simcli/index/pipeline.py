@@ -24,6 +24,7 @@ from simcli.errors import BadInput, ManifestMismatch, UsageError
 from simcli.index import build as builder
 from simcli.index import persist
 from simcli.index.choose import IndexChoice
+from simcli.index.gpu import GpuIndex, to_gpu
 from simcli.index.manifest import IndexManifest, IndexRecord, SearchRecord
 from simcli.index.search import (
     TARGET_RECALL,
@@ -131,8 +132,11 @@ def build(
     overwrite: bool,
     log: Log,
     fill: Callable[[faiss.Index], faiss.Index | None] | None = None,
+    device: str | None = "auto",
 ) -> IndexManifest:
     """Build the index folder `out` from a source and its whitening; returns the manifest written.
+
+    `device`: where faiss trains, adds and tunes (auto: the GPUs faiss sees; cuda:N: that one; cpu).
 
     `fill(trained)` adds the source's vectors to the trained, empty index some other way and returns the
     filled index (on Ray: simcli.scale.index), or None to add them here.
@@ -143,8 +147,8 @@ def build(
     with vectors as prepared:
         dim = whitening.dim_out if whitening is not None else src.dim
         index = builder.make_index(choice, dim)
-        device_index, on_gpu = builder.to_device(index)
-        log(f"building on {'GPU' if on_gpu else 'CPU'}")
+        gpu = to_gpu(index, device, log, building=True)
+        log(f"building on {'GPU ' + ','.join(map(str, gpu.gpus)) if gpu else 'CPU'}")
         start = time.perf_counter()
         tune_ids = sample_ids(src.count, TUNE_QUERIES, SEED)
         train_ids = (
@@ -155,23 +159,26 @@ def build(
         faiss_said: list[str] = []
         if len(train_ids):
             with builder.faiss_stderr() as faiss_said:
-                builder.train(device_index, prepared.take(train_ids))
+                builder.train(gpu.index if gpu else index, prepared.take(train_ids))
             log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
         queries = np.ascontiguousarray(prepared.take(tune_ids))
-        filled = fill(builder.to_cpu(device_index, on_gpu)) if fill is not None else None
+        filled = fill(gpu.to_cpu() if gpu else index) if fill is not None else None
         if filled is None:
-            builder.add(device_index, prepared.blocks())
+            builder.add(gpu.index if gpu else index, prepared.blocks())
+            cpu = gpu.to_cpu() if gpu else index
         else:
-            device_index, on_gpu = builder.to_device(filled)
+            cpu, gpu = filled, to_gpu(filled, device, log)
+        if gpu is not None:
+            gpu = GpuIndex(gpu.index, cpu, gpu.gpus)  # the filled CPU copy: parameters, saving, large k
         params: dict[str, int] = {}
         recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
         if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
             truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
-            params, recall = tune(device_index, queries, tune_ids, truth, log=log)
+            params, recall = tune(cpu, queries, tune_ids, truth, log=log, search=gpu.search if gpu else None)
         build_s = time.perf_counter() - start
         # the saved index carries the tuned values as its defaults, for faiss users of the file
-        set_search_params(device_index, params)
-        cpu = builder.to_cpu(device_index, on_gpu)
+        set_search_params(cpu, params)
+        on_gpu = gpu is not None
         log(
             f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
         )

@@ -1,14 +1,16 @@
 """`Index`: a loaded index folder, and its search: query vectors -> faiss candidates -> re-rank -> hits.
 
 Queries go through the model, pooling, max length and whitening recorded in the manifest, never flags, and
-through the same `to_index_space` as the corpus. Search is safe from several threads at once: faiss search
-parameters travel with each call (`SearchParams`), the encoder loads once behind a lock, the texts are read
-with a fresh file handle per call, and the re-rank step keeps no state per call. `add` is not: do not add
-while other threads search.
+through the same `to_index_space` as the corpus. Search is safe from several threads at once: on the CPU faiss
+search parameters travel with each call (`SearchParams`); a GPU index is not safe for concurrent searches,
+so its searches take turns behind a lock (simcli.index.gpu); the encoder loads once behind a lock, the texts
+are read with a fresh file handle per call, and the re-rank step keeps no state per call. `add` is not: do
+not add while other threads search.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from simcli.index import persist, pipeline
 from simcli.index.check import check as check_index
 from simcli.index.choose import check_index_name, choose, parse_memory
 from simcli.index.encoders import QueryEncoder, build_encoder
+from simcli.index.gpu import GpuIndex, to_gpu
 from simcli.index.manifest import IndexManifest
 from simcli.index.rerank import IDENTITY, Candidates, Rerank
 from simcli.index.search import SearchParams, set_search_params
@@ -43,7 +46,8 @@ class Index:
     Attributes:
         path: the folder.
         manifest: its typed manifest (`IndexManifest`).
-        faiss_index: the faiss index (on the GPU when `on_gpu`).
+        faiss_index: the CPU faiss index (what is saved; the search parameter and list count come from it).
+        gpu: its copy on the GPU (simcli.index.gpu.GpuIndex) that searches run on, or None.
         whitening: the Whitening applied before normalising, or None.
         rerank: the re-rank step every search runs (`IDENTITY` unless set; see simcli.index.rerank).
     """
@@ -54,7 +58,7 @@ class Index:
         manifest: IndexManifest,
         faiss_index: Any,
         whitening: Any = None,
-        on_gpu: bool = False,
+        gpu: GpuIndex | None = None,
         *,
         encoder: QueryEncoder | None = None,
         rerank: Rerank = IDENTITY,
@@ -62,11 +66,11 @@ class Index:
         self.path, self.whitening, self.rerank = path, whitening, rerank
         self._radii: Any = None
         self._query_encoder = encoder or QueryEncoder(path)
-        self._attach(manifest, faiss_index, on_gpu)
+        self._attach(manifest, faiss_index, gpu)
 
-    def _attach(self, manifest: IndexManifest, faiss_index: Any, on_gpu: bool) -> None:
+    def _attach(self, manifest: IndexManifest, faiss_index: Any, gpu: GpuIndex | None) -> None:
         """Point at a generation: its manifest, faiss index, texts and default search parameters."""
-        self.manifest, self.faiss_index, self.on_gpu = manifest, faiss_index, on_gpu
+        self.manifest, self.faiss_index, self.gpu = manifest, faiss_index, gpu
         self._default_params = SearchParams(faiss_index, manifest.search.params, manifest.index.factory)
         self._texts = persist.Texts(path_of(self, "texts"), path_of(self, "offsets"))
 
@@ -74,6 +78,10 @@ class Index:
     @property
     def spec(self) -> ModelSpec | None:
         return self.manifest.model
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu is not None
 
     @property
     def count(self) -> int:
@@ -197,8 +205,19 @@ class Index:
         log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
         filler = None if fill is None else lambda trained: fill(trained, w)
-        pipeline.build(src, w, choice, out, model_path=model_path, overwrite=overwrite, log=log, fill=filler)
-        built = cls.load(out, verify=False)
+        device = enc_options.get("device") or "auto"  # faiss follows --device: cuda:N builds on that GPU
+        pipeline.build(
+            src,
+            w,
+            choice,
+            out,
+            model_path=model_path,
+            overwrite=overwrite,
+            log=log,
+            fill=filler,
+            device=device,
+        )
+        built = cls.load(out, verify=False, device=device, log=log)
         if csls:
             built.hubness(log=log)
         return built
@@ -215,6 +234,7 @@ class Index:
         model: str | None = None,
         gpu: bool | None = None,
         rerank: Rerank = IDENTITY,
+        log: Log | None = None,
     ) -> Index:
         """Open an index folder: check the manifest and every file's size and sha256, read the index.
 
@@ -226,8 +246,10 @@ class Index:
                 with when it was on this kind of device (manifest `computed_with`), else "auto".
             model: where the model lives now, when the path recorded at build time has moved; its weights
                 must have the recorded hash.
-            gpu: search on the GPU (default: when faiss sees one and the index has a GPU form).
+            gpu: search on the GPU (default: when faiss sees one and the index has a GPU form); `device`
+                cuda:N puts it on that GPU only, cpu keeps it off.
             rerank: the re-rank step of every search (default: none).
+            log: one-line notes, such as why the faiss index stays on the CPU (default: stderr).
 
         Raises:
             CorruptArtifact: missing, truncated or altered files.
@@ -235,7 +257,7 @@ class Index:
         path = Path(path)
         manifest = persist.read(path)
         persist.verify(path, manifest, hashes=verify)
-        index, on_gpu = _read_faiss(path, manifest, gpu)
+        index, on = _read_faiss(path, manifest, gpu, device, log)
         w = None
         if manifest.whitening is not None:
             from simcli.whitening import Whitening
@@ -244,7 +266,7 @@ class Index:
             if w.sha256 != manifest.whitening.sha256:
                 raise ManifestMismatch(f"{path}: the whitening file is not the one the manifest records")
         encoder = QueryEncoder(path, device=device, dtype=dtype, model=model)
-        return cls(path, manifest, index, w, on_gpu, encoder=encoder, rerank=rerank)
+        return cls(path, manifest, index, w, on, encoder=encoder, rerank=rerank)
 
     # -- querying ---------------------------------------------------------------------------------------
     def encoder(self) -> Any:
@@ -267,9 +289,14 @@ class Index:
         self, vectors: np.ndarray, depth: int, params: dict[str, int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """faiss's `depth` best (scores, ids) for prepared query vectors, with this call's search parameters
-        (the tuned ones unless `params`); ids -1 pad rows with fewer results."""
+        (the tuned ones unless `params`); ids -1 pad rows with fewer results.
+
+        On the GPU a depth or nprobe above its limit (2048) is searched on the CPU index instead."""
         p = self._default_params if params is None else self._params(params)
-        scores, ids = self.faiss_index.search(vectors, min(depth, self.count), params=p.faiss)
+        depth = min(depth, self.count)
+        if self.gpu is not None:
+            return self.gpu.search(vectors, depth, p.values)
+        scores, ids = self.faiss_index.search(vectors, depth, params=p.faiss)
         return scores, ids
 
     def search(
@@ -350,8 +377,7 @@ class Index:
         if k < 1:
             raise UsageError(f"-k must be at least 1, got {k}")
         start = time.perf_counter()
-        cpu = builder.to_cpu(self.faiss_index, self.on_gpu)
-        radii = compute_radii(self.self_search, stored_vectors(self.path, self.manifest, cpu), k)
+        radii = compute_radii(self.self_search, stored_vectors(self.path, self.manifest, self.faiss_index), k)
         g = self.manifest.generation + 1
         files = {**self.manifest.files, "radii": write_radii(self.path, g, radii)}
         exact = exact_search(self.faiss_index, self.manifest.index.lossless)
@@ -369,7 +395,7 @@ class Index:
 
     def stored_vectors(self) -> Any:
         """The index's vectors in index space, in id order, a block at a time."""
-        return stored_vectors(self.path, self.manifest, builder.to_cpu(self.faiss_index, self.on_gpu))
+        return stored_vectors(self.path, self.manifest, self.faiss_index)
 
     def _params(self, params: dict[str, int]) -> SearchParams:
         return SearchParams(self.faiss_index, params, self.manifest.index.factory)
@@ -433,13 +459,15 @@ class Index:
             progress=progress,
         )
         _warn_about(src, log)
-        cpu = builder.to_cpu(self.faiss_index, self.on_gpu)
+        cpu = self.faiss_index
         old = self.manifest
         manifest = pipeline.add(
             self.path, old, cpu, self.whitening, src, lambda: stored_vectors(self.path, old, cpu), log=log
         )
-        index, on_gpu = _read_faiss(self.path, manifest, gpu=self.on_gpu or None)
-        self._attach(manifest, index, on_gpu)
+        gpus = self.gpu.gpus if self.gpu is not None else []
+        device = f"cuda:{gpus[0]}" if len(gpus) == 1 else "auto"
+        index, on = _read_faiss(self.path, manifest, self.on_gpu or None, device)
+        self._attach(manifest, index, on)
         return src.count
 
     # -- checking ---------------------------------------------------------------------------------------
@@ -450,11 +478,11 @@ class Index:
         simcli.index.check.
         """
         p = self._default_params if params is None else self._params(params)
-        cpu = builder.to_cpu(self.faiss_index, self.on_gpu)
         return check_index(
-            self.faiss_index,
-            lambda: stored_vectors(self.path, self.manifest, cpu),
-            p,
+            lambda x, k: self.candidates(x, k, p.values),
+            self.dim,
+            lambda: stored_vectors(self.path, self.manifest, self.faiss_index),
+            p.values,
             count=self.count,
             sample=sample,
             k=k,
@@ -481,9 +509,11 @@ def _warn_about(src: Source, log: Log) -> None:
         )
 
 
-def _read_faiss(path: Path, manifest: IndexManifest, gpu: bool | None) -> tuple[Any, bool]:
-    """The faiss index file of the manifest's generation, checked against its count and dim, on the GPU when
-    asked (or by default when there is one)."""
+def _read_faiss(
+    path: Path, manifest: IndexManifest, gpu: bool | None, device: str | None = "auto", log: Log | None = None
+) -> tuple[Any, GpuIndex | None]:
+    """The faiss index file of the manifest's generation, checked against its count and dim, and its GPU copy
+    when asked (or by default when there is one; `device` cuda:N picks the GPU, cpu none)."""
     name = path / manifest.files["index"].name
     try:
         index = faiss.read_index(str(name))
@@ -496,9 +526,11 @@ def _read_faiss(path: Path, manifest: IndexManifest, gpu: bool | None) -> tuple[
         )
     # the defaults for whoever searches the faiss index without per-call parameters
     set_search_params(index, manifest.search.params)
-    on_gpu = False
+    on = None
     if gpu is None or gpu:
-        index, on_gpu = builder.to_device(index)
-        if on_gpu:
-            set_search_params(index, manifest.search.params)
-    return index, on_gpu
+        on = to_gpu(index, device, log or _say)
+    return index, on
+
+
+def _say(line: str) -> None:
+    print(f"simcli: {line}", file=sys.stderr)

@@ -28,7 +28,12 @@ PLATEAU = 0.002  # a lossy index (PQ) stops improving below the target: stop the
 
 
 def search_parameter(index: faiss.Index) -> str | None:
-    """The parameter that trades speed for recall: "nprobe" (IVF), "efSearch" (HNSW) or None (exact)."""
+    """The parameter that trades speed for recall: "nprobe" (IVF), "efSearch" (HNSW) or None (exact).
+
+    Read from a CPU index: a GPU one (simcli.index.gpu.GpuIndex) answers through the CPU index it was cloned
+    from, since GpuIndexIVF* and IndexReplicas are no IndexIVF to `extract_index_ivf`.
+    """
+    index = getattr(index, "cpu", index)
     try:
         faiss.extract_index_ivf(index)
         return "nprobe"
@@ -90,17 +95,14 @@ def _refine_layers(index: faiss.Index) -> list[Any]:
 
 
 def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
-    """Set nprobe / efSearch on an index (CPU or GPU), through any pre-transform (OPQ): the defaults for
-    callers that search it without per-call parameters (a GPU index, faiss users of the loaded index)."""
+    """Set nprobe / efSearch on an index, through any pre-transform (OPQ) or replicas: the defaults for
+    callers that search it without per-call parameters (faiss users of the saved or loaded index)."""
     if not params:
         return
-    space = faiss.GpuParameterSpace() if _on_gpu(index) else faiss.ParameterSpace()
+    # a GPU build's GpuParameterSpace reaches GPU indexes at any depth and hands CPU ones to ParameterSpace
+    space = getattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)()
     for name, value in params.items():
         space.set_index_parameter(index, name, int(value))
-
-
-def _on_gpu(index: faiss.Index) -> bool:
-    return "Gpu" in type(index).__name__
 
 
 def ground_truth(
@@ -143,11 +145,14 @@ def tune(
     k: int = TUNE_K,
     target: float = TARGET_RECALL,
     log: Callable[[str], None] | None = None,
+    search: Callable[[np.ndarray, int, dict[str, int]], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, int], float]:
     """The smallest search parameter on the ladder reaching `target` recall@k (self excluded).
 
     Args:
-        index: a trained, filled index.
+        index: a trained, filled CPU index (its type and list count give the ladder).
+        search: (queries, k, params) -> (scores, ids) on the device holding the index (a GpuIndex's
+            `search`); default: `index` itself.
         queries: (q, d) indexed vectors used as queries.
         query_ids: (q,) their ids (left out of both result lists).
         truth: (q, k) exact ids, self already dropped.
@@ -155,10 +160,15 @@ def tune(
     Returns:
         ({name: value} or {} for exact indexes, the recall@k measured at that value).
     """
+
+    def run(params: dict[str, int]) -> np.ndarray:
+        if search is not None:
+            return search(queries, k + 1, params)[1]
+        return index.search(queries, k + 1, params=SearchParams(index, params).faiss)[1]  # type: ignore[call-arg]
+
     name = search_parameter(index)
     if name is None:
-        found = drop_self(index.search(queries, k + 1)[1], query_ids, k)
-        return {}, recall_at_k(found, truth, k)
+        return {}, recall_at_k(drop_self(run({}), query_ids, k), truth, k)
     if name == "nprobe":
         nlist = faiss.extract_index_ivf(index).nlist
         ladder = [v for v in NPROBE_LADDER if v < nlist] + [nlist]
@@ -167,8 +177,7 @@ def tune(
         ladder = list(EF_SEARCH_LADDER)
     results: list[tuple[int, float]] = []
     for value in ladder:
-        p = SearchParams(index, {name: value})
-        found = drop_self(index.search(queries, k + 1, params=p.faiss)[1], query_ids, k)
+        found = drop_self(run({name: value}), query_ids, k)
         recall = recall_at_k(found, truth, k)
         if log is not None:
             log(f"{name} {value}: recall@{k} {recall:.4f}")

@@ -28,7 +28,7 @@ from simcli.models.loading import (
     recorded_name,
     setting_sources,
 )
-from simcli.models.native import NativeBackbone
+from simcli.models.native import NativeBackbone, to_device
 from simcli.models.pooling import resolve_pooling
 from simcli.models.sentence import SentenceModel
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
@@ -42,6 +42,7 @@ __all__ = ["EncodeStats", "Encoder", "EncoderConfig", "encode", "load_encoder"]
 # base model over short LCQMC questions. GPUs want large batches.
 CPU_BATCH_TOKENS = 1024
 CUDA_BATCH_TOKENS = 16384
+MAX_BATCH_ROWS = 256  # rows of a CPU batch (the batcher's default)
 CHUNK_SENTENCES = 2048  # tokenised ahead in the background; also the unit of progress reports
 BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close to float32
 
@@ -271,7 +272,9 @@ class Encoder:
             j = first_of.setdefault(tuple(row), i)
             (unique if j == i else copies).append((i, j))
         lengths = [len(ids[i]) for i, _ in unique]
-        for batch in batches(lengths, batch_tokens):
+        # on CUDA the token budget alone sizes a batch (256 rows would cap 16,384 tokens at 64 a sentence)
+        max_batch = batch_tokens if self.device.type == "cuda" else MAX_BATCH_ROWS
+        for batch in batches(lengths, batch_tokens, max_batch):
             rows = [unique[b][0] for b in batch]
             vectors = self.forward([ids[i] for i in rows], modes)
             where = np.asarray(rows) + offset
@@ -304,8 +307,14 @@ class Encoder:
         for r, row in enumerate(ids):
             input_ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
             mask[r, : len(row)] = 1
-        vectors = self.model.pool_all(input_ids.to(self.device), mask.to(self.device), modes)
-        return {m: v.cpu().numpy() for m, v in vectors.items()}
+        # lengths known here spare the device syncs of finding the padding; pinned, non-blocking copies to CUDA
+        vectors = self.model.pool_all(
+            to_device(input_ids, self.device),
+            to_device(mask, self.device),
+            modes,
+            lengths=[len(x) for x in ids],
+        )
+        return {m: v.cpu().numpy() for m, v in vectors.items()}  # the one sync a batch: its results
 
 
 def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> None:
@@ -328,9 +337,9 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         tokenizer: "char" or "word" to override the detected tokenizer.
         max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         device: auto | cpu | cuda | cuda:N.
-        dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA; on CPU bfloat16 where the CPU
-            runs bf16 matrix products at least 1.5x faster than float32 (measured) and the vectors stay within
-            cosine 0.999 of float32 on calibration sentences, else float32.
+        dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA, on CPU bfloat16 where the CPU
+            runs bf16 matrix products at least 1.5x faster than float32 (measured); either only where the
+            vectors stay within cosine 0.999 of float32 on calibration sentences, else float32.
         batch_tokens: token budget of one batch (default 1024 on CPU, 16384 on CUDA).
         engine: auto | native | transformers: who runs the transformer. `native` is simcli's own torch
             implementation (simcli/models/native.py), which spares the ~3 s import of transformers' modeling
@@ -366,8 +375,9 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
     if want == torch.float32:
         _cast(model, dev, want)
         return enc
-    if cfg.dtype == "auto" and dev.type == "cpu":
-        # Keep bf16 only where it is accurate for this model (the accuracy cost is measured, not assumed).
+    if cfg.dtype == "auto":
+        # Keep bf16 (CPU) or fp16 (CUDA) only where it is accurate for this model (measured, not assumed).
+        _cast(model, dev, torch.float32)  # the float32 reference runs where the model will
         reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
         import copy
 
@@ -379,8 +389,9 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
             trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
             trial.sources = sources
             return trial
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(want, str(want))
         enc.dtype_reason = (
-            f"auto: bf16 min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
+            f"auto: {short} min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
         )
         _cast(model, dev, torch.float32)
         return enc

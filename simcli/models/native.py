@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,6 +340,13 @@ class Packing:
     def of(cls, attention_mask: torch.Tensor) -> Packing:
         return cls(attention_mask.flatten().nonzero().squeeze(1), *attention_mask.shape)
 
+    @classmethod
+    def of_lengths(cls, lengths: Sequence[int], seq: int, device: torch.device) -> Packing:
+        """The same packing from each row's length, known on the host: no `nonzero()` (a device sync on CUDA);
+        the index goes over from pinned memory without waiting."""
+        index = torch.cat([torch.arange(n, dtype=torch.long) + r * seq for r, n in enumerate(lengths)])
+        return cls(to_device(index, device), len(lengths), seq)
+
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, ...) -> (tokens, ...)"""
         return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
@@ -412,9 +419,12 @@ class NativeBackbone(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         attention_bias: torch.Tensor | None = None,
+        lengths: Sequence[int] | None = None,
     ) -> BackboneOutput:
         """`attention_bias` (batch, 1, seq, seq), additive, replaces the padding mask: e.g. the UniLM seq2seq
-        mask for training generation (simcli/training/distillation.py)."""
+        mask for training generation (simcli/training/distillation.py). `lengths`: each row's real tokens
+        when the caller knows them (right padding): whether there is padding, and where, is then decided on
+        the host instead of by two device syncs a batch (`mask.all()`, `nonzero()`)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
@@ -425,11 +435,19 @@ class NativeBackbone(nn.Module):
         bias = attention_bias.to(x.dtype) if attention_bias is not None else None
         packing = None
         padded = [x]  # every layer's output in the (batch, seq, hidden) layout, when asked for
-        if bias is None and attention_mask is not None and not bool(attention_mask.all()):
+        seq = input_ids.shape[1]
+        if lengths is not None:
+            padded_batch = min(lengths) < seq
+        else:
+            padded_batch = attention_mask is not None and not bool(attention_mask.all())
+        if bias is None and attention_mask is not None and padded_batch:
             # Padding keys blocked; padded queries still see the real keys, so no row is fully masked.
             bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
-            packing = Packing.of(attention_mask)  # the position-wise layers run on the real tokens only
+            # the position-wise layers run on the real tokens only
+            packing = (
+                Packing.of(attention_mask) if lengths is None else Packing.of_lengths(lengths, seq, x.device)
+            )
             x = packing.pack(x)
         for layer in self.encoder.layer:
             x = layer(x, bias, rotary, packing=packing)
@@ -551,3 +569,11 @@ class MLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (..., vocab) from last hidden states (..., hidden)."""
         return self.predictions(hidden)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory without blocking the host (the copy is
+    ordered before later kernels on the same stream)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

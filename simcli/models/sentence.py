@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from simcli.models.native import NativeBackbone
 from simcli.models.pooling import NEEDS_ALL_LAYERS, pool
 
 
@@ -48,15 +49,23 @@ class SentenceModel(nn.Module):
         attention_mask: torch.Tensor,
         poolings: Sequence[str],
         token_type_ids: torch.Tensor | None = None,
+        lengths: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Vectors for several poolings from one pass over the backbone: {pooling: (batch, dim) float32}."""
+        """Vectors for several poolings from one pass over the backbone: {pooling: (batch, dim) float32}.
+
+        `lengths`: each row's real tokens (right padding), when known on the host; simcli's native backbone
+        then spares the device syncs of finding the padding."""
         need_all = any(m in NEEDS_ALL_LAYERS for m in poolings)
+        extra = (
+            {"lengths": lengths} if lengths is not None and isinstance(self.backbone, NativeBackbone) else {}
+        )
         result = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             # single sentence: segment 0 throughout
             token_type_ids=torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
             output_hidden_states=need_all,
+            **extra,
         )
         hidden = result.hidden_states if need_all else (result.last_hidden_state,)
         pooled = {m: pool(hidden, attention_mask, m, self.pooler, self.pooler_activation) for m in poolings}

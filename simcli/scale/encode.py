@@ -69,6 +69,14 @@ def workers_for(ray: Any, workers: int | None, cpus: float | None, gpus: float) 
     return Workers(workers, float(cpus), float(gpus))
 
 
+def actor_config(config: EncoderConfig) -> EncoderConfig:
+    """The config an actor loads: the driver's `cuda:N` names a GPU of the driver's machine, while Ray narrows
+    an actor's CUDA_VISIBLE_DEVICES to the GPUs it was given, so inside the actor its GPU is `cuda` (cuda:0)."""
+    if config.device.startswith("cuda:"):
+        return config.with_options(device="cuda")
+    return config
+
+
 class ShardEncoder:
     """A Ray Data actor: the model loaded once; each call encodes and writes one shard."""
 
@@ -184,7 +192,7 @@ def encode_store(
                 num_cpus=pool.cpus,
                 num_gpus=pool.gpus or None,
                 fn_constructor_kwargs={
-                    "config": config,
+                    "config": actor_config(config),
                     "whitening": whitening,
                     "out": str(out.absolute()),
                     "store_dtype": store_dtype,

@@ -96,7 +96,11 @@ class Service:
             max_wait_ms=options.max_wait_ms,
             max_queue=options.max_queue,
             on_batch=self.metrics.batch,
-            trimmer=HeapTrimmer(options.trim_interval_s, on_trim=self.metrics.heap_trims.inc),
+            trimmer=HeapTrimmer(
+                options.trim_interval_s,
+                on_trim=self.metrics.heap_trims.inc,
+                idle_only=any(e.device.type == "cuda" for e in registry.encoders),
+            ),
         )
         self.started = int(time.time())
         self._key = options.api_key.encode() if options.api_key else None

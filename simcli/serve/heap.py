@@ -34,15 +34,19 @@ def malloc_trim() -> Callable[[int], int] | None:
 
 class HeapTrimmer:
     """malloc_trim(0) on the model thread: `worked` after each unit of work trims at most once every
-    `interval_s` seconds; `idle` trims once if there was work since the last trim. interval_s 0: never."""
+    `interval_s` seconds; `idle` trims once if there was work since the last trim. interval_s 0: never.
+    `idle_only`: never between batches, only when the queue is empty (a CUDA model: a trim of several ms would
+    stall batches that take a few ms on the GPU, and its tensors live in device memory, not the heap)."""
 
     def __init__(
         self,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_trim: Callable[[], object] | None = None,
+        idle_only: bool = False,
     ) -> None:
         self.interval_s = interval_s
+        self.idle_only = idle_only
         self.on_trim = on_trim  # told after each trim (the server's metrics count them)
         self._trim = malloc_trim() if interval_s > 0 else None
         self._clock = clock
@@ -56,7 +60,7 @@ class HeapTrimmer:
 
     def worked(self) -> None:
         self._dirty = True
-        if self._clock() - self._last >= self.interval_s:
+        if not self.idle_only and self._clock() - self._last >= self.interval_s:
             self._run()
 
     def idle(self) -> None:

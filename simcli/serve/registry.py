@@ -88,11 +88,9 @@ class ServedModel:
             from simcli.paraphrase import load_paraphraser
 
             enc = self.encoder
+            # the served encoder's weights drive generation too: one copy of the model in memory
             self._paraphraser = load_paraphraser(
-                str(enc.checkpoint.path),
-                device=str(enc.device),
-                dtype=str(enc.dtype).removeprefix("torch."),
-                max_length=enc.max_length,
+                str(enc.checkpoint.path), max_length=enc.max_length, encoder=enc
             )
         return self._paraphraser
 
@@ -159,7 +157,9 @@ class ServedIndex:
         """(generation, hits) of raw query vectors (the index whitens and normalises them as it was built);
         rerank "csls" re-ranks `candidates` cosine candidates by CSLS (UsageError when the index has no radii).
 
-        `Index.search` is safe from several threads: search parameters are per call, nothing shared changes.
+        Safe from the thread pool: on the CPU search parameters are per call and nothing shared changes; a GPU
+        index searches one call at a time behind its device's lock, and a k, CSLS candidate count or nprobe
+        above the GPU's limit (2048) is answered from the index's CPU copy (simcli.index.gpu).
         """
 
         def run(index: Any) -> tuple[int, list[list[Any]]]:

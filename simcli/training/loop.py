@@ -289,9 +289,12 @@ class Trainer:
         self._load_weights(state["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        # else the run started without loss scaling (CPU, or not fp16): an enabled scaler starts afresh,
+        # where loading the empty state would raise
         torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None:
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.record = Record(**state["record"])
         self.best = state["best"]
