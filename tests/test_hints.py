@@ -171,7 +171,7 @@ def test_store_folder_not_empty_hint(flag: str, tmp_path: Path, corpus: Path, ro
     fails(1, f"{tmp_path / 'y.vec'}: folder is not empty (use --resume to continue an interrupted run or "
           "--overwrite to replace it)", *args)  # fmt: skip
     r = ok(*args, flag)
-    assert r.stderr.splitlines()[-1].startswith("simcli: wrote 5 vectors")
+    assert r.stderr.splitlines()[-1].startswith("simcli: read 5 rows: wrote 5 vectors")
 
 
 def _out_exists_cases(tmp_path: Path, corpus: Path, model: Path) -> dict[str, tuple[list[Any], str]]:

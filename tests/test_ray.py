@@ -388,5 +388,5 @@ def test_a_ray_run_prints_only_simcli_lines(tmp_path: Path, wobert_dir: Path) ->
     assert r.stderr.splitlines() == [
         f"simcli: model {wobert_dir} (wobert, word tokenizer), pooling first-last-avg, dim 48, max length 24; "
         + "on Ray: 1 worker of 1 CPU",
-        "simcli: wrote 2 vectors (dim 48, float32) in 1 shard to o.vec",
+        "simcli: read 2 rows: wrote 2 vectors (dim 48, float32) in 1 shard to o.vec",
     ]
