@@ -252,7 +252,7 @@ def evaluate_retrieval(
         threshold: a pair is positive when its label is above it (default: the middle of the label range).
         progress, on_encoder: as `evaluate_sts`.
     """
-    from simcli.evaluate import parse_whiten, published_max_length
+    from simcli.evaluate import check_whiten_dims, parse_whiten, published_max_length
 
     settings = parse_whiten(whiten)
     reranks = parse_rerank(rerank)
@@ -269,7 +269,7 @@ def evaluate_retrieval(
     if on_encoder is not None:
         on_encoder(encoder)
     modes = list(dict.fromkeys(encoder.spec_for(p).pooling for p in pools))
-    _check_whiten_dims(settings, int(encoder.spec.dim))
+    check_whiten_dims(settings, int(encoder.spec.dim))
 
     results: list[RetrievalResult] = []
     for task in tasks:
@@ -292,14 +292,10 @@ def _check_retrieval_args(
 ) -> tuple[list[str], int]:
     """The poolings asked for and the CSLS candidate count, checked before anything is read."""
     from simcli.errors import UsageError
-    from simcli.evaluate import parse_list
+    from simcli.evaluate import check_poolings_and_files
     from simcli.index.hubness import default_candidates
 
-    pools = parse_list(poolings)
-    if not pools:
-        raise UsageError("--pooling: give at least one pooling")
-    if not files:
-        raise UsageError("give at least one pair file")
+    pools = check_poolings_and_files(poolings, files)
     m = default_candidates(10) if candidates is None else int(candidates)
     if m < 10:
         raise UsageError(f"--candidates must be at least 10 (the metrics look at the top 10), got {m}")
@@ -329,14 +325,6 @@ def _read_tasks(
             )
         )
     return tasks
-
-
-def _check_whiten_dims(settings: Sequence[Any], dim: int) -> None:
-    from simcli.errors import UsageError
-
-    for s in settings:
-        if s.dim is not None and s.dim > dim:
-            raise UsageError(f"--whiten {s.label} is above the model's dimension {dim}")
 
 
 def _score_pooling(

@@ -151,34 +151,13 @@ def build(
         log(f"building on {'GPU ' + ','.join(map(str, gpu.gpus)) if gpu else 'CPU'}")
         start = time.perf_counter()
         tune_ids = sample_ids(src.count, TUNE_QUERIES, SEED)
-        train_ids = (
-            sample_ids(src.count, choice.train_size, SEED + 2)
-            if not index.is_trained
-            else np.empty(0, np.int64)
-        )
-        faiss_said: list[str] = []
-        if len(train_ids):
-            with builder.faiss_stderr() as faiss_said:
-                builder.train(gpu.index if gpu else index, prepared.take(train_ids))
-            log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
+        train_ids, faiss_said = _train(index, gpu, choice, src.count, prepared, start, log)
         queries = np.ascontiguousarray(prepared.take(tune_ids))
-        filled = fill(gpu.to_cpu() if gpu else index) if fill is not None else None
-        if filled is None:
-            builder.add(gpu.index if gpu else index, prepared.blocks())
-            cpu = gpu.to_cpu() if gpu else index
-        else:
-            cpu, gpu = filled, to_gpu(filled, device, log)
-        if gpu is not None:
-            gpu = GpuIndex(gpu.index, cpu, gpu.gpus)  # the filled CPU copy: parameters, saving, large k
-        params: dict[str, int] = {}
-        recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
-        if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
-            truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
-            params, recall = tune(cpu, queries, tune_ids, truth, log=log, search=gpu.search if gpu else None)
+        cpu, gpu = _fill(index, gpu, prepared, fill, device, log)
+        params, recall = _tune(index, cpu, gpu, queries, tune_ids, prepared, log)
         build_s = time.perf_counter() - start
         # the saved index carries the tuned values as its defaults, for faiss users of the file
         set_search_params(cpu, params)
-        on_gpu = gpu is not None
         log(
             f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
         )
@@ -186,41 +165,106 @@ def build(
         if shortfall:
             log(shortfall)
         out.mkdir(parents=True, exist_ok=True)
-        previous = 0
-        if overwrite and (out / persist.MANIFEST).is_file():
-            # the new files take the next generation's names: the old index stays whole until the manifest switches
-            previous = persist.read(out).generation
+        index_record = IndexRecord(
+            kind=choice.kind,
+            factory=choice.factory,
+            nlist=choice.nlist,
+            train_size=len(train_ids),
+            reason=choice.reason,
+            metric="inner_product",
+            lossless=is_lossless(cpu, tune_ids, queries),
+            built_on="gpu" if gpu is not None else "cpu",
+            build_seconds=round(build_s, 3),
+        )
+        search_record = SearchRecord(
+            params=params,
+            tuned_recall=round(recall, 4),
+            tune_queries=len(tune_ids),
+            target_recall=TARGET_RECALL,
+            target_reached=recall >= TARGET_RECALL,
+            warning=shortfall,
+        )
         manifest = IndexManifest(
             model=src.spec,
             model_path=model_path,
             source=src.describe,
             whitening=whitening_record(whitening),
-            index=IndexRecord(
-                kind=choice.kind,
-                factory=choice.factory,
-                nlist=choice.nlist,
-                train_size=len(train_ids),
-                reason=choice.reason,
-                metric="inner_product",
-                lossless=is_lossless(cpu, tune_ids, queries),
-                built_on="gpu" if on_gpu else "cpu",
-                build_seconds=round(build_s, 3),
-            ),
-            search=SearchRecord(
-                params=params,
-                tuned_recall=round(recall, 4),
-                tune_queries=len(tune_ids),
-                target_recall=TARGET_RECALL,
-                target_reached=recall >= TARGET_RECALL,
-                warning=shortfall,
-            ),
+            index=index_record,
+            search=search_record,
             count=int(cpu.ntotal),
             dim=int(cpu.d),
-            generation=previous + 1,
+            generation=_next_generation(out, overwrite),
             # informational: which device/dtype computed the vectors (auto may pick bf16); queries follow it
             computed_with=distinct(src.computed_with),
         )
         return persist.write_generation(out, manifest, cpu, src.rows(), prepared.blocks, whitening=whitening)
+
+
+def _next_generation(out: Path, overwrite: bool) -> int:
+    previous = 0
+    if overwrite and (out / persist.MANIFEST).is_file():
+        # the new files take the next generation's names: the old index stays whole until the manifest switches
+        previous = persist.read(out).generation
+    return previous + 1
+
+
+def _train(
+    index: faiss.Index,
+    gpu: GpuIndex | None,
+    choice: IndexChoice,
+    count: int,
+    prepared: Prepared | Streamed,
+    start: float,
+    log: Log,
+) -> tuple[np.ndarray, list[str]]:
+    """Train an untrained index on a sample; returns the sample's ids and what faiss said meanwhile."""
+    train_ids = (
+        sample_ids(count, choice.train_size, SEED + 2) if not index.is_trained else np.empty(0, np.int64)
+    )
+    faiss_said: list[str] = []
+    if len(train_ids):
+        with builder.faiss_stderr() as faiss_said:
+            builder.train(gpu.index if gpu else index, prepared.take(train_ids))
+        log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
+    return train_ids, faiss_said
+
+
+def _fill(
+    index: faiss.Index,
+    gpu: GpuIndex | None,
+    prepared: Prepared | Streamed,
+    fill: Callable[[faiss.Index], faiss.Index | None] | None,
+    device: str | None,
+    log: Log,
+) -> tuple[faiss.Index, GpuIndex | None]:
+    """Add the vectors, here or through `fill`; returns the filled CPU index and its GPU form, if any."""
+    filled = fill(gpu.to_cpu() if gpu else index) if fill is not None else None
+    if filled is None:
+        builder.add(gpu.index if gpu else index, prepared.blocks())
+        cpu = gpu.to_cpu() if gpu else index
+    else:
+        cpu, gpu = filled, to_gpu(filled, device, log)
+    if gpu is not None:
+        gpu = GpuIndex(gpu.index, cpu, gpu.gpus)  # the filled CPU copy: parameters, saving, large k
+    return cpu, gpu
+
+
+def _tune(
+    index: faiss.Index,
+    cpu: faiss.Index,
+    gpu: GpuIndex | None,
+    queries: np.ndarray,
+    tune_ids: np.ndarray,
+    prepared: Prepared | Streamed,
+    log: Log,
+) -> tuple[dict[str, int], float]:
+    """The search parameters reaching the target recall against exact search, and the recall reached."""
+    params: dict[str, int] = {}
+    recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
+    if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
+        params, recall = tune(cpu, queries, tune_ids, truth, log=log, search=gpu.search if gpu else None)
+    return params, recall
 
 
 def tuning_shortfall(

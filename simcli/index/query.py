@@ -185,12 +185,7 @@ class Index:
             used.append(build_encoder(model, enc_options, log))
             return used[-1]
 
-        one = [source] if isinstance(source, str | Path) else source
-        if model is not None and (
-            isinstance(source, np.ndarray)
-            or (len(one) == 1 and isinstance(one[0], str | Path) and is_store(one[0]))
-        ):
-            raise UsageError("--model is for text inputs: arrays and vector stores carry their own vectors")
+        _check_model_for_text(source, model)
         src = open_source(
             source,
             texts=texts,
@@ -201,22 +196,9 @@ class Index:
         )
         _warn_about(src, log)
         w = fit_whitening(src, whiten, whitening, log, moments=moments)
-        choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
-        log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
-        filler = None if fill is None else lambda trained: fill(trained, w)
         device = enc_options.get("device") or "auto"  # faiss follows --device: cuda:N builds on that GPU
-        pipeline.build(
-            src,
-            w,
-            choice,
-            out,
-            model_path=model_path,
-            overwrite=overwrite,
-            log=log,
-            fill=filler,
-            device=device,
-        )
+        _write_index(src, w, index, budget, out, model_path, overwrite, log, fill, device)
         built = cls.load(out, verify=False, device=device, log=log)
         if csls:
             built.hubness(log=log)
@@ -492,6 +474,44 @@ class Index:
 def path_of(index: Index, role: str) -> Path:
     """The path of one of the index's files, by role (simcli.index.manifest.FILE_ROLES)."""
     return index.path / index.manifest.files[role].name
+
+
+def _check_model_for_text(source: Any, model: Any) -> None:
+    one = [source] if isinstance(source, str | Path) else source
+    if model is not None and (
+        isinstance(source, np.ndarray)
+        or (len(one) == 1 and isinstance(one[0], str | Path) and is_store(one[0]))
+    ):
+        raise UsageError("--model is for text inputs: arrays and vector stores carry their own vectors")
+
+
+def _write_index(
+    src: Source,
+    w: Any,
+    index: str,
+    budget: int | None,
+    out: Path,
+    model_path: str | None,
+    overwrite: bool,
+    log: Log,
+    fill: Callable[[Any, Any], Any] | None,
+    device: str,
+) -> None:
+    """Choose the faiss index for the source's size and the memory budget, and write the folder."""
+    choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
+    log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
+    filler = None if fill is None else lambda trained: fill(trained, w)
+    pipeline.build(
+        src,
+        w,
+        choice,
+        out,
+        model_path=model_path,
+        overwrite=overwrite,
+        log=log,
+        fill=filler,
+        device=device,
+    )
 
 
 def _warn_about(src: Source, log: Log) -> None:
