@@ -21,10 +21,10 @@ import faiss
 import numpy as np
 
 from simcli.errors import BadInput, ManifestMismatch, UsageError
-from simcli.index import build as builder
-from simcli.index import persist
+from simcli.index import faiss_ops, persist
 from simcli.index.choose import IndexChoice
 from simcli.index.gpu import GpuIndex, to_gpu
+from simcli.index.inputs import Source, distinct
 from simcli.index.manifest import IndexManifest, IndexRecord, SearchRecord
 from simcli.index.search import (
     TARGET_RECALL,
@@ -35,7 +35,6 @@ from simcli.index.search import (
     set_search_params,
     tune,
 )
-from simcli.index.sources import Source, distinct
 from simcli.index.space import to_index_space, whitening_record
 from simcli.index.stored import is_lossless, sample_ids
 from simcli.manifest import check_same_model
@@ -146,7 +145,7 @@ def build(
     )
     with vectors as prepared:
         dim = whitening.dim_out if whitening is not None else src.dim
-        index = builder.make_index(choice, dim)
+        index = faiss_ops.make_index(choice, dim)
         gpu = to_gpu(index, device, log, building=True)
         log(f"building on {'GPU ' + ','.join(map(str, gpu.gpus)) if gpu else 'CPU'}")
         start = time.perf_counter()
@@ -223,8 +222,8 @@ def _train(
     )
     faiss_said: list[str] = []
     if len(train_ids):
-        with builder.faiss_stderr() as faiss_said:
-            builder.train(gpu.index if gpu else index, prepared.take(train_ids))
+        with faiss_ops.faiss_stderr() as faiss_said:
+            faiss_ops.train(gpu.index if gpu else index, prepared.take(train_ids))
         log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
     return train_ids, faiss_said
 
@@ -240,7 +239,7 @@ def _fill(
     """Add the vectors, here or through `fill`; returns the filled CPU index and its GPU form, if any."""
     filled = fill(gpu.to_cpu() if gpu else index) if fill is not None else None
     if filled is None:
-        builder.add(gpu.index if gpu else index, prepared.blocks())
+        faiss_ops.add(gpu.index if gpu else index, prepared.blocks())
         cpu = gpu.to_cpu() if gpu else index
     else:
         cpu, gpu = filled, to_gpu(filled, device, log)
@@ -322,10 +321,10 @@ def add(
     with prepare(src, whitening, folder) as prepared:
         before = cpu_index.ntotal
         try:
-            builder.add(cpu_index, prepared.blocks())
+            faiss_ops.add(cpu_index, prepared.blocks())
         except RuntimeError as e:
             raise UsageError(
-                f"{factory} cannot grow ({builder.faiss_message(e)}): rebuild the index with `simcli index build`"
+                f"{factory} cannot grow ({faiss_ops.faiss_message(e)}): rebuild the index with `simcli index build`"
             ) from None
         if cpu_index.ntotal != before + src.count:
             raise UsageError(f"{factory} did not take the new vectors: rebuild the index")

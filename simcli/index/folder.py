@@ -19,16 +19,15 @@ import faiss
 import numpy as np
 
 from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
-from simcli.index import build as builder
-from simcli.index import persist, pipeline
+from simcli.index import faiss_ops, persist, pipeline
 from simcli.index.check import check as check_index
 from simcli.index.choose import check_index_name, choose, parse_memory
 from simcli.index.encoders import QueryEncoder, build_encoder
 from simcli.index.gpu import GpuIndex, to_gpu
+from simcli.index.inputs import Source, is_store, open_source
 from simcli.index.manifest import IndexManifest
 from simcli.index.rerank import IDENTITY, Candidates, Rerank
 from simcli.index.search import SearchParams, set_search_params
-from simcli.index.sources import Source, is_store, open_source
 from simcli.index.space import fit_whitening, to_index_space, whiten_value
 from simcli.index.stored import stored_vectors
 from simcli.types import EncoderConfig, Hit, ModelSpec, ProgressFn
@@ -538,7 +537,7 @@ def _read_faiss(
     try:
         index = faiss.read_index(str(name))
     except RuntimeError as e:
-        raise CorruptArtifact(f"{name}: not a faiss index ({builder.faiss_message(e)})") from None
+        raise CorruptArtifact(f"{name}: not a faiss index ({faiss_ops.faiss_message(e)})") from None
     if index.ntotal != manifest.count or index.d != manifest.dim:
         raise CorruptArtifact(
             f"{path}: the faiss index holds {index.ntotal} vectors of dim {index.d}, "
