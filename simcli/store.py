@@ -762,11 +762,6 @@ class VectorStore:
         (`load_shard_vectors`) without opening the whole store."""
         return [(s.folder, dict(s.entry)) for s in self._shards]
 
-    def iter_shards(self) -> Iterator[tuple[list[StoredRecord], np.ndarray]]:
-        """(records, float32 vectors (n, dim)) shard by shard, in id order."""
-        for s in self._shards:
-            yield self._load_records(s), self._load_vectors(s)
-
     def iter_vectors(self) -> Iterator[np.ndarray]:
         """float32 arrays (n, dim), shard by shard, in id order."""
         for s in self._shards:
