@@ -188,31 +188,19 @@ def evaluate_sts(
         One StsResult per (file, pooling, setting), in that order.
     """
     settings = parse_whiten(whiten)
-    pools = parse_list(poolings)
-    if not pools:
-        raise UsageError("--pooling: give at least one pooling")
-    if not files:
-        raise UsageError("give at least one pair file")
+    pools = check_poolings_and_files(poolings, files)
     paths = [Path(f) for f in files]
     names = dataset_names(paths)
     sets = [read_pairs(p, columns=columns, limit=limit, name=n) for p, n in zip(paths, names, strict=True)]
     fit_texts = read_sentences(fit_on, columns=columns) if fit_on is not None else None
 
-    if isinstance(model, str | EncoderConfig):
-        from simcli.models.encoder import load_encoder
-
-        longest = max(max_length or published_max_length(s.name) for s in sets)
-        config = EncoderConfig(model) if isinstance(model, str) else model
-        encoder = load_encoder(config.with_options(**encoder_options, pooling=pools[0], max_length=longest))
-    else:
-        encoder = model
+    longest = max(max_length or published_max_length(s.name) for s in sets)
+    encoder = _sts_encoder(model, pools[0], longest, encoder_options)
     if on_encoder is not None:
         on_encoder(encoder)
     modes = list(dict.fromkeys(encoder.spec_for(p).pooling for p in pools))
     d = int(encoder.spec.dim)
-    for s in settings:
-        if s.dim is not None and s.dim > d:
-            raise UsageError(f"--whiten {s.label} is above the model's dimension {d}")
+    check_whiten_dims(settings, d)
 
     def encode(name: str, texts: list[str], cut: int | None) -> dict[str, np.ndarray]:
         cb = progress(name, len(texts)) if progress is not None else None
@@ -220,51 +208,104 @@ def evaluate_sts(
 
     shared: dict[str, MomentAccumulator] = {}
     if fit_texts is not None:
-        fit_unique = list(dict.fromkeys(fit_texts))
-        for mode, v in encode(f"fit on {Path(str(fit_on)).name}", fit_unique, max_length).items():
-            # every sentence counts as often as it occurs in the file (as the published code stacks them)
-            index = {t: i for i, t in enumerate(fit_unique)}
-            acc = MomentAccumulator(d)
-            acc.add(v[[index[t] for t in fit_texts]])
-            shared[mode] = acc
+        label = f"fit on {Path(str(fit_on)).name}"
+        shared = _fit_moments(fit_texts, encode(label, list(dict.fromkeys(fit_texts)), max_length), d)
 
     results: list[StsResult] = []
     for pairs in sets:
         unique = list(dict.fromkeys(pairs.s1 + pairs.s2))
-        index = {t: i for i, t in enumerate(unique)}
-        i1 = np.fromiter((index[t] for t in pairs.s1), dtype=np.int64, count=len(pairs))
-        i2 = np.fromiter((index[t] for t in pairs.s2), dtype=np.int64, count=len(pairs))
         vectors = encode(pairs.name, unique, max_length or published_max_length(pairs.name))
         for mode in modes:
-            v = vectors[mode]
-            if mode in shared:
-                acc, fitted_on = shared[mode], str(fit_on)
-            else:
-                acc, fitted_on = MomentAccumulator(d), "task"
-                acc.add(
-                    v[np.concatenate([i1, i2])]
-                )  # all sentences of the task (kexue.fm/archives/8069, 8321)
             spec = encoder.spec_for(mode)
-            for s in settings:
-                w = None
-                if s.enabled:
-                    w = Whitening.from_moments(acc, dim=s.dim, beta=beta, gamma=gamma, spec=spec, clamp=True)
-                results.append(
-                    StsResult(
-                        dataset=pairs.name,
-                        pooling=mode,
-                        whiten=s.label,
-                        dim=w.dim_out if w is not None else d,
-                        beta=beta if w is not None else None,
-                        gamma=gamma if w is not None else None,
-                        spearman=_score(pairs, v, i1, i2, w),
-                        pairs=len(pairs),
-                        fit_on=fitted_on if w is not None else None,
-                        fit_n=acc.n if w is not None else 0,
-                        clamped_from=w.clamped_from if w is not None else None,
-                    )
-                )
+            fit = (shared[mode], str(fit_on)) if mode in shared else None
+            results.extend(_sts_rows(pairs, unique, mode, vectors[mode], spec, d, fit, settings, beta, gamma))
     return results
+
+
+def _sts_encoder(model: Any, pooling: str, max_length: int, options: dict[str, Any]) -> Any:
+    """The encoder of `model` (a loaded one passes through), with the first pooling and the longest cut."""
+    if not isinstance(model, str | EncoderConfig):
+        return model
+    from simcli.models.encoder import load_encoder
+
+    config = EncoderConfig(model) if isinstance(model, str) else model
+    return load_encoder(config.with_options(**options, pooling=pooling, max_length=max_length))
+
+
+def check_poolings_and_files(poolings: str | Sequence[str], files: Sequence[str | Path]) -> list[str]:
+    """The poolings asked for; at least one, and at least one pair file."""
+    pools = parse_list(poolings)
+    if not pools:
+        raise UsageError("--pooling: give at least one pooling")
+    if not files:
+        raise UsageError("give at least one pair file")
+    return pools
+
+
+def check_whiten_dims(settings: Sequence[WhitenSetting], dim: int) -> None:
+    """No whitening cut above the model's dimension."""
+    for s in settings:
+        if s.dim is not None and s.dim > dim:
+            raise UsageError(f"--whiten {s.label} is above the model's dimension {dim}")
+
+
+def _fit_moments(
+    fit_texts: list[str], vectors: dict[str, np.ndarray], dim: int
+) -> dict[str, MomentAccumulator]:
+    """Moments per pooling of the `fit_on` sentences, `vectors` holding each distinct one once."""
+    index = {t: i for i, t in enumerate(dict.fromkeys(fit_texts))}
+    shared: dict[str, MomentAccumulator] = {}
+    for mode, v in vectors.items():
+        # every sentence counts as often as it occurs in the file (as the published code stacks them)
+        acc = MomentAccumulator(dim)
+        acc.add(v[[index[t] for t in fit_texts]])
+        shared[mode] = acc
+    return shared
+
+
+def _sts_rows(
+    pairs: PairSet,
+    unique: list[str],
+    mode: str,
+    v: np.ndarray,
+    spec: Any,
+    dim: int,
+    fit: tuple[MomentAccumulator, str] | None,
+    settings: Sequence[WhitenSetting],
+    beta: float,
+    gamma: float,
+) -> list[StsResult]:
+    """One row per whitening setting for a data set's vectors `v` (one per `unique` sentence) under one
+    pooling; whitening fitted on `fit` (moments, where from), else on the data set's own sentences."""
+    index = {t: i for i, t in enumerate(unique)}
+    i1 = np.fromiter((index[t] for t in pairs.s1), dtype=np.int64, count=len(pairs))
+    i2 = np.fromiter((index[t] for t in pairs.s2), dtype=np.int64, count=len(pairs))
+    if fit is not None:
+        acc, fitted_on = fit
+    else:
+        acc, fitted_on = MomentAccumulator(dim), "task"
+        acc.add(v[np.concatenate([i1, i2])])  # all sentences of the task (kexue.fm/archives/8069, 8321)
+    rows = []
+    for s in settings:
+        w = None
+        if s.enabled:
+            w = Whitening.from_moments(acc, dim=s.dim, beta=beta, gamma=gamma, spec=spec, clamp=True)
+        rows.append(
+            StsResult(
+                dataset=pairs.name,
+                pooling=mode,
+                whiten=s.label,
+                dim=w.dim_out if w is not None else dim,
+                beta=beta if w is not None else None,
+                gamma=gamma if w is not None else None,
+                spearman=_score(pairs, v, i1, i2, w),
+                pairs=len(pairs),
+                fit_on=fitted_on if w is not None else None,
+                fit_n=acc.n if w is not None else 0,
+                clamped_from=w.clamped_from if w is not None else None,
+            )
+        )
+    return rows
 
 
 def published_max_length(dataset: str) -> int:

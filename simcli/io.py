@@ -470,13 +470,6 @@ class _Lines:
                 raise BadInput(f"{self.source}:{self.number}: invalid UTF-8 (use --errors replace)") from None
 
 
-def _parse(
-    stream: IO[bytes], source: str, fmt: str, column: str | int | None, field: str, errors: str
-) -> Iterator[Record]:
-    for _, record in parse_positions(stream, source, fmt, column, field, errors):
-        yield record
-
-
 def parse_positions(
     stream: IO[bytes],
     source: str,

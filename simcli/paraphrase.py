@@ -438,24 +438,49 @@ def generate_file(
         progress: called with (sources, tokens generated for them); sources of an interrupted run count
             with 0 tokens.
     """
-    import json
     import shutil
 
-    from simcli.errors import BadInput, ManifestMismatch
-    from simcli.io import (
-        atomic_open,
-        atomic_write_json,
-        atomic_write_text,
-        column_index,
-        has_header,
-        headerless_column,
-        read_header,
-        read_records,
-    )
+    from simcli.io import atomic_open
 
     c = GenerationConfig.of(config, **options)
     input, out = Path(input), Path(out)
     fmt = check_batch_paths(input, out, resume=resume, overwrite=overwrite)
+    records, names, text_col = _read_batch_input(input, fmt, column=column, header=header, errors=errors)
+
+    parts = _parts_dir(out)
+    if overwrite and parts.exists():
+        shutil.rmtree(parts)
+    chunk = max(1, 4 * para.max_rows // c.samples)  # sources per part file
+    settings = {
+        "input": str(input.resolve()),
+        "input_size": input.stat().st_size,
+        "column": column,
+        **({"header": header} if header is not None else {}),
+        "model": para.encoder.spec.weights_sha256,
+        **{key: v for key, v in asdict(c).items() if key != "seed"},
+        "chunk": chunk,
+    }
+    c, done = _open_parts(parts, out, settings, c, resume=resume)
+
+    summary = FileSummary(sources=len(records), resumed=len(done))
+    if progress is not None and done:
+        progress(len(done), 0)
+    summary.generated = _generate_parts(para, records, c, parts, chunk, done, progress)
+
+    with atomic_open(out, "w", encoding="utf-8") as f:
+        summary.paraphrases = _write_rows(f, fmt, names, text_col, records, done)
+    shutil.rmtree(parts)
+    summary.empty = sum(1 for r in records if not r.text)
+    return summary
+
+
+def _read_batch_input(
+    input: Path, fmt: str, *, column: str | None, header: bool | None, errors: Errors
+) -> tuple[list[Any], list[str] | None, Any]:
+    """The records of a batch input, its header row (None: a table without one) and the text column."""
+    from simcli.errors import BadInput
+    from simcli.io import column_index, has_header, headerless_column, read_header, read_records
+
     names: list[str] | None = []  # the header row; None: a table without one (nor one in the output)
     if fmt == "jsonl":
         records = list(read_records([input], field=column, errors=errors))
@@ -474,20 +499,19 @@ def generate_file(
         text_col = headerless_column(column) or 0
     else:
         text_col = column_index(names, column, str(input))
+    return records, names, text_col
 
-    parts = _parts_dir(out)
-    if overwrite and parts.exists():
-        shutil.rmtree(parts)
-    chunk = max(1, 4 * para.max_rows // c.samples)  # sources per part file
-    settings = {
-        "input": str(input.resolve()),
-        "input_size": input.stat().st_size,
-        "column": column,
-        **({"header": header} if header is not None else {}),
-        "model": para.encoder.spec.weights_sha256,
-        **{key: v for key, v in asdict(c).items() if key != "seed"},
-        "chunk": chunk,
-    }
+
+def _open_parts(
+    parts: Path, out: Path, settings: dict[str, Any], c: GenerationConfig, *, resume: bool
+) -> tuple[GenerationConfig, dict[int, list[list[Any]]]]:
+    """The config with its seed fixed and the paraphrases of finished sources: an interrupted run's (its
+    settings must match), or none after starting a fresh parts folder."""
+    import json
+
+    from simcli.errors import ManifestMismatch
+    from simcli.io import atomic_write_json
+
     done: dict[int, list[list[Any]]] = {}
     if resume and (parts / "settings.json").is_file():
         old = json.loads((parts / "settings.json").read_text(encoding="utf-8"))
@@ -508,10 +532,27 @@ def generate_file(
         c = replace(c, seed=fresh_seed() if c.seed is None else c.seed)
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(parts / "settings.json", {**settings, "seed": c.seed})
+    return c, done
 
-    summary = FileSummary(sources=len(records), resumed=len(done))
-    if progress is not None and done:
-        progress(len(done), 0)
+
+def _generate_parts(
+    para: Paraphraser,
+    records: Sequence[Any],
+    c: GenerationConfig,
+    parts: Path,
+    chunk: int,
+    done: dict[int, list[list[Any]]],
+    progress: ProgressFn | None,
+) -> int:
+    """Paraphrase the unfinished sources `chunk` at a time, each chunk into its own part file (and `done`).
+
+    Returns the sources processed in this run.
+    """
+    import json
+
+    from simcli.io import atomic_write_text
+
+    processed = 0
     generated = [0]  # tokens sampled so far
 
     def count(_samples: int, tokens: int) -> None:
@@ -530,15 +571,10 @@ def generate_file(
             done[i] = [[p.text, round(p.score, 6)] for p in found.get(i, [])]
             lines.append(json.dumps({"i": i, "p": done[i]}, ensure_ascii=False))
         atomic_write_text(parts / f"part-{first:09d}.jsonl", "\n".join(lines) + "\n")
-        summary.generated += len(block)
+        processed += len(block)
         if progress is not None:
             progress(len(block), generated[0] - before)
-
-    with atomic_open(out, "w", encoding="utf-8") as f:
-        summary.paraphrases = _write_rows(f, fmt, names, text_col, records, done)
-    shutil.rmtree(parts)
-    summary.empty = sum(1 for r in records if not r.text)
-    return summary
+    return processed
 
 
 def _write_rows(

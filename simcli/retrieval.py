@@ -252,39 +252,12 @@ def evaluate_retrieval(
         threshold: a pair is positive when its label is above it (default: the middle of the label range).
         progress, on_encoder: as `evaluate_sts`.
     """
-    from simcli.errors import UsageError
-    from simcli.evaluate import (
-        dataset_names,
-        parse_list,
-        parse_whiten,
-        published_max_length,
-        read_pairs,
-        read_sentences,
-    )
-    from simcli.index.hubness import default_candidates, k_occurrence, skewness
-    from simcli.whitening import MomentAccumulator, Whitening
+    from simcli.evaluate import check_whiten_dims, parse_whiten, published_max_length
 
     settings = parse_whiten(whiten)
     reranks = parse_rerank(rerank)
-    pools = parse_list(poolings)
-    if not pools:
-        raise UsageError("--pooling: give at least one pooling")
-    if not files:
-        raise UsageError("give at least one pair file")
-    m = default_candidates(10) if candidates is None else int(candidates)
-    if m < 10:
-        raise UsageError(f"--candidates must be at least 10 (the metrics look at the top 10), got {m}")
-    paths = [Path(f) for f in files]
-    names = dataset_names(paths)
-    extra = read_sentences(corpus, columns=columns) if corpus is not None else []
-    tasks = []
-    for p, name in zip(paths, names, strict=True):
-        pairs = read_pairs(p, columns=columns, limit=limit, name=name)
-        tasks.append(
-            retrieval_task(
-                name, pairs.s1, pairs.s2, pairs.labels, threshold=threshold, distractors=extra, source=str(p)
-            )
-        )
+    pools, m = _check_retrieval_args(files, poolings, candidates)
+    tasks = _read_tasks(files, corpus=corpus, columns=columns, limit=limit, threshold=threshold)
     encoder = _encoder(
         model,
         pools[0],
@@ -296,10 +269,7 @@ def evaluate_retrieval(
     if on_encoder is not None:
         on_encoder(encoder)
     modes = list(dict.fromkeys(encoder.spec_for(p).pooling for p in pools))
-    d = int(encoder.spec.dim)
-    for s in settings:
-        if s.dim is not None and s.dim > d:
-            raise UsageError(f"--whiten {s.label} is above the model's dimension {d}")
+    check_whiten_dims(settings, int(encoder.spec.dim))
 
     results: list[RetrievalResult] = []
     for task in tasks:
@@ -312,41 +282,99 @@ def evaluate_retrieval(
             max_length=max_length or published_max_length(task.name),
         )
         for mode in modes:
-            v = vectors[mode]
-            acc = MomentAccumulator(d)
-            acc.add(v)
-            for s in settings:
-                if s.enabled:
-                    w = Whitening.from_moments(
-                        acc, dim=s.dim, beta=beta, gamma=gamma, spec=encoder.spec_for(mode), clamp=True
-                    )
-                    unit = w.transform(v, normalize=True)
-                else:
-                    norms = np.linalg.norm(v, axis=1, keepdims=True)
-                    unit = v / np.where(norms > 0, norms, 1.0)
-                ranked = rank_corpus(np.ascontiguousarray(unit, dtype=np.float32), reranks, m)
-                for how in reranks:
-                    scores = score_rankings(ranked[how][task.query_ids], task.relevant)
-                    nk = k_occurrence(ranked[how], len(task.corpus))
-                    results.append(
-                        RetrievalResult(
-                            dataset=task.name,
-                            pooling=mode,
-                            whiten=s.label,
-                            rerank=how,
-                            dim=int(unit.shape[1]),
-                            mrr_at_10=scores.mrr_at_10,
-                            recall_at_1=scores.recall_at_1,
-                            recall_at_10=scores.recall_at_10,
-                            ndcg_at_10=scores.ndcg_at_10,
-                            skewness=skewness(nk),
-                            anti_hubs=float(np.mean(nk == 0)),
-                            queries=scores.queries,
-                            corpus=len(task.corpus),
-                            candidates=m if how == "csls" else None,
-                        )
-                    )
+            spec = encoder.spec_for(mode)
+            results.extend(_score_pooling(task, vectors[mode], mode, spec, settings, reranks, m, beta, gamma))
     return results
+
+
+def _check_retrieval_args(
+    files: Sequence[str | Path], poolings: str | Sequence[str], candidates: int | None
+) -> tuple[list[str], int]:
+    """The poolings asked for and the CSLS candidate count, checked before anything is read."""
+    from simcli.errors import UsageError
+    from simcli.evaluate import check_poolings_and_files
+    from simcli.index.hubness import default_candidates
+
+    pools = check_poolings_and_files(poolings, files)
+    m = default_candidates(10) if candidates is None else int(candidates)
+    if m < 10:
+        raise UsageError(f"--candidates must be at least 10 (the metrics look at the top 10), got {m}")
+    return pools, m
+
+
+def _read_tasks(
+    files: Sequence[str | Path],
+    *,
+    corpus: str | Path | None,
+    columns: tuple[str, str, str] | None,
+    limit: int | None,
+    threshold: float | None,
+) -> list[RetrievalTask]:
+    """One retrieval task per pair file, each corpus extended with the distractors of `corpus`."""
+    from simcli.evaluate import dataset_names, read_pairs, read_sentences
+
+    paths = [Path(f) for f in files]
+    names = dataset_names(paths)
+    extra = read_sentences(corpus, columns=columns) if corpus is not None else []
+    tasks = []
+    for p, name in zip(paths, names, strict=True):
+        pairs = read_pairs(p, columns=columns, limit=limit, name=name)
+        tasks.append(
+            retrieval_task(
+                name, pairs.s1, pairs.s2, pairs.labels, threshold=threshold, distractors=extra, source=str(p)
+            )
+        )
+    return tasks
+
+
+def _score_pooling(
+    task: RetrievalTask,
+    v: np.ndarray,
+    mode: str,
+    spec: Any,
+    settings: Sequence[Any],
+    reranks: Sequence[str],
+    m: int,
+    beta: float,
+    gamma: float,
+) -> list[RetrievalResult]:
+    """The rows of one task and pooling: each whitening setting (fitted on the corpus) x each re-rank."""
+    from simcli.index.hubness import k_occurrence, skewness
+    from simcli.whitening import MomentAccumulator, Whitening
+
+    acc = MomentAccumulator(int(spec.dim))
+    acc.add(v)
+    rows = []
+    for s in settings:
+        if s.enabled:
+            w = Whitening.from_moments(acc, dim=s.dim, beta=beta, gamma=gamma, spec=spec, clamp=True)
+            unit = w.transform(v, normalize=True)
+        else:
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            unit = v / np.where(norms > 0, norms, 1.0)
+        ranked = rank_corpus(np.ascontiguousarray(unit, dtype=np.float32), reranks, m)
+        for how in reranks:
+            scores = score_rankings(ranked[how][task.query_ids], task.relevant)
+            nk = k_occurrence(ranked[how], len(task.corpus))
+            rows.append(
+                RetrievalResult(
+                    dataset=task.name,
+                    pooling=mode,
+                    whiten=s.label,
+                    rerank=how,
+                    dim=int(unit.shape[1]),
+                    mrr_at_10=scores.mrr_at_10,
+                    recall_at_1=scores.recall_at_1,
+                    recall_at_10=scores.recall_at_10,
+                    ndcg_at_10=scores.ndcg_at_10,
+                    skewness=skewness(nk),
+                    anti_hubs=float(np.mean(nk == 0)),
+                    queries=scores.queries,
+                    corpus=len(task.corpus),
+                    candidates=m if how == "csls" else None,
+                )
+            )
+    return rows
 
 
 def _encoder(

@@ -42,7 +42,7 @@ from simcli.io import (
     no_sentences,
 )
 from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
-from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn, StoreDType
+from simcli.types import EncodeStats, ModelSpec, ProgressFn, SentenceEncoder, StoreDType
 from simcli.vectors import encode_blocks
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def _blocks(
 
 def encode_records(
     records: Iterable[Record],
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     *,
     chunk_size: int = DEFAULT_SHARD_SIZE,
     normalize: bool = False,
@@ -132,7 +132,7 @@ def encode_records(
 
     Args:
         records: the input rows (e.g. from `simcli.io.read_records`).
-        encoder: a `simcli.types.Encoder`.
+        encoder: a `simcli.types.SentenceEncoder`.
         chunk_size: sentences per `encoder.encode` call; bounds memory.
         normalize: L2-normalise the vectors.
         shard: (i, N): only the rows of worker i (blocks of `chunk_size` rows, block b to worker b % N).
@@ -486,7 +486,7 @@ class StoreWriter:
 
 def encode_to_store(
     records: Iterable[Record],
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     out: str | Path,
     *,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -505,7 +505,7 @@ def encode_to_store(
 
     Args:
         records: the input rows, e.g. `read_records(paths, ...)`.
-        encoder: a `simcli.types.Encoder` (its `.spec` is recorded, its device and dtype when it has them).
+        encoder: a `simcli.types.SentenceEncoder` (its `.spec` is recorded, its device and dtype when it has them).
         out: the store folder.
         shard_size: rows per shard (and per `encoder.encode` call).
         store_dtype: "float32" or "float16" on disk (readers always get float32).
@@ -761,11 +761,6 @@ class VectorStore:
         """(folder, manifest entry) of every shard, in id order: what a worker needs to read one shard
         (`load_shard_vectors`) without opening the whole store."""
         return [(s.folder, dict(s.entry)) for s in self._shards]
-
-    def iter_shards(self) -> Iterator[tuple[list[StoredRecord], np.ndarray]]:
-        """(records, float32 vectors (n, dim)) shard by shard, in id order."""
-        for s in self._shards:
-            yield self._load_records(s), self._load_vectors(s)
 
     def iter_vectors(self) -> Iterator[np.ndarray]:
         """float32 arrays (n, dim), shard by shard, in id order."""

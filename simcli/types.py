@@ -82,7 +82,7 @@ class EncodeStats:
     seconds: float = 0.0
 
 
-class Encoder(Protocol):
+class SentenceEncoder(Protocol):
     """What every stage needs of a sentence encoder (the loaded model, a whitened one, a test double).
 
     `simcli.models.encoder.Encoder` is the implementation `load_encoder` returns; `WhitenedEncoder` wraps one.

@@ -17,7 +17,7 @@ from simcli.errors import SimcliError
 if TYPE_CHECKING:
     import numpy as np
 
-    from simcli.types import Encoder, EncodeStats, ProgressFn
+    from simcli.types import EncodeStats, ProgressFn, SentenceEncoder
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def encode_blocks(
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     blocks: Iterable[Sequence[T]],
     *,
     text: Callable[[T], str] | None = None,
@@ -66,7 +66,7 @@ def encode_blocks(
     """Each block with the float32 (len(block), dim) vectors of its texts, in order.
 
     Args:
-        encoder: anything with the `simcli.types.Encoder` interface.
+        encoder: anything with the `simcli.types.SentenceEncoder` interface.
         blocks: lists of texts, or of records whose text `text(record)` gives (e.g. `chunked(records, n)`).
         normalize: L2-normalise the vectors (raw pooled vectors otherwise; whitening wants them raw).
         stats: an EncodeStats the encoder adds its counts to (read it between blocks for per-block counts).

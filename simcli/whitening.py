@@ -32,7 +32,7 @@ import numpy as np
 from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
 from simcli.io import atomic_write_bytes
 from simcli.manifest import check_same_model, new_manifest
-from simcli.types import Encoder, ModelSpec, ProgressFn
+from simcli.types import ModelSpec, ProgressFn, SentenceEncoder
 from simcli.vectors import BLOCK_SENTENCES, chunked, encode_blocks, l2_normalize
 
 KIND = "whitening"
@@ -509,7 +509,7 @@ def fit_store(
 
 def fit_texts(
     texts: Iterable[str],
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     *,
     dim: int | None = None,
     beta: float = 1.0,

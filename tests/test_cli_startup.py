@@ -1,4 +1,4 @@
-"""`simcli --help` must start fast: the CLI imports no heavy library at module level (STYLE.md 4)."""
+"""`simcli --help` must start fast: the CLI imports no heavy library at module level."""
 
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_empty_lines_and_truncation_are_reported(tmp_path: Path, roformer_sim_di
     assert too_long == 1
     assert kept.stderr.splitlines()[1:] == [
         "simcli: warning: 2 empty lines kept (use --skip-empty)",
-        "simcli: warning: 1 line truncated at --max-length 5",  # singular: issue 14 item 12
+        "simcli: warning: 1 line truncated at --max-length 5",  # singular for one line
         f"simcli: read 4 rows: wrote 4 vectors (dim 48, float32) in 1 shard to {tmp_path / 'a'}",
     ]
     skipped = run(*base, "--skip-empty", "--out", str(tmp_path / "b"))

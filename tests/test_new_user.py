@@ -1,4 +1,4 @@
-"""What a new user trips over (issue 14): query input options, models recorded as absolute paths, file modes,
+"""What a new user trips over: query input options, models recorded as absolute paths, file modes,
 resume with another dtype, one-line usage errors, index info on an altered file, wording."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _hits(output: str) -> list[tuple[str, list[str]]]:
     return [(row["query"], [h["text"] for h in row["results"]]) for row in rows]
 
 
-# -- item 2: query --file with --column / --field, and - for stdin ------------------------------------------
+# -- query --file with --column / --field, and - for stdin ------------------------------------------
 
 
 def test_query_file_column_and_stdin_dash(faq: Path, tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_query_file_column_and_stdin_dash(faq: Path, tmp_path: Path) -> None:
     assert r.stderr == "simcli: error: --column and --field choose the text of --file (or of - for stdin)\n"
 
 
-# -- item 3: an index used from another working directory; a moved model -----------------------------------
+# -- an index used from another working directory; a moved model -----------------------------------
 
 
 def test_index_from_another_directory_and_moved_model(
@@ -133,7 +133,7 @@ def test_index_from_another_directory_and_moved_model(
     assert _hits(r.stdout) == _hits(want.stdout)
 
 
-# -- item 4: written files get the mode the umask gives a normal file --------------------------------------
+# -- written files get the mode the umask gives a normal file --------------------------------------
 
 
 @pytest.fixture
@@ -195,7 +195,7 @@ def test_written_files_follow_the_umask(tmp_path: Path, roformer_sim_dir: Path, 
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o640
 
 
-# -- item 5: --resume refuses another device dtype (or --allow-mixed) ---------------------------------------
+# -- --resume refuses another device dtype (or --allow-mixed) ---------------------------------------
 
 
 def test_resume_refuses_another_dtype(tmp_path: Path, roformer_sim_dir: Path) -> None:
@@ -225,7 +225,7 @@ def test_resume_refuses_another_dtype(tmp_path: Path, roformer_sim_dir: Path) ->
     assert manifest["complete"] is True
 
 
-# -- item 6 and 12: usage errors and the truncated-weights error are one line; --help stays rich, no <bool> ----
+# -- usage errors and the truncated-weights error are one line; --help stays rich, no <bool> ----
 
 
 @pytest.mark.parametrize(
@@ -300,7 +300,7 @@ def test_a_whitening_that_does_not_fit_names_its_own_model(
     assert "family 'wobert' != 'roformer-sim'" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
-# -- item 10: index info on an altered faiss file fails, naming it ---------------------------------------------
+# -- index info on an altered faiss file fails, naming it ---------------------------------------------
 
 
 def test_index_info_refuses_an_altered_or_truncated_file(faq: Path) -> None:
@@ -327,7 +327,7 @@ def test_index_info_refuses_an_altered_or_truncated_file(faq: Path) -> None:
     )
 
 
-# -- item 9: tuning that cannot reach its recall target says so once, with faiss's warnings folded in ----------
+# -- tuning that cannot reach its recall target says so once, with faiss's warnings folded in ----------
 
 
 def test_tuning_below_target_warns_once_and_records_it(
@@ -371,7 +371,7 @@ def test_tuning_below_target_warns_once_and_records_it(
     assert (search["target_reached"], search["warning"]) == (True, None)
 
 
-# -- item 11: no hint installs the unrelated PyPI package `simcli` ---------------------------------------------
+# -- no hint installs the unrelated PyPI package `simcli` ---------------------------------------------
 
 
 def test_install_hints_use_the_source_folder() -> None:

@@ -1,4 +1,4 @@
-"""Every file simcli writes reads back through simcli's own readers to the same rows (issue 14, item 1):
+"""Every file simcli writes reads back through simcli's own readers to the same rows:
 the table writers, `generate --out` in tsv/csv/jsonl, store shards, index texts and `encode --json`."""
 
 from __future__ import annotations

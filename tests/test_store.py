@@ -33,7 +33,7 @@ def fake_vector(text: str) -> np.ndarray:
 
 
 class FakeEncoder:
-    """Deterministic stand-in with the Encoder interface the store uses (`spec`, `encode`)."""
+    """Deterministic stand-in with the SentenceEncoder interface the store uses (`spec`, `encode`)."""
 
     def __init__(self, pooling: str = "pooler", fail_after: int | None = None) -> None:
         self.spec = ModelSpec("fake-model", "ab" * 32, "roformer-sim", "char", pooling, 64, DIM)

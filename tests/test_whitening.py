@@ -341,7 +341,7 @@ def test_float32_rounding_noise_is_not_a_direction() -> None:
 
 # -- sources: a vector store, or text through an encoder ----------------------------------------------------
 class TableEncoder:
-    """Stand-in with the Encoder interface (`spec`, `encode`): text "s<i>" -> row i of a fixed array."""
+    """Stand-in with the SentenceEncoder interface (`spec`, `encode`): text "s<i>" -> row i of a fixed array."""
 
     def __init__(self, table: np.ndarray) -> None:
         self.table = table

@@ -156,7 +156,7 @@ def build(
     with reported_errors():
         from simcli.cli.whiten import progress_bar
         from simcli.index import Index
-        from simcli.index.sources import check_store_flags, is_store
+        from simcli.index.inputs import check_store_flags, is_store
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
@@ -176,7 +176,7 @@ def build(
         if (
             ray_address is not None
         ):  # the whitening's moments and the adding on Ray: the driver never holds the corpus
-            from simcli.index.sources import is_store
+            from simcli.index.inputs import is_store
 
             if model is not None or not (len(inputs) == 1 and is_store(inputs[0])):
                 raise UsageError(

@@ -3,10 +3,10 @@
 Modules, one job each:
     choose    the auto rule, factory strings (no faiss import)
     space     which whitening a build applies; raw vectors -> index space (whitened, L2-normalised)
-    sources   where raw vectors come from: arrays, stores, text through an encoder
+    inputs    where an index's raw vectors come from: arrays, stores, text through an encoder
     encoders  the build's and the queries' encoder (loaded once, behind a lock; the dtype rule)
     pipeline  build and add: prepare the vectors once, train, add, tune, write a generation
-    build     faiss make/train/add, GPU moves
+    faiss_ops faiss make/train/add, GPU moves
     search    per-call search parameters (nprobe/efSearch), tuning, ground truth, recall
     manifest  the typed manifest (IndexManifest) and the declared file roles (FILE_ROLES)
     persist   the folder on disk: atomic generations, hashes, random access to the texts
@@ -15,7 +15,8 @@ Modules, one job each:
     hubness   hubness math: k-occurrence, skewness, radii, CSLS scores (pure numpy)
     neighbourhood  the index's own neighbourhoods: `index stats`, the CSLS radii and their refresh on add
     csls      the CSLS re-rank step and the radii file
-    query     the `Index` class: load, search (candidates -> re-rank -> hits), add, check, info
+    folder    the `Index` class, a loaded index folder: load, search (candidates -> re-rank -> hits), add,
+              check, info
     check     recall and latency against exact search
 """
 
@@ -32,8 +33,8 @@ if importlib.util.find_spec("faiss") is None:  # neither extra installed: say wh
     )
 
 from simcli.index.choose import IndexChoice
+from simcli.index.folder import Index
 from simcli.index.manifest import FILE_ROLES, FileEntry, FileRole, IndexManifest
-from simcli.index.query import Index
 from simcli.index.rerank import IDENTITY, Candidates, Rerank
 
 __all__ = [

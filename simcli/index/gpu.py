@@ -184,7 +184,7 @@ def to_gpu(
         if nprobe is not None:
             faiss.GpuParameterSpace().set_index_parameter(moved, "nprobe", min(nprobe, GPU_MAX_K))  # type: ignore[attr-defined]
     except (RuntimeError, AttributeError, MemoryError) as e:
-        from simcli.index.build import faiss_message
+        from simcli.index.faiss_ops import faiss_message
 
         say(
             f"faiss index stays on the CPU: moving it to GPU {','.join(map(str, gpus))} failed ({faiss_message(e)})"

@@ -21,10 +21,10 @@ import faiss
 import numpy as np
 
 from simcli.errors import BadInput, ManifestMismatch, UsageError
-from simcli.index import build as builder
-from simcli.index import persist
+from simcli.index import faiss_ops, persist
 from simcli.index.choose import IndexChoice
 from simcli.index.gpu import GpuIndex, to_gpu
+from simcli.index.inputs import Source, distinct
 from simcli.index.manifest import IndexManifest, IndexRecord, SearchRecord
 from simcli.index.search import (
     TARGET_RECALL,
@@ -35,7 +35,6 @@ from simcli.index.search import (
     set_search_params,
     tune,
 )
-from simcli.index.sources import Source, distinct
 from simcli.index.space import to_index_space, whitening_record
 from simcli.index.stored import is_lossless, sample_ids
 from simcli.manifest import check_same_model
@@ -146,39 +145,18 @@ def build(
     )
     with vectors as prepared:
         dim = whitening.dim_out if whitening is not None else src.dim
-        index = builder.make_index(choice, dim)
+        index = faiss_ops.make_index(choice, dim)
         gpu = to_gpu(index, device, log, building=True)
         log(f"building on {'GPU ' + ','.join(map(str, gpu.gpus)) if gpu else 'CPU'}")
         start = time.perf_counter()
         tune_ids = sample_ids(src.count, TUNE_QUERIES, SEED)
-        train_ids = (
-            sample_ids(src.count, choice.train_size, SEED + 2)
-            if not index.is_trained
-            else np.empty(0, np.int64)
-        )
-        faiss_said: list[str] = []
-        if len(train_ids):
-            with builder.faiss_stderr() as faiss_said:
-                builder.train(gpu.index if gpu else index, prepared.take(train_ids))
-            log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
+        train_ids, faiss_said = _train(index, gpu, choice, src.count, prepared, start, log)
         queries = np.ascontiguousarray(prepared.take(tune_ids))
-        filled = fill(gpu.to_cpu() if gpu else index) if fill is not None else None
-        if filled is None:
-            builder.add(gpu.index if gpu else index, prepared.blocks())
-            cpu = gpu.to_cpu() if gpu else index
-        else:
-            cpu, gpu = filled, to_gpu(filled, device, log)
-        if gpu is not None:
-            gpu = GpuIndex(gpu.index, cpu, gpu.gpus)  # the filled CPU copy: parameters, saving, large k
-        params: dict[str, int] = {}
-        recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
-        if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
-            truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
-            params, recall = tune(cpu, queries, tune_ids, truth, log=log, search=gpu.search if gpu else None)
+        cpu, gpu = _fill(index, gpu, prepared, fill, device, log)
+        params, recall = _tune(index, cpu, gpu, queries, tune_ids, prepared, log)
         build_s = time.perf_counter() - start
         # the saved index carries the tuned values as its defaults, for faiss users of the file
         set_search_params(cpu, params)
-        on_gpu = gpu is not None
         log(
             f"built in {build_s:.1f}s; search {params or 'exact'}: recall@{TUNE_K} {recall:.3f} on {len(tune_ids)} sample queries"
         )
@@ -186,41 +164,106 @@ def build(
         if shortfall:
             log(shortfall)
         out.mkdir(parents=True, exist_ok=True)
-        previous = 0
-        if overwrite and (out / persist.MANIFEST).is_file():
-            # the new files take the next generation's names: the old index stays whole until the manifest switches
-            previous = persist.read(out).generation
+        index_record = IndexRecord(
+            kind=choice.kind,
+            factory=choice.factory,
+            nlist=choice.nlist,
+            train_size=len(train_ids),
+            reason=choice.reason,
+            metric="inner_product",
+            lossless=is_lossless(cpu, tune_ids, queries),
+            built_on="gpu" if gpu is not None else "cpu",
+            build_seconds=round(build_s, 3),
+        )
+        search_record = SearchRecord(
+            params=params,
+            tuned_recall=round(recall, 4),
+            tune_queries=len(tune_ids),
+            target_recall=TARGET_RECALL,
+            target_reached=recall >= TARGET_RECALL,
+            warning=shortfall,
+        )
         manifest = IndexManifest(
             model=src.spec,
             model_path=model_path,
             source=src.describe,
             whitening=whitening_record(whitening),
-            index=IndexRecord(
-                kind=choice.kind,
-                factory=choice.factory,
-                nlist=choice.nlist,
-                train_size=len(train_ids),
-                reason=choice.reason,
-                metric="inner_product",
-                lossless=is_lossless(cpu, tune_ids, queries),
-                built_on="gpu" if on_gpu else "cpu",
-                build_seconds=round(build_s, 3),
-            ),
-            search=SearchRecord(
-                params=params,
-                tuned_recall=round(recall, 4),
-                tune_queries=len(tune_ids),
-                target_recall=TARGET_RECALL,
-                target_reached=recall >= TARGET_RECALL,
-                warning=shortfall,
-            ),
+            index=index_record,
+            search=search_record,
             count=int(cpu.ntotal),
             dim=int(cpu.d),
-            generation=previous + 1,
+            generation=_next_generation(out, overwrite),
             # informational: which device/dtype computed the vectors (auto may pick bf16); queries follow it
             computed_with=distinct(src.computed_with),
         )
         return persist.write_generation(out, manifest, cpu, src.rows(), prepared.blocks, whitening=whitening)
+
+
+def _next_generation(out: Path, overwrite: bool) -> int:
+    previous = 0
+    if overwrite and (out / persist.MANIFEST).is_file():
+        # the new files take the next generation's names: the old index stays whole until the manifest switches
+        previous = persist.read(out).generation
+    return previous + 1
+
+
+def _train(
+    index: faiss.Index,
+    gpu: GpuIndex | None,
+    choice: IndexChoice,
+    count: int,
+    prepared: Prepared | Streamed,
+    start: float,
+    log: Log,
+) -> tuple[np.ndarray, list[str]]:
+    """Train an untrained index on a sample; returns the sample's ids and what faiss said meanwhile."""
+    train_ids = (
+        sample_ids(count, choice.train_size, SEED + 2) if not index.is_trained else np.empty(0, np.int64)
+    )
+    faiss_said: list[str] = []
+    if len(train_ids):
+        with faiss_ops.faiss_stderr() as faiss_said:
+            faiss_ops.train(gpu.index if gpu else index, prepared.take(train_ids))
+        log(f"trained on {len(train_ids)} vectors in {time.perf_counter() - start:.1f}s")
+    return train_ids, faiss_said
+
+
+def _fill(
+    index: faiss.Index,
+    gpu: GpuIndex | None,
+    prepared: Prepared | Streamed,
+    fill: Callable[[faiss.Index], faiss.Index | None] | None,
+    device: str | None,
+    log: Log,
+) -> tuple[faiss.Index, GpuIndex | None]:
+    """Add the vectors, here or through `fill`; returns the filled CPU index and its GPU form, if any."""
+    filled = fill(gpu.to_cpu() if gpu else index) if fill is not None else None
+    if filled is None:
+        faiss_ops.add(gpu.index if gpu else index, prepared.blocks())
+        cpu = gpu.to_cpu() if gpu else index
+    else:
+        cpu, gpu = filled, to_gpu(filled, device, log)
+    if gpu is not None:
+        gpu = GpuIndex(gpu.index, cpu, gpu.gpus)  # the filled CPU copy: parameters, saving, large k
+    return cpu, gpu
+
+
+def _tune(
+    index: faiss.Index,
+    cpu: faiss.Index,
+    gpu: GpuIndex | None,
+    queries: np.ndarray,
+    tune_ids: np.ndarray,
+    prepared: Prepared | Streamed,
+    log: Log,
+) -> tuple[dict[str, int], float]:
+    """The search parameters reaching the target recall against exact search, and the recall reached."""
+    params: dict[str, int] = {}
+    recall = 1.0  # exact search: nothing to tune, and its ground truth would cost a second pass
+    if not isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        truth = drop_self(ground_truth(queries, prepared.blocks(), TUNE_K + 1)[1], tune_ids, TUNE_K)
+        params, recall = tune(cpu, queries, tune_ids, truth, log=log, search=gpu.search if gpu else None)
+    return params, recall
 
 
 def tuning_shortfall(
@@ -278,10 +321,10 @@ def add(
     with prepare(src, whitening, folder) as prepared:
         before = cpu_index.ntotal
         try:
-            builder.add(cpu_index, prepared.blocks())
+            faiss_ops.add(cpu_index, prepared.blocks())
         except RuntimeError as e:
             raise UsageError(
-                f"{factory} cannot grow ({builder.faiss_message(e)}): rebuild the index with `simcli index build`"
+                f"{factory} cannot grow ({faiss_ops.faiss_message(e)}): rebuild the index with `simcli index build`"
             ) from None
         if cpu_index.ntotal != before + src.count:
             raise UsageError(f"{factory} did not take the new vectors: rebuild the index")

@@ -3,7 +3,7 @@
 `Index.search` runs: query vectors -> faiss candidates (`Candidates`) -> `Rerank` -> hits. A re-rank may ask
 for more candidates than the k hits wanted (`depth`), re-score them (e.g. CSLS against hubness: the cosine
 minus the mean similarity of each side to its nearest neighbours) and return them in any order: the hits are
-sorted, cut to k and filtered by `min_score` in one place (`simcli.index.query`), after the re-rank.
+sorted, cut to k and filtered by `min_score` in one place (`simcli.index.folder`), after the re-rank.
 """
 
 from __future__ import annotations

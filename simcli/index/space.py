@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from simcli.errors import BadInput, ManifestMismatch, UsageError
+from simcli.index.inputs import Source
 from simcli.index.manifest import WhiteningRecord
-from simcli.index.sources import Source
 from simcli.types import ModelSpec
 from simcli.vectors import l2_normalize
 

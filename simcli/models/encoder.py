@@ -71,7 +71,7 @@ CALIBRATION_SENTENCES = [
 class Encoder:
     """A loaded sentence encoder: the numpy inference driver around a differentiable `SentenceModel`.
 
-    Create with `load_encoder(EncoderConfig(...))`. Implements the `simcli.types.Encoder` protocol.
+    Create with `load_encoder(EncoderConfig(...))`. Implements the `simcli.types.SentenceEncoder` protocol.
     """
 
     def __init__(

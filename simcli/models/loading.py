@@ -251,6 +251,57 @@ def _count_words(vocab_path: Path) -> int:
     )
 
 
+def _checkpoint_files(model: str, path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """The config (of a supported model_type), the weights file and the vocab file of a checkpoint folder."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{model}: config.json missing in {path}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{config_path}: unreadable config ({e})") from e
+    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"{model}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)})")
+    # vocab.txt, else the WordPiece vocab of tokenizer.json (m3e ships only that).
+    vocab = next((path / n for n in ("vocab.txt", "tokenizer.json") if (path / n).is_file()), None)
+    if vocab is None:
+        raise ModelError(f"{model}: vocab.txt (or a WordPiece tokenizer.json) missing in {path}")
+    model_type = config.get("model_type")
+    if model_type not in ("roformer", "bert"):
+        raise ModelError(
+            f"{model}: model_type {model_type!r} is not supported (simcli loads roformer and bert checkpoints)"
+        )
+    return config, weights, vocab
+
+
+def _family(model_type: str, has_pooler: bool, word_vocab: bool, stated_pooling: Any) -> str:
+    if model_type == "roformer":
+        # RoFormer-Sim is the RoFormer with a trained (linear) pooler; word/char RoFormer have none.
+        return "roformer-sim" if has_pooler else ("roformer-word" if word_vocab else "roformer-char")
+    # A BERT that states its sentence pooling (sentence-transformers folder, m3e) was trained for cosine.
+    return "wobert" if word_vocab else ("sentence-bert" if stated_pooling is not None else "bert")
+
+
+def _pooler_activation(config: dict[str, Any], config_path: Path, family: str) -> str:
+    """The pooler's activation; also refuses the RoFormer variants this loader does not build."""
+    # RoFormer-Sim's pooler is linear, whatever the config says (the JunnYu/RoFormer_pytorch hub port; kexue.fm/archives/8321 and 8454: the port's default is
+    # "tanh", and tanh was found wrong); BERT's NSP pooler is tanh unless the config says otherwise (SimBERT
+    # ports set pooler_activation "linear").
+    activation = str(config.get("pooler_activation", "tanh")).lower()
+    if activation not in ("linear", "tanh"):
+        raise ModelError(f"{config_path}: pooler_activation {activation!r} is not linear or tanh")
+    if family == "roformer-sim":
+        activation = "linear"
+    # Port fields of RoFormer variants this loader does not build (RoFormer-v2: no biases, RMS norm).
+    if config.get("use_bias", True) is not True or config.get("norm_type", "layer_norm") != "layer_norm":
+        raise ModelError(
+            f"{config_path}: use_bias {config.get('use_bias')!r} / norm_type {config.get('norm_type')!r} "
+            "is not supported (simcli loads RoFormer/BERT with biases and LayerNorm)"
+        )
+    return activation
+
+
 def open_checkpoint(
     model: str, *, tokenizer: str | None = None, revision: str | None = None, alternatives: str | None = None
 ) -> Checkpoint:
@@ -272,52 +323,18 @@ def open_checkpoint(
     else:
         path, revision = resolve_model_dir(model, revision, alternatives)
     config_path = path / "config.json"
-    if not config_path.is_file():
-        raise ModelError(f"{model}: config.json missing in {path}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{config_path}: unreadable config ({e})") from e
-    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
-    if weights is None:
-        raise ModelError(f"{model}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)})")
-    # vocab.txt, else the WordPiece vocab of tokenizer.json (m3e ships only that).
-    vocab = next((path / n for n in ("vocab.txt", "tokenizer.json") if (path / n).is_file()), None)
-    if vocab is None:
-        raise ModelError(f"{model}: vocab.txt (or a WordPiece tokenizer.json) missing in {path}")
-    model_type = config.get("model_type")
-    if model_type not in ("roformer", "bert"):
-        raise ModelError(
-            f"{model}: model_type {model_type!r} is not supported (simcli loads roformer and bert checkpoints)"
-        )
+    config, weights, vocab = _checkpoint_files(model, path)
+    model_type = config["model_type"]
     keys = _weight_keys(weights)
     stated_pooling = settings.pooling_statement(path, config)
     prefix = f"{model_type}."
     has_pooler = f"{prefix}pooler.dense.weight" in keys or "pooler.dense.weight" in keys
     word_vocab = _count_words(vocab) >= WORD_VOCAB_MIN_WORDS
-    if model_type == "roformer":
-        # RoFormer-Sim is the RoFormer with a trained (linear) pooler; word/char RoFormer have none.
-        family = "roformer-sim" if has_pooler else ("roformer-word" if word_vocab else "roformer-char")
-    else:
-        # A BERT that states its sentence pooling (sentence-transformers folder, m3e) was trained for cosine.
-        family = "wobert" if word_vocab else ("sentence-bert" if stated_pooling is not None else "bert")
+    family = _family(model_type, has_pooler, word_vocab, stated_pooling)
     detected_kind = "word" if word_vocab else "char"
     if tokenizer is not None and tokenizer not in ("char", "word"):
         raise UsageError(f"--tokenizer must be char or word, got {tokenizer!r}")
-    # RoFormer-Sim's pooler is linear, whatever the config says (the JunnYu/RoFormer_pytorch hub port; kexue.fm/archives/8321 and 8454: the port's default is
-    # "tanh", and tanh was found wrong); BERT's NSP pooler is tanh unless the config says otherwise (SimBERT
-    # ports set pooler_activation "linear").
-    activation = str(config.get("pooler_activation", "tanh")).lower()
-    if activation not in ("linear", "tanh"):
-        raise ModelError(f"{config_path}: pooler_activation {activation!r} is not linear or tanh")
-    if family == "roformer-sim":
-        activation = "linear"
-    # Port fields of RoFormer variants this loader does not build (RoFormer-v2: no biases, RMS norm).
-    if config.get("use_bias", True) is not True or config.get("norm_type", "layer_norm") != "layer_norm":
-        raise ModelError(
-            f"{config_path}: use_bias {config.get('use_bias')!r} / norm_type {config.get('norm_type')!r} "
-            "is not supported (simcli loads RoFormer/BERT with biases and LayerNorm)"
-        )
+    activation = _pooler_activation(config, config_path, family)
     ckpt = Checkpoint(
         model=model,
         path=path,

@@ -24,7 +24,7 @@ def _fill(
 ) -> Any:
     import faiss
 
-    from simcli.index import build as builder
+    from simcli.index import faiss_ops as builder
     from simcli.index.space import to_index_space
     from simcli.store import load_shard_vectors
 

@@ -1,4 +1,4 @@
-"""The HTTP layer: parse, call the same library functions as the CLI, serialise (DESIGN: the CLI and the
+"""The HTTP layer: parse, call the same library functions as the CLI, serialise (so the CLI and the
 server can never disagree).
 
 Endpoints: POST /v1/embeddings and GET /v1/models (OpenAI-compatible), POST /search (`simcli query --json`
@@ -204,6 +204,14 @@ def _errors(app: FastAPI, service: Service) -> None:
 
 
 def _routes(app: FastAPI, service: Service) -> None:
+    """Every endpoint, one group at a time (OpenAI-compatible, index and text, status)."""
+    _openai_routes(app, service)
+    _text_routes(app, service)
+    _status_routes(app, service)
+
+
+def _openai_routes(app: FastAPI, service: Service) -> None:
+    """POST /v1/embeddings, GET /v1/models and /v1/models/{name}."""
     reg, opts = service.registry, service.options
 
     @app.post("/v1/embeddings")
@@ -245,6 +253,11 @@ def _routes(app: FastAPI, service: Service) -> None:
         service.check_key(request)
         reg.model(name)
         return _json(model_card(name))
+
+
+def _text_routes(app: FastAPI, service: Service) -> None:
+    """POST /search, /similar and /generate: the records of `simcli query`, `similar` and `generate`."""
+    reg, opts = service.registry, service.options
 
     @app.post("/search")
     async def search(request: Request) -> Response:
@@ -301,6 +314,11 @@ def _routes(app: FastAPI, service: Service) -> None:
             for t, found in zip(texts, results, strict=True)
         ]
         return _json({"object": "list", "model": model.model_id, "data": data})
+
+
+def _status_routes(app: FastAPI, service: Service) -> None:
+    """GET /health and /metrics."""
+    reg = service.registry
 
     @app.get("/health")
     async def health() -> Response:

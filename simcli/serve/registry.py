@@ -19,7 +19,8 @@ from simcli.errors import CorruptArtifact, SimcliError, UsageError
 from simcli.serve.api_errors import APIError
 from simcli.serve.options import ServeOptions
 
-DEFAULT_NAME = "simcli"  # the name that always means the default model (what the examples send)
+# the name that always means the default model (what the examples in docs/serve.md send)
+DEFAULT_NAME = "simcli"
 Log = Callable[[str], None]
 
 

@@ -19,16 +19,15 @@ import faiss
 import numpy as np
 
 from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, UsageError
-from simcli.index import build as builder
-from simcli.index import persist, pipeline
+from simcli.index import faiss_ops, persist, pipeline
 from simcli.index.check import check as check_index
 from simcli.index.choose import check_index_name, choose, parse_memory
 from simcli.index.encoders import QueryEncoder, build_encoder
 from simcli.index.gpu import GpuIndex, to_gpu
+from simcli.index.inputs import Source, is_store, open_source
 from simcli.index.manifest import IndexManifest
 from simcli.index.rerank import IDENTITY, Candidates, Rerank
 from simcli.index.search import SearchParams, set_search_params
-from simcli.index.sources import Source, is_store, open_source
 from simcli.index.space import fit_whitening, to_index_space, whiten_value
 from simcli.index.stored import stored_vectors
 from simcli.types import EncoderConfig, Hit, ModelSpec, ProgressFn
@@ -185,12 +184,7 @@ class Index:
             used.append(build_encoder(model, enc_options, log))
             return used[-1]
 
-        one = [source] if isinstance(source, str | Path) else source
-        if model is not None and (
-            isinstance(source, np.ndarray)
-            or (len(one) == 1 and isinstance(one[0], str | Path) and is_store(one[0]))
-        ):
-            raise UsageError("--model is for text inputs: arrays and vector stores carry their own vectors")
+        _check_model_for_text(source, model)
         src = open_source(
             source,
             texts=texts,
@@ -201,22 +195,9 @@ class Index:
         )
         _warn_about(src, log)
         w = fit_whitening(src, whiten, whitening, log, moments=moments)
-        choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
-        log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
         model_path = str(used[0].checkpoint.path.absolute()) if used else None
-        filler = None if fill is None else lambda trained: fill(trained, w)
         device = enc_options.get("device") or "auto"  # faiss follows --device: cuda:N builds on that GPU
-        pipeline.build(
-            src,
-            w,
-            choice,
-            out,
-            model_path=model_path,
-            overwrite=overwrite,
-            log=log,
-            fill=filler,
-            device=device,
-        )
+        _write_index(src, w, index, budget, out, model_path, overwrite, log, fill, device)
         built = cls.load(out, verify=False, device=device, log=log)
         if csls:
             built.hubness(log=log)
@@ -494,6 +475,44 @@ def path_of(index: Index, role: str) -> Path:
     return index.path / index.manifest.files[role].name
 
 
+def _check_model_for_text(source: Any, model: Any) -> None:
+    one = [source] if isinstance(source, str | Path) else source
+    if model is not None and (
+        isinstance(source, np.ndarray)
+        or (len(one) == 1 and isinstance(one[0], str | Path) and is_store(one[0]))
+    ):
+        raise UsageError("--model is for text inputs: arrays and vector stores carry their own vectors")
+
+
+def _write_index(
+    src: Source,
+    w: Any,
+    index: str,
+    budget: int | None,
+    out: Path,
+    model_path: str | None,
+    overwrite: bool,
+    log: Log,
+    fill: Callable[[Any, Any], Any] | None,
+    device: str,
+) -> None:
+    """Choose the faiss index for the source's size and the memory budget, and write the folder."""
+    choice = choose(index, src.count, w.dim_out if w is not None else src.dim, budget)
+    log(f"index {choice.factory} for {src.count} vectors ({choice.reason})")
+    filler = None if fill is None else lambda trained: fill(trained, w)
+    pipeline.build(
+        src,
+        w,
+        choice,
+        out,
+        model_path=model_path,
+        overwrite=overwrite,
+        log=log,
+        fill=filler,
+        device=device,
+    )
+
+
 def _warn_about(src: Source, log: Log) -> None:
     if src.encode_seconds:  # text: what was read and how long encoding took (the build is timed apart)
         skipped = f", skipped {src.empty_skipped:,} empty" if src.empty_skipped else ""
@@ -518,7 +537,7 @@ def _read_faiss(
     try:
         index = faiss.read_index(str(name))
     except RuntimeError as e:
-        raise CorruptArtifact(f"{name}: not a faiss index ({builder.faiss_message(e)})") from None
+        raise CorruptArtifact(f"{name}: not a faiss index ({faiss_ops.faiss_message(e)})") from None
     if index.ntotal != manifest.count or index.d != manifest.dim:
         raise CorruptArtifact(
             f"{path}: the faiss index holds {index.ntotal} vectors of dim {index.d}, "

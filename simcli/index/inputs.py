@@ -17,7 +17,7 @@ import numpy as np
 from simcli.errors import BadInput, UsageError
 from simcli.io import ReadStats, no_sentences
 from simcli.manifest import computed_with
-from simcli.types import Encoder, EncodeStats, ModelSpec, ProgressFn
+from simcli.types import EncodeStats, ModelSpec, ProgressFn, SentenceEncoder
 from simcli.vectors import BLOCK_SENTENCES as CHUNK  # sentences encoded (and vectors handled) at a time
 
 
@@ -160,7 +160,7 @@ def from_store(path: str | Path) -> Source:
 
 def from_texts(
     records: Iterator[Any],
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     *,
     describe: str,
     progress: ProgressFn | None = None,
