@@ -44,6 +44,8 @@ Engine = Literal["auto", "native", "transformers"]
 #: progress(items, tokens): `items` (sentences, samples, sources) finished since the last call and the
 #: `tokens` computed for them; 0 tokens means they were finished without computing (e.g. skipped on resume).
 ProgressFn = Callable[[int, int], None]
+#: Where a library function sends its one-line notes (the CLI prints them on stderr; the default drops them).
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

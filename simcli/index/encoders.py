@@ -7,16 +7,13 @@ All encoder loading of simcli.index happens here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from simcli.errors import ModelError, UsageError
 from simcli.index.manifest import IndexManifest
 from simcli.manifest import check_same_model
-from simcli.types import EncoderConfig
-
-Log = Callable[[str], None]
+from simcli.types import EncoderConfig, Log
 
 
 def build_encoder(model: str | EncoderConfig | Any | None, options: dict[str, Any], log: Log) -> Any:

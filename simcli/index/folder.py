@@ -30,9 +30,7 @@ from simcli.index.rerank import IDENTITY, Candidates, Rerank
 from simcli.index.search import SearchParams, set_search_params
 from simcli.index.space import fit_whitening, to_index_space, whiten_value
 from simcli.index.stored import stored_vectors
-from simcli.types import EncoderConfig, Hit, ModelSpec, ProgressFn
-
-Log = Callable[[str], None]
+from simcli.types import EncoderConfig, Hit, Log, ModelSpec, ProgressFn
 
 
 def _quiet(_: str) -> None:

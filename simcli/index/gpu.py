@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import faiss
 import numpy as np
 
 from simcli.errors import UsageError
+from simcli.types import Log
 
 GPU_MAX_K = 2048  # faiss's GPU k-selection limit: k and nprobe above it are refused by the GPU kernels
-Log = Callable[[str], None]
 
 
 def gpu_count() -> int:

@@ -38,12 +38,12 @@ from simcli.index.search import (
 from simcli.index.space import to_index_space, whitening_record
 from simcli.index.stored import is_lossless, sample_ids
 from simcli.manifest import check_same_model
+from simcli.types import Log
 
 SEED = 0
 #: Prepared vectors past this size go to a memory-mapped scratch file in the index folder, not to RAM.
 IN_MEMORY_BYTES = 2 << 30
 SCRATCH = ".prepared.npy"
-Log = Callable[[str], None]
 
 
 @dataclass

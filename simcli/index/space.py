@@ -15,7 +15,7 @@ import numpy as np
 from simcli.errors import BadInput, ManifestMismatch, UsageError
 from simcli.index.inputs import Source
 from simcli.index.manifest import WhiteningRecord
-from simcli.types import ModelSpec
+from simcli.types import Log, ModelSpec
 from simcli.vectors import l2_normalize
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 WHITEN_AUTO_DIM = (
     256  # kexue.fm/archives/8069: whitening to 256-d cut memory 3x and search time ~4x at equal quality
 )
-Log = Callable[[str], None]
 
 
 def whiten_auto_dim(dim: int) -> int:

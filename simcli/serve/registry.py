@@ -18,14 +18,11 @@ import numpy as np
 from simcli.errors import CorruptArtifact, SimcliError, UsageError
 from simcli.serve.api_errors import APIError
 from simcli.serve.options import ServeOptions
+from simcli.types import Log
+from simcli.vectors import l2_normalize
 
 # the name that always means the default model (what the examples in docs/serve.md send)
 DEFAULT_NAME = "simcli"
-Log = Callable[[str], None]
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -74,7 +71,7 @@ class ServedModel:
             w = self._cut(dimensions)
         if w is not None:
             return np.asarray(w.transform(raw, normalize=normalize), dtype=np.float32)
-        return _normalize(raw) if normalize else raw
+        return l2_normalize(raw) if normalize else raw
 
     def _cut(self, k: int) -> Any:
         # BERT-whitening keeps the top-k components: the first k columns of W (eigenvalues descending)
