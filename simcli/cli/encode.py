@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -253,16 +253,14 @@ def encode(
         if ray_address is not None:
             if out is None or split is not None:
                 raise UsageError("--ray writes a store: give --out, not --json or --shard")
-            with _kept_on_interrupt(
-                ctx, out
-            ):  # the driver lists landed shards in order: they resume like local ones
-                summary, max_length = _encode_on_ray(
+            # the driver lists landed shards in order: an interrupted run resumes like a local one
+            with _kept_on_interrupt(ctx, out):
+                _encode_on_ray(
                     ray_address, inputs, out, config, whitening=whitening, normalize=normalize,
                     store_dtype=store_dtype, shard_size=shard_size, resume=resume, overwrite=overwrite,
                     allow_mixed=allow_mixed, read_options=options, workers=workers,
                     gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                 )  # fmt: skip
-            summarize(summary, store_dtype, max_length)
             return
         _encode_here(
             ctx, inputs, out, config, whitening=whitening, normalize=normalize, split=split,
@@ -347,9 +345,8 @@ def _encode_on_ray(
     workers: int | None,
     gpus_per_worker: float,
     cpus_per_worker: float | None,
-) -> tuple[StoreSummary, int]:
-    """`simcli encode --ray`: the folder, inputs and model checked before Ray starts, then the run on Ray; the
-    summary and the model's max length (for the truncation warning)."""
+) -> None:
+    """`simcli encode --ray`: the folder, inputs and model checked before Ray starts, then the run on Ray."""
     from simcli.scale.encode import encode_on_ray, probe
     from simcli.scale.runtime import connect
 
@@ -365,9 +362,8 @@ def _encode_on_ray(
     )
     ray = connect(address)
 
-    def progress() -> (
-        Any
-    ):  # opened after the pool's line; rows are counted for the ETA in local text files only
+    # the bar opens after the line about the pool; the ETA counts rows of local text files only
+    def progress() -> AbstractContextManager[ProgressFn | None]:
         local = sys.stderr.isatty() and not any(p.lower().endswith(".parquet") for p in inputs)
         return _progress(_expected_rows(inputs, column, None, shard_size) if local else None)
 
@@ -377,7 +373,7 @@ def _encode_on_ray(
         resume=resume, overwrite=overwrite, allow_mixed=allow_mixed, read_options=read_options, log=_note,
         progress=progress,
     )  # fmt: skip
-    return summary, probed.max_length
+    summarize(summary, store_dtype, probed.max_length)
 
 
 @contextmanager

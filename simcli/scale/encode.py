@@ -180,9 +180,8 @@ def probe(
     from simcli.whitening import WhitenedEncoder
 
     check_output_folder(out, resume=resume, overwrite=overwrite)
-    check_inputs(
-        inputs, read_options["column"], read_options["errors"]
-    )  # a typo fails before the model loads
+    # a typo in a path or column fails before the model loads
+    check_inputs(inputs, read_options["column"], read_options["errors"])
     encoder: Any = load_encoder(config.with_options(device="cpu", dtype="float32"))
     w = None
     if whitening is not None:
