@@ -408,7 +408,9 @@ def test_empty_lines_hint(command: str, tmp_path: Path, roformer_sim_dir: Path) 
     r = ok(*args, "--skip-empty")
     assert "warning" not in r.stderr
     if command == "encode":
-        assert "encoded 2 sentences (dim 48), skipped 1 empty\n" in r.stderr and r.stdout.count('"vector"') == 2
+        assert (
+            "encoded 2 sentences (dim 48), skipped 1 empty\n" in r.stderr and r.stdout.count('"vector"') == 2
+        )
     else:
         assert r.stdout.startswith(f"wrote {tmp_path / 'i.idx'}: 2 vectors")
 
