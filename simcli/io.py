@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -231,6 +232,18 @@ def no_sentences(paths: Sequence[str | Path], stats: ReadStats | None, verb: str
     rows skipped."""
     skipped = f" ({stats.empty_skipped:,} empty skipped)" if stats is not None and stats.empty_skipped else ""
     return BadInput(f"{', '.join(map(str, paths))}: no sentences to {verb}{skipped}")
+
+
+def with_first_row(
+    records: Iterable[Record], paths: Sequence[str | Path], stats: ReadStats | None, verb: str
+) -> Iterator[Record]:
+    """`records` again once a first row is known to come, else the `no_sentences` error: an empty input fails
+    before a model loads or a folder is touched."""
+    rows = iter(records)
+    head = next(rows, None)
+    if head is None:
+        raise no_sentences(paths, stats, verb)
+    return itertools.chain([head], rows)
 
 
 def input_format(path: str | Path, column: str | int | None = None) -> str:

@@ -39,7 +39,7 @@ from simcli.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_with,
-    no_sentences,
+    with_first_row,
 )
 from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
 from simcli.types import EncodeStats, ModelSpec, ProgressFn, SentenceEncoder, StoreDType
@@ -468,6 +468,35 @@ class StoreWriter:
             if folder == self.created:
                 return
 
+    def finish(
+        self,
+        dim: int,
+        *,
+        written: int,
+        skipped: int,
+        empty_skipped: int,
+        tokens: int,
+        seconds: float,
+        rows_read: int,
+    ) -> StoreSummary:
+        """Mark the store complete; what it holds and what this run did."""
+        self.save(complete=True, empty_skipped=empty_skipped)
+        done = self.done
+        return StoreSummary(
+            out=self.out,
+            count=sum(s["count"] for s in done),
+            dim=dim,
+            shards=len(done),
+            shards_written=written,
+            shards_skipped=skipped,
+            empty_kept=sum(s["empty"] for s in done),
+            empty_skipped=empty_skipped,
+            truncated=sum(s["truncated"] for s in done),
+            tokens=tokens,
+            seconds=seconds,
+            rows_read=rows_read,
+        )
+
     def save(self, complete: bool, empty_skipped: int = 0) -> None:
         done = self.done
         atomic_write_json(
@@ -529,80 +558,97 @@ def encode_to_store(
         CorruptArtifact: a finished shard of the interrupted run is missing or altered.
         BadInput: the input gives no row (nothing is written).
     """
-    import itertools
-
-    import numpy as np
-
     _check_options(shard_size, store_dtype, shard)
     out = Path(out)
-    rows = iter(records)
-    head = next(rows, None)  # before the folder is touched: an empty input leaves no store behind
-    if head is None:
-        raise no_sentences(inputs or [out], read_stats, "encode")
-    records = itertools.chain([head], rows)
-    spec: ModelSpec = encoder.spec
-    header = store_header(spec, store_dtype, normalize, shard_size, shard, inputs, read_options)
+    records = with_first_row(records, inputs or [out], read_stats, "encode")  # then no store is left behind
+    header = store_header(encoder.spec, store_dtype, normalize, shard_size, shard, inputs, read_options)
     writer = StoreWriter(out, header, resume=resume, overwrite=overwrite)
-    done = writer.done
     if writer.resumed and not allow_mixed:
-        check_same_dtype(done, computed_with(encoder)["dtype"], out)
+        check_same_dtype(writer.done, computed_with(encoder)["dtype"], out)
     counts = EncodeStats()
-    shards: list[tuple[int, int]] = []  # (k, first id) of each block handed to the encoder
-    state = {"blocks": 0, "skipped": 0}
+    todo = _Todo(out, writer.done, progress)
+    blocks = todo(_blocks(records, shard_size, shard))
+    stream = encode_blocks(encoder, blocks, text=_text, normalize=normalize, stats=counts, progress=progress)
+    written = _write_shards(writer, encoder, stream, todo, store_dtype, counts)
+    check_input_end(out, todo.blocks, len(writer.done))
+    return writer.finish(
+        encoder.spec.dim,
+        written=written,
+        skipped=todo.skipped,
+        empty_skipped=read_stats.empty_skipped if read_stats is not None else 0,
+        tokens=counts.tokens,
+        seconds=counts.seconds,
+        rows_read=read_stats.rows if read_stats is not None else 0,
+    )
 
-    def todo() -> Iterator[list[Record]]:
-        """The blocks still to encode; finished shards of an interrupted run are checked and passed over."""
-        for k, (first, block) in enumerate(_blocks(records, shard_size, shard)):
-            state["blocks"] = k + 1
-            if k < len(done):
-                _check_finished(out, done[k], first, block)
-                state["skipped"] += 1
-                if progress is not None:
-                    progress(len(block), 0)
+
+@dataclass
+class _Todo:
+    """The blocks still to encode: the finished shards of an interrupted run are checked and passed over."""
+
+    out: Path
+    done: list[dict[str, Any]]
+    progress: ProgressFn | None
+    blocks: int = 0  # blocks the input gave
+    skipped: int = 0  # of them finished earlier
+    shards: list[tuple[int, int]] = field(default_factory=list)  # (k, first id) of each block handed on
+
+    def __call__(self, blocks: Iterable[tuple[int, list[Record]]]) -> Iterator[list[Record]]:
+        earlier = len(self.done)  # fixed before the first new shard is listed
+        for k, (first, block) in enumerate(blocks):
+            self.blocks = k + 1
+            if k < earlier:
+                _check_finished(self.out, self.done[k], first, block)
+                self.skipped += 1
+                if self.progress is not None:
+                    self.progress(len(block), 0)
                 continue
-            shards.append((k, first))
+            self.shards.append((k, first))
             yield block
 
-    written = 0
-    truncated_before = 0
-    stream = encode_blocks(encoder, todo(), text=_text, normalize=normalize, stats=counts, progress=progress)
+
+def _write_shards(
+    writer: StoreWriter,
+    encoder: Encoder,
+    stream: Iterable[tuple[Sequence[Record], np.ndarray]],
+    todo: _Todo,
+    store_dtype: str,
+    counts: EncodeStats,
+) -> int:
+    """Write each encoded block as a shard and list it; the number of shards written."""
+    import numpy as np
+
+    dim = encoder.spec.dim
+    written = truncated_before = 0
     with writer.discarded_on_error():
         for block, vectors in stream:
-            k, first = shards.pop(0)
-            if vectors.shape != (len(block), spec.dim):
-                raise SimcliError(
-                    f"encoder returned shape {vectors.shape}, expected ({len(block)}, {spec.dim})"
-                )
-            entry = write_shard(out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype))
+            k, first = todo.shards.pop(0)
+            check_shape(vectors, len(block), dim)
+            entry = write_shard(
+                writer.out, k, first, list(block), np.ascontiguousarray(vectors, dtype=store_dtype)
+            )
             entry["truncated"] = counts.truncated - truncated_before
             truncated_before = counts.truncated
             # informational (not checked on --resume): which device and dtype computed this shard's vectors
             entry["computed_with"] = computed_with(encoder)
             writer.add(entry)
             written += 1
-    k = state["blocks"] - 1
-    skipped = state["skipped"]
-    if k + 1 < len(done):
+    return written
+
+
+def check_shape(vectors: np.ndarray, rows: int, dim: int) -> None:
+    """SimcliError unless the encoder gave one `dim` vector a row."""
+    if vectors.shape != (rows, dim):
+        raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({rows}, {dim})")
+
+
+def check_input_end(out: Path, shards: int, earlier: int) -> None:
+    """ManifestMismatch when the input now gives fewer shards than the interrupted run finished."""
+    if shards < earlier:
         raise ManifestMismatch(
-            f"{out}: cannot resume: the input now ends in shard {k + 1}, the interrupted run wrote "
-            f"{len(done)} shards (input changed; {RESTART})"
+            f"{out}: cannot resume: the input now ends in shard {shards}, the interrupted run wrote "
+            f"{earlier} shards (input changed; {RESTART})"
         )
-    empty_skipped = read_stats.empty_skipped if read_stats is not None else 0
-    writer.save(complete=True, empty_skipped=empty_skipped)
-    return StoreSummary(
-        out=out,
-        count=sum(s["count"] for s in done),
-        dim=spec.dim,
-        shards=len(done),
-        shards_written=written,
-        shards_skipped=skipped,
-        empty_kept=sum(s["empty"] for s in done),
-        empty_skipped=empty_skipped,
-        truncated=sum(s["truncated"] for s in done),
-        tokens=counts.tokens,
-        seconds=counts.seconds,
-        rows_read=read_stats.rows if read_stats is not None else 0,
-    )
 
 
 # -- reading ---------------------------------------------------------------------------------------------

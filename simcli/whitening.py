@@ -552,6 +552,12 @@ class WhitenedEncoder:
         self.max_length = encoder.max_length
         self.dim = whitening.dim_out
 
+    @classmethod
+    def from_file(cls, encoder: Any, path: str | Path) -> WhitenedEncoder:
+        """`encoder` whose vectors go through the whitening file at `path` (`simcli whiten fit`); the file must
+        fit the encoder's model and pooling."""
+        return cls(encoder, Whitening.load(path), path)
+
     @property
     def device(self) -> Any:
         return self.encoder.device

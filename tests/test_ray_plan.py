@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,59 @@ def test_actors_get_their_own_gpu_not_the_drivers_cuda_n() -> None:
     assert actor_config(EncoderConfig("m", device="cuda:3", dtype="float16")).dtype == "float16"
     for kept in ("cuda", "cpu", "auto"):
         assert actor_config(EncoderConfig("m", device=kept)).device == kept
+
+
+def test_the_run_line_names_the_pool() -> None:
+    from simcli.scale.encode import Workers
+
+    assert Workers(1, 1.0, 0.0).describe() == "1 worker of 1 CPU"
+    assert Workers(2, 2.0, 0.0).describe() == "2 workers of 2 CPUs"
+    assert Workers(1_200, 0.5, 0.0).describe() == "1,200 workers of 0.5 CPUs"
+    assert Workers(4, 1.0, 0.5).describe() == "4 workers of 1 CPU and 0.5 GPUs"
+
+
+def test_the_driver_probes_inputs_and_model_before_ray_starts(
+    tmp_path: Path, roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`probe` needs no Ray: a missing input fails before the model is looked at, a relative model folder
+    becomes the absolute path the workers load, and a whitening file sets the spec's dim; nothing is written."""
+    from simcli.models.encoder import load_encoder
+    from simcli.scale.encode import probe
+    from simcli.types import EncoderConfig
+    from simcli.whitening import fit_texts
+
+    text = tmp_path / "in.txt"
+    text.write_text("今天天气很好\n花呗怎么还款\n我想办信用卡\n", encoding="utf-8")
+    options = {"column": None, "field": None, "errors": "strict", "skip_empty": False}
+    out = tmp_path / "o.vec"
+
+    def run(inputs: list[str], model: str, whitening: Path | None = None) -> Any:
+        config = EncoderConfig(model)
+        return probe(
+            inputs, out, config, whitening=whitening, read_options=options, resume=False, overwrite=False
+        )
+
+    with pytest.raises(BadInput, match=r"missing\.txt: no such file$"):
+        run([str(tmp_path / "missing.txt")], str(tmp_path / "no-model"))
+
+    monkeypatch.chdir(roformer_sim_dir.parent)
+    probed = run([str(text)], roformer_sim_dir.name)
+    assert probed.config.model == str(roformer_sim_dir.absolute())
+    assert (probed.spec.model, probed.spec.dim, probed.max_length, probed.whitening) == (
+        probed.config.model,
+        48,
+        64,
+        None,
+    )
+    assert (probed.info["device"], probed.info["dtype"]) == (
+        "cpu",
+        "float32",
+    )  # the probe's, not the workers'
+
+    encoder = load_encoder(EncoderConfig(roformer_sim_dir.name, device="cpu", dtype="float32"))
+    w = fit_texts(text.read_text(encoding="utf-8").split(), encoder, dim=2)
+    w.save(tmp_path / "w.safetensors")
+    whitened = run([str(text)], roformer_sim_dir.name, tmp_path / "w.safetensors")
+    assert whitened.spec.dim == 2 and whitened.spec.extra["whitening_sha256"] == w.sha256
+    assert whitened.whitening is not None and whitened.whitening.sha256 == w.sha256
+    assert not out.exists()

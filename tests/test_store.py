@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, OutputExists, UsageError
+from simcli.errors import BadInput, CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
 from simcli.io import ReadStats, Record
 from simcli.store import VectorStore, encode_records, encode_to_store, parse_shard
 from simcli.types import ModelSpec
@@ -372,3 +372,19 @@ def test_resume_may_switch_to_errors_replace(tmp_path: Path) -> None:
     ):
         encode_to_store(records, FakeEncoder(), out, shard_size=4, read_options={**replace, "skip_empty": True},
                         resume=True)  # fmt: skip
+
+
+class WrongDimEncoder(FakeEncoder):
+    """Says DIM in its spec and gives DIM - 1 numbers a sentence."""
+
+    def encode(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return super().encode(texts, **kwargs)[:, 1:]
+
+
+def test_vectors_of_another_shape_are_refused_and_the_new_folder_removed(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "s.vec"
+    with pytest.raises(
+        SimcliError, match=rf"^encoder returned shape \(4, {DIM - 1}\), expected \(4, {DIM}\)$"
+    ):
+        encode_to_store(make_records(10), WrongDimEncoder(), out, shard_size=4)
+    assert not (tmp_path / "new").exists()  # the folders this run made go with its first, failed shard

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from simcli.cli import demo as _demo  # noqa: F401  (registers commands)
 from simcli.cli import encode as _encode  # noqa: F401
+
+# isort: split
+# `simcli --help` lists commands in the order they register: info stays next to encode
+from simcli.cli import info as _info  # noqa: F401
+
+# isort: split
 from simcli.cli import evaluate as _evaluate  # noqa: F401
 from simcli.cli import generate as _generate  # noqa: F401
 from simcli.cli import hubness as _hubness  # noqa: F401

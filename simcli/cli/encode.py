@@ -1,12 +1,11 @@
-"""`simcli encode` (text files -> a vector store or JSON lines) and `simcli info` (what a model is)."""
+"""`simcli encode`: text files -> a vector store or JSON lines, in this process or on Ray (`--ray`)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -18,13 +17,11 @@ from simcli.cli._app import (
     DTypeOpt,
     ErrorsOpt,
     HeaderOpt,
-    JsonOpt,
     MaxLengthOpt,
     ModelOpt,
     PoolingOpt,
     TokenizerOpt,
     WhiteningFileOpt,
-    aligned,
     app,
     command_line,
     counted,
@@ -53,15 +50,6 @@ def _shard_option(value: str | None) -> str | None:
 
 def _note(message: str) -> None:
     typer.echo(f"simcli: {message}", err=True)
-
-
-def _describe(enc: Encoder) -> str:
-    info = enc.info()
-    return (
-        f"model {info['model']} ({info['family']}, {info['tokenizer']} tokenizer), "
-        f"pooling {info['pooling']}, dim {info['dim']}, max length {info['max_length']}, "
-        f"device {info['device']}, dtype {info['dtype']}"
-    )
 
 
 def _expected_rows(
@@ -151,83 +139,94 @@ def _warn_counts(empty_kept: int, truncated: int, max_length: int) -> None:
         _note(f"warning: {counted(truncated, 'line')} truncated at --max-length {max_length}")
 
 
+# The options of `simcli encode` alone (those several commands share come from _app).
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Input files: .txt (a sentence a line), .tsv/.csv, .data (tab-separated, no header), .jsonl; - for stdin."
+    ),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Store folder to write.")]
+JsonLinesOpt = Annotated[
+    bool, typer.Option("--json", help='{"id", "text", "vector"} lines on stdout instead of --out.')
+]
+ColumnOpt = Annotated[
+    str | None, typer.Option(help="tsv/csv column: header name or 0-based index (default: text).")
+]
+FieldOpt = Annotated[str | None, typer.Option(help="jsonl field holding the text (default: text).")]
+NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")]
+StoreDTypeOpt = Annotated[StoreDType, typer.Option("--store-dtype", help="Vectors on disk.")]
+ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Sentences per shard.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        callback=_shard_option,
+        help="i/N with 0 <= i < N: encode worker i's slice (blocks of --shard-size rows; block b goes "
+        "to worker b % N).",
+    ),
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
+AllowMixedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mixed", help="With --resume: accept another device dtype than the finished shards'."
+    ),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")]
+SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Encode on Ray: local (a runtime on this machine), auto (the running cluster, else local) "
+        "or a cluster address. Inputs may then be parquet or URIs (s3://, gs://); --out must be a "
+        "folder every worker sees.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="With --ray: encoder actors (default: one a GPU, else one a CPU)."),
+]
+GpusPerWorkerOpt = Annotated[
+    float, typer.Option("--gpus-per-worker", min=0, help="With --ray: GPUs of each actor.")
+]
+CpusPerWorkerOpt = Annotated[
+    float | None,
+    typer.Option("--cpus-per-worker", min=0.01, help="With --ray: CPUs (and torch threads) of each actor."),
+]
+
+
 @app.command()
 def encode(
     ctx: typer.Context,
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="Input files: .txt (a sentence a line), .tsv/.csv, .data (tab-separated, no header), "
-            ".jsonl; - for stdin."
-        ),
-    ],
+    inputs: InputsArg,
     model: ModelOpt,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Store folder to write.")] = None,
-    json_lines: Annotated[
-        bool, typer.Option("--json", help='{"id", "text", "vector"} lines on stdout instead of --out.')
-    ] = False,
-    column: Annotated[
-        str | None, typer.Option(help="tsv/csv column: header name or 0-based index (default: text).")
-    ] = None,
+    out: OutOpt = None,
+    json_lines: JsonLinesOpt = False,
+    column: ColumnOpt = None,
     header: HeaderOpt = None,
-    field: Annotated[str | None, typer.Option(help="jsonl field holding the text (default: text).")] = None,
+    field: FieldOpt = None,
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
     max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     batch_tokens: BatchTokensOpt = None,
-    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
+    normalize: NormalizeOpt = False,
     whitening: WhiteningFileOpt = None,
-    store_dtype: Annotated[
-        StoreDType, typer.Option("--store-dtype", help="Vectors on disk.")
-    ] = DEFAULT_STORE_DTYPE,
-    shard_size: Annotated[
-        int, typer.Option("--shard-size", min=1, help="Sentences per shard.")
-    ] = DEFAULT_SHARD_SIZE,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard",
-            callback=_shard_option,
-            help="i/N with 0 <= i < N: encode worker i's slice (blocks of --shard-size rows; block b goes "
-            "to worker b % N).",
-        ),
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
-    allow_mixed: Annotated[
-        bool,
-        typer.Option(
-            "--allow-mixed", help="With --resume: accept another device dtype than the finished shards'."
-        ),
-    ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")] = False,
-    skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")] = False,
+    store_dtype: StoreDTypeOpt = DEFAULT_STORE_DTYPE,
+    shard_size: ShardSizeOpt = DEFAULT_SHARD_SIZE,
+    shard: ShardOpt = None,
+    resume: ResumeOpt = False,
+    allow_mixed: AllowMixedOpt = False,
+    overwrite: OverwriteOpt = False,
+    skip_empty: SkipEmptyOpt = False,
     errors: ErrorsOpt = "strict",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="Encode on Ray: local (a runtime on this machine), auto (the running cluster, else local) "
-            "or a cluster address. Inputs may then be parquet or URIs (s3://, gs://); --out must be a "
-            "folder every worker sees.",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers", min=1, help="With --ray: encoder actors (default: one a GPU, else one a CPU)."
-        ),
-    ] = None,
-    gpus_per_worker: Annotated[
-        float, typer.Option("--gpus-per-worker", min=0, help="With --ray: GPUs of each actor.")
-    ] = 0,
-    cpus_per_worker: Annotated[
-        float | None,
-        typer.Option(
-            "--cpus-per-worker", min=0.01, help="With --ray: CPUs (and torch threads) of each actor."
-        ),
-    ] = None,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0,
+    cpus_per_worker: CpusPerWorkerOpt = None,
 ) -> None:
     """Encode sentences into a vector store folder (or JSON lines with --json).
 
@@ -236,11 +235,9 @@ def encode(
     With --whitening FILE (from `simcli whiten fit`) the vectors are whitened and L2-normalised.
     """
     with reported_errors():
-        from simcli.io import ReadStats, expand_uri_globs, no_sentences, read_records
-        from simcli.store import check_output_folder
+        from simcli.io import expand_uri_globs
 
         inputs = expand_uri_globs(inputs)  # s3://bucket/corpus/*.jsonl: the shell cannot expand it
-
         if (out is None) == (not json_lines):
             raise UsageError("give --out DIR to write a store, or --json for JSON lines on stdout")
         if json_lines and (resume or overwrite):
@@ -248,79 +245,145 @@ def encode(
         split = parse_shard(shard) if shard is not None else None
         if ray_address is None and (workers is not None or gpus_per_worker or cpus_per_worker is not None):
             raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker apply with --ray")
-        if ray_address is not None:
-            if out is None or split is not None:
-                raise UsageError("--ray writes a store: give --out, not --json or --shard")
-            from simcli.cli.encode_ray import encode_on_ray
-
-            fresh = not (out.is_dir() and any(out.iterdir()))
-            try:
-                encode_on_ray(
-                    ray_address, inputs, out,
-                    config=EncoderConfig(
-                        model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device,
-                        dtype=dtype, batch_tokens=batch_tokens,
-                    ),
-                    whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
-                    resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
-                    read_options=read_options(column, field, errors, skip_empty, header),
-                    workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                )  # fmt: skip
-            except KeyboardInterrupt:  # the driver lists landed shards in order: they resume like local ones
-                interrupted(ctx, out, fresh)
-            return
-        if out is not None:
-            check_output_folder(out, resume=resume, overwrite=overwrite)
-        options = read_options(column, field, errors, skip_empty, header)
-        read_stats = ReadStats()
-        records = read_records(inputs, stats=read_stats, **options)
-        head = next(records, None)  # an empty input fails before the model loads
-        if head is None:
-            raise no_sentences(inputs, read_stats, "encode")
-        records = itertools.chain([head], records)
-
-        from simcli.models.encoder import load_encoder
-
         config = EncoderConfig(
             model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype,
             batch_tokens=batch_tokens,
         )  # fmt: skip
-        enc = load_encoder(config)
-        if whitening is not None:
-            # (x - beta*mu) W[:, :k], L2-normalised (kexue.fm/archives/8069); the file must fit this model and pooling.
-            from simcli.whitening import WhitenedEncoder, Whitening
+        options = read_options(column, field, errors, skip_empty, header)
+        if ray_address is not None:
+            if out is None or split is not None:
+                raise UsageError("--ray writes a store: give --out, not --json or --shard")
+            # the driver lists landed shards in order: an interrupted run resumes like a local one
+            with _kept_on_interrupt(ctx, out):
+                _encode_on_ray(
+                    ray_address, inputs, out, config, whitening=whitening, normalize=normalize,
+                    store_dtype=store_dtype, shard_size=shard_size, resume=resume, overwrite=overwrite,
+                    allow_mixed=allow_mixed, read_options=options, workers=workers,
+                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                )  # fmt: skip
+            return
+        _encode_here(
+            ctx, inputs, out, config, whitening=whitening, normalize=normalize, split=split,
+            read_options=options, shard_size=shard_size, store_dtype=store_dtype, resume=resume,
+            overwrite=overwrite, allow_mixed=allow_mixed,
+        )  # fmt: skip
 
-            enc = WhitenedEncoder(enc, Whitening.load(whitening), whitening)  # type: ignore[assignment]
-            normalize = True
-        _note(_describe(enc))
-        total = _expected_rows(inputs, column, split, shard_size, header) if sys.stderr.isatty() else None
-        fresh = out is not None and not (out.is_dir() and any(out.iterdir()))
-        try:
-            with _progress(total) as progress:
-                if out is None:
-                    _encode_json(records, enc, shard_size, normalize, split, read_stats, progress)
-                    return
-                from simcli.store import encode_to_store
 
-                summary = encode_to_store(
-                    records,
-                    enc,
-                    out,
-                    shard_size=shard_size,
-                    store_dtype=store_dtype,
-                    normalize=normalize,
-                    resume=resume,
-                    overwrite=overwrite,
-                    shard=split,
-                    inputs=inputs,
-                    read_options=options,
-                    read_stats=read_stats,
-                    progress=progress,
-                    allow_mixed=allow_mixed,
-                )
-        except KeyboardInterrupt:
-            interrupted(ctx, out, fresh)
-        summarize(summary, store_dtype, enc.max_length)
+def _encode_here(
+    ctx: typer.Context,
+    inputs: list[str],
+    out: Path | None,
+    config: EncoderConfig,
+    *,
+    whitening: Path | None,
+    normalize: bool,
+    split: tuple[int, int] | None,
+    read_options: dict[str, Any],
+    shard_size: int,
+    store_dtype: StoreDType,
+    resume: bool,
+    overwrite: bool,
+    allow_mixed: bool,
+) -> None:
+    """`simcli encode` in this process: JSON lines on stdout, or a store folder."""
+    from simcli.io import ReadStats, read_records, with_first_row
+    from simcli.store import check_output_folder
+
+    if out is not None:
+        check_output_folder(out, resume=resume, overwrite=overwrite)
+    read_stats = ReadStats()
+    # an empty input fails before the model loads
+    records = with_first_row(
+        read_records(inputs, stats=read_stats, **read_options), inputs, read_stats, "encode"
+    )
+    enc = _load(config, whitening)
+    normalize = normalize or whitening is not None
+    column, header = read_options["column"], read_options.get("header")
+    total = _expected_rows(inputs, column, split, shard_size, header) if sys.stderr.isatty() else None
+    with _kept_on_interrupt(ctx, out), _progress(total) as progress:
+        if out is None:
+            _encode_json(records, enc, shard_size, normalize, split, read_stats, progress)
+            return
+        from simcli.store import encode_to_store
+
+        summary = encode_to_store(
+            records, enc, out, shard_size=shard_size, store_dtype=store_dtype, normalize=normalize,
+            resume=resume, overwrite=overwrite, shard=split, inputs=inputs, read_options=read_options,
+            read_stats=read_stats, progress=progress, allow_mixed=allow_mixed,
+        )  # fmt: skip
+    summarize(summary, store_dtype, enc.max_length)
+
+
+def _load(config: EncoderConfig, whitening: Path | None) -> Encoder:
+    """The encoder, whitened by the file from `simcli whiten fit` when one is given; its line printed."""
+    from simcli.models.encoder import describe, load_encoder
+
+    enc: Any = load_encoder(config)
+    if whitening is not None:
+        # (x - beta*mu) W[:, :k], L2-normalised (kexue.fm/archives/8069); the file must fit this model and pooling.
+        from simcli.whitening import WhitenedEncoder
+
+        enc = WhitenedEncoder.from_file(enc, whitening)
+    _note(describe(enc.info()))
+    return enc  # type: ignore[no-any-return]
+
+
+def _encode_on_ray(
+    address: str,
+    inputs: Sequence[str],
+    out: Path,
+    config: EncoderConfig,
+    *,
+    whitening: Path | None,
+    normalize: bool,
+    store_dtype: StoreDType,
+    shard_size: int,
+    resume: bool,
+    overwrite: bool,
+    allow_mixed: bool,
+    read_options: dict[str, Any],
+    workers: int | None,
+    gpus_per_worker: float,
+    cpus_per_worker: float | None,
+) -> None:
+    """`simcli encode --ray`: the folder, inputs and model checked before Ray starts, then the run on Ray."""
+    from simcli.scale.encode import encode_on_ray, probe
+    from simcli.scale.runtime import connect
+
+    column = read_options["column"]
+    probed = probe(
+        inputs,
+        out,
+        config,
+        whitening=whitening,
+        read_options=read_options,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    ray = connect(address)
+
+    # the bar opens after the line about the pool; the ETA counts rows of local text files only
+    def progress() -> AbstractContextManager[ProgressFn | None]:
+        local = sys.stderr.isatty() and not any(p.lower().endswith(".parquet") for p in inputs)
+        return _progress(_expected_rows(inputs, column, None, shard_size) if local else None)
+
+    summary = encode_on_ray(
+        ray, probed, inputs, out, workers=workers, cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker, shard_size=shard_size, store_dtype=store_dtype, normalize=normalize,
+        resume=resume, overwrite=overwrite, allow_mixed=allow_mixed, read_options=read_options, log=_note,
+        progress=progress,
+    )  # fmt: skip
+    summarize(summary, store_dtype, probed.max_length)
+
+
+@contextmanager
+def _kept_on_interrupt(ctx: typer.Context, out: Path | None) -> Iterator[None]:
+    """Ctrl-C inside: say what the store in `out` kept and how to continue (see `interrupted`)."""
+    fresh = out is not None and not (out.is_dir() and any(out.iterdir()))
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted(ctx, out, fresh)
 
 
 def interrupted(ctx: typer.Context, out: Path | None, fresh: bool) -> NoReturn:
@@ -390,37 +453,3 @@ def _encode_json(
     elsewhere = read_stats.records - count
     written = f"encoded {counted(count, 'sentence')} (dim {enc.dim})"
     _note(read_summary(read_stats.rows, written, read_stats.empty_skipped, elsewhere))
-
-
-@app.command()
-def info(
-    model: Annotated[
-        str,
-        typer.Argument(
-            help="Hub id, local model folder, pip:PACKAGE==VERSION/path or a short name (m3e-small)."
-        ),
-    ],
-    pooling: PoolingOpt = "auto",
-    tokenizer: TokenizerOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
-    json_out: JsonOpt = False,
-) -> None:
-    """Show what simcli detects about a model and the device/dtype it would use.
-
-    Example: simcli info ./roformer_sim --pooling cls
-    """
-    with reported_errors():
-        from simcli.models.encoder import load_encoder
-
-        config = EncoderConfig(
-            model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype
-        )
-        enc = load_encoder(config)
-        data = enc.info()
-        if json_out:
-            typer.echo(json.dumps(data, ensure_ascii=False))
-            return
-        sources = data.pop("sources", {})
-        typer.echo(aligned(data, sources))

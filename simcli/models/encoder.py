@@ -9,7 +9,7 @@ back into input order.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import lru_cache
@@ -319,6 +319,16 @@ class Encoder:
 
 def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> None:
     model.to(device=device, dtype=dtype)
+
+
+def describe(info: Mapping[str, Any], *, device: bool = True) -> str:
+    """The one line an encode run prints about its model, from `Encoder.info()`; `device=False` leaves out the
+    device and dtype (on Ray the driver's model is only a probe: each worker picks its own)."""
+    line = (
+        f"model {info['model']} ({info['family']}, {info['tokenizer']} tokenizer), "
+        f"pooling {info['pooling']}, dim {info['dim']}, max length {info['max_length']}"
+    )
+    return f"{line}, device {info['device']}, dtype {info['dtype']}" if device else line
 
 
 def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:

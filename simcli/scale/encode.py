@@ -1,5 +1,7 @@
 """`simcli encode --ray`: a Ray Data pipeline of shard plans through a pool of encoder actors.
 
+    driver: check the output folder and the inputs, open the model once on the CPU for its spec (`probe`,
+        before Ray starts); once connected, choose the actor pool (`encode_on_ray`)
     driver: read the inputs once (plan.plan_shards) -> shard plans, one Ray Data block each
     actors (--workers of them, each with --cpus-per-worker / --gpus-per-worker): load the model once; per
         plan read the shard's rows, encode them, write both shard files atomically (store.write_shard)
@@ -17,24 +19,31 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simcli.errors import ManifestMismatch, SimcliError
 from simcli.io import ReadStats, no_sentences
-from simcli.scale.plan import ShardPlan, plan_shards, read_shard
+from simcli.scale.plan import ShardPlan, absolute, check_inputs, plan_shards, read_shard
 from simcli.scale.runtime import cluster_cpus
 from simcli.store import (
     RESTART,
     StoreSummary,
     StoreWriter,
     check_finished_files,
+    check_input_end,
+    check_output_folder,
     check_same_dtype,
+    check_shape,
     store_header,
 )
 from simcli.types import EncoderConfig, ModelSpec, ProgressFn
+
+if TYPE_CHECKING:
+    from simcli.whitening import Whitening
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,12 @@ class Workers:
     @property
     def threads(self) -> int:
         return max(1, int(self.cpus))
+
+    def describe(self) -> str:
+        """ "2 workers of 1 CPU", "4 workers of 1 CPU and 1 GPUs": what the run's line says of the pool."""
+        workers = f"{self.count:,} worker{'' if self.count == 1 else 's'}"
+        gpus = f" and {self.gpus:g} GPUs" if self.gpus else ""
+        return f"{workers} of {self.cpus:g} CPU{'' if self.cpus == 1 else 's'}{gpus}"
 
 
 def workers_for(ray: Any, workers: int | None, cpus: float | None, gpus: float) -> Workers:
@@ -119,9 +134,7 @@ class ShardEncoder:
             ((_, vectors),) = encode_blocks(
                 self.encoder, [rows], text=lambda r: r.text, normalize=self.normalize, stats=stats
             )
-            dim = self.encoder.spec.dim
-            if vectors.shape != (len(rows), dim):
-                raise SimcliError(f"encoder returned shape {vectors.shape}, expected ({len(rows)}, {dim})")
+            check_shape(vectors, len(rows), self.encoder.spec.dim)
             vectors = np.ascontiguousarray(vectors, dtype=self.store_dtype)
             entry = write_shard(self.out, plan.k, plan.first, rows, vectors)
             entry["truncated"] = stats.truncated
@@ -131,6 +144,86 @@ class ShardEncoder:
             results["seconds"].append(stats.seconds)
             results["worker"].append(os.getpid())
         return results
+
+
+ProgressBar = Callable[[], AbstractContextManager[ProgressFn | None]]
+"""Opens the caller's progress display when encoding starts and gives its (sentences, tokens) callback."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The model as the driver opened it once, on the CPU, before Ray starts: a bad model, whitening file or
+    input fails there, and the ModelSpec goes into the manifest before any actor has loaded the model."""
+
+    config: EncoderConfig  # what the actors load: a local model folder as an absolute path
+    spec: ModelSpec
+    info: dict[str, Any]  # the probe's Encoder.info()
+    whitening: Whitening | None
+
+    @property
+    def max_length(self) -> int:
+        return int(self.info["max_length"])
+
+
+def probe(
+    inputs: Sequence[str],
+    out: Path,
+    config: EncoderConfig,
+    *,
+    whitening: Path | None,
+    read_options: Mapping[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> Probe:
+    """Check the output folder and the inputs, then open the model (and its whitening) once on the CPU."""
+    from simcli.models.encoder import load_encoder
+    from simcli.whitening import WhitenedEncoder
+
+    check_output_folder(out, resume=resume, overwrite=overwrite)
+    # a typo in a path or column fails before the model loads
+    check_inputs(inputs, read_options["column"], read_options["errors"])
+    encoder: Any = load_encoder(config.with_options(device="cpu", dtype="float32"))
+    w = None
+    if whitening is not None:
+        encoder = WhitenedEncoder.from_file(encoder, whitening)
+        w = encoder.whitening
+    if Path(config.model).exists():  # a local folder: where the workers find it too (a shared filesystem)
+        config = config.with_options(model=absolute(config.model))
+    return Probe(config, encoder.spec, encoder.info(), w)
+
+
+def encode_on_ray(
+    ray: Any,
+    probed: Probe,
+    inputs: Sequence[str],
+    out: Path,
+    *,
+    workers: int | None,
+    cpus_per_worker: float | None,
+    gpus_per_worker: float,
+    shard_size: int,
+    store_dtype: str,
+    normalize: bool,
+    resume: bool,
+    overwrite: bool,
+    allow_mixed: bool,
+    read_options: dict[str, Any],
+    log: Callable[[str], None],
+    progress: ProgressBar | None = None,
+) -> StoreSummary:
+    """`simcli encode --ray` once `probe` has opened the model and `ray` is connected: choose the actor pool,
+    say what runs where, and encode the store (whitened vectors are always L2-normalised)."""
+    from simcli.models.encoder import describe
+
+    pool = workers_for(ray, workers, cpus_per_worker, gpus_per_worker)
+    log(f"{describe(probed.info, device=False)}; on Ray: {pool.describe()}")
+    with (progress or nullcontext)() as advance:
+        return encode_store(
+            ray, inputs, probed.config, probed.spec, out,
+            pool=pool, whitening=probed.whitening, shard_size=shard_size, store_dtype=store_dtype,
+            normalize=normalize or probed.whitening is not None, resume=resume, overwrite=overwrite,
+            read_options=read_options, allow_mixed=allow_mixed, progress=advance,
+        )  # fmt: skip
 
 
 def encode_store(
@@ -172,67 +265,81 @@ def encode_store(
     writer = StoreWriter(out, header, resume=resume, overwrite=overwrite)
     with writer.discarded_on_error():
         earlier = list(writer.done)
-        if len(earlier) > len(plans):
-            raise ManifestMismatch(
-                f"{out}: cannot resume: the input now ends in shard {len(plans)}, the interrupted run wrote "
-                f"{len(earlier)} shards (input changed; {RESTART})"
-            )
-        for plan, entry in zip(plans, earlier):
-            _check_finished(out, entry, plan)
-            if progress is not None:
-                progress(plan.count, 0)
+        _check_earlier(out, plans, earlier, progress)
         todo = plans[len(earlier) :]
-        tokens, seconds = 0, 0.0
+        landed = _Landed(writer, earlier if not allow_mixed else [], progress, on_shard)
         if todo:
-            ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
-            results = ds.map_batches(
-                ShardEncoder,
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=min(pool.count, len(todo))),
-                num_cpus=pool.cpus,
-                num_gpus=pool.gpus or None,
-                fn_constructor_kwargs={
-                    "config": actor_config(config),
-                    "whitening": whitening,
-                    "out": str(out.absolute()),
-                    "store_dtype": store_dtype,
-                    "normalize": normalize,
-                    "read_options": read_options,
-                    "threads": pool.threads,
-                },
-            )
-            landed: dict[int, dict[str, Any]] = {}  # shards whose files landed before an earlier shard's
-            for row in results.iter_rows():
-                entry = json.loads(row["entry"])
-                if earlier and not allow_mixed:
-                    check_same_dtype(earlier, entry["computed_with"]["dtype"], out)
-                landed[int(entry["name"].removeprefix("shard-"))] = entry
-                while len(writer.done) in landed:  # listed in id order, as a single-process run lists them
-                    writer.add(landed.pop(len(writer.done)))
-                tokens += int(row["tokens"])
-                seconds += float(row["seconds"])
-                if progress is not None:
-                    progress(int(entry["count"]), int(row["tokens"]) or 1)
-                if on_shard is not None:
-                    on_shard(dict(row))
+            actor = {
+                "config": actor_config(config), "whitening": whitening, "out": str(out.absolute()),
+                "store_dtype": store_dtype, "normalize": normalize, "read_options": read_options,
+                "threads": pool.threads,
+            }  # fmt: skip
+            for row in _pipeline(ray, todo, pool, actor).iter_rows():
+                landed.add(row)
             if len(writer.done) != len(plans):
                 raise SimcliError(f"{out}: {len(plans) - len(writer.done)} shards did not land")
-    writer.save(complete=True, empty_skipped=stats.empty_skipped)
-    done = writer.done
-    return StoreSummary(
-        out=out,
-        count=sum(s["count"] for s in done),
-        dim=spec.dim,
-        shards=len(done),
-        shards_written=len(todo),
-        shards_skipped=len(earlier),
-        empty_kept=sum(s["empty"] for s in done),
+    return writer.finish(
+        spec.dim,
+        written=len(todo),
+        skipped=len(earlier),
         empty_skipped=stats.empty_skipped,
-        truncated=sum(s["truncated"] for s in done),
-        tokens=tokens,
-        seconds=seconds,
+        tokens=landed.tokens,
+        seconds=landed.seconds,
         rows_read=stats.rows,
     )
+
+
+def _check_earlier(
+    out: Path, plans: list[ShardPlan], earlier: list[dict[str, Any]], progress: ProgressFn | None
+) -> None:
+    """The interrupted run's shards fit the input as it is planned now (they are reported as skipped)."""
+    check_input_end(out, len(plans), len(earlier))
+    for plan, entry in zip(plans, earlier):
+        _check_finished(out, entry, plan)
+        if progress is not None:
+            progress(plan.count, 0)
+
+
+def _pipeline(ray: Any, todo: list[ShardPlan], pool: Workers, actor: dict[str, Any]) -> Any:
+    """The Ray Data pipeline: one block a shard plan, through a pool of `ShardEncoder` actors built from `actor`."""
+    ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
+    return ds.map_batches(
+        ShardEncoder,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(pool.count, len(todo))),
+        num_cpus=pool.cpus,
+        num_gpus=pool.gpus or None,
+        fn_constructor_kwargs=actor,
+    )
+
+
+@dataclass
+class _Landed:
+    """The driver's side of the shards as they land, in any order: listed in the manifest in id order, as a
+    single-process run lists them; tokens and encoder time summed."""
+
+    writer: StoreWriter
+    earlier: list[dict[str, Any]]  # finished shards whose device dtype the new ones must share
+    progress: ProgressFn | None
+    on_shard: Callable[[dict[str, Any]], None] | None
+    tokens: int = 0
+    seconds: float = 0.0
+    waiting: dict[int, dict[str, Any]] = field(default_factory=dict)  # landed before an earlier shard
+
+    def add(self, row: dict[str, Any]) -> None:
+        entry = json.loads(row["entry"])
+        if self.earlier:
+            check_same_dtype(self.earlier, entry["computed_with"]["dtype"], self.writer.out)
+        self.waiting[int(entry["name"].removeprefix("shard-"))] = entry
+        done = self.writer.done
+        while len(done) in self.waiting:
+            self.writer.add(self.waiting.pop(len(done)))
+        self.tokens += int(row["tokens"])
+        self.seconds += float(row["seconds"])
+        if self.progress is not None:
+            self.progress(int(entry["count"]), int(row["tokens"]) or 1)
+        if self.on_shard is not None:
+            self.on_shard(dict(row))
 
 
 def _check_finished(out: Path, entry: dict[str, Any], plan: ShardPlan) -> None:

@@ -27,6 +27,7 @@ from simcli.io import (
     check_input,
     column_index,
     input_format,
+    is_uri,
     open_input,
     parse_positions,
     positioned_records,
@@ -247,4 +248,4 @@ def read_shard(plan: ShardPlan, read_options: dict[str, Any]) -> list[Record]:
 
 def absolute(path: str) -> str:
     """A local input path made absolute (workers may run elsewhere); URIs as they are."""
-    return path if "://" in path else str(Path(path).absolute())
+    return path if is_uri(path) else str(Path(path).absolute())
