@@ -609,7 +609,7 @@ class _Todo:
 
 def _write_shards(
     writer: StoreWriter,
-    encoder: Encoder,
+    encoder: SentenceEncoder,
     stream: Iterable[tuple[Sequence[Record], np.ndarray]],
     todo: _Todo,
     store_dtype: str,
