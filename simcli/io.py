@@ -7,6 +7,7 @@ then rename, so an interrupted run never leaves a half-written artefact.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -164,6 +165,15 @@ def write_jsonl(f: IO[str], rows: Iterable[dict[str, Any]]) -> int:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         count += 1
     return count
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # -- readers -------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from simcli.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_with,
+    sha256_file,
     with_first_row,
 )
 from simcli.manifest import check_same_model, computed_with, new_manifest, read_manifest
@@ -191,14 +192,6 @@ def _is_store_file(name: str) -> bool:
         or (name.startswith("shard-") and name.endswith((".npy", ".jsonl")))
         or (name.startswith((".shard-", f".{MANIFEST}.")) and name.endswith(".tmp"))
     )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # The C string encoder of the json module: the same bytes as json.dumps(..., ensure_ascii=False) with default
@@ -388,7 +381,7 @@ def _check_file(path: Path, size: int, sha256: str | None = None) -> None:
         raise CorruptArtifact(f"{path}: missing") from None
     if actual != size:
         raise CorruptArtifact(f"{path}: truncated or altered ({actual} bytes, the manifest says {size})")
-    if sha256 is not None and _sha256_file(path) != sha256:
+    if sha256 is not None and sha256_file(path) != sha256:
         raise CorruptArtifact(f"{path}: altered (sha256 differs from the manifest)")
 
 

