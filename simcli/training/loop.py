@@ -24,7 +24,7 @@ from simcli.errors import UsageError
 from simcli.io import atomic_write_with
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates
-from simcli.models.encoder import CPU_BATCH_TOKENS, Encoder, load_encoder
+from simcli.models.encoder import Encoder, default_batch_tokens, load_encoder
 from simcli.models.loading import recorded_name
 from simcli.models.native import NativeBackbone
 from simcli.training.checkpoint import check_out, staged_folder, write_checkpoint
@@ -194,7 +194,7 @@ class Trainer:
         short sentences are not padded to the batch's longest."""
         if isinstance(self.model.backbone, NativeBackbone) or self.device.type != "cpu":
             return 10**9
-        return CPU_BATCH_TOKENS
+        return default_batch_tokens(self.device.type)
 
     def loss(self, b: Batch) -> torch.Tensor:
         vec = self.vectors(b.rows)
