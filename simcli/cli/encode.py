@@ -12,24 +12,25 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from simcli.cli._app import (
+from simcli.cli._app import aligned, app, command_line, counted, read_summary, reported_errors
+from simcli.cli.options import (
     BatchTokensOpt,
+    ColumnOpt,
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    FieldOpt,
     HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
     ModelOpt,
+    OverwriteOpt,
     PoolingOpt,
+    RayOpt,
+    ResumeOpt,
+    SkipEmptyOpt,
     TokenizerOpt,
     WhiteningFileOpt,
-    aligned,
-    app,
-    command_line,
-    counted,
-    read_summary,
-    reported_errors,
 )
 from simcli.errors import UsageError
 from simcli.io import count_rows, is_uri
@@ -134,16 +135,6 @@ def _progress(total: int | None) -> Iterator[ProgressFn | None]:
         yield advance
 
 
-def read_options(
-    column: str | None, field: str | None, errors: str, skip_empty: bool, header: bool | None
-) -> dict[str, Any]:
-    """The reader's options, as the store manifest records them (and --resume compares them)."""
-    options: dict[str, Any] = {"column": column, "field": field, "errors": errors, "skip_empty": skip_empty}
-    if header is not None:  # recorded only when given: stores written before the flag existed still resume
-        options["header"] = header
-    return options
-
-
 def _warn_counts(empty_kept: int, truncated: int, max_length: int) -> None:
     if empty_kept:
         _note(f"warning: {counted(empty_kept, 'empty line')} kept (use --skip-empty)")
@@ -166,11 +157,9 @@ def encode(
     json_lines: Annotated[
         bool, typer.Option("--json", help='{"id", "text", "vector"} lines on stdout instead of --out.')
     ] = False,
-    column: Annotated[
-        str | None, typer.Option(help="tsv/csv column: header name or 0-based index (default: text).")
-    ] = None,
+    column: ColumnOpt = None,
     header: HeaderOpt = None,
-    field: Annotated[str | None, typer.Option(help="jsonl field holding the text (default: text).")] = None,
+    field: FieldOpt = None,
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
@@ -194,25 +183,17 @@ def encode(
             "to worker b % N).",
         ),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    resume: ResumeOpt = False,
     allow_mixed: Annotated[
         bool,
         typer.Option(
             "--allow-mixed", help="With --resume: accept another device dtype than the finished shards'."
         ),
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")] = False,
-    skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")] = False,
+    overwrite: OverwriteOpt = False,
+    skip_empty: SkipEmptyOpt = False,
     errors: ErrorsOpt = "strict",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="Encode on Ray: local (a runtime on this machine), auto (the running cluster, else local) "
-            "or a cluster address. Inputs may then be parquet or URIs (s3://, gs://); --out must be a "
-            "folder every worker sees.",
-        ),
-    ] = None,
+    ray_address: RayOpt = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -236,10 +217,11 @@ def encode(
     With --whitening FILE (from `simcli whiten fit`) the vectors are whitened and L2-normalised.
     """
     with reported_errors():
-        from simcli.io import ReadStats, expand_uri_globs, no_sentences, read_records
+        from simcli.io import ReadOptions, ReadStats, expand_uri_globs, no_sentences
         from simcli.store import check_output_folder
 
         inputs = expand_uri_globs(inputs)  # s3://bucket/corpus/*.jsonl: the shell cannot expand it
+        read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
 
         if (out is None) == (not json_lines):
             raise UsageError("give --out DIR to write a store, or --json for JSON lines on stdout")
@@ -263,7 +245,7 @@ def encode(
                     ),
                     whitening=whitening, normalize=normalize, store_dtype=store_dtype, shard_size=shard_size,
                     resume=resume, overwrite=overwrite, allow_mixed=allow_mixed,
-                    read_options=read_options(column, field, errors, skip_empty, header),
+                    read_options=read.as_dict(),
                     workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                 )  # fmt: skip
             except KeyboardInterrupt:  # the driver lists landed shards in order: they resume like local ones
@@ -271,9 +253,8 @@ def encode(
             return
         if out is not None:
             check_output_folder(out, resume=resume, overwrite=overwrite)
-        options = read_options(column, field, errors, skip_empty, header)
         read_stats = ReadStats()
-        records = read_records(inputs, stats=read_stats, **options)
+        records = read.records(inputs, stats=read_stats)
         head = next(records, None)  # an empty input fails before the model loads
         if head is None:
             raise no_sentences(inputs, read_stats, "encode")
@@ -313,7 +294,7 @@ def encode(
                     overwrite=overwrite,
                     shard=split,
                     inputs=inputs,
-                    read_options=options,
+                    read_options=read,
                     read_stats=read_stats,
                     progress=progress,
                     allow_mixed=allow_mixed,

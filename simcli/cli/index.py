@@ -12,28 +12,29 @@ from typing import Annotated, Any
 
 import typer
 
-from simcli.cli._app import (
+from simcli.cli._app import aligned, app, command_line, counted, from_environment, reported_errors
+from simcli.cli.options import (
     BatchTokensOpt,
+    ColumnOpt,
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    FieldOpt,
     HeaderOpt,
     JsonOpt,
-    MaxLengthOpt,
+    ModelLocationOpt,
     ModelOpt,
+    OptionalMaxLengthOpt,
+    OptionalModelOpt,
+    OverwriteOpt,
     PoolingOpt,
     RayOpt,
+    SkipEmptyOpt,
     TokenizerOpt,
     WhiteningFileOpt,
-    aligned,
-    app,
-    command_line,
-    counted,
-    from_environment,
-    reported_errors,
 )
 from simcli.errors import BadInput, UsageError
-from simcli.io import Errors
+from simcli.io import ReadOptions
 from simcli.types import EncoderConfig
 
 index_app = typer.Typer(
@@ -42,29 +43,13 @@ index_app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 
-OptionalModelOpt = Annotated[str | None, ModelOpt.__metadata__[0]]
 IndexDirArg = Annotated[Path, typer.Argument(help="An index folder (`simcli index build --out`).")]
-ColumnOpt = Annotated[
-    str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
-]
-FieldOpt = Annotated[
-    str | None, typer.Option("--field", help="jsonl field holding the text (default: text).")
-]
-SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")]
 NprobeOpt = Annotated[
     int | None,
     typer.Option("--nprobe", min=1, help="IVF lists to visit (default: tuned at build, in the manifest)."),
 ]
 EfSearchOpt = Annotated[
     int | None, typer.Option("--ef-search", min=1, help="HNSW search breadth (default: tuned at build).")
-]
-ModelLocationOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Where the index's model lives now, if it moved (its weights must match the recorded hash).",
-    ),
 ]
 IndexDTypeOpt = Annotated[
     str | None,
@@ -83,12 +68,6 @@ def _note(message: str) -> None:
 def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
     params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
     return params or None
-
-
-def _read_options(
-    column: str | None, field: str | None, skip_empty: bool, header: bool | None, errors: str
-) -> dict[str, Any]:
-    return {"column": column, "field": field, "skip_empty": skip_empty, "header": header, "errors": errors}
 
 
 def _bar_progress(bar: Any) -> Any:
@@ -137,9 +116,9 @@ def build(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
-    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index in --out.")] = False,
+    max_length: OptionalMaxLengthOpt = None,  # None: load_encoder's default
+    batch_tokens: BatchTokensOpt = None,
+    overwrite: OverwriteOpt = False,
     csls: Annotated[
         bool,
         typer.Option(
@@ -156,54 +135,19 @@ def build(
     with reported_errors():
         from simcli.cli.whiten import progress_bar
         from simcli.index import Index
-        from simcli.index.sources import check_store_flags, is_store
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
-        if len(inputs) == 1 and is_store(inputs[0]):
-            # the store fixes these: refuse a contradiction rather than ignore it; the same values are fine
-            check_store_flags(
-                inputs[0], model=model, pooling=pooling, tokenizer=tokenizer, max_length=max_length
-            )
-            model = None
-        config = None
-        if model is not None:
-            config = EncoderConfig(model).with_options(
-                pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
-                batch_tokens=batch_tokens,
-            )  # fmt: skip
-        moments = fill = None
-        if (
-            ray_address is not None
-        ):  # the whitening's moments and the adding on Ray: the driver never holds the corpus
-            from simcli.index.sources import is_store
-
-            if model is not None or not (len(inputs) == 1 and is_store(inputs[0])):
-                raise UsageError(
-                    "--ray builds from one vector store folder (`simcli encode --ray` makes one)"
-                )
-            from simcli.scale.index import build_hooks_on_ray
-            from simcli.scale.runtime import connect
-
-            moments, fill = build_hooks_on_ray(connect(ray_address), inputs[0], _note)
+        config = _build_encoder(inputs, model, pooling, tokenizer, device, dtype, max_length, batch_tokens)
+        moments, fill = _ray_hooks(ray_address, inputs, config)
+        read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
         try:
             with progress_bar() as bar:
                 idx = Index.build(
-                    inputs,
-                    out=out,
-                    model=config,
-                    index=index,
-                    whiten=whiten,
-                    whitening=whitening,
-                    memory=memory,
-                    read_options=_read_options(column, field, skip_empty, header, errors),
-                    overwrite=overwrite,
-                    csls=csls,
-                    progress=_bar_progress(bar),
-                    log=_note,
-                    moments=moments,
-                    fill=fill,
-                )
+                    inputs, out=out, model=config, index=index, whiten=whiten, whitening=whitening,
+                    memory=memory, read_options=read, overwrite=overwrite, csls=csls,
+                    progress=_bar_progress(bar), log=_note, moments=moments, fill=fill,
+                )  # fmt: skip
         except KeyboardInterrupt:
             # a generation becomes the index only when its manifest lands, so nothing half-built stays
             _note(f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
@@ -217,6 +161,46 @@ def build(
                 f"wrote {out}: {info['count']} vectors, dim {info['dim']}, {info['index']}, "
                 f"search {_fmt_params(info['search_params'])}, recall@10 {info['tuned_recall_at_10']:.3f}"
             )
+
+
+def _build_encoder(
+    inputs: list[str],
+    model: str | None,
+    pooling: str,
+    tokenizer: str | None,
+    device: str,
+    dtype: str,
+    max_length: int | None,
+    batch_tokens: int | None,
+) -> EncoderConfig | None:
+    """The encoder of text inputs; None for a vector store, which fixes its model, pooling and length (a
+    flag contradicting the store is refused rather than ignored; the same values are fine)."""
+    from simcli.index.sources import check_store_flags, is_store
+
+    if len(inputs) == 1 and is_store(inputs[0]):
+        check_store_flags(inputs[0], model=model, pooling=pooling, tokenizer=tokenizer, max_length=max_length)
+        return None
+    if model is None:
+        return None
+    return EncoderConfig(model).with_options(
+        pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
+        batch_tokens=batch_tokens,
+    )  # fmt: skip
+
+
+def _ray_hooks(ray_address: str | None, inputs: list[str], config: EncoderConfig | None) -> tuple[Any, Any]:
+    """The whitening's moments and the adding on Ray (the driver never holds the corpus); (None, None)
+    without --ray."""
+    if ray_address is None:
+        return None, None
+    from simcli.index.sources import is_store
+
+    if config is not None or not (len(inputs) == 1 and is_store(inputs[0])):
+        raise UsageError("--ray builds from one vector store folder (`simcli encode --ray` makes one)")
+    from simcli.scale.index import build_hooks_on_ray
+    from simcli.scale.runtime import connect
+
+    return build_hooks_on_ray(connect(ray_address), inputs[0], _note)
 
 
 def _fmt_params(params: dict[str, int]) -> str:
@@ -251,7 +235,9 @@ def add(
         with progress_bar() as bar:
             n = idx.add(
                 inputs,
-                read_options=_read_options(column, field, skip_empty, header, errors),
+                read_options=ReadOptions(
+                    column=column, field=field, header=header, errors=errors, skip_empty=skip_empty
+                ),
                 progress=_bar_progress(bar),
                 log=_note,
             )
@@ -309,22 +295,15 @@ def check(
         )
 
 
-def _queries(
-    texts: list[str],
-    file: Path | None,
-    column: str | None,
-    field: str | None,
-    errors: Errors,
-    header: bool | None = None,
-) -> list[str]:
-    from simcli.io import STDIN, read_records
+def _queries(texts: list[str], file: Path | None, read: ReadOptions) -> list[str]:
+    from simcli.io import STDIN
 
     if texts and file is not None:
         raise UsageError("give queries as arguments or --file, not both")
     if texts == [STDIN]:  # `simcli query idx -`: the queries come on stdin, as for `simcli encode -`
         file = Path(STDIN)
     elif texts:
-        if column is not None or field is not None:
+        if read.column is not None or read.field is not None:
             raise UsageError("--column and --field choose the text of --file (or of - for stdin)")
         return texts
     elif file is None:
@@ -332,8 +311,7 @@ def _queries(
             raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
         file = Path(STDIN)
     name = STDIN if str(file) == STDIN else str(file)
-    records = read_records([name], column=column, field=field, skip_empty=True, header=header, errors=errors)
-    return [r.text for r in records]
+    return [r.text for r in read.records([name])]
 
 
 @app.command()
@@ -392,7 +370,8 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file, column, field, errors, header)
+        read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=True)
+        queries = _queries(texts or [], file, read)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)
@@ -432,7 +411,7 @@ def similar(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    max_length: OptionalMaxLengthOpt = None,  # None: load_encoder's default
     json_out: JsonOpt = False,
 ) -> None:
     """Cosine similarity of two sentences, or the matrix of several.

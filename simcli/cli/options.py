@@ -97,7 +97,7 @@ ErrorsOpt = Annotated[
 ]
 
 # Outputs and runs.
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what --out names if it exists.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into --out.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout instead of a table.")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG of the result (needs matplotlib).")]
@@ -106,6 +106,7 @@ RayOpt = Annotated[
     typer.Option(
         "--ray",
         help="Run on Ray: local (a runtime on this machine), auto (the running cluster, else local) or a "
-        "cluster address (`pip install -e '.[ray]'`); the store must be on a filesystem every worker sees.",
+        "cluster address (`pip install -e '.[ray]'`); the store must be on a filesystem every worker sees. "
+        "encode --ray also reads parquet and URIs (s3://, gs://).",
     ),
 ]

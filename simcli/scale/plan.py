@@ -238,12 +238,11 @@ def read_piece(
 def read_shard(plan: ShardPlan, read_options: ReadOptions | Mapping[str, Any]) -> list[Record]:
     """All the rows of a shard, in id order (the read options as ReadOptions or a dict of its fields)."""
     opts = ReadOptions.of(read_options)
+    column = None if opts.column is None else str(opts.column)  # the planner's readers take names or digits
     rows: list[Record] = []
     for piece in plan.pieces:
         rows.extend(
-            read_piece(
-                piece, column=opts.column, field=opts.field, errors=opts.errors, skip_empty=opts.skip_empty
-            )
+            read_piece(piece, column=column, field=opts.field, errors=opts.errors, skip_empty=opts.skip_empty)
         )
     return rows
 
