@@ -79,6 +79,40 @@ def _hide_flag_types(command: typer.core.TyperCommand | TyperGroup) -> None:
         _hide_flag_types(sub)
 
 
+class _DefaultContext(typer.Context):
+    @property
+    def command_path(self) -> str:
+        return str(super().command_path).rstrip()  # the default command has no name of its own
+
+
+class _DefaultCommand(typer.core.TyperCommand):
+    """A group's default command: shown and reported as the group itself (`Usage: simcli train ...`)."""
+
+    context_class = _DefaultContext
+
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any, **extra: Any) -> Any:
+        return super().make_context("", args, *rest, **extra)
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group with a default command: a first word that names none of its visible sub-commands (a file, an
+    option, --help) goes to the command registered with `default_command()`. So `simcli train PAIRS...`
+    fine-tunes, while `simcli train distill ...` is a sub-command with its own options and --help."""
+
+    DEFAULT = "default"  # hidden: never matched from the command line, whose words all go to the default
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        visible = {n for n, c in self.commands.items() if not c.hidden}
+        if args and args[0] not in visible:
+            args = [self.DEFAULT, *args]
+        return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+
+
+def default_command(group: typer.Typer) -> Any:
+    """Register the decorated function as `group`'s default command (group made with DefaultCommandGroup)."""
+    return group.command(DefaultCommandGroup.DEFAULT, hidden=True, cls=_DefaultCommand, no_args_is_help=True)
+
+
 app = typer.Typer(
     cls=_OneLineErrors,
     name="simcli",

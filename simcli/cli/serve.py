@@ -3,13 +3,22 @@ similar, generate). FastAPI and uvicorn (the `serve` extra) are imported only wh
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from simcli.cli._app import DeviceOpt, DTypeOpt, PoolingOpt, TokenizerOpt, app, reported_errors
-from simcli.errors import MissingDependency
+from simcli.cli._app import app, reported_errors
+from simcli.cli.options import (
+    BatchTokensOpt,
+    DeviceOpt,
+    DTypeOpt,
+    MaxLengthOpt,
+    OptionalModelOpt,
+    PoolingOpt,
+    TokenizerOpt,
+    WhiteningFileOpt,
+)
+from simcli.errors import MissingDependency, UsageError
 from simcli.serve.options import (
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
@@ -18,9 +27,14 @@ from simcli.serve.options import (
     DEFAULT_MAX_WAIT_MS,
     DEFAULT_PORT,
     DEFAULT_TRIM_INTERVAL_S,
-    ServeOptions,
 )
-from simcli.types import DEFAULT_MAX_LENGTH
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
+
+MIN_BATCH_TOKENS = 16  # a smaller budget could not hold one short sentence
+
+# The old spelling of --batch-tokens, still accepted (hidden from --help): a parameter of its own, since a
+# second name on the same option cannot be hidden alone.
+OldBatchTokensOpt = Annotated[int | None, typer.Option("--max-batch-tokens", hidden=True)]
 
 
 def _note(message: str) -> None:
@@ -29,15 +43,7 @@ def _note(message: str) -> None:
 
 @app.command()
 def serve(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Hub id or local model folder to serve (default: the models of the indexes).",
-            envvar="SIMCLI_MODEL",
-        ),
-    ] = None,
+    model: OptionalModelOpt = None,
     index: Annotated[
         list[str] | None,
         typer.Option(
@@ -46,9 +52,7 @@ def serve(
             "name without .idx). Its model, pooling, max length and whitening come from its manifest.",
         ),
     ] = None,
-    whitening: Annotated[
-        Path | None, typer.Option("--whitening", help="Whitening file for --model's vectors.")
-    ] = None,
+    whitening: WhiteningFileOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 for every one).")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="TCP port.")] = DEFAULT_PORT,
     api_key: Annotated[
@@ -64,17 +68,9 @@ def serve(
     dtype: DTypeOpt = "auto",
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
-    max_length: Annotated[
-        int, typer.Option("--max-length", help="Tokens per sentence for --model; longer input is truncated.")
-    ] = DEFAULT_MAX_LENGTH,
-    max_batch_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-batch-tokens",
-            min=16,
-            help="Token budget of one model batch (padded length x sentences); default 1024 on CPU, 16384 on CUDA.",
-        ),
-    ] = None,
+    max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
+    batch_tokens: BatchTokensOpt = None,
+    max_batch_tokens: OldBatchTokensOpt = None,
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, help="Longest a request waits for others to batch with.")
     ] = DEFAULT_MAX_WAIT_MS,
@@ -109,23 +105,44 @@ def serve(
 ) -> None:
     """Serve embeddings (OpenAI-compatible), search, similar and generate over HTTP, with dynamic batching.
 
+    --model is optional: without it the models of the indexes are served. Its pooling, tokenizer and max
+    length apply to --model only (an index brings its own); --device and --dtype to every model.
+
     Example: simcli serve --model junnyu/roformer_chinese_sim_char_ft_small --index faq.idx --port 8000
     """
     with reported_errors():
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn  # noqa: F401
-        except ImportError as e:
-            raise MissingDependency(
-                f"simcli serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]' in the simcli source folder"
-            ) from None
+        _require_serve_extra()
+        from simcli.serve.options import ServeOptions
         from simcli.serve.server import serve as run
 
+        encoder = EncoderConfig(
+            model or "", pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype,
+            batch_tokens=_token_budget(batch_tokens, max_batch_tokens),
+        )  # fmt: skip
         options = ServeOptions(
-            model=model, indexes=list(index or []), whitening=str(whitening) if whitening else None, host=host,
-            port=port, api_key=api_key or None, device=device, dtype=dtype, pooling=pooling, tokenizer=tokenizer,
-            max_length=max_length, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            encoder=encoder, indexes=list(index or []), whitening=str(whitening) if whitening else None,
+            host=host, port=port, api_key=api_key or None, max_wait_ms=max_wait_ms, max_queue=max_queue,
             max_inputs=max_inputs, max_body_bytes=max_body_bytes, workers=workers, threads=threads,
             trim_interval_s=trim_interval,
         )  # fmt: skip
         run(options, _note)
+
+
+def _token_budget(batch_tokens: int | None, old: int | None) -> int | None:
+    """--batch-tokens, or its old spelling --max-batch-tokens; at least MIN_BATCH_TOKENS."""
+    if batch_tokens is not None and old is not None and batch_tokens != old:
+        raise UsageError("--max-batch-tokens is the old name of --batch-tokens: give one of them")
+    budget = batch_tokens if batch_tokens is not None else old
+    if budget is not None and budget < MIN_BATCH_TOKENS:
+        raise UsageError(f"--batch-tokens must be at least {MIN_BATCH_TOKENS}, got {budget}")
+    return budget
+
+
+def _require_serve_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(
+            f"simcli serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]' in the simcli source folder"
+        ) from None
