@@ -60,6 +60,62 @@ IndexDTypeOpt = Annotated[
     ),
 ]
 
+IndexTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--index", help="auto | flat | hnsw | ivf | ivfpq | a faiss factory string (e.g. IVF1024,Flat)."
+    ),
+]
+WhitenSettingOpt = Annotated[
+    str,
+    typer.Option(
+        "--whiten",
+        help="auto | none | full | K: auto = none for RoFormer-Sim / SimBERT / sentence-bert (m3e, sentence-transformers), for unsupervised encoders "
+        "whitening to 256-d (base; 128 small, 384 large).",
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory", help="Memory budget of the index for --index auto, e.g. 2GB (default: half the RAM)."
+    ),
+]
+CslsOpt = Annotated[
+    bool,
+    typer.Option("--csls", help="Also compute the CSLS radii for `query --rerank csls` (`index hubness`)."),
+]
+QueryFileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
+]
+MinScoreOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score", help="Drop hits below this score (the cosine; the CSLS score with --rerank csls)."
+    ),
+]
+RerankOpt = Annotated[
+    str,
+    typer.Option(
+        "--rerank",
+        help="none | csls: re-rank the cosine candidates by CSLS, 2 cos - r(y), which demotes hubs "
+        "(needs `simcli index hubness` first).",
+    ),
+]
+CandidatesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--candidates", min=1, help="Cosine candidates --rerank csls re-ranks [default: max(4k, 50)]."
+    ),
+]
+QueryJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='{"query", "results": [{"rank", "id", "score", "text"}]} lines ("csls" too when re-ranked).',
+    ),
+]
+
 
 def _note(message: str) -> None:
     typer.echo(f"simcli: {message}", err=True)
@@ -86,27 +142,10 @@ def build(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The index folder to write.")],
     model: OptionalModelOpt = None,
-    index: Annotated[
-        str,
-        typer.Option(
-            "--index", help="auto | flat | hnsw | ivf | ivfpq | a faiss factory string (e.g. IVF1024,Flat)."
-        ),
-    ] = "auto",
-    whiten: Annotated[
-        str,
-        typer.Option(
-            "--whiten",
-            help="auto | none | full | K: auto = none for RoFormer-Sim / SimBERT / sentence-bert (m3e, sentence-transformers), for unsupervised encoders "
-            "whitening to 256-d (base; 128 small, 384 large).",
-        ),
-    ] = "auto",
+    index: IndexTypeOpt = "auto",
+    whiten: WhitenSettingOpt = "auto",
     whitening: WhiteningFileOpt = None,
-    memory: Annotated[
-        str | None,
-        typer.Option(
-            "--memory", help="Memory budget of the index for --index auto, e.g. 2GB (default: half the RAM)."
-        ),
-    ] = None,
+    memory: MemoryOpt = None,
     column: ColumnOpt = None,
     header: HeaderOpt = None,
     field: FieldOpt = None,
@@ -119,12 +158,7 @@ def build(
     max_length: OptionalMaxLengthOpt = None,  # None: load_encoder's default
     batch_tokens: BatchTokensOpt = None,
     overwrite: OverwriteOpt = False,
-    csls: Annotated[
-        bool,
-        typer.Option(
-            "--csls", help="Also compute the CSLS radii for `query --rerank csls` (`index hubness`)."
-        ),
-    ] = False,
+    csls: CslsOpt = False,
     json_out: JsonOpt = False,
     ray_address: RayOpt = None,
 ) -> None:
@@ -153,14 +187,17 @@ def build(
             _note(f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
                   f"{command_line(ctx)}")  # fmt: skip
             raise typer.Exit(130) from None
-        info = idx.info()
-        if json_out:
-            typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
-        else:
-            typer.echo(
-                f"wrote {out}: {info['count']} vectors, dim {info['dim']}, {info['index']}, "
-                f"search {_fmt_params(info['search_params'])}, recall@10 {info['tuned_recall_at_10']:.3f}"
-            )
+        _print_built(out, idx.info(), json_out)
+
+
+def _print_built(out: Path, info: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
+    else:
+        typer.echo(
+            f"wrote {out}: {info['count']} vectors, dim {info['dim']}, {info['index']}, "
+            f"search {_fmt_params(info['search_params'])}, recall@10 {info['tuned_recall_at_10']:.3f}"
+        )
 
 
 def _build_encoder(
@@ -322,43 +359,17 @@ def query(
         typer.Argument(help="Queries (or --file, or one a line on stdin: - or nothing)."),
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
-    ] = None,
+    file: QueryFileOpt = None,
     column: ColumnOpt = None,
     header: HeaderOpt = None,
     field: FieldOpt = None,
     errors: ErrorsOpt = "strict",
-    min_score: Annotated[
-        float | None,
-        typer.Option(
-            "--min-score", help="Drop hits below this score (the cosine; the CSLS score with --rerank csls)."
-        ),
-    ] = None,
+    min_score: MinScoreOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
-    rerank: Annotated[
-        str,
-        typer.Option(
-            "--rerank",
-            help="none | csls: re-rank the cosine candidates by CSLS, 2 cos - r(y), which demotes hubs "
-            "(needs `simcli index hubness` first).",
-        ),
-    ] = "none",
-    candidates: Annotated[
-        int | None,
-        typer.Option(
-            "--candidates", min=1, help="Cosine candidates --rerank csls re-ranks [default: max(4k, 50)]."
-        ),
-    ] = None,
-    json_out: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help='{"query", "results": [{"rank", "id", "score", "text"}]} lines ("csls" too when re-ranked).',
-        ),
-    ] = False,
+    rerank: RerankOpt = "none",
+    candidates: CandidatesOpt = None,
+    json_out: QueryJsonOpt = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
     dtype: IndexDTypeOpt = None,
@@ -383,21 +394,26 @@ def query(
         results = idx.search(
             queries, k=k, min_score=min_score, params=_params(nprobe, ef_search), rerank=step
         )
-        out = []
-        for q, hits in zip(queries, results, strict=True):
-            if json_out:
-                rows = [h.to_json() for h in hits]
-                out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
-            else:
-                out.append(q)
-                out.extend(
-                    f"{h.rank:>4}  {h.score:.4f}  {h.text}"
-                    if h.cosine is None
-                    else f"{h.rank:>4}  {h.score:.4f}  {h.cosine:.4f}  {h.text}"
-                    for h in hits
-                )
-                out.append("")
-        typer.echo("\n".join(out).rstrip("\n"))
+        _print_hits(queries, results, json_out)
+
+
+def _print_hits(queries: list[str], results: list[Any], json_out: bool) -> None:
+    """A JSON line a query, or the query then a line a hit (rank, score, the cosine when re-ranked, text)."""
+    out = []
+    for q, hits in zip(queries, results, strict=True):
+        if json_out:
+            rows = [h.to_json() for h in hits]
+            out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
+        else:
+            out.append(q)
+            out.extend(
+                f"{h.rank:>4}  {h.score:.4f}  {h.text}"
+                if h.cosine is None
+                else f"{h.rank:>4}  {h.score:.4f}  {h.cosine:.4f}  {h.text}"
+                for h in hits
+            )
+            out.append("")
+    typer.echo("\n".join(out).rstrip("\n"))
 
 
 @app.command()

@@ -36,6 +36,55 @@ MIN_BATCH_TOKENS = 16  # a smaller budget could not hold one short sentence
 # second name on the same option cannot be hidden alone.
 OldBatchTokensOpt = Annotated[int | None, typer.Option("--max-batch-tokens", hidden=True)]
 
+ServeIndexOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--index",
+        help="An index folder to serve (repeatable); NAME=DIR names it (default: the folder "
+        "name without .idx). Its model, pooling, max length and whitening come from its manifest.",
+    ),
+]
+HostOpt = Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 for every one).")]
+PortOpt = Annotated[int, typer.Option(help="TCP port.")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="Require 'Authorization: Bearer KEY' (except /health and /metrics).",
+        envvar="SIMCLI_API_KEY",
+        show_envvar=True,
+    ),
+]
+MaxWaitOpt = Annotated[
+    float, typer.Option("--max-wait-ms", min=0, help="Longest a request waits for others to batch with.")
+]
+MaxQueueOpt = Annotated[
+    int, typer.Option("--max-queue", min=1, help="Requests waiting for the model before 503s.")
+]
+MaxInputsOpt = Annotated[int, typer.Option("--max-inputs", min=1, help="Texts in one request.")]
+MaxBodyOpt = Annotated[
+    int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="torch threads of the model (default: the cores, shared among --workers processes).",
+    ),
+]
+TrimIntervalOpt = Annotated[
+    float,
+    typer.Option(
+        "--trim-interval",
+        min=0,
+        help="Seconds between returns of freed heap memory to the OS (glibc malloc_trim); 0: never.",
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=1, help="Server processes, each with its own copy of the models.")
+]
+
 
 def _note(message: str) -> None:
     typer.echo(f"simcli: {message}", err=True)
@@ -44,26 +93,11 @@ def _note(message: str) -> None:
 @app.command()
 def serve(
     model: OptionalModelOpt = None,
-    index: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--index",
-            help="An index folder to serve (repeatable); NAME=DIR names it (default: the folder "
-            "name without .idx). Its model, pooling, max length and whitening come from its manifest.",
-        ),
-    ] = None,
+    index: ServeIndexOpt = None,
     whitening: WhiteningFileOpt = None,
-    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 for every one).")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="TCP port.")] = DEFAULT_PORT,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            help="Require 'Authorization: Bearer KEY' (except /health and /metrics).",
-            envvar="SIMCLI_API_KEY",
-            show_envvar=True,
-        ),
-    ] = None,
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = DEFAULT_PORT,
+    api_key: ApiKeyOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
     pooling: PoolingOpt = "auto",
@@ -71,37 +105,13 @@ def serve(
     max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     batch_tokens: BatchTokensOpt = None,
     max_batch_tokens: OldBatchTokensOpt = None,
-    max_wait_ms: Annotated[
-        float, typer.Option("--max-wait-ms", min=0, help="Longest a request waits for others to batch with.")
-    ] = DEFAULT_MAX_WAIT_MS,
-    max_queue: Annotated[
-        int, typer.Option("--max-queue", min=1, help="Requests waiting for the model before 503s.")
-    ] = DEFAULT_MAX_QUEUE,
-    max_inputs: Annotated[
-        int, typer.Option("--max-inputs", min=1, help="Texts in one request.")
-    ] = DEFAULT_MAX_INPUTS,
-    max_body_bytes: Annotated[
-        int, typer.Option("--max-body-bytes", min=1024, help="Largest request body (413 above).")
-    ] = DEFAULT_MAX_BODY_BYTES,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads",
-            min=1,
-            help="torch threads of the model (default: the cores, shared among --workers processes).",
-        ),
-    ] = None,
-    trim_interval: Annotated[
-        float,
-        typer.Option(
-            "--trim-interval",
-            min=0,
-            help="Seconds between returns of freed heap memory to the OS (glibc malloc_trim); 0: never.",
-        ),
-    ] = DEFAULT_TRIM_INTERVAL_S,
-    workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Server processes, each with its own copy of the models.")
-    ] = 1,
+    max_wait_ms: MaxWaitOpt = DEFAULT_MAX_WAIT_MS,
+    max_queue: MaxQueueOpt = DEFAULT_MAX_QUEUE,
+    max_inputs: MaxInputsOpt = DEFAULT_MAX_INPUTS,
+    max_body_bytes: MaxBodyOpt = DEFAULT_MAX_BODY_BYTES,
+    threads: ThreadsOpt = None,
+    trim_interval: TrimIntervalOpt = DEFAULT_TRIM_INTERVAL_S,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Serve embeddings (OpenAI-compatible), search, similar and generate over HTTP, with dynamic batching.
 
