@@ -21,6 +21,7 @@ from simcli.cli.options import (
     ModelOpt,
     OverwriteOpt,
     ResumeOpt,
+    fields_of,
 )
 from simcli.errors import UsageError
 from simcli.paraphrase import (
@@ -62,6 +63,7 @@ def _progress(total: int | None, unit: str) -> Iterator[ProgressFn | None]:
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     texts: Annotated[
         list[str] | None, typer.Argument(help="Sentences to paraphrase.", show_default=False)
     ] = None,
@@ -122,11 +124,7 @@ def generate(
     with reported_errors():
         from simcli.paraphrase import GenerationConfig
 
-        config = GenerationConfig(
-            n=n, k=k, top_p=top_p, top_k=top_k, temperature=temperature, greedy=greedy, seed=seed,
-            max_length=max_length, max_new_tokens=max_new_tokens, mask_ratio=mask_ratio, min_score=min_score,
-            max_score=max_score,
-        )  # fmt: skip
+        config = GenerationConfig(**fields_of(ctx, GenerationConfig))
         _check_mode(texts, input, out, json_out, resume, overwrite, column, header, errors)
         from simcli.paraphrase import load_paraphraser
 
@@ -187,9 +185,17 @@ def _generate_file(
 
     with _progress(count_rows([str(input)], column, header), "sentences") as progress:
         summary = generate_file(
-            para, input, out, config, column=column, header=header, resume=resume, overwrite=overwrite,
-            progress=progress, errors=errors,
-        )  # fmt: skip
+            para,
+            input,
+            out,
+            config,
+            column=column,
+            header=header,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            errors=errors,
+        )
     earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
     sentences = counted(summary.sources - summary.empty, "sentence")
     made = f"wrote {counted(summary.paraphrases, 'paraphrase')} of {sentences}{earlier} to {out}"

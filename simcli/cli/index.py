@@ -32,6 +32,7 @@ from simcli.cli.options import (
     SkipEmptyOpt,
     TokenizerOpt,
     WhiteningFileOpt,
+    encoder_config,
 )
 from simcli.errors import BadInput, UsageError
 from simcli.io import ReadOptions
@@ -172,20 +173,33 @@ def build(
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
-        config = _build_encoder(inputs, model, pooling, tokenizer, device, dtype, max_length, batch_tokens)
+        config = _build_encoder(ctx, inputs, model)
         moments, fill = _ray_hooks(ray_address, inputs, config)
         read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
         try:
             with progress_bar() as bar:
                 idx = Index.build(
-                    inputs, out=out, model=config, index=index, whiten=whiten, whitening=whitening,
-                    memory=memory, read_options=read, overwrite=overwrite, csls=csls,
-                    progress=_bar_progress(bar), log=_note, moments=moments, fill=fill,
-                )  # fmt: skip
+                    inputs,
+                    out=out,
+                    model=config,
+                    index=index,
+                    whiten=whiten,
+                    whitening=whitening,
+                    memory=memory,
+                    read_options=read,
+                    overwrite=overwrite,
+                    csls=csls,
+                    progress=_bar_progress(bar),
+                    log=_note,
+                    moments=moments,
+                    fill=fill,
+                )
         except KeyboardInterrupt:
             # a generation becomes the index only when its manifest lands, so nothing half-built stays
-            _note(f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
-                  f"{command_line(ctx)}")  # fmt: skip
+            _note(
+                f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
+                f"{command_line(ctx)}"
+            )
             raise typer.Exit(130) from None
         _print_built(out, idx.info(), json_out)
 
@@ -200,29 +214,18 @@ def _print_built(out: Path, info: dict[str, Any], json_out: bool) -> None:
         )
 
 
-def _build_encoder(
-    inputs: list[str],
-    model: str | None,
-    pooling: str,
-    tokenizer: str | None,
-    device: str,
-    dtype: str,
-    max_length: int | None,
-    batch_tokens: int | None,
-) -> EncoderConfig | None:
+def _build_encoder(ctx: typer.Context, inputs: list[str], model: str | None) -> EncoderConfig | None:
     """The encoder of text inputs; None for a vector store, which fixes its model, pooling and length (a
     flag contradicting the store is refused rather than ignored; the same values are fine)."""
     from simcli.index.sources import check_store_flags, is_store
 
     if len(inputs) == 1 and is_store(inputs[0]):
-        check_store_flags(inputs[0], model=model, pooling=pooling, tokenizer=tokenizer, max_length=max_length)
+        p = ctx.params
+        check_store_flags(
+            inputs[0], model=model, pooling=p["pooling"], tokenizer=p["tokenizer"], max_length=p["max_length"]
+        )
         return None
-    if model is None:
-        return None
-    return EncoderConfig(model).with_options(
-        pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
-        batch_tokens=batch_tokens,
-    )  # fmt: skip
+    return None if model is None else encoder_config(ctx, model)
 
 
 def _ray_hooks(ray_address: str | None, inputs: list[str], config: EncoderConfig | None) -> tuple[Any, Any]:

@@ -8,12 +8,14 @@ max length). Only stdlib, typer and light simcli modules are imported here: `sim
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from simcli.io import Errors
+from simcli.types import EncoderConfig
 
 _model = typer.Option(
     "--model",
@@ -110,3 +112,16 @@ RayOpt = Annotated[
         "encode --ray also reads parquet and URIs (s3://, gs://).",
     ),
 ]
+
+
+def fields_of(ctx: typer.Context, cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The command's parsed parameters named as fields of dataclass `cls` (but `skip`): the options go into
+    a config object by name, not forwarded one keyword at a time."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    return {k: v for k, v in ctx.params.items() if k in names}
+
+
+def encoder_config(ctx: typer.Context, model: str) -> EncoderConfig:
+    """EncoderConfig(model) with the encoder options the command took (pooling, tokenizer, max length,
+    device, dtype, batch tokens); an option left unset (None) keeps the field's default."""
+    return EncoderConfig(model).with_options(**fields_of(ctx, EncoderConfig, skip=("model",)))

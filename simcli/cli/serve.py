@@ -3,6 +3,7 @@ similar, generate). FastAPI and uvicorn (the `serve` extra) are imported only wh
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -17,6 +18,8 @@ from simcli.cli.options import (
     PoolingOpt,
     TokenizerOpt,
     WhiteningFileOpt,
+    encoder_config,
+    fields_of,
 )
 from simcli.errors import MissingDependency, UsageError
 from simcli.serve.options import (
@@ -28,7 +31,7 @@ from simcli.serve.options import (
     DEFAULT_PORT,
     DEFAULT_TRIM_INTERVAL_S,
 )
-from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
+from simcli.types import DEFAULT_MAX_LENGTH
 
 MIN_BATCH_TOKENS = 16  # a smaller budget could not hold one short sentence
 
@@ -92,6 +95,7 @@ def _note(message: str) -> None:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     model: OptionalModelOpt = None,
     index: ServeIndexOpt = None,
     whitening: WhiteningFileOpt = None,
@@ -125,16 +129,18 @@ def serve(
         from simcli.serve.options import ServeOptions
         from simcli.serve.server import serve as run
 
-        encoder = EncoderConfig(
-            model or "", pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype,
-            batch_tokens=_token_budget(batch_tokens, max_batch_tokens),
-        )  # fmt: skip
+        budget = _token_budget(batch_tokens, max_batch_tokens)
+        encoder = replace(
+            encoder_config(ctx, model or ""), batch_tokens=budget
+        )  # "": the indexes' models only
         options = ServeOptions(
-            encoder=encoder, indexes=list(index or []), whitening=str(whitening) if whitening else None,
-            host=host, port=port, api_key=api_key or None, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            max_inputs=max_inputs, max_body_bytes=max_body_bytes, workers=workers, threads=threads,
+            encoder=encoder,
+            indexes=list(index or []),
+            whitening=str(whitening) if whitening else None,
+            api_key=api_key or None,
             trim_interval_s=trim_interval,
-        )  # fmt: skip
+            **fields_of(ctx, ServeOptions, skip=("encoder", "indexes", "whitening", "api_key")),
+        )
         run(options, _note)
 
 

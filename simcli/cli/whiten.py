@@ -24,6 +24,7 @@ from simcli.cli.options import (
     PoolingOpt,
     RayOpt,
     TokenizerOpt,
+    encoder_config,
 )
 from simcli.errors import OutputExists, UsageError
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
@@ -123,10 +124,7 @@ def fit(
                 raise UsageError("--ray fits on a vector store folder (`simcli encode --ray` makes one)")
             if model is None:
                 raise UsageError("text sources need --model (or give a store folder)")
-            config = EncoderConfig(model).with_options(
-                pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
-                batch_tokens=batch_tokens,
-            )  # fmt: skip
+            config = encoder_config(ctx, model)
             # whitening is fitted on sentences: empty lines carry none, so they are always skipped
             read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=True)
             w = _fit_texts(sources, config, dim, beta, gamma, clamp, read)
