@@ -48,6 +48,31 @@ PairColumnsOpt = Annotated[
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")]
 
+FitOnOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--fit-on",
+        help="Fit whitening on this file (one sentence a line, or a pair file) instead of each task's "
+        "own sentences.",
+    ),
+]
+CorpusOpt = Annotated[
+    Path | None,
+    typer.Option("--corpus", help="Distractor sentences added to every corpus (one a line, or a pair file)."),
+]
+RerankSettingsOpt = Annotated[
+    str,
+    typer.Option(help="Comma-separated: none (cosine), csls (CSLS re-rank of the cosine candidates)."),
+]
+CandidatesOpt = Annotated[
+    int | None,
+    typer.Option("--candidates", help="Cosine candidates CSLS re-ranks [default: max(4k, 50) = 50]."),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(help="A pair is a paraphrase when its label is above this [default: mid label range]."),
+]
+
 
 def _encoder_note(cut: str | None = None) -> Callable[[Any], None]:
     """What `on_encoder` prints once a model is loaded: model, family, dim (and max length), device, dtype."""
@@ -87,14 +112,7 @@ def sts(
     whiten: WhitenSettingsOpt = "none,full",
     beta: BetaOpt = 1.0,
     gamma: GammaOpt = 1.0,
-    fit_on: Annotated[
-        Path | None,
-        typer.Option(
-            "--fit-on",
-            help="Fit whitening on this file (one sentence a line, or a pair file) instead of each task's "
-            "own sentences.",
-        ),
-    ] = None,
+    fit_on: FitOnOpt = None,
     columns: PairColumnsOpt = None,
     limit: LimitOpt = None,
     max_length: OptionalMaxLengthOpt = None,
@@ -132,10 +150,19 @@ def sts(
                     tokenizer=tokenizer, device=device, dtype=dtype, batch_tokens=batch_tokens
                 )
                 by_model[name] = evaluate_sts(
-                    files, config, poolings=pooling, whiten=whiten, beta=beta, gamma=gamma, fit_on=fit_on,
-                    columns=cols, limit=limit, max_length=max_length, progress=_task_progress(bar),
+                    files,
+                    config,
+                    poolings=pooling,
+                    whiten=whiten,
+                    beta=beta,
+                    gamma=gamma,
+                    fit_on=fit_on,
+                    columns=cols,
+                    limit=limit,
+                    max_length=max_length,
+                    progress=_task_progress(bar),
                     on_encoder=_encoder_note(cut),
-                )  # fmt: skip
+                )
         _report_sts(by_model, plot, json_out, beta, gamma, fit_on)
 
 
@@ -227,26 +254,12 @@ def retrieval(
         typer.Argument(help="Labelled pair files, as for `eval sts` (label above --threshold = paraphrase)."),
     ],
     model: ModelOpt,
-    corpus: Annotated[
-        Path | None,
-        typer.Option(
-            "--corpus", help="Distractor sentences added to every corpus (one a line, or a pair file)."
-        ),
-    ] = None,
+    corpus: CorpusOpt = None,
     pooling: PoolingsOpt = "auto",
     whiten: WhitenSettingsOpt = "none,full",
-    rerank: Annotated[
-        str,
-        typer.Option(help="Comma-separated: none (cosine), csls (CSLS re-rank of the cosine candidates)."),
-    ] = "none,csls",
-    candidates: Annotated[
-        int | None,
-        typer.Option("--candidates", help="Cosine candidates CSLS re-ranks [default: max(4k, 50) = 50]."),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="A pair is a paraphrase when its label is above this [default: mid label range]."),
-    ] = None,
+    rerank: RerankSettingsOpt = "none,csls",
+    candidates: CandidatesOpt = None,
+    threshold: ThresholdOpt = None,
     beta: BetaOpt = 1.0,
     gamma: GammaOpt = 1.0,
     columns: PairColumnsOpt = None,
@@ -278,11 +291,26 @@ def retrieval(
 
         with progress_bar() as bar:
             results = evaluate_retrieval(
-                files, model, poolings=pooling, whiten=whiten, rerank=rerank, candidates=candidates,
-                corpus=corpus, threshold=threshold, beta=beta, gamma=gamma, columns=cols, limit=limit,
-                max_length=max_length, tokenizer=tokenizer, device=device, dtype=dtype,
-                batch_tokens=batch_tokens, progress=_task_progress(bar), on_encoder=_encoder_note(),
-            )  # fmt: skip
+                files,
+                model,
+                poolings=pooling,
+                whiten=whiten,
+                rerank=rerank,
+                candidates=candidates,
+                corpus=corpus,
+                threshold=threshold,
+                beta=beta,
+                gamma=gamma,
+                columns=cols,
+                limit=limit,
+                max_length=max_length,
+                tokenizer=tokenizer,
+                device=device,
+                dtype=dtype,
+                batch_tokens=batch_tokens,
+                progress=_task_progress(bar),
+                on_encoder=_encoder_note(),
+            )
         if json_out:
             for r in results:
                 typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))

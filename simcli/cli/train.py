@@ -248,7 +248,14 @@ def distill(
         options = _train_options(ctx)
         with _progress("distilling") as on_step:
             path, record = run(
-                files, teacher, student, out, options, resume=resume, overwrite=overwrite, log=_note,
+                files,
+                teacher,
+                student,
+                out,
+                options,
+                resume=resume,
+                overwrite=overwrite,
+                log=_note,
                 on_step=on_step,
-            )  # fmt: skip
+            )
         _report(path, record)

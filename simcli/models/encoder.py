@@ -51,6 +51,7 @@ def default_batch_tokens(device_type: str) -> int:
     """The token budget of one batch when none is given: CUDA_BATCH_TOKENS on CUDA, else CPU_BATCH_TOKENS."""
     return CUDA_BATCH_TOKENS if device_type == "cuda" else CPU_BATCH_TOKENS
 
+
 # Sentences for the bf16 accuracy check of `--dtype auto` (written for simcli: everyday questions of
 # the kinds the similarity data sets hold, mixed lengths, some ASCII).
 CALIBRATION_SENTENCES = [

@@ -10,10 +10,30 @@ from simcli.types import EncoderConfig, init_on_encoder
 
 # The hyper-parameters as training.json lists them.
 _RECORDED = (
-    "loss", "kind", "columns", "threshold", "limit", "eval_files", "eval_every", "save_best", "batch_size",
-    "epochs", "steps", "lr", "weight_decay", "warmup", "max_length", "seed", "grad_accum", "dtype", "device",
-    "pooling", "batch_tokens", "save_every", "log_every",
-)  # fmt: skip
+    "loss",
+    "kind",
+    "columns",
+    "threshold",
+    "limit",
+    "eval_files",
+    "eval_every",
+    "save_best",
+    "batch_size",
+    "epochs",
+    "steps",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "max_length",
+    "seed",
+    "grad_accum",
+    "dtype",
+    "device",
+    "pooling",
+    "batch_tokens",
+    "save_every",
+    "log_every",
+)
 
 
 @dataclass(frozen=True, init=False)
