@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from simcli.cli._app import DefaultCommandGroup, app, default_command, reported_errors
-from simcli.cli.options import DeviceOpt, MaxLengthOpt, ModelOpt, OverwriteOpt
+from simcli.cli.options import DeviceOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, ResumeOpt
 from simcli.errors import UsageError
 from simcli.types import DEFAULT_MAX_LENGTH
 
@@ -108,10 +108,6 @@ SaveEveryOpt = Annotated[
     int | None,
     typer.Option("--save-every", help="Steps between resumable states (default: --eval-every, else 500)."),
 ]
-TrainResumeOpt = Annotated[
-    bool,
-    typer.Option("--resume", help="Continue an interrupted run from its last saved state (OUT.partial)."),
-]
 
 # The CLI parameters that are not TrainOptions fields (or are under another name).
 _NOT_OPTIONS = {"files", "out", "model", "teacher", "student", "resume", "overwrite", "eval_files", "columns"}
@@ -181,12 +177,14 @@ def train(
     pass_tokens: PassTokensOpt = None,
     old_pass_tokens: OldPassTokensOpt = None,
     save_every: SaveEveryOpt = None,
-    resume: TrainResumeOpt = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fine-tune a sentence encoder on labelled pairs.
 
     Example: simcli train pairs.tsv --model M --out ./tuned --eval dev.tsv --epochs 1
+
+    --resume continues from the last state an interrupted run saved (OUT.partial).
 
     To distil a fine-tuned encoder into RoFormer-Sim: simcli train distill --help
     """
@@ -235,7 +233,7 @@ def distill(
     pass_tokens: PassTokensOpt = None,
     old_pass_tokens: OldPassTokensOpt = None,
     save_every: SaveEveryOpt = None,
-    resume: TrainResumeOpt = False,
+    resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Distil a fine-tuned encoder's similarities into RoFormer-Sim, keeping its generation.
