@@ -41,12 +41,15 @@ def spearman_of(model: str, test: Path, threads_note: str = "") -> float:
 
 
 def train_simcli(folder: str, train: Path, out: Path, loss: str, args: argparse.Namespace) -> float:
+    from simcli.training import TrainOptions
     from simcli.training import train as run
 
     start = time.perf_counter()
     run(
-        [train], folder, out, loss=loss, epochs=1, batch_size=args.batch_size, lr=args.lr, warmup=0.1,
-        seed=args.seed, dtype=args.dtype, batch_tokens=args.batch_tokens, overwrite=True,
+        [train], folder, out,
+        TrainOptions(loss=loss, epochs=1, batch_size=args.batch_size, lr=args.lr, warmup=0.1, seed=args.seed,
+                     dtype=args.dtype, batch_tokens=args.batch_tokens),
+        overwrite=True,
     )  # fmt: skip
     return time.perf_counter() - start
 
@@ -89,7 +92,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--dtype", default="auto", help="simcli's mixed precision (auto: bf16 where it pays)")
-    ap.add_argument("--batch-tokens", type=int, default=None, help="simcli --batch-tokens")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="simcli train --pass-tokens")
     ap.add_argument("--skip-st", action="store_true")
     args = ap.parse_args()
 

@@ -73,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from simcli.models.loading import open_checkpoint
-    from simcli.training import train
+    from simcli.training import TrainOptions, train
 
     folder = str(open_checkpoint(args.model).path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,8 +104,10 @@ def main() -> None:
             out = where / f"{args.model}-{setting}{tag}"
             start = time.perf_counter()
             _, record = train(
-                files, folder, out, loss=loss, epochs=args.epochs, steps=args.steps, batch_size=32, lr=args.lr, warmup=0.1, seed=args.seed,
-                dtype=args.dtype, overwrite=True,
+                files, folder, out,
+                TrainOptions(loss=loss, epochs=args.epochs, steps=args.steps, batch_size=32, lr=args.lr, warmup=0.1,
+                             seed=args.seed, dtype=args.dtype),
+                overwrite=True,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             pairs = record["steps"] * 32

@@ -23,6 +23,7 @@ _LAZY = {
     "evaluate_sts": "simcli.evaluate",
     "train": "simcli.training",
     "distill": "simcli.training",
+    "TrainOptions": "simcli.training.options",
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EncoderConfig",
     "GenerationConfig",
     "Index",
+    "TrainOptions",
     "Whitening",
     "__version__",
     "distill",

@@ -17,7 +17,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +217,56 @@ class ReadStats:
     def rows(self) -> int:
         """Rows read: the records yielded plus the empty ones skipped."""
         return self.records + self.empty_skipped
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How the text readers take sentences out of input files (see `read_records` for each field); built
+    once per command and handed down to every reader, store and shard planner."""
+
+    column: str | int | None = None
+    field: str | None = None
+    header: bool | None = None
+    errors: Errors = "strict"
+    skip_empty: bool = False
+
+    @classmethod
+    def of(cls, options: ReadOptions | Mapping[str, Any] | None) -> ReadOptions:
+        """`options` as ReadOptions: the Python API also takes a dict of these fields (None: the defaults)."""
+        if options is None:
+            return cls()
+        if isinstance(options, ReadOptions):
+            return options
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"unknown read option(s): {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in options.items() if v is not None or k in ("column", "field", "header")}
+        return cls(**given)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The form a store manifest records (and --resume compares): `header` only when given, so stores
+        written before that flag existed still resume."""
+        d: dict[str, Any] = {
+            "column": self.column,
+            "field": self.field,
+            "errors": self.errors,
+            "skip_empty": self.skip_empty,
+        }
+        if self.header is not None:
+            d["header"] = self.header
+        return d
+
+    def records(self, paths: Sequence[str | Path], stats: ReadStats | None = None) -> Iterator[Record]:
+        """`read_records(paths)` with these options."""
+        return read_records(
+            paths,
+            column=self.column,
+            field=self.field,
+            errors=self.errors,
+            skip_empty=self.skip_empty,
+            stats=stats,
+            header=self.header,
+        )
 
 
 def has_header(path: str | Path, header: bool | None = None) -> bool:

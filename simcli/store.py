@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, SimcliError, UsageError
 from simcli.io import (
     STDIN,
+    ReadOptions,
     ReadStats,
     Record,
     atomic_write_bytes,
@@ -392,9 +393,10 @@ def store_header(
     shard_size: int,
     shard: tuple[int, int] | None,
     inputs: Sequence[str | Path],
-    read_options: Mapping[str, Any] | None,
+    read_options: ReadOptions | Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """The manifest fields a store's writer fixes before the first shard (compared on --resume)."""
+    """The manifest fields a store's writer fixes before the first shard (compared on --resume); the
+    read options are recorded as given (a dict as it is, ReadOptions in its manifest form)."""
     return new_manifest(
         KIND,
         model=spec.to_dict(),
@@ -404,7 +406,7 @@ def store_header(
         shard_size=shard_size,
         shard_of=list(shard) if shard is not None else None,
         inputs=_describe_inputs(inputs),
-        read=dict(read_options or {}),
+        read=read_options.as_dict() if isinstance(read_options, ReadOptions) else dict(read_options or {}),
     )
 
 
@@ -518,7 +520,7 @@ def encode_to_store(
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
     inputs: Sequence[str | Path] = (),
-    read_options: Mapping[str, Any] | None = None,
+    read_options: ReadOptions | Mapping[str, Any] | None = None,
     read_stats: ReadStats | None = None,
     progress: ProgressFn | None = None,
     allow_mixed: bool = False,
@@ -536,7 +538,7 @@ def encode_to_store(
         overwrite: replace an existing store in `out`.
         shard: (i, N): encode only worker i's blocks of `shard_size` rows (block b goes to worker b % N).
         inputs: the input paths, recorded in the manifest and compared on resume.
-        read_options: the reader's options (column, field, errors, skip_empty), recorded and compared.
+        read_options: the reader's options (a ReadOptions, or a dict of its fields), recorded and compared.
         read_stats: the ReadStats the reader fills, for the empty-line counts in the manifest.
         progress: called with (sentences, tokens); finished shards skipped on resume report (count, 0).
         allow_mixed: let `resume` continue with another device dtype than the finished shards' (a store of

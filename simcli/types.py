@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 if TYPE_CHECKING:
@@ -70,6 +70,29 @@ class EncoderConfig:
     def with_options(self, **changes: Any) -> EncoderConfig:
         """A copy with the given fields changed; None values leave a field as it is (unset CLI options)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def init_on_encoder(
+    obj: Any,
+    encoder: EncoderConfig | dict[str, Any] | None,
+    settings: dict[str, Any],
+    renamed: dict[str, str] | None = None,
+) -> None:
+    """The __init__ of an options dataclass built on EncoderConfig (ServeOptions, TrainOptions): its
+    `encoder` is `encoder` (an EncoderConfig, its `asdict`, or none: model "") with the EncoderConfig fields
+    found in `settings` applied (`renamed`: old keyword -> field); its other fields come from `settings` or
+    their defaults. So `ServeOptions(dtype="float32")` still works, the encoder's settings declared once."""
+    renamed = renamed or {}
+    names = {f for f in EncoderConfig.__dataclass_fields__ if f != "model"}
+    changes = {renamed.get(k, k): settings.pop(k) for k in list(settings) if renamed.get(k, k) in names}
+    config = EncoderConfig(**encoder) if isinstance(encoder, dict) else encoder or EncoderConfig("")
+    object.__setattr__(obj, "encoder", replace(config, **changes))  # frozen dataclasses too
+    for f in fields(obj):
+        if f.name != "encoder":
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(obj, f.name, settings.pop(f.name, default))
+    if settings:
+        raise TypeError(f"{type(obj).__name__} got unexpected keyword(s): {', '.join(sorted(settings))}")
 
 
 @dataclass

@@ -129,7 +129,7 @@ def test_loss_falls_and_held_out_spearman_rises(
 ) -> None:
     out, record = train(
         [data["train"]], str(bert_dir), tmp_path / "out",
-        steps=200, batch_size=16, lr=3e-3, eval_files=[data["dev"]], eval_every=100,
+        TrainOptions(steps=200, batch_size=16, lr=3e-3, eval_files=[data["dev"]], eval_every=100),
     )  # fmt: skip
     history = [h["loss"] for h in record["loss_history"]]
     # each point is the mean of 10 steps of 16 pairs: noise ~0.01; seeds 1, 2, 42 fall by 0.04, 0.20, 0.09

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from simcli.cli import app
 from simcli.models.encoder import load_encoder
 from simcli.models.unilm import Job, Sampling, UniLM, build_mlm_head, sample_batch
-from simcli.training import distill
+from simcli.training import TrainOptions, distill
 from simcli.training.distillation import seq2seq_inputs, teacher_student_gap, unilm_loss
 from tests import checkpoints
 from tests.train_data import pairs, write_pairs
@@ -54,7 +54,11 @@ def test_distill_lowers_the_gap_and_keeps_generation(tmp_path: Path) -> None:
     gen_before = _held_out_unilm_loss(student, held)
 
     out, record = distill(
-        [train], str(teacher), str(student), tmp_path / "sim-ft", steps=60, batch_size=16, lr=1e-3
+        [train],
+        str(teacher),
+        str(student),
+        tmp_path / "sim-ft",
+        TrainOptions(steps=60, batch_size=16, lr=1e-3),
     )
     assert record["task"] == "distill" and record["steps"] == 60
     gap_after = teacher_student_gap(t_enc, load_encoder(str(out)), texts)

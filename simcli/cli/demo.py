@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from simcli.cli._app import app, reported_errors
+from simcli.cli.options import OverwriteOpt
 from simcli.types import DemoFamily
 
 #: What a checkpoint that encodes can be given to (every family encodes; two also generate).
@@ -24,7 +25,7 @@ def demo_model(
     hidden: Annotated[int, typer.Option(min=2, help="Hidden size.")] = 384,
     heads: Annotated[int, typer.Option(min=1, help="Attention heads (hidden / heads must be even).")] = 6,
     layers: Annotated[int, typer.Option(min=1, help="Layers.")] = 2,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the model folder there.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a small checkpoint with random weights, in the real hub layout, to try simcli offline.
 

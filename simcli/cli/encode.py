@@ -11,25 +11,26 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from simcli.cli._app import (
+from simcli.cli._app import app, command_line, counted, read_summary, reported_errors
+from simcli.cli.options import (
     BatchTokensOpt,
+    ColumnOpt,
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    FieldOpt,
     HeaderOpt,
     MaxLengthOpt,
     ModelOpt,
+    OverwriteOpt,
     PoolingOpt,
+    ResumeOpt,
+    SkipEmptyOpt,
     TokenizerOpt,
     WhiteningFileOpt,
-    app,
-    command_line,
-    counted,
-    read_summary,
-    reported_errors,
 )
 from simcli.errors import UsageError
-from simcli.io import count_rows, is_uri
+from simcli.io import ReadOptions, count_rows, is_uri
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, ProgressFn, StoreDType
 
@@ -54,7 +55,7 @@ def _note(message: str) -> None:
 
 def _expected_rows(
     paths: Sequence[str],
-    column: str | None,
+    column: str | int | None,
     shard: tuple[int, int] | None,
     size: int,
     header: bool | None = None,
@@ -122,16 +123,6 @@ def _progress(total: int | None) -> Iterator[ProgressFn | None]:
         yield advance
 
 
-def read_options(
-    column: str | None, field: str | None, errors: str, skip_empty: bool, header: bool | None
-) -> dict[str, Any]:
-    """The reader's options, as the store manifest records them (and --resume compares them)."""
-    options: dict[str, Any] = {"column": column, "field": field, "errors": errors, "skip_empty": skip_empty}
-    if header is not None:  # recorded only when given: stores written before the flag existed still resume
-        options["header"] = header
-    return options
-
-
 def _warn_counts(empty_kept: int, truncated: int, max_length: int) -> None:
     if empty_kept:
         _note(f"warning: {counted(empty_kept, 'empty line')} kept (use --skip-empty)")
@@ -150,10 +141,6 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Store folder t
 JsonLinesOpt = Annotated[
     bool, typer.Option("--json", help='{"id", "text", "vector"} lines on stdout instead of --out.')
 ]
-ColumnOpt = Annotated[
-    str | None, typer.Option(help="tsv/csv column: header name or 0-based index (default: text).")
-]
-FieldOpt = Annotated[str | None, typer.Option(help="jsonl field holding the text (default: text).")]
 NormalizeOpt = Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")]
 StoreDTypeOpt = Annotated[StoreDType, typer.Option("--store-dtype", help="Vectors on disk.")]
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", min=1, help="Sentences per shard.")]
@@ -166,15 +153,12 @@ ShardOpt = Annotated[
         "to worker b % N).",
     ),
 ]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
 AllowMixedOpt = Annotated[
     bool,
     typer.Option(
         "--allow-mixed", help="With --resume: accept another device dtype than the finished shards'."
     ),
 ]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the store in --out.")]
-SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")]
 RayAddressOpt = Annotated[
     str | None,
     typer.Option(
@@ -249,7 +233,7 @@ def encode(
             model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype,
             batch_tokens=batch_tokens,
         )  # fmt: skip
-        options = read_options(column, field, errors, skip_empty, header)
+        read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
         if ray_address is not None:
             if out is None or split is not None:
                 raise UsageError("--ray writes a store: give --out, not --json or --shard")
@@ -258,13 +242,13 @@ def encode(
                 _encode_on_ray(
                     ray_address, inputs, out, config, whitening=whitening, normalize=normalize,
                     store_dtype=store_dtype, shard_size=shard_size, resume=resume, overwrite=overwrite,
-                    allow_mixed=allow_mixed, read_options=options, workers=workers,
+                    allow_mixed=allow_mixed, read=read, workers=workers,
                     gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                 )  # fmt: skip
             return
         _encode_here(
             ctx, inputs, out, config, whitening=whitening, normalize=normalize, split=split,
-            read_options=options, shard_size=shard_size, store_dtype=store_dtype, resume=resume,
+            read=read, shard_size=shard_size, store_dtype=store_dtype, resume=resume,
             overwrite=overwrite, allow_mixed=allow_mixed,
         )  # fmt: skip
 
@@ -278,7 +262,7 @@ def _encode_here(
     whitening: Path | None,
     normalize: bool,
     split: tuple[int, int] | None,
-    read_options: dict[str, Any],
+    read: ReadOptions,
     shard_size: int,
     store_dtype: StoreDType,
     resume: bool,
@@ -286,19 +270,17 @@ def _encode_here(
     allow_mixed: bool,
 ) -> None:
     """`simcli encode` in this process: JSON lines on stdout, or a store folder."""
-    from simcli.io import ReadStats, read_records, with_first_row
+    from simcli.io import ReadStats, with_first_row
     from simcli.store import check_output_folder
 
     if out is not None:
         check_output_folder(out, resume=resume, overwrite=overwrite)
     read_stats = ReadStats()
     # an empty input fails before the model loads
-    records = with_first_row(
-        read_records(inputs, stats=read_stats, **read_options), inputs, read_stats, "encode"
-    )
+    records = with_first_row(read.records(inputs, stats=read_stats), inputs, read_stats, "encode")
     enc = _load(config, whitening)
     normalize = normalize or whitening is not None
-    column, header = read_options["column"], read_options.get("header")
+    column, header = read.column, read.header
     total = _expected_rows(inputs, column, split, shard_size, header) if sys.stderr.isatty() else None
     with _kept_on_interrupt(ctx, out), _progress(total) as progress:
         if out is None:
@@ -308,7 +290,7 @@ def _encode_here(
 
         summary = encode_to_store(
             records, enc, out, shard_size=shard_size, store_dtype=store_dtype, normalize=normalize,
-            resume=resume, overwrite=overwrite, shard=split, inputs=inputs, read_options=read_options,
+            resume=resume, overwrite=overwrite, shard=split, inputs=inputs, read_options=read,
             read_stats=read_stats, progress=progress, allow_mixed=allow_mixed,
         )  # fmt: skip
     summarize(summary, store_dtype, enc.max_length)
@@ -341,7 +323,7 @@ def _encode_on_ray(
     resume: bool,
     overwrite: bool,
     allow_mixed: bool,
-    read_options: dict[str, Any],
+    read: ReadOptions,
     workers: int | None,
     gpus_per_worker: float,
     cpus_per_worker: float | None,
@@ -350,13 +332,13 @@ def _encode_on_ray(
     from simcli.scale.encode import encode_on_ray, probe
     from simcli.scale.runtime import connect
 
-    column = read_options["column"]
+    column = read.column
     probed = probe(
         inputs,
         out,
         config,
         whitening=whitening,
-        read_options=read_options,
+        read_options=read.as_dict(),
         resume=resume,
         overwrite=overwrite,
     )
@@ -370,7 +352,7 @@ def _encode_on_ray(
     summary = encode_on_ray(
         ray, probed, inputs, out, workers=workers, cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker, shard_size=shard_size, store_dtype=store_dtype, normalize=normalize,
-        resume=resume, overwrite=overwrite, allow_mixed=allow_mixed, read_options=read_options, log=_note,
+        resume=resume, overwrite=overwrite, allow_mixed=allow_mixed, read_options=read.as_dict(), log=_note,
         progress=progress,
     )  # fmt: skip
     summarize(summary, store_dtype, probed.max_length)

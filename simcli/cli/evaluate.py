@@ -4,20 +4,22 @@ hubness), per pooling and whitening setting."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from simcli.cli._app import (
+from simcli.cli._app import app, reported_errors
+from simcli.cli.options import (
     BatchTokensOpt,
     DeviceOpt,
     DTypeOpt,
     JsonOpt,
     ModelOpt,
+    OptionalMaxLengthOpt,
+    PlotOpt,
     TokenizerOpt,
-    app,
-    reported_errors,
 )
 from simcli.cli.whiten import progress_bar
 from simcli.errors import UsageError
@@ -28,6 +30,74 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
+# The options both evaluations take.
+PoolingsOpt = Annotated[
+    str, typer.Option(help="Comma-separated poolings: auto, pooler, cls, last-avg, first-last-avg.")
+]
+WhitenSettingsOpt = Annotated[
+    str, typer.Option(help="Comma-separated whitening settings: none, full, or a dimension k (e.g. 256).")
+]
+BetaOpt = Annotated[float, typer.Option(help="Whitening beta for every setting but none.")]
+GammaOpt = Annotated[float, typer.Option(help="Whitening gamma for every setting but none.")]
+PairColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="first,second,label columns: 0-based indexes (no header) or header names / jsonl keys "
+        "[default: 0,1,2, or sentence1,sentence2,label when named so].",
+    ),
+]
+LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")]
+
+FitOnOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--fit-on",
+        help="Fit whitening on this file (one sentence a line, or a pair file) instead of each task's "
+        "own sentences.",
+    ),
+]
+CorpusOpt = Annotated[
+    Path | None,
+    typer.Option("--corpus", help="Distractor sentences added to every corpus (one a line, or a pair file)."),
+]
+RerankSettingsOpt = Annotated[
+    str,
+    typer.Option(help="Comma-separated: none (cosine), csls (CSLS re-rank of the cosine candidates)."),
+]
+CandidatesOpt = Annotated[
+    int | None,
+    typer.Option("--candidates", help="Cosine candidates CSLS re-ranks [default: max(4k, 50) = 50]."),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(help="A pair is a paraphrase when its label is above this [default: mid label range]."),
+]
+
+
+def _encoder_note(cut: str | None = None) -> Callable[[Any], None]:
+    """What `on_encoder` prints once a model is loaded: model, family, dim (and max length), device, dtype."""
+
+    def show(enc: Any) -> None:
+        spec = enc.spec
+        length = f", max length {cut}" if cut is not None else ""
+        typer.echo(
+            f"simcli: {spec.model} ({spec.family}, dim {spec.dim}{length}) on "
+            f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
+            err=True,
+        )
+
+    return show
+
+
+def _task_progress(bar: Any) -> Callable[[str, int], Any]:
+    """The `progress` of the evaluations: a bar per task, advanced by each encoded chunk."""
+
+    def progress(name: str, total: int) -> Any:
+        task = bar.add_task(name, total=total)
+        return lambda n, _tokens: bar.advance(task, n)
+
+    return progress
+
 
 @eval_app.command("sts")
 def sts(
@@ -37,95 +107,44 @@ def sts(
             help="Pair files: s1<TAB>s2<TAB>label (.data/.txt/.tsv), .csv or .jsonl (see --columns)."
         ),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help=f"{ModelOpt.__metadata__[0].help} Several, comma-separated, give a row per model.",
-            envvar="SIMCLI_MODEL",
-        ),
-    ],
-    pooling: Annotated[
-        str, typer.Option(help="Comma-separated poolings: auto, pooler, cls, last-avg, first-last-avg.")
-    ] = "auto",
-    whiten: Annotated[
-        str, typer.Option(help="Comma-separated whitening settings: none, full, or a dimension k (e.g. 256).")
-    ] = "none,full",
-    beta: Annotated[float, typer.Option(help="Whitening beta for every setting but none.")] = 1.0,
-    gamma: Annotated[float, typer.Option(help="Whitening gamma for every setting but none.")] = 1.0,
-    fit_on: Annotated[
-        Path | None,
-        typer.Option(
-            "--fit-on",
-            help="Fit whitening on this file (one sentence a line, or a pair file) instead of each task's "
-            "own sentences.",
-        ),
-    ] = None,
-    columns: Annotated[
-        str | None,
-        typer.Option(
-            help="first,second,label columns: 0-based indexes (no header) or header names / jsonl keys "
-            "[default: 0,1,2, or sentence1,sentence2,label when named so].",
-        ),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")] = None,
-    max_length: Annotated[
-        int | None,
-        typer.Option(
-            "--max-length",
-            help="Tokens per sentence, [CLS] and [SEP] included, for every file "
-            "[default: as published: 64, and 128 for PAWSX].",
-        ),
-    ] = None,
+    model: ModelOpt,
+    pooling: PoolingsOpt = "auto",
+    whiten: WhitenSettingsOpt = "none,full",
+    beta: BetaOpt = 1.0,
+    gamma: GammaOpt = 1.0,
+    fit_on: FitOnOpt = None,
+    columns: PairColumnsOpt = None,
+    limit: LimitOpt = None,
+    max_length: OptionalMaxLengthOpt = None,
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
     batch_tokens: BatchTokensOpt = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of score against whitening dimension.")
-    ] = None,
+    plot: PlotOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score an encoder on labelled pairs: Spearman x100 between cosine and label.
 
+    Several --model values, comma-separated, give a row per model. --max-length applies to every file; by
+    default each file gets the length the published tables use (64, and 128 for PAWSX). --plot draws the
+    score against the whitening dimension.
+
     Example: simcli eval sts LCQMC.test.data --model M --pooling cls,first-last-avg --whiten none,full,256
     """
     with reported_errors():
-        from simcli.evaluate import (
-            StsResult,
-            evaluate_sts,
-            parse_columns,
-            parse_whiten,
-            plot_scores,
-            require_matplotlib,
-        )
+        from simcli.evaluate import StsResult, evaluate_sts, parse_columns, parse_whiten, require_matplotlib
 
         parse_whiten(whiten)  # usage errors before the model loads
         cols = parse_columns(columns)
         if plot is not None:
             require_matplotlib()
 
-        cut = max_length if max_length is not None else _published_cuts(files)
-
-        def show(enc) -> None:  # type: ignore[no-untyped-def]
-            spec = enc.spec
-            typer.echo(
-                f"simcli: {spec.model} ({spec.family}, dim {spec.dim}, max length {cut}) on "
-                f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
-                err=True,
-            )
-
+        cut = str(max_length) if max_length is not None else _published_cuts(files)
         models = model_list(model)
         if plot is not None and len(models) > 1:
             raise UsageError("--plot draws one model: give one --model")
         by_model: dict[str, list[StsResult]] = {}
         with progress_bar() as bar:
-
-            def progress(name: str, total: int):  # type: ignore[no-untyped-def]
-                task = bar.add_task(name, total=total)
-                return lambda n, _tokens: bar.advance(task, n)
-
             for name in models:  # one model at a time: a row per model and setting
                 config = EncoderConfig(name).with_options(
                     tokenizer=tokenizer, device=device, dtype=dtype, batch_tokens=batch_tokens
@@ -141,26 +160,40 @@ def sts(
                     columns=cols,
                     limit=limit,
                     max_length=max_length,
-                    progress=progress,
-                    on_encoder=show,
+                    progress=_task_progress(bar),
+                    on_encoder=_encoder_note(cut),
                 )
-        results = [r for rs in by_model.values() for r in rs]
-        for r in results:
-            if r.clamped_from is not None:
-                typer.echo(
-                    f"simcli: note: {r.dataset} {r.pooling} whiten {r.whiten}: k {r.clamped_from} lowered "
-                    f"to the covariance rank {r.dim} ({r.fit_n} vectors)",
-                    err=True,
-                )
-        if plot is not None:
-            plot_scores(results, plot)
-        if json_out:
-            for name, rs in by_model.items():
-                for r in rs:  # which model, when there are several
-                    row = r.to_dict() if len(models) == 1 else {"model": name, **r.to_dict()}
-                    typer.echo(json.dumps(row, ensure_ascii=False))
-        else:
-            _print_table(by_model, beta, gamma, fit_on)
+        _report_sts(by_model, plot, json_out, beta, gamma, fit_on)
+
+
+def _report_sts(
+    by_model: dict[str, list[Any]],
+    plot: Path | None,
+    json_out: bool,
+    beta: float,
+    gamma: float,
+    fit_on: Path | None,
+) -> None:
+    """Notes on lowered dimensions (stderr), then the plot, and the table or JSON lines (stdout)."""
+    from simcli.evaluate import plot_scores
+
+    results = [r for rs in by_model.values() for r in rs]
+    for r in results:
+        if r.clamped_from is not None:
+            typer.echo(
+                f"simcli: note: {r.dataset} {r.pooling} whiten {r.whiten}: k {r.clamped_from} lowered "
+                f"to the covariance rank {r.dim} ({r.fit_n} vectors)",
+                err=True,
+            )
+    if plot is not None:
+        plot_scores(results, plot)
+    if json_out:
+        for name, rs in by_model.items():
+            for r in rs:  # which model, when there are several
+                row = r.to_dict() if len(by_model) == 1 else {"model": name, **r.to_dict()}
+                typer.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        _print_table(by_model, beta, gamma, fit_on)
 
 
 def _published_cuts(files: list[Path]) -> str:
@@ -221,43 +254,17 @@ def retrieval(
         typer.Argument(help="Labelled pair files, as for `eval sts` (label above --threshold = paraphrase)."),
     ],
     model: ModelOpt,
-    corpus: Annotated[
-        Path | None,
-        typer.Option(
-            "--corpus", help="Distractor sentences added to every corpus (one a line, or a pair file)."
-        ),
-    ] = None,
-    pooling: Annotated[
-        str, typer.Option(help="Comma-separated poolings: auto, pooler, cls, last-avg, first-last-avg.")
-    ] = "auto",
-    whiten: Annotated[
-        str, typer.Option(help="Comma-separated whitening settings: none, full, or a dimension k (e.g. 256).")
-    ] = "none,full",
-    rerank: Annotated[
-        str,
-        typer.Option(help="Comma-separated: none (cosine), csls (CSLS re-rank of the cosine candidates)."),
-    ] = "none,csls",
-    candidates: Annotated[
-        int | None,
-        typer.Option("--candidates", help="Cosine candidates CSLS re-ranks [default: max(4k, 50) = 50]."),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="A pair is a paraphrase when its label is above this [default: mid label range]."),
-    ] = None,
-    beta: Annotated[float, typer.Option(help="Whitening beta for every setting but none.")] = 1.0,
-    gamma: Annotated[float, typer.Option(help="Whitening gamma for every setting but none.")] = 1.0,
-    columns: Annotated[
-        str | None,
-        typer.Option(help="first,second,label columns, as for `eval sts` [default: 0,1,2]."),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N pairs of each file.")] = None,
-    max_length: Annotated[
-        int | None,
-        typer.Option(
-            "--max-length", help="Tokens per sentence [default: as published: 64, and 128 for PAWSX]."
-        ),
-    ] = None,
+    corpus: CorpusOpt = None,
+    pooling: PoolingsOpt = "auto",
+    whiten: WhitenSettingsOpt = "none,full",
+    rerank: RerankSettingsOpt = "none,csls",
+    candidates: CandidatesOpt = None,
+    threshold: ThresholdOpt = None,
+    beta: BetaOpt = 1.0,
+    gamma: GammaOpt = 1.0,
+    columns: PairColumnsOpt = None,
+    limit: LimitOpt = None,
+    max_length: OptionalMaxLengthOpt = None,
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
@@ -268,6 +275,7 @@ def retrieval(
 
     Queries are the first sentences of the positive pairs, the corpus every distinct sentence (plus
     --corpus), each query left out of its own results; its relevant documents are its paraphrases.
+    --max-length defaults to the length the published tables use (64, and 128 for PAWSX).
 
     Example: simcli eval retrieval LCQMC.test.data --model M --whiten none,256 --rerank none,csls
     """
@@ -281,20 +289,7 @@ def retrieval(
             raise UsageError("eval retrieval takes one --model (eval sts takes a comma list)")
         cols = parse_columns(columns)
 
-        def show(enc) -> None:  # type: ignore[no-untyped-def]
-            spec = enc.spec
-            typer.echo(
-                f"simcli: {spec.model} ({spec.family}, dim {spec.dim}) on "
-                f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
-                err=True,
-            )
-
         with progress_bar() as bar:
-
-            def progress(name: str, total: int):  # type: ignore[no-untyped-def]
-                task = bar.add_task(name, total=total)
-                return lambda n, _tokens: bar.advance(task, n)
-
             results = evaluate_retrieval(
                 files,
                 model,
@@ -313,8 +308,8 @@ def retrieval(
                 device=device,
                 dtype=dtype,
                 batch_tokens=batch_tokens,
-                progress=progress,
-                on_encoder=show,
+                progress=_task_progress(bar),
+                on_encoder=_encoder_note(),
             )
         if json_out:
             for r in results:

@@ -7,13 +7,13 @@ simcli/index/hubness.py, the index side in simcli/index/neighbourhood.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from simcli.cli._app import JsonOpt, reported_errors
+from simcli.cli._app import reported_errors
 from simcli.cli.index import IndexDirArg, index_app
+from simcli.cli.options import JsonOpt, PlotOpt
 
 
 @index_app.command("stats")
@@ -27,9 +27,7 @@ def stats(
         ),
     ] = 20000,
     top: Annotated[int, typer.Option("--top", min=0, help="Hubs to list.")] = 10,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG histogram of N_k (needs matplotlib).")
-    ] = None,
+    plot: PlotOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Hubness of an index: k-occurrence N_k of every vector, its skewness, anti-hubs, top hubs.
@@ -37,6 +35,8 @@ def stats(
     N_k(y) counts the vectors that have y among their k nearest neighbours (themselves excluded); its mean
     is k. A large positive skewness means a few hubs answer many queries. Exact through a flat index,
     through the index's own search otherwise; on a random sample when the index is larger than --sample.
+
+    --plot draws the histogram of N_k.
 
     Example: simcli index stats faq.idx -k 10 --plot nk.png
     """

@@ -12,28 +12,30 @@ from typing import Annotated, Any
 
 import typer
 
-from simcli.cli._app import (
+from simcli.cli._app import aligned, app, command_line, counted, from_environment, reported_errors
+from simcli.cli.options import (
     BatchTokensOpt,
+    ColumnOpt,
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    FieldOpt,
     HeaderOpt,
     JsonOpt,
-    MaxLengthOpt,
+    ModelLocationOpt,
     ModelOpt,
+    OptionalMaxLengthOpt,
+    OptionalModelOpt,
+    OverwriteOpt,
     PoolingOpt,
     RayOpt,
+    SkipEmptyOpt,
     TokenizerOpt,
     WhiteningFileOpt,
-    aligned,
-    app,
-    command_line,
-    counted,
-    from_environment,
-    reported_errors,
+    encoder_config,
 )
 from simcli.errors import BadInput, UsageError
-from simcli.io import Errors
+from simcli.io import ReadOptions
 from simcli.types import EncoderConfig
 
 index_app = typer.Typer(
@@ -42,15 +44,7 @@ index_app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 
-OptionalModelOpt = Annotated[str | None, ModelOpt.__metadata__[0]]
 IndexDirArg = Annotated[Path, typer.Argument(help="An index folder (`simcli index build --out`).")]
-ColumnOpt = Annotated[
-    str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
-]
-FieldOpt = Annotated[
-    str | None, typer.Option("--field", help="jsonl field holding the text (default: text).")
-]
-SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty", help="Drop empty lines (counted).")]
 NprobeOpt = Annotated[
     int | None,
     typer.Option("--nprobe", min=1, help="IVF lists to visit (default: tuned at build, in the manifest)."),
@@ -58,20 +52,68 @@ NprobeOpt = Annotated[
 EfSearchOpt = Annotated[
     int | None, typer.Option("--ef-search", min=1, help="HNSW search breadth (default: tuned at build).")
 ]
-ModelLocationOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Where the index's model lives now, if it moved (its weights must match the recorded hash).",
-    ),
-]
 IndexDTypeOpt = Annotated[
     str | None,
     typer.Option(
         "--dtype",
         help="auto | float32 | bfloat16 | float16 for encoding (default: the dtype the index's vectors were "
         "computed with, when on the same kind of device; else auto).",
+    ),
+]
+
+IndexTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--index", help="auto | flat | hnsw | ivf | ivfpq | a faiss factory string (e.g. IVF1024,Flat)."
+    ),
+]
+WhitenSettingOpt = Annotated[
+    str,
+    typer.Option(
+        "--whiten",
+        help="auto | none | full | K: auto = none for RoFormer-Sim / SimBERT / sentence-bert (m3e, sentence-transformers), for unsupervised encoders "
+        "whitening to 256-d (base; 128 small, 384 large).",
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory", help="Memory budget of the index for --index auto, e.g. 2GB (default: half the RAM)."
+    ),
+]
+CslsOpt = Annotated[
+    bool,
+    typer.Option("--csls", help="Also compute the CSLS radii for `query --rerank csls` (`index hubness`)."),
+]
+QueryFileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
+]
+MinScoreOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score", help="Drop hits below this score (the cosine; the CSLS score with --rerank csls)."
+    ),
+]
+RerankOpt = Annotated[
+    str,
+    typer.Option(
+        "--rerank",
+        help="none | csls: re-rank the cosine candidates by CSLS, 2 cos - r(y), which demotes hubs "
+        "(needs `simcli index hubness` first).",
+    ),
+]
+CandidatesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--candidates", min=1, help="Cosine candidates --rerank csls re-ranks [default: max(4k, 50)]."
+    ),
+]
+QueryJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='{"query", "results": [{"rank", "id", "score", "text"}]} lines ("csls" too when re-ranked).',
     ),
 ]
 
@@ -83,12 +125,6 @@ def _note(message: str) -> None:
 def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
     params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
     return params or None
-
-
-def _read_options(
-    column: str | None, field: str | None, skip_empty: bool, header: bool | None, errors: str
-) -> dict[str, Any]:
-    return {"column": column, "field": field, "skip_empty": skip_empty, "header": header, "errors": errors}
 
 
 def _bar_progress(bar: Any) -> Any:
@@ -107,27 +143,10 @@ def build(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The index folder to write.")],
     model: OptionalModelOpt = None,
-    index: Annotated[
-        str,
-        typer.Option(
-            "--index", help="auto | flat | hnsw | ivf | ivfpq | a faiss factory string (e.g. IVF1024,Flat)."
-        ),
-    ] = "auto",
-    whiten: Annotated[
-        str,
-        typer.Option(
-            "--whiten",
-            help="auto | none | full | K: auto = none for RoFormer-Sim / SimBERT / sentence-bert (m3e, sentence-transformers), for unsupervised encoders "
-            "whitening to 256-d (base; 128 small, 384 large).",
-        ),
-    ] = "auto",
+    index: IndexTypeOpt = "auto",
+    whiten: WhitenSettingOpt = "auto",
     whitening: WhiteningFileOpt = None,
-    memory: Annotated[
-        str | None,
-        typer.Option(
-            "--memory", help="Memory budget of the index for --index auto, e.g. 2GB (default: half the RAM)."
-        ),
-    ] = None,
+    memory: MemoryOpt = None,
     column: ColumnOpt = None,
     header: HeaderOpt = None,
     field: FieldOpt = None,
@@ -137,15 +156,10 @@ def build(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
-    batch_tokens: Annotated[int | None, BatchTokensOpt.__metadata__[0]] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the index in --out.")] = False,
-    csls: Annotated[
-        bool,
-        typer.Option(
-            "--csls", help="Also compute the CSLS radii for `query --rerank csls` (`index hubness`)."
-        ),
-    ] = False,
+    max_length: OptionalMaxLengthOpt = None,  # None: load_encoder's default
+    batch_tokens: BatchTokensOpt = None,
+    overwrite: OverwriteOpt = False,
+    csls: CslsOpt = False,
     json_out: JsonOpt = False,
     ray_address: RayOpt = None,
 ) -> None:
@@ -156,36 +170,12 @@ def build(
     with reported_errors():
         from simcli.cli.whiten import progress_bar
         from simcli.index import Index
-        from simcli.index.inputs import check_store_flags, is_store
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
             model = None  # SIMCLI_MODEL is for text inputs: a vector store records its model
-        if len(inputs) == 1 and is_store(inputs[0]):
-            # the store fixes these: refuse a contradiction rather than ignore it; the same values are fine
-            check_store_flags(
-                inputs[0], model=model, pooling=pooling, tokenizer=tokenizer, max_length=max_length
-            )
-            model = None
-        config = None
-        if model is not None:
-            config = EncoderConfig(model).with_options(
-                pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
-                batch_tokens=batch_tokens,
-            )  # fmt: skip
-        moments = fill = None
-        if (
-            ray_address is not None
-        ):  # the whitening's moments and the adding on Ray: the driver never holds the corpus
-            from simcli.index.inputs import is_store
-
-            if model is not None or not (len(inputs) == 1 and is_store(inputs[0])):
-                raise UsageError(
-                    "--ray builds from one vector store folder (`simcli encode --ray` makes one)"
-                )
-            from simcli.scale.index import build_hooks_on_ray
-            from simcli.scale.runtime import connect
-
-            moments, fill = build_hooks_on_ray(connect(ray_address), inputs[0], _note)
+        config = _build_encoder(ctx, inputs, model)
+        moments, fill = _ray_hooks(ray_address, inputs, config)
+        read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
         try:
             with progress_bar() as bar:
                 idx = Index.build(
@@ -196,7 +186,7 @@ def build(
                     whiten=whiten,
                     whitening=whitening,
                     memory=memory,
-                    read_options=_read_options(column, field, skip_empty, header, errors),
+                    read_options=read,
                     overwrite=overwrite,
                     csls=csls,
                     progress=_bar_progress(bar),
@@ -206,17 +196,51 @@ def build(
                 )
         except KeyboardInterrupt:
             # a generation becomes the index only when its manifest lands, so nothing half-built stays
-            _note(f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
-                  f"{command_line(ctx)}")  # fmt: skip
-            raise typer.Exit(130) from None
-        info = idx.info()
-        if json_out:
-            typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
-        else:
-            typer.echo(
-                f"wrote {out}: {info['count']} vectors, dim {info['dim']}, {info['index']}, "
-                f"search {_fmt_params(info['search_params'])}, recall@10 {info['tuned_recall_at_10']:.3f}"
+            _note(
+                f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
+                f"{command_line(ctx)}"
             )
+            raise typer.Exit(130) from None
+        _print_built(out, idx.info(), json_out)
+
+
+def _print_built(out: Path, info: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(info, ensure_ascii=False, sort_keys=True))
+    else:
+        typer.echo(
+            f"wrote {out}: {info['count']} vectors, dim {info['dim']}, {info['index']}, "
+            f"search {_fmt_params(info['search_params'])}, recall@10 {info['tuned_recall_at_10']:.3f}"
+        )
+
+
+def _build_encoder(ctx: typer.Context, inputs: list[str], model: str | None) -> EncoderConfig | None:
+    """The encoder of text inputs; None for a vector store, which fixes its model, pooling and length (a
+    flag contradicting the store is refused rather than ignored; the same values are fine)."""
+    from simcli.index.inputs import check_store_flags, is_store
+
+    if len(inputs) == 1 and is_store(inputs[0]):
+        p = ctx.params
+        check_store_flags(
+            inputs[0], model=model, pooling=p["pooling"], tokenizer=p["tokenizer"], max_length=p["max_length"]
+        )
+        return None
+    return None if model is None else encoder_config(ctx, model)
+
+
+def _ray_hooks(ray_address: str | None, inputs: list[str], config: EncoderConfig | None) -> tuple[Any, Any]:
+    """The whitening's moments and the adding on Ray (the driver never holds the corpus); (None, None)
+    without --ray."""
+    if ray_address is None:
+        return None, None
+    from simcli.index.inputs import is_store
+
+    if config is not None or not (len(inputs) == 1 and is_store(inputs[0])):
+        raise UsageError("--ray builds from one vector store folder (`simcli encode --ray` makes one)")
+    from simcli.scale.index import build_hooks_on_ray
+    from simcli.scale.runtime import connect
+
+    return build_hooks_on_ray(connect(ray_address), inputs[0], _note)
 
 
 def _fmt_params(params: dict[str, int]) -> str:
@@ -251,7 +275,9 @@ def add(
         with progress_bar() as bar:
             n = idx.add(
                 inputs,
-                read_options=_read_options(column, field, skip_empty, header, errors),
+                read_options=ReadOptions(
+                    column=column, field=field, header=header, errors=errors, skip_empty=skip_empty
+                ),
                 progress=_bar_progress(bar),
                 log=_note,
             )
@@ -309,22 +335,15 @@ def check(
         )
 
 
-def _queries(
-    texts: list[str],
-    file: Path | None,
-    column: str | None,
-    field: str | None,
-    errors: Errors,
-    header: bool | None = None,
-) -> list[str]:
-    from simcli.io import STDIN, read_records
+def _queries(texts: list[str], file: Path | None, read: ReadOptions) -> list[str]:
+    from simcli.io import STDIN
 
     if texts and file is not None:
         raise UsageError("give queries as arguments or --file, not both")
     if texts == [STDIN]:  # `simcli query idx -`: the queries come on stdin, as for `simcli encode -`
         file = Path(STDIN)
     elif texts:
-        if column is not None or field is not None:
+        if read.column is not None or read.field is not None:
             raise UsageError("--column and --field choose the text of --file (or of - for stdin)")
         return texts
     elif file is None:
@@ -332,8 +351,7 @@ def _queries(
             raise UsageError("give queries as arguments, --file FILE, or on stdin (-)")
         file = Path(STDIN)
     name = STDIN if str(file) == STDIN else str(file)
-    records = read_records([name], column=column, field=field, skip_empty=True, header=header, errors=errors)
-    return [r.text for r in records]
+    return [r.text for r in read.records([name])]
 
 
 @app.command()
@@ -344,43 +362,17 @@ def query(
         typer.Argument(help="Queries (or --file, or one a line on stdin: - or nothing)."),
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Hits per query.")] = 10,
-    file: Annotated[
-        Path | None,
-        typer.Option("--file", "-f", help="Queries, one a line (.txt, or .tsv/.csv/.jsonl; - for stdin)."),
-    ] = None,
+    file: QueryFileOpt = None,
     column: ColumnOpt = None,
     header: HeaderOpt = None,
     field: FieldOpt = None,
     errors: ErrorsOpt = "strict",
-    min_score: Annotated[
-        float | None,
-        typer.Option(
-            "--min-score", help="Drop hits below this score (the cosine; the CSLS score with --rerank csls)."
-        ),
-    ] = None,
+    min_score: MinScoreOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
-    rerank: Annotated[
-        str,
-        typer.Option(
-            "--rerank",
-            help="none | csls: re-rank the cosine candidates by CSLS, 2 cos - r(y), which demotes hubs "
-            "(needs `simcli index hubness` first).",
-        ),
-    ] = "none",
-    candidates: Annotated[
-        int | None,
-        typer.Option(
-            "--candidates", min=1, help="Cosine candidates --rerank csls re-ranks [default: max(4k, 50)]."
-        ),
-    ] = None,
-    json_out: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help='{"query", "results": [{"rank", "id", "score", "text"}]} lines ("csls" too when re-ranked).',
-        ),
-    ] = False,
+    rerank: RerankOpt = "none",
+    candidates: CandidatesOpt = None,
+    json_out: QueryJsonOpt = False,
     model: ModelLocationOpt = None,
     device: DeviceOpt = "auto",
     dtype: IndexDTypeOpt = None,
@@ -392,7 +384,8 @@ def query(
     Example: simcli query faq.idx "花呗怎么还款" "借呗额度" -k 5
     """
     with reported_errors():
-        queries = _queries(texts or [], file, column, field, errors, header)
+        read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=True)
+        queries = _queries(texts or [], file, read)
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)
@@ -404,21 +397,26 @@ def query(
         results = idx.search(
             queries, k=k, min_score=min_score, params=_params(nprobe, ef_search), rerank=step
         )
-        out = []
-        for q, hits in zip(queries, results, strict=True):
-            if json_out:
-                rows = [h.to_json() for h in hits]
-                out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
-            else:
-                out.append(q)
-                out.extend(
-                    f"{h.rank:>4}  {h.score:.4f}  {h.text}"
-                    if h.cosine is None
-                    else f"{h.rank:>4}  {h.score:.4f}  {h.cosine:.4f}  {h.text}"
-                    for h in hits
-                )
-                out.append("")
-        typer.echo("\n".join(out).rstrip("\n"))
+        _print_hits(queries, results, json_out)
+
+
+def _print_hits(queries: list[str], results: list[Any], json_out: bool) -> None:
+    """A JSON line a query, or the query then a line a hit (rank, score, the cosine when re-ranked, text)."""
+    out = []
+    for q, hits in zip(queries, results, strict=True):
+        if json_out:
+            rows = [h.to_json() for h in hits]
+            out.append(json.dumps({"query": q, "results": rows}, ensure_ascii=False))
+        else:
+            out.append(q)
+            out.extend(
+                f"{h.rank:>4}  {h.score:.4f}  {h.text}"
+                if h.cosine is None
+                else f"{h.rank:>4}  {h.score:.4f}  {h.cosine:.4f}  {h.text}"
+                for h in hits
+            )
+            out.append("")
+    typer.echo("\n".join(out).rstrip("\n"))
 
 
 @app.command()
@@ -432,7 +430,7 @@ def similar(
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
-    max_length: MaxLengthOpt = None,  # type: ignore[assignment]  # None: load_encoder's default (64)
+    max_length: OptionalMaxLengthOpt = None,  # None: load_encoder's default
     json_out: JsonOpt = False,
 ) -> None:
     """Cosine similarity of two sentences, or the matrix of several.

@@ -7,17 +7,8 @@ from typing import Annotated
 
 import typer
 
-from simcli.cli._app import (
-    DeviceOpt,
-    DTypeOpt,
-    JsonOpt,
-    MaxLengthOpt,
-    PoolingOpt,
-    TokenizerOpt,
-    aligned,
-    app,
-    reported_errors,
-)
+from simcli.cli._app import aligned, app, reported_errors
+from simcli.cli.options import DeviceOpt, DTypeOpt, JsonOpt, MaxLengthOpt, PoolingOpt, TokenizerOpt
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
 
 

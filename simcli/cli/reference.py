@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from simcli.cli import app
+from simcli.cli._app import DefaultCommandGroup
 
 HEADER = """# CLI reference
 
@@ -25,6 +26,8 @@ Every command, argument and option, generated from the code by `python -m simcli
 
 def _commands(group: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     ctx = group.context_class(group, info_name=prefix)
+    if isinstance(group, DefaultCommandGroup):  # `simcli train PAIRS...`: the group's own usage
+        yield prefix, group.get_command(ctx, group.DEFAULT)
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         if command is None or command.hidden:

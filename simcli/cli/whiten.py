@@ -4,40 +4,39 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from simcli.cli._app import (
+from simcli.cli._app import aligned, app, counted, from_environment, read_summary, reported_errors
+from simcli.cli.options import (
     BatchTokensOpt,
+    ColumnOpt,
     DeviceOpt,
     DTypeOpt,
     ErrorsOpt,
+    FieldOpt,
     HeaderOpt,
     JsonOpt,
     MaxLengthOpt,
-    ModelOpt,
+    OptionalModelOpt,
+    OverwriteOpt,
     PoolingOpt,
     RayOpt,
     TokenizerOpt,
-    aligned,
-    app,
-    counted,
-    from_environment,
-    read_summary,
-    reported_errors,
+    encoder_config,
 )
 from simcli.errors import OutputExists, UsageError
-from simcli.io import Errors
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
+
+if TYPE_CHECKING:
+    from simcli.io import ReadOptions
+    from simcli.whitening import Whitening
 
 whiten_app = typer.Typer(
     help="Fit BERT-whitening on a vector store or on text, and inspect whitening files.", no_args_is_help=True
 )
 app.add_typer(whiten_app, name="whiten")
-
-# --model is optional here: a store records its model.
-OptionalModelOpt = Annotated[str | None, ModelOpt.__metadata__[0]]
 
 
 def progress_bar() -> Any:
@@ -89,7 +88,7 @@ def fit(
     clamp: Annotated[
         bool, typer.Option("--clamp", help="Lower --dim to the covariance rank instead of refusing.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    overwrite: OverwriteOpt = False,
     model: OptionalModelOpt = None,
     pooling: PoolingOpt = "auto",
     tokenizer: TokenizerOpt = None,
@@ -97,11 +96,9 @@ def fit(
     dtype: DTypeOpt = "auto",
     max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
     batch_tokens: BatchTokensOpt = None,
-    column: Annotated[
-        str | None, typer.Option("--column", help="tsv/csv column holding the text (name or 0-based index).")
-    ] = None,
+    column: ColumnOpt = None,
     header: HeaderOpt = None,
-    field: Annotated[str | None, typer.Option("--field", help="jsonl field holding the text.")] = None,
+    field: FieldOpt = None,
     errors: ErrorsOpt = "strict",
     json_out: JsonOpt = False,
     ray_address: RayOpt = None,
@@ -111,7 +108,7 @@ def fit(
     Example: simcli whiten fit corpus.vec --dim 256 --out corpus.whiten
     """
     with reported_errors():
-        from simcli import whitening
+        from simcli.io import ReadOptions
 
         if out.exists() and not overwrite:
             raise OutputExists(f"--out {out} exists (use --overwrite to replace it)")
@@ -121,37 +118,49 @@ def fit(
                 raise UsageError(f"a store folder ({stores[0]}) must be the only SOURCE")
             if model is not None and not from_environment(ctx, "model"):  # SIMCLI_MODEL applies to text only
                 raise UsageError("--model is for text sources: a store records its model")
-            moments = None
-            if ray_address is not None:
-                from simcli.scale.runtime import connect
-                from simcli.scale.whiten import moments_on_ray
-
-                moments = moments_on_ray(connect(ray_address))
-            w = whitening.fit_store(stores[0], dim=dim, beta=beta, gamma=gamma, clamp=clamp, moments=moments)
+            w = _fit_store(stores[0], dim, beta, gamma, clamp, ray_address)
         else:
             if ray_address is not None:
                 raise UsageError("--ray fits on a vector store folder (`simcli encode --ray` makes one)")
             if model is None:
                 raise UsageError("text sources need --model (or give a store folder)")
-            config = EncoderConfig(model).with_options(
-                pooling=pooling, tokenizer=tokenizer, device=device, dtype=dtype, max_length=max_length,
-                batch_tokens=batch_tokens,
-            )  # fmt: skip
-            w = _fit_texts(sources, config, dim, beta, gamma, clamp, column, field, header, errors)
-        w.save(out)
-        if w.clamped_from is not None:
-            typer.echo(
-                f"simcli: warning: --dim {w.clamped_from} lowered to the covariance rank {w.rank} "
-                f"({w.n} vectors of dimension {w.dim_in})",
-                err=True,
-            )
-        if json_out:
-            typer.echo(json.dumps({"out": str(out), **w.metadata()}, ensure_ascii=False, sort_keys=True))
-        else:
-            typer.echo(
-                f"wrote {out}: {w.n} vectors, {w.dim_in} -> {w.dim_out} dimensions, "
-                f"beta {w.beta:g}, gamma {w.gamma:g}, rank {w.rank}"
-            )
+            config = encoder_config(ctx, model)
+            # whitening is fitted on sentences: empty lines carry none, so they are always skipped
+            read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=True)
+            w = _fit_texts(sources, config, dim, beta, gamma, clamp, read)
+        _report(w, out, json_out)
+
+
+def _fit_store(
+    store: Path, dim: int | None, beta: float, gamma: float, clamp: bool, ray_address: str | None
+) -> Whitening:
+    from simcli import whitening
+
+    moments = None
+    if ray_address is not None:
+        from simcli.scale.runtime import connect
+        from simcli.scale.whiten import moments_on_ray
+
+        moments = moments_on_ray(connect(ray_address))
+    return whitening.fit_store(store, dim=dim, beta=beta, gamma=gamma, clamp=clamp, moments=moments)
+
+
+def _report(w: Whitening, out: Path, json_out: bool) -> None:
+    """Save `w` to `out` and say what was written."""
+    w.save(out)
+    if w.clamped_from is not None:
+        typer.echo(
+            f"simcli: warning: --dim {w.clamped_from} lowered to the covariance rank {w.rank} "
+            f"({w.n} vectors of dimension {w.dim_in})",
+            err=True,
+        )
+    if json_out:
+        typer.echo(json.dumps({"out": str(out), **w.metadata()}, ensure_ascii=False, sort_keys=True))
+    else:
+        typer.echo(
+            f"wrote {out}: {w.n} vectors, {w.dim_in} -> {w.dim_out} dimensions, "
+            f"beta {w.beta:g}, gamma {w.gamma:g}, rank {w.rank}"
+        )
 
 
 def _fit_texts(
@@ -161,24 +170,13 @@ def _fit_texts(
     beta: float,
     gamma: float,
     clamp: bool,
-    column: str | None,
-    field: str | None,
-    header: bool | None,
-    errors: Errors,
+    read: ReadOptions,
 ) -> Any:
     from simcli import whitening
-    from simcli.io import ReadStats, read_records
+    from simcli.io import ReadStats
 
     stats = ReadStats()
-    records = read_records(
-        [str(s) for s in sources],
-        column=column,
-        field=field,
-        skip_empty=True,
-        header=header,
-        stats=stats,
-        errors=errors,
-    )
+    records = read.records([str(s) for s in sources], stats=stats)
     from simcli.models.encoder import load_encoder
 
     enc = load_encoder(config)

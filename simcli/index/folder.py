@@ -11,7 +11,7 @@ not add while other threads search.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from simcli.index.rerank import IDENTITY, Candidates, Rerank
 from simcli.index.search import SearchParams, set_search_params
 from simcli.index.space import fit_whitening, to_index_space, whiten_value
 from simcli.index.stored import stored_vectors
+from simcli.io import ReadOptions
 from simcli.types import EncoderConfig, Hit, Log, ModelSpec, ProgressFn
 
 
@@ -135,7 +136,7 @@ class Index:
         texts: Sequence[str] | None = None,
         spec: ModelSpec | None = None,
         encoder_options: dict[str, Any] | None = None,
-        read_options: dict[str, Any] | None = None,
+        read_options: ReadOptions | Mapping[str, Any] | None = None,
         overwrite: bool = False,
         csls: bool = False,
         progress: ProgressFn | None = None,
@@ -156,7 +157,7 @@ class Index:
             memory: budget for the index in memory ("2GB", bytes; default half the RAM), for `auto`.
             texts, spec: the texts and ModelSpec of an array source.
             encoder_options: EncoderConfig fields overriding those of `model` (None values are ignored).
-            read_options: column / field / errors / skip_empty for the text readers.
+            read_options: a ReadOptions (or a dict of its fields) for the text readers.
             overwrite: replace an index already in `out`.
             csls: also compute the CSLS radii (`hubness`), for `search(rerank="csls")`.
             progress: called with (sentences, tokens) while encoding text.
@@ -410,7 +411,7 @@ class Index:
         source: Any,
         *,
         texts: Sequence[str] | None = None,
-        read_options: dict[str, Any] | None = None,
+        read_options: ReadOptions | Mapping[str, Any] | None = None,
         progress: ProgressFn | None = None,
         log: Log | None = None,
     ) -> int:

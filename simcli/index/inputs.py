@@ -7,7 +7,7 @@ fit, training sample, adding), and the text rows in id order.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from simcli.errors import BadInput, UsageError
-from simcli.io import ReadStats, no_sentences
+from simcli.io import ReadOptions, ReadStats, no_sentences
 from simcli.manifest import computed_with
 from simcli.types import EncodeStats, ModelSpec, ProgressFn, SentenceEncoder
 from simcli.vectors import BLOCK_SENTENCES as CHUNK  # sentences encoded (and vectors handled) at a time
@@ -215,7 +215,7 @@ def open_source(
     texts: Sequence[str] | None = None,
     spec: ModelSpec | None = None,
     encoder: Callable[[], Any] | None = None,
-    read_options: dict[str, Any] | None = None,
+    read_options: ReadOptions | Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
 ) -> Source:
     """Resolve what `Index.build` / `Index.add` was given.
@@ -225,7 +225,7 @@ def open_source(
         texts: the texts of an array's rows.
         spec: the ModelSpec of an array's vectors.
         encoder: a function returning the Encoder for text sources (called only for text).
-        read_options: column / field / errors / skip_empty for simcli.io.read_records.
+        read_options: a ReadOptions (or a dict of its fields) for the text readers.
     """
     if isinstance(source, np.ndarray):
         return from_array(source, texts, spec)
@@ -240,10 +240,8 @@ def open_source(
     for p in paths:
         if Path(p).is_dir():
             raise BadInput(f"{p}: a folder that is not a vector store (no manifest.json)")
-    from simcli.io import read_records
-
     stats = ReadStats()
-    records = read_records([str(p) for p in paths], stats=stats, **(read_options or {}))
+    records = ReadOptions.of(read_options).records([str(p) for p in paths], stats=stats)
     if encoder is None:
         raise UsageError("text inputs need --model (or give a vector store folder)")
     return from_texts(

@@ -46,6 +46,12 @@ MAX_BATCH_ROWS = 256  # rows of a CPU batch (the batcher's default)
 CHUNK_SENTENCES = 2048  # tokenised ahead in the background; also the unit of progress reports
 BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close to float32
 
+
+def default_batch_tokens(device_type: str) -> int:
+    """The token budget of one batch when none is given: CUDA_BATCH_TOKENS on CUDA, else CPU_BATCH_TOKENS."""
+    return CUDA_BATCH_TOKENS if device_type == "cuda" else CPU_BATCH_TOKENS
+
+
 # Sentences for the bf16 accuracy check of `--dtype auto` (written for simcli: everyday questions of
 # the kinds the similarity data sets hold, mixed lengths, some ASCII).
 CALIBRATION_SENTENCES = [
@@ -95,8 +101,7 @@ class Encoder:
         self.dtype_reason = dtype_reason
         self.dim = int(checkpoint.config["hidden_size"])
         self.engine = "native" if isinstance(model.backbone, NativeBackbone) else "transformers"
-        default_budget = CUDA_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
-        self.batch_tokens = config.batch_tokens or default_budget
+        self.batch_tokens = config.batch_tokens or default_batch_tokens(device.type)
         self.sources: dict[str, str] = {}  # setting -> where its value came from (`simcli info`)
 
     @property
@@ -245,7 +250,7 @@ class Encoder:
         The server tokenises each request as it arrives and merges concurrent requests here.
         """
         if batch_tokens is None:
-            batch_tokens = CUDA_BATCH_TOKENS if self.device.type == "cuda" else CPU_BATCH_TOKENS
+            batch_tokens = default_batch_tokens(self.device.type)
         out = {self.pooling: np.empty((len(ids), self.dim), dtype=np.float32)}
         stats = stats if stats is not None else EncodeStats()
         start = time.perf_counter()

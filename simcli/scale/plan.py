@@ -14,7 +14,7 @@ one-line errors naming file:line).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from simcli.errors import BadInput, UsageError
 from simcli.io import (
     STDIN,
+    ReadOptions,
     ReadStats,
     Record,
     check_input,
@@ -235,14 +236,15 @@ def read_piece(
     return out
 
 
-def read_shard(plan: ShardPlan, read_options: dict[str, Any]) -> list[Record]:
-    """All the rows of a shard, in id order."""
-    opts = {k: read_options.get(k) for k in ("column", "field")}
-    errors = read_options.get("errors") or "strict"
-    skip_empty = bool(read_options.get("skip_empty"))
+def read_shard(plan: ShardPlan, read_options: ReadOptions | Mapping[str, Any]) -> list[Record]:
+    """All the rows of a shard, in id order (the read options as ReadOptions or a dict of its fields)."""
+    opts = ReadOptions.of(read_options)
+    column = None if opts.column is None else str(opts.column)  # the planner's readers take names or digits
     rows: list[Record] = []
     for piece in plan.pieces:
-        rows.extend(read_piece(piece, errors=errors, skip_empty=skip_empty, **opts))
+        rows.extend(
+            read_piece(piece, column=column, field=opts.field, errors=opts.errors, skip_empty=opts.skip_empty)
+        )
     return rows
 
 

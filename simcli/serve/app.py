@@ -92,7 +92,7 @@ class Service:
         self.options = options
         self.metrics = Metrics()
         self.batcher = Batcher(
-            max_batch_tokens=options.max_batch_tokens,
+            max_batch_tokens=options.encoder.batch_tokens,
             max_wait_ms=options.max_wait_ms,
             max_queue=options.max_queue,
             on_batch=self.metrics.batch,

@@ -139,9 +139,9 @@ class Batcher:
             return self.max_batch_tokens
         # the encoder's own budget: with one model thread, 1024 real tokens a batch ran with the least padding
         # and CPU time per request (m3e-small, 32 clients; 2048 and 4096 padded 13-15% more)
-        from simcli.models.encoder import CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS
+        from simcli.models.encoder import default_batch_tokens
 
-        return CUDA_BATCH_TOKENS if encoder.device.type == "cuda" else CPU_BATCH_TOKENS
+        return default_batch_tokens(encoder.device.type)
 
     def _take(self) -> list[EncodeJob] | CallJob | None | _Idle:
         """The next unit of work: a CallJob, or encode jobs of one encoder within one token budget; IDLE when

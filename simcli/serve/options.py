@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from simcli.types import DEFAULT_MAX_LENGTH
+from simcli.types import EncoderConfig, init_on_encoder
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: an embedding endpoint has no business on every interface
 DEFAULT_PORT = 8000
@@ -18,30 +18,27 @@ RETRY_AFTER_S = 1
 DEFAULT_TRIM_INTERVAL_S = 1.0  # seconds between two malloc_trim calls on the model thread (simcli.serve.heap)
 
 
-@dataclass
+@dataclass(init=False)
 class ServeOptions:
     """What `simcli serve` was asked to load and how to run it.
 
     Attributes:
-        model: hub id or local folder of the embeddings model (None: the models recorded in the indexes).
+        encoder: --model and how to run it (pooling, tokenizer, max length, device, dtype) as EncoderConfig;
+            its model is "" when only indexes are served. Device and dtype apply to the indexes' models too;
+            batch_tokens is the token budget of one model batch (None: the encoder's default for the device).
         indexes: index folders, each "DIR" (named after the folder, ".idx" dropped) or "NAME=DIR".
-        whitening: a whitening file for `model`'s vectors.
-        max_batch_tokens: token budget of one forward batch (padded length x rows); None: the encoder's
-            default for the device.
+        whitening: a whitening file for --model's vectors.
+
+    `ServeOptions(model=..., dtype=..., batch_tokens=...)` sets the encoder's fields by keyword as well
+    (`max_batch_tokens`, the old name of `batch_tokens`, too).
     """
 
-    model: str | None = None
+    encoder: EncoderConfig
     indexes: list[str] = field(default_factory=list)
     whitening: str | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     api_key: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    pooling: str = "auto"
-    tokenizer: str | None = None
-    max_length: int = DEFAULT_MAX_LENGTH
-    max_batch_tokens: int | None = None
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     max_queue: int = DEFAULT_MAX_QUEUE
     max_inputs: int = DEFAULT_MAX_INPUTS
@@ -49,6 +46,22 @@ class ServeOptions:
     workers: int = 1
     threads: int | None = None
     trim_interval_s: float = DEFAULT_TRIM_INTERVAL_S
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        encoder: EncoderConfig | dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        init_on_encoder(self, encoder, settings, {"max_batch_tokens": "batch_tokens"})
+        if model is not None:
+            self.encoder = replace(self.encoder, model=model)
+
+    @property
+    def model(self) -> str | None:
+        """--model, or None when only indexes are served."""
+        return self.encoder.model or None
 
     def model_threads(self) -> int:
         """torch intra-op threads of the model: --threads, else the cores shared among the --workers processes.

@@ -220,14 +220,8 @@ class Registry:
         if options.model is not None:
             from simcli.models.encoder import load_encoder
 
-            enc = load_encoder(
-                options.model,
-                pooling=options.pooling,
-                tokenizer=options.tokenizer,
-                device=options.device,
-                dtype=options.dtype,
-                max_length=options.max_length,
-            )
+            # the server's token budget goes to its batcher, not to the encoder's own encode() calls
+            enc = load_encoder(dataclasses.replace(options.encoder, batch_tokens=None))
             w = None
             if options.whitening is not None:
                 from simcli.whitening import whitening_for
@@ -276,10 +270,10 @@ class Registry:
                 override = options.model  # the index's model is the one given: load it from there
 
         # dtype "auto": the index's own rule (the dtype its vectors were computed with on this kind of device)
-        dtype = None if options.dtype == "auto" else options.dtype
+        dtype = None if options.encoder.dtype == "auto" else options.encoder.dtype
 
         def load() -> Any:
-            return Index.load(path, device=options.device, dtype=dtype, model=override)
+            return Index.load(path, device=options.encoder.device, dtype=dtype, model=override)
 
         idx = load()
         spec = idx.spec

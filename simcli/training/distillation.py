@@ -12,6 +12,7 @@ c = cumsum(token type), position i attends j iff c[j] <= c[i]. The output stays 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class Distiller(Trainer):
             else EncoderConfig(self.teacher_name)
         )
         self.teacher = load_encoder(
-            cfg.with_options(max_length=o.max_length, device=o.device, dtype="float32")
+            cfg.with_options(max_length=o.encoder.max_length, device=o.encoder.device, dtype="float32")
         )
         texts = list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
         self.log(f"teacher {cfg.model}: encoding {len(texts):,} sentences")
@@ -169,12 +170,12 @@ def distill(
     teacher: str | EncoderConfig,
     student: str | EncoderConfig,
     out: str | Path,
+    options: TrainOptions | None = None,
     *,
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
-    **options: Any,
 ) -> tuple[Path, dict[str, Any]]:
     """Distil `teacher`'s sentence similarities into the RoFormer-Sim `student`, keeping its generation.
 
@@ -184,7 +185,8 @@ def distill(
         teacher: the fine-tuned encoder (any model simcli loads).
         student: a RoFormer-Sim (or SimBERT) checkpoint with its MLM head.
         out: output folder: a RoFormer-Sim checkpoint for `simcli generate`, plus training.json.
-        options: TrainOptions fields (batch_size, epochs, steps, lr, seed, eval_files, ...).
+        options: the hyper-parameters (batch_size, epochs, steps, lr, seed, eval_files, ...); the loss is
+            always the distillation's.
 
     Returns:
         (the output folder, the training record).
@@ -192,10 +194,9 @@ def distill(
     from simcli.training.checkpoint import check_out
 
     check_out(Path(out), overwrite)
-    if "eval_files" in options:
-        options["eval_files"] = tuple(str(f) for f in options["eval_files"])
-    options["loss"] = "cosent"  # reads every pair with its numeric label, in one group
-    runner = Distiller(files, teacher, student, out, TrainOptions(**options), log=log or (lambda _m: None))
+    # cosent reads every pair with its numeric label, in one group
+    options = dataclasses.replace(options or TrainOptions(), loss="cosent")
+    runner = Distiller(files, teacher, student, out, options, log=log or (lambda _m: None))
     record = runner.train(resume=resume, overwrite=overwrite, on_step=on_step)
     return Path(out), record
 

@@ -24,7 +24,7 @@ from simcli.errors import UsageError
 from simcli.io import atomic_write_with
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates
-from simcli.models.encoder import CPU_BATCH_TOKENS, Encoder, load_encoder
+from simcli.models.encoder import Encoder, default_batch_tokens, load_encoder
 from simcli.models.loading import recorded_name
 from simcli.models.native import NativeBackbone
 from simcli.training.checkpoint import check_out, staged_folder, write_checkpoint
@@ -98,9 +98,14 @@ class Trainer:
             log(s.describe())
         cfg = model if isinstance(model, EncoderConfig) else EncoderConfig(model)
         self.encoder: Encoder = load_encoder(
-            cfg.with_options(pooling=o.pooling, max_length=o.max_length, device=o.device, dtype="float32")
+            cfg.with_options(
+                pooling=o.encoder.pooling,
+                max_length=o.encoder.max_length,
+                device=o.encoder.device,
+                dtype="float32",
+            )
         )
-        self.amp = autocast_dtype(o.dtype, self.encoder.device)
+        self.amp = autocast_dtype(o.encoder.dtype, self.encoder.device)
         self.model = self.encoder.model
         self.device = self.encoder.device
         self.head = SoftmaxHead(self.encoder.dim, o.seed).to(self.device) if o.loss == "softmax" else None
@@ -143,7 +148,7 @@ class Trainer:
 
     def _tokenize(self) -> dict[str, list[int]]:
         texts = list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
-        ids = self.encoder.tokenizer.encode_batch(texts, self.options.max_length).ids
+        ids = self.encoder.tokenizer.encode_batch(texts, self.options.encoder.max_length).ids
         return dict(zip(texts, ids, strict=True))
 
     def batch(self, index: int) -> Batch:
@@ -170,7 +175,7 @@ class Trainer:
     def vectors(self, rows: list[list[int]]) -> torch.Tensor:
         """Sentence vectors (rows, dim) with gradients. Rows are sorted by length and run in passes under
         --batch-tokens (none: one pass) so short sentences are not padded to the longest."""
-        budget = self.options.batch_tokens or self.default_batch_tokens()
+        budget = self.options.encoder.batch_tokens or self.default_batch_tokens()
         pad = self.encoder.tokenizer.pad_id
         parts, order = [], []
         for group in batches([len(r) for r in rows], budget, max_batch=10**9):
@@ -194,7 +199,7 @@ class Trainer:
         short sentences are not padded to the batch's longest."""
         if isinstance(self.model.backbone, NativeBackbone) or self.device.type != "cpu":
             return 10**9
-        return CPU_BATCH_TOKENS
+        return default_batch_tokens(self.device.type)
 
     def loss(self, b: Batch) -> torch.Tensor:
         vec = self.vectors(b.rows)
@@ -218,7 +223,7 @@ class Trainer:
                 self.encoder,
                 whiten=("none",),
                 columns=self.options.columns,
-                max_length=self.options.max_length,
+                max_length=self.options.encoder.max_length,
             )
         finally:
             self.model.train()

@@ -6,14 +6,48 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from simcli.errors import UsageError
-from simcli.types import DEFAULT_MAX_LENGTH
+from simcli.types import EncoderConfig, init_on_encoder
+
+# The hyper-parameters as training.json lists them.
+_RECORDED = (
+    "loss",
+    "kind",
+    "columns",
+    "threshold",
+    "limit",
+    "eval_files",
+    "eval_every",
+    "save_best",
+    "batch_size",
+    "epochs",
+    "steps",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "max_length",
+    "seed",
+    "grad_accum",
+    "dtype",
+    "device",
+    "pooling",
+    "batch_tokens",
+    "save_every",
+    "log_every",
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrainOptions:
     """Hyper-parameters and switches; the defaults are the published recipe's (kexue.fm/archives/8541):
-    AdamW lr 2e-5, weight decay 0.01, max length 64, linear warm-up then linear decay."""
+    AdamW lr 2e-5, weight decay 0.01, max length 64, linear warm-up then linear decay.
 
+    `encoder` holds the settings of the encoders trained (its model is unused: `train` and `distill` take
+    the models): pooling, max_length and device as for every command; dtype is the autocast dtype (weights
+    stay float32); batch_tokens splits a batch's sentences into length-sorted passes of that many tokens
+    (None: Trainer.default_batch_tokens). `TrainOptions(max_length=..., dtype=...)` sets them by keyword too.
+    """
+
+    encoder: EncoderConfig
     loss: str = "softmax"  # softmax | cosent
     kind: str = "auto"  # auto | binary | scores | nli
     columns: tuple[str, str, str] | None = None
@@ -28,18 +62,16 @@ class TrainOptions:
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup: float = 0.1  # share of the steps spent warming up
-    max_length: int = DEFAULT_MAX_LENGTH
     seed: int = 42
     grad_accum: int = 1
-    dtype: str = "auto"  # autocast dtype: auto | float32 | bfloat16 | float16 (weights stay float32)
-    device: str = "auto"
-    pooling: str = "auto"
-    batch_tokens: int | None = (
-        None  # length-sorted passes of this many tokens (None: Trainer.default_batch_tokens)
-    )
     save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, *, encoder: EncoderConfig | None = None, **settings: Any) -> None:
+        if settings.get("eval_files") is not None:
+            settings["eval_files"] = tuple(str(f) for f in settings["eval_files"])
+        init_on_encoder(self, encoder, settings)
 
     def check(self) -> None:
         from simcli.training.data import KINDS
@@ -56,7 +88,7 @@ class TrainOptions:
             ("--steps", self.steps),
             ("--eval-every", self.eval_every),
             ("--save-every", self.save_every),
-            ("--batch-tokens", self.batch_tokens),
+            ("--pass-tokens", self.encoder.batch_tokens),
         ):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
@@ -70,9 +102,10 @@ class TrainOptions:
             raise UsageError("--save-best needs --eval files to score checkpoints on")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("extra")
-        return {**d, **self.extra}
+        """The flat form training.json records (and a resumed run compares), keys in their recorded order:
+        the encoder's settings among the hyper-parameters."""
+        e = asdict(self.encoder)
+        return {k: e[k] if k in e else getattr(self, k) for k in _RECORDED} | self.extra
 
 
 def linear_schedule(warmup_steps: int, total_steps: int):  # type: ignore[no-untyped-def]
