@@ -165,6 +165,11 @@ def from_environment(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "ENVIRONMENT"
 
 
+def note(message: str) -> None:
+    """One line for the user on stderr, `simcli: ` first (stdout holds only data)."""
+    typer.echo(f"simcli: {message}", err=True)
+
+
 def counted(n: int, noun: str) -> str:
     """ "1 shard", "2 shards", "1 line truncated": the count and the noun in the right number."""
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from simcli.cli._app import app, command_line, counted, read_summary, reported_errors
+from simcli.cli._app import app, command_line, counted, note, read_summary, reported_errors
 from simcli.cli.options import (
     BatchTokensOpt,
     ColumnOpt,
@@ -29,6 +29,7 @@ from simcli.cli.options import (
     TokenizerOpt,
     WhiteningFileOpt,
 )
+from simcli.cli.progress import encode_progress
 from simcli.errors import UsageError
 from simcli.io import ReadOptions, count_rows, is_uri
 from simcli.store import DEFAULT_SHARD_SIZE, DEFAULT_STORE_DTYPE, parse_shard
@@ -49,10 +50,6 @@ def _shard_option(value: str | None) -> str | None:
     return value
 
 
-def _note(message: str) -> None:
-    typer.echo(f"simcli: {message}", err=True)
-
-
 def _expected_rows(
     paths: Sequence[str],
     column: str | int | None,
@@ -71,63 +68,11 @@ def _expected_rows(
     return sum(min(size, total - b * size) for b in range(i, blocks, n))
 
 
-@contextmanager
-def _progress(total: int | None) -> Iterator[ProgressFn | None]:
-    """A rich progress bar on stderr (sentences/s, tokens/s, ETA) when stderr is a terminal."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-
-    class Rates(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            elapsed = task.elapsed or 0.0
-            if elapsed <= 0:
-                return Text("")
-            sent = task.fields["encoded"] / elapsed
-            tok = task.fields["tokens"] / elapsed
-            return Text(f"{sent:,.0f} sentences/s  {tok:,.0f} tokens/s", style="progress.data.speed")
-
-    with Progress(
-        TextColumn("encoding"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        Rates(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("encode", total=total, encoded=0, tokens=0)
-        counts = {"encoded": 0, "tokens": 0}
-
-        def advance(sentences: int, tokens: int) -> None:
-            if tokens:  # finished shards skipped on --resume report no tokens: they are not encoded now
-                counts["encoded"] += sentences
-                counts["tokens"] += tokens
-            bar.update(task, advance=sentences, encoded=counts["encoded"], tokens=counts["tokens"])
-
-        yield advance
-
-
 def _warn_counts(empty_kept: int, truncated: int, max_length: int) -> None:
     if empty_kept:
-        _note(f"warning: {counted(empty_kept, 'empty line')} kept (use --skip-empty)")
+        note(f"warning: {counted(empty_kept, 'empty line')} kept (use --skip-empty)")
     if truncated:
-        _note(f"warning: {counted(truncated, 'line')} truncated at --max-length {max_length}")
+        note(f"warning: {counted(truncated, 'line')} truncated at --max-length {max_length}")
 
 
 # The options of `simcli encode` alone (those several commands share come from _app).
@@ -282,7 +227,7 @@ def _encode_here(
     normalize = normalize or whitening is not None
     column, header = read.column, read.header
     total = _expected_rows(inputs, column, split, shard_size, header) if sys.stderr.isatty() else None
-    with _kept_on_interrupt(ctx, out), _progress(total) as progress:
+    with _kept_on_interrupt(ctx, out), encode_progress(total) as progress:
         if out is None:
             _encode_json(records, enc, shard_size, normalize, split, read_stats, progress)
             return
@@ -306,7 +251,7 @@ def _load(config: EncoderConfig, whitening: Path | None) -> Encoder:
         from simcli.whitening import WhitenedEncoder
 
         enc = WhitenedEncoder.from_file(enc, whitening)
-    _note(describe(enc.info()))
+    note(describe(enc.info()))
     return enc  # type: ignore[no-any-return]
 
 
@@ -347,12 +292,12 @@ def _encode_on_ray(
     # the bar opens after the line about the pool; the ETA counts rows of local text files only
     def progress() -> AbstractContextManager[ProgressFn | None]:
         local = sys.stderr.isatty() and not any(p.lower().endswith(".parquet") for p in inputs)
-        return _progress(_expected_rows(inputs, column, None, shard_size) if local else None)
+        return encode_progress(_expected_rows(inputs, column, None, shard_size) if local else None)
 
     summary = encode_on_ray(
         ray, probed, inputs, out, workers=workers, cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker, shard_size=shard_size, store_dtype=store_dtype, normalize=normalize,
-        resume=resume, overwrite=overwrite, allow_mixed=allow_mixed, read_options=read.as_dict(), log=_note,
+        resume=resume, overwrite=overwrite, allow_mixed=allow_mixed, read_options=read.as_dict(), log=note,
         progress=progress,
     )  # fmt: skip
     summarize(summary, store_dtype, probed.max_length)
@@ -375,16 +320,16 @@ def interrupted(ctx: typer.Context, out: Path | None, fresh: bool) -> NoReturn:
     from simcli.store import kept_shards, remove_unfinished
 
     if out is None:
-        _note("interrupted")
+        note("interrupted")
         raise typer.Exit(130)
     shards = kept_shards(out)
     if not shards:
         if fresh:
             remove_unfinished(out)
-        _note(f"interrupted before the first shard was finished: nothing kept in {out}")
+        note(f"interrupted before the first shard was finished: nothing kept in {out}")
         raise typer.Exit(130)
     rows = sum(int(s["count"]) for s in shards)
-    _note(
+    note(
         f"interrupted: {out} keeps {counted(len(shards), 'shard')} ({counted(rows, 'row')}); "
         f"continue with: {command_line(ctx, drop=('--overwrite',), add=('--resume',))}"
     )
@@ -400,7 +345,7 @@ def summarize(summary: StoreSummary, store_dtype: str, max_length: int) -> None:
         f"{counted(summary.shards, 'shard')} to {summary.out}{earlier}"
     )
     elsewhere = summary.rows_read - summary.empty_skipped - summary.count
-    _note(read_summary(summary.rows_read, written, summary.empty_skipped, max(elsewhere, 0)))
+    note(read_summary(summary.rows_read, written, summary.empty_skipped, max(elsewhere, 0)))
 
 
 def _encode_json(
@@ -434,4 +379,4 @@ def _encode_json(
     _warn_counts(empty, stats.truncated, enc.max_length)
     elsewhere = read_stats.records - count
     written = f"encoded {counted(count, 'sentence')} (dim {enc.dim})"
-    _note(read_summary(read_stats.rows, written, read_stats.empty_skipped, elsewhere))
+    note(read_summary(read_stats.rows, written, read_stats.empty_skipped, elsewhere))

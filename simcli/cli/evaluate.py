@@ -21,7 +21,7 @@ from simcli.cli.options import (
     PlotOpt,
     TokenizerOpt,
 )
-from simcli.cli.whiten import progress_bar
+from simcli.cli.progress import progress_bar
 from simcli.errors import UsageError
 from simcli.types import EncoderConfig
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from simcli.cli._app import app, counted, read_summary, reported_errors
+from simcli.cli._app import app, counted, note, read_summary, reported_errors
 from simcli.cli.options import (
     DeviceOpt,
     DTypeOpt,
@@ -23,6 +21,7 @@ from simcli.cli.options import (
     ResumeOpt,
     fields_of,
 )
+from simcli.cli.progress import count_progress
 from simcli.errors import UsageError
 from simcli.paraphrase import (
     DEFAULT_K,
@@ -32,33 +31,10 @@ from simcli.paraphrase import (
     DEFAULT_N,
     DEFAULT_TOP_P,
 )
-from simcli.types import ProgressFn
 
 if TYPE_CHECKING:
     from simcli.io import Errors
     from simcli.paraphrase import GenerationConfig, Paraphraser
-
-
-def _note(message: str) -> None:
-    typer.echo(f"simcli: {message}", err=True)
-
-
-@contextmanager
-def _progress(total: int | None, unit: str) -> Iterator[ProgressFn | None]:
-    """A rich progress bar on stderr when it is a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    with Progress(
-        TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn(),
-        console=console,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("generate", total=total)
-        yield lambda done, _tokens: bar.update(task, advance=done)
 
 
 @app.command()
@@ -130,7 +106,7 @@ def generate(
 
         para = load_paraphraser(model, device=device, dtype=dtype, max_length=max_length)
         enc = para.encoder
-        _note(
+        note(
             f"model {model} ({enc.checkpoint.family}), device {enc.device}, dtype {str(enc.dtype).removeprefix('torch.')}"
         )
         if input is not None and out is not None:
@@ -183,7 +159,7 @@ def _generate_file(
     from simcli.io import count_rows
     from simcli.paraphrase import generate_file
 
-    with _progress(count_rows([str(input)], column, header), "sentences") as progress:
+    with count_progress(count_rows([str(input)], column, header), "sentences") as progress:
         summary = generate_file(
             para,
             input,
@@ -199,11 +175,11 @@ def _generate_file(
     earlier = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
     sentences = counted(summary.sources - summary.empty, "sentence")
     made = f"wrote {counted(summary.paraphrases, 'paraphrase')} of {sentences}{earlier} to {out}"
-    _note(read_summary(summary.sources, made, summary.empty))
+    note(read_summary(summary.sources, made, summary.empty))
 
 
 def _generate_texts(para: Paraphraser, texts: list[str], config: GenerationConfig, json_out: bool) -> None:
-    with _progress(len(texts) * config.samples, "samples") as progress:
+    with count_progress(len(texts) * config.samples, "samples") as progress:
         results = para.generate(texts, config=config, progress=progress)
     for text, found in zip(texts, results):
         if json_out:

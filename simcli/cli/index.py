@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from simcli.cli._app import aligned, app, command_line, counted, from_environment, reported_errors
+from simcli.cli._app import aligned, app, command_line, counted, from_environment, note, reported_errors
 from simcli.cli.options import (
     BatchTokensOpt,
     ColumnOpt,
@@ -118,10 +118,6 @@ QueryJsonOpt = Annotated[
 ]
 
 
-def _note(message: str) -> None:
-    typer.echo(f"simcli: {message}", err=True)
-
-
 def _params(nprobe: int | None, ef_search: int | None) -> dict[str, int] | None:
     params = {k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
     return params or None
@@ -168,7 +164,7 @@ def build(
     Example: simcli index build faq.txt --model junnyu/roformer_chinese_sim_char_ft_small --out faq.idx
     """
     with reported_errors():
-        from simcli.cli.whiten import progress_bar
+        from simcli.cli.progress import progress_bar
         from simcli.index import Index
 
         if from_environment(ctx, "model") and all(Path(x).is_dir() for x in inputs):
@@ -190,13 +186,13 @@ def build(
                     overwrite=overwrite,
                     csls=csls,
                     progress=_bar_progress(bar),
-                    log=_note,
+                    log=note,
                     moments=moments,
                     fill=fill,
                 )
         except KeyboardInterrupt:
             # a generation becomes the index only when its manifest lands, so nothing half-built stays
-            _note(
+            note(
                 f"interrupted: {out} unchanged (an index is written whole once built); start again with: "
                 f"{command_line(ctx)}"
             )
@@ -240,7 +236,7 @@ def _ray_hooks(ray_address: str | None, inputs: list[str], config: EncoderConfig
     from simcli.scale.index import build_hooks_on_ray
     from simcli.scale.runtime import connect
 
-    return build_hooks_on_ray(connect(ray_address), inputs[0], _note)
+    return build_hooks_on_ray(connect(ray_address), inputs[0], note)
 
 
 def _fmt_params(params: dict[str, int]) -> str:
@@ -268,7 +264,7 @@ def add(
     Example: simcli index add faq.idx more_faq.txt
     """
     with reported_errors():
-        from simcli.cli.whiten import progress_bar
+        from simcli.cli.progress import progress_bar
         from simcli.index import Index
 
         idx = Index.load(folder, device=device, dtype=dtype, model=model)
@@ -279,7 +275,7 @@ def add(
                     column=column, field=field, header=header, errors=errors, skip_empty=skip_empty
                 ),
                 progress=_bar_progress(bar),
-                log=_note,
+                log=note,
             )
         typer.echo(f"added {counted(n, 'vector')} to {folder}: {idx.count} in all")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from simcli.cli._app import app, reported_errors
+from simcli.cli._app import app, note, reported_errors
 from simcli.cli.options import (
     BatchTokensOpt,
     DeviceOpt,
@@ -89,10 +89,6 @@ WorkersOpt = Annotated[
 ]
 
 
-def _note(message: str) -> None:
-    typer.echo(f"simcli: {message}", err=True)
-
-
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -141,7 +137,7 @@ def serve(
             trim_interval_s=trim_interval,
             **fields_of(ctx, ServeOptions, skip=("encoder", "indexes", "whitening", "api_key")),
         )
-        run(options, _note)
+        run(options, note)
 
 
 def _token_budget(batch_tokens: int | None, old: int | None) -> int | None:

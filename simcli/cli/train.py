@@ -3,15 +3,14 @@ encoder's similarity into RoFormer-Sim while keeping its generation."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from simcli.cli._app import DefaultCommandGroup, app, default_command, reported_errors
+from simcli.cli._app import DefaultCommandGroup, app, default_command, note, reported_errors
 from simcli.cli.options import DeviceOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, ResumeOpt
+from simcli.cli.progress import training_progress
 from simcli.errors import UsageError
 from simcli.types import DEFAULT_MAX_LENGTH
 
@@ -25,30 +24,6 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
-
-
-def _note(message: str) -> None:
-    typer.echo(f"simcli: {message}", err=True)
-
-
-@contextmanager
-def _progress(total_hint: str) -> Iterator[Any]:
-    """A rich progress bar on stderr (terminals only): steps, loss, pairs/s, ETA."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn(total_hint), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} pairs/s"),
-        TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(total_hint, total=None, loss=0.0, rate=0.0)
-
-        def on_step(step: int, total: int, loss: float, rate: float) -> None:
-            bar.update(task, completed=step, total=total, loss=loss, rate=rate)
-
-        yield on_step
 
 
 # The hyper-parameters both trainings take (simcli.training.options.TrainOptions), declared once.
@@ -134,7 +109,7 @@ def _train_options(ctx: typer.Context) -> TrainOptions:
 def _report(path: Path, record: dict[str, Any]) -> None:
     """The output folder and its speed (stderr), then the scores before and after (stdout)."""
     rate = record.get("pairs_per_second")
-    _note(
+    note(
         f"wrote {path} ({record['steps']} steps, {record['pairs']:,} pairs"
         + (f", {rate:.1f} pairs/s" if rate else "")
         + ")"
@@ -192,9 +167,9 @@ def train(
         from simcli.training import train as run
 
         options = _train_options(ctx)
-        with _progress("training") as on_step:
+        with training_progress("training") as on_step:
             path, record = run(
-                files, model, out, options, resume=resume, overwrite=overwrite, log=_note, on_step=on_step
+                files, model, out, options, resume=resume, overwrite=overwrite, log=note, on_step=on_step
             )
         _report(path, record)
 
@@ -244,7 +219,7 @@ def distill(
         from simcli.training import distill as run
 
         options = _train_options(ctx)
-        with _progress("distilling") as on_step:
+        with training_progress("distilling") as on_step:
             path, record = run(
                 files,
                 teacher,
@@ -253,7 +228,7 @@ def distill(
                 options,
                 resume=resume,
                 overwrite=overwrite,
-                log=_note,
+                log=note,
                 on_step=on_step,
             )
         _report(path, record)

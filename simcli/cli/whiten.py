@@ -26,6 +26,7 @@ from simcli.cli.options import (
     TokenizerOpt,
     encoder_config,
 )
+from simcli.cli.progress import progress_bar
 from simcli.errors import OutputExists, UsageError
 from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
 
@@ -37,34 +38,6 @@ whiten_app = typer.Typer(
     help="Fit BERT-whitening on a vector store or on text, and inspect whitening files.", no_args_is_help=True
 )
 app.add_typer(whiten_app, name="whiten")
-
-
-def progress_bar() -> Any:
-    """A rich progress bar on stderr: sentences done (of the total when known), rate, time."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("sentences"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # no bar (nor its blank line) in logs and pipes
-    )
 
 
 @whiten_app.command("fit")
