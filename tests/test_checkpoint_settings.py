@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import ModelError, UsageError
 from simcli.models.encoder import load_encoder
 from simcli.models.loading import open_checkpoint
 from simcli.models.tokenizers import CharTokenizer
 from tests import checkpoints
+from tests.invoke import simcli
 from tests.layouts import m3e_layout, st_layout
 
 TRICKY = [
@@ -196,7 +195,7 @@ def test_unsupported_stated_pooling_is_a_clear_error(
     folder = st_layout(bert_dir, tmp_path / "st", pooling, extra_modules=extra)
     with pytest.raises(ModelError, match=message):
         open_checkpoint(str(folder))
-    res = CliRunner().invoke(app, ["info", str(folder)])
+    res = simcli("info", str(folder))
     assert res.exit_code == 1 and res.stderr.startswith("simcli: error: ") and res.stderr.count("\n") == 1
 
 
@@ -232,7 +231,7 @@ def test_unknown_uniem_strategy_is_refused(bert_dir: Path, tmp_path: Path) -> No
 
 def test_info_table_prints_a_source_for_every_resolved_setting(bert_dir: Path, tmp_path: Path) -> None:
     folder = st_layout(bert_dir, tmp_path / "st", {"pooling_mode_mean_tokens": True}, normalize=True)
-    res = CliRunner().invoke(app, ["info", str(folder), "--dtype", "float32"])
+    res = simcli("info", str(folder), "--dtype", "float32")
     assert res.exit_code == 0, res.output
     rows = {line.split()[0]: line for line in res.stdout.splitlines()}
     assert rows["pooling"].split() == ["pooling", "last-avg", "(sentence-transformers", "modules)"]

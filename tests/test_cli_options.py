@@ -9,18 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import UsageError
 from simcli.io import ReadOptions
 from simcli.serve.options import ServeOptions
 from simcli.training.options import TrainOptions
 from simcli.types import EncoderConfig
-
-
-def run(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args], prog_name="simcli")
+from tests.invoke import simcli as run
 
 
 # -- ReadOptions -----------------------------------------------------------------------------------------------

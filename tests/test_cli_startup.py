@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+
+from tests.invoke import simcli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = (
@@ -35,14 +36,11 @@ def test_encoding_imports_no_transformers(tmp_path: Path, roformer_sim_dir: Path
     """A cold `simcli query` and library encoding (RoFormer and BERT) run on simcli's native engine:
     transformers' modeling stack (~3 s of imports, simcli/models/native.py) and huggingface_hub (only for
     hub downloads) stay unloaded. Forcing the transformers engine at the end shows the check can fail."""
-    from simcli.cli import app
 
     corpus = tmp_path / "faq.txt"
     corpus.write_text("花呗怎么还款\n借呗额度怎么提升\n今天天气很好\n", encoding="utf-8")
     index = tmp_path / "faq.idx"
-    built = CliRunner().invoke(
-        app, ["index", "build", str(corpus), "--model", str(roformer_sim_dir), "--out", str(index)]
-    )
+    built = simcli("index", "build", str(corpus), "--model", str(roformer_sim_dir), "--out", str(index))
     assert built.exit_code == 0, built.output
     code = f"""
 import sys
@@ -140,7 +138,6 @@ print("FORCED", ",".join(m for m in ("simcli.scale",) if m in sys.modules))
 def test_ray_flag_without_ray_is_one_line_naming_the_extra(
     tmp_path: Path, wobert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from simcli.cli import app
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
     corpus = tmp_path / "c.txt"
@@ -149,7 +146,7 @@ def test_ray_flag_without_ray_is_one_line_naming_the_extra(
         ["encode", str(corpus), "-m", str(wobert_dir), "--out", str(tmp_path / "o.vec"), "--ray", "local"],
         ["whiten", "fit", str(tmp_path), "--out", str(tmp_path / "w"), "--ray", "auto"],
     ):
-        result = CliRunner().invoke(app, args)
+        result = simcli(*args)
         assert result.exit_code == 1, result.output
         assert (
             result.output.strip().splitlines()[-1]
@@ -158,9 +155,8 @@ def test_ray_flag_without_ray_is_one_line_naming_the_extra(
 
 
 def test_help_lists_every_command() -> None:
-    from simcli.cli import app
 
-    result = CliRunner().invoke(app, ["--help"])
+    result = simcli("--help")
     assert result.exit_code == 0
     for command in (
         "encode",

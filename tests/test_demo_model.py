@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
+from tests.invoke import simcli as run
 
 SMALL = [
     "--hidden",
@@ -17,10 +16,6 @@ SMALL = [
     "--heads",
     "4",
 ]  # fast; the README's default width is tested by tests/test_readme.py
-
-
-def run(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), prog_name="simcli")
 
 
 def said(folder: Path, family: str, layout: str, hidden: int, heads: int, can: str) -> str:

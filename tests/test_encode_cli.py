@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import CorruptArtifact
 from simcli.store import VectorStore
+from tests.invoke import simcli as run
 
 SENTENCES = ["花呗怎么还款", "花呗可以提前还款吗", "借呗的额度怎么提升", "余额宝的钱怎么转出来", "你好"]
 
@@ -22,10 +21,6 @@ def reference(roformer_sim_dir: Path):  # type: ignore[no-untyped-def]
     from simcli.models.encoder import load_encoder
 
     return load_encoder(str(roformer_sim_dir), dtype="float32")
-
-
-def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), input=stdin)
 
 
 def header(model: Path) -> str:
@@ -227,20 +222,10 @@ def test_info_on_a_missing_model(tmp_path: Path) -> None:
 def test_progress_bar_on_a_terminal(tmp_path: Path, roformer_sim_dir: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text("\n".join(SENTENCES * 3) + "\n", encoding="utf-8")
-    r = CliRunner().invoke(
-        app,
-        [
-            "encode",
-            str(src),
-            "--model",
-            str(roformer_sim_dir),
-            "--dtype",
-            "float32",
-            "--out",
-            str(tmp_path / "o"),
-        ],
+    r = run(
+        "encode", src, "--model", roformer_sim_dir, "--dtype", "float32", "--out", tmp_path / "o",
         env={"FORCE_COLOR": "1", "COLUMNS": "200"},  # rich draws its bar only on a terminal
-    )
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert (
         "encoding" in r.stderr and "15/" in r.stderr and "sentences/s" in r.stderr and "tokens/s" in r.stderr

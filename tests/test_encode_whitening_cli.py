@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.models.encoder import load_encoder
 from simcli.store import VectorStore
 from simcli.whitening import Whitening
+from tests.invoke import simcli
 
 SENTENCES = [
     f"{a}{b}怎么办"
@@ -33,21 +32,18 @@ def test_encode_json_with_whitening_equals_numpy(tmp_path: Path, roformer_sim_di
     path, w, raw = _fit(tmp_path, roformer_sim_dir, "cls", dim=8)
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    result = CliRunner().invoke(
-        app,
-        [
-            "encode",
-            str(corpus),
-            "--model",
-            str(roformer_sim_dir),
-            "--pooling",
-            "cls",
-            "--dtype",
-            "float32",
-            "--whitening",
-            str(path),
-            "--json",
-        ],
+    result = simcli(
+        "encode",
+        str(corpus),
+        "--model",
+        str(roformer_sim_dir),
+        "--pooling",
+        "cls",
+        "--dtype",
+        "float32",
+        "--whitening",
+        str(path),
+        "--json",
     )
     assert result.exit_code == 0, result.output
     got = np.array([json.loads(line)["vector"] for line in result.stdout.splitlines()])
@@ -65,20 +61,17 @@ def test_store_with_whitening_records_it(tmp_path: Path, roformer_sim_dir: Path)
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     out = tmp_path / "store"
-    result = CliRunner().invoke(
-        app,
-        [
-            "encode",
-            str(corpus),
-            "--model",
-            str(roformer_sim_dir),
-            "--dtype",
-            "float32",
-            "--whitening",
-            str(path),
-            "--out",
-            str(out),
-        ],
+    result = simcli(
+        "encode",
+        str(corpus),
+        "--model",
+        str(roformer_sim_dir),
+        "--dtype",
+        "float32",
+        "--whitening",
+        str(path),
+        "--out",
+        str(out),
     )
     assert result.exit_code == 0, result.output
     store = VectorStore.open(out)
@@ -91,8 +84,8 @@ def test_whitening_of_another_pooling_is_refused(tmp_path: Path, roformer_sim_di
     path, _, _ = _fit(tmp_path, roformer_sim_dir, "cls", dim=8)
     corpus = tmp_path / "c.txt"
     corpus.write_text("花呗\n", encoding="utf-8")
-    result = CliRunner().invoke(
-        app, ["encode", str(corpus), "--model", str(roformer_sim_dir), "--whitening", str(path), "--json"]
+    result = simcli(
+        "encode", str(corpus), "--model", str(roformer_sim_dir), "--whitening", str(path), "--json"
     )
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -119,7 +112,7 @@ def test_store_with_whitening_records_device_and_dtype(tmp_path: Path, roformer_
         str(out),
     ]
     for dtype in ("float32", "bfloat16"):
-        result = CliRunner().invoke(app, [*args, "--dtype", dtype, "--device", "cpu", "--overwrite"])
+        result = simcli(*args, "--dtype", dtype, "--device", "cpu", "--overwrite")
         assert result.exit_code == 0, result.output
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         assert [s["computed_with"] for s in manifest["shards"]] == [{"device": "cpu", "dtype": dtype}]

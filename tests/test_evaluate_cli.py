@@ -6,15 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.evaluate import evaluate_sts, summary_rows
+from tests.invoke import simcli as run
 from tests.test_evaluate import make_pairs, write_data
-
-
-def run(*args: object):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

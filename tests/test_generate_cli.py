@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.paraphrase import Paraphraser, generate_file, load_paraphraser
+from tests.invoke import simcli as run
 
 TEXTS = ["花呗怎么还款", "借呗额度怎么提升"]
 OPTS = {"n": 12, "k": 3, "seed": 7, "max_new_tokens": 5}
@@ -33,10 +32,6 @@ FLAGS = [
 def para(roformer_sim_dir: Path) -> Paraphraser:
     """The library the CLI must agree with."""
     return load_paraphraser(str(roformer_sim_dir), device="cpu", dtype="float32")
-
-
-def run(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args))
 
 
 def note(model: Path) -> str:

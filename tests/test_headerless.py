@@ -8,20 +8,15 @@ import warnings
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import BadInput, InputWarning, UsageError
 from simcli.index import Index
 from simcli.io import ReadStats, count_rows, read_records
 from simcli.scale.plan import plan_shards, read_shard
 from simcli.store import VectorStore
+from tests.invoke import simcli as run
 
 CHARS = "花呗借还款额度怎么提升如何我喜欢北京今天天气很好你是谁在哪里可以用信用卡开通"
-
-
-def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), input=stdin)
 
 
 def sentence(i: int) -> str:

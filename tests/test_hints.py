@@ -20,19 +20,14 @@ from typing import Any
 
 import pytest
 import tomllib
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.models import sources
+from tests.invoke import simcli as run
 from tests.train_data import pairs, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["花呗怎么还款", "借呗额度怎么提升", "花呗如何还款", "我喜欢北京", "今天天气很好"]
 F32 = ("--dtype", "float32")
-
-
-def run(*args: Any, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args], input=stdin)
 
 
 def ok(*args: Any) -> Any:

@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from simcli.index import hubness as hb
+from tests.invoke import simcli
 
 N, D = 600, 24
 
@@ -232,17 +233,12 @@ def flat_and_hnsw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 
 def test_cli_index_stats_flat_equals_brute_force(flat_and_hnsw, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from typer.testing import CliRunner
-
-    from simcli.cli import app
 
     x, idx = flat_and_hnsw
     ids, sims = brute_knn(unit(x), 10)
     expected = np.array([(ids == j).sum() for j in range(N)])
     png = tmp_path / "nk.png"
-    r = CliRunner().invoke(
-        app, ["index", "stats", str(idx["flat"].path), "--json", "--top", "3", "--plot", str(png)]
-    )
+    r = simcli("index", "stats", str(idx["flat"].path), "--json", "--top", "3", "--plot", str(png))
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     assert got["exact"] is True and got["sample"] is None and got["points"] == N and got["k"] == 10
@@ -257,19 +253,16 @@ def test_cli_index_stats_flat_equals_brute_force(flat_and_hnsw, tmp_path) -> Non
     ]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    text = CliRunner().invoke(app, ["index", "stats", str(idx["flat"].path), "-k", "5", "--sample", "100"])
+    text = simcli("index", "stats", str(idx["flat"].path), "-k", "5", "--sample", "100")
     assert text.exit_code == 0, text.output
     assert "100 sampled of 600 vectors, k = 5; exact k-NN within a random sample of 100" in text.stdout
     assert "N_5 skewness" in text.stdout and "top hubs:" in text.stdout
 
 
 def test_cli_index_stats_hnsw_says_approximate(flat_and_hnsw) -> None:  # type: ignore[no-untyped-def]
-    from typer.testing import CliRunner
-
-    from simcli.cli import app
 
     x, idx = flat_and_hnsw
-    r = CliRunner().invoke(app, ["index", "stats", str(idx["hnsw"].path), "--json"])
+    r = simcli("index", "stats", str(idx["hnsw"].path), "--json")
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     assert got["exact"] is False and "approximate (HNSW32, efSearch" in got["method"]
@@ -341,16 +334,14 @@ def test_csls_search_over_the_whole_corpus_equals_numpy_csls(flat_and_hnsw, tmp_
 
 
 def test_csls_without_radii_is_a_one_line_error_naming_the_command(flat_and_hnsw) -> None:  # type: ignore[no-untyped-def]
-    from typer.testing import CliRunner
 
-    from simcli.cli import app
     from simcli.errors import UsageError
 
     _, idx = flat_and_hnsw
     folder = idx["flat"].path
     with pytest.raises(UsageError, match=f"run `simcli index hubness {folder}`"):
         idx["flat"].search(raw_clustered(2, seed=3), rerank="csls")
-    r = CliRunner().invoke(app, ["query", str(folder), "x", "--rerank", "csls"])
+    r = simcli("query", str(folder), "x", "--rerank", "csls")
     assert r.exit_code != 0
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and f"simcli index hubness {folder}" in lines[0]
@@ -391,14 +382,10 @@ def test_add_keeps_radii_equal_to_a_fresh_build(tmp_path, added: int) -> None:  
 def test_cli_hubness_then_query_rerank_csls_json(flat_and_hnsw, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from typer.testing import CliRunner
-
-    from simcli.cli import app
-
     x, idx = flat_and_hnsw
     folder = tmp_path / "copy"
     shutil.copytree(idx["flat"].path, folder)
-    r = CliRunner().invoke(app, ["index", "hubness", str(folder), "--json"])
+    r = simcli("index", "hubness", str(folder), "--json")
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     _, sims = brute_knn(unit(x), 10)
@@ -417,9 +404,7 @@ def test_cli_hubness_then_query_rerank_csls_json(flat_and_hnsw, tmp_path) -> Non
 def test_cli_build_csls_and_query_rerank_with_a_tiny_model(tmp_path, wobert_dir) -> None:  # type: ignore[no-untyped-def]
     """Text end to end: `index build --csls`, `query --rerank csls --json` reports the CSLS score and the
     cosine, csls = 2 cos - r(y) with r from the stored radii, hits ordered by it; --candidates checked."""
-    from typer.testing import CliRunner
 
-    from simcli.cli import app
     from simcli.index import Index
 
     faq = tmp_path / "faq.txt"
@@ -434,9 +419,8 @@ def test_cli_build_csls_and_query_rerank_with_a_tiny_model(tmp_path, wobert_dir)
     ]
     faq.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "faq.idx"
-    r = CliRunner().invoke(
-        app,
-        ["index", "build", str(faq), "-m", str(wobert_dir), "--out", str(out), "--whiten", "none", "--csls"],
+    r = simcli(
+        "index", "build", str(faq), "-m", str(wobert_dir), "--out", str(out), "--whiten", "none", "--csls"
     )
     assert r.exit_code == 0, r.output
     idx = Index.load(out)
@@ -450,7 +434,7 @@ def test_cli_build_csls_and_query_rerank_with_a_tiny_model(tmp_path, wobert_dir)
         radii.r, np.sort(s, axis=1)[:, ::-1][:, : len(lines) - 1].mean(axis=1), atol=1e-5
     )
 
-    q = CliRunner().invoke(app, ["query", str(out), "花呗如何还款", "-k", "3", "--rerank", "csls", "--json"])
+    q = simcli("query", str(out), "花呗如何还款", "-k", "3", "--rerank", "csls", "--json")
     assert q.exit_code == 0, q.output
     hits = json.loads(q.stdout)["results"]
     assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
@@ -458,13 +442,11 @@ def test_cli_build_csls_and_query_rerank_with_a_tiny_model(tmp_path, wobert_dir)
         assert h["csls"] == h["score"] == pytest.approx(2 * h["cosine"] - radii.r[h["id"]], abs=1e-5)
         assert h["text"] == lines[h["id"]]
     assert [h["csls"] for h in hits] == sorted((h["csls"] for h in hits), reverse=True)
-    plain = CliRunner().invoke(app, ["query", str(out), "花呗如何还款", "-k", "3", "--json"])
+    plain = simcli("query", str(out), "花呗如何还款", "-k", "3", "--json")
     assert all("csls" not in h and "cosine" not in h for h in json.loads(plain.stdout)["results"])
-    bad = CliRunner().invoke(app, ["query", str(out), "x", "--candidates", "5"])
+    bad = simcli("query", str(out), "x", "--candidates", "5")
     assert bad.exit_code == 2 and "--candidates is for --rerank csls" in bad.output
-    text = CliRunner().invoke(
-        app, ["query", str(out), "花呗如何还款", "-k", "2", "--rerank", "csls", "--candidates", "4"]
-    )
+    text = simcli("query", str(out), "花呗如何还款", "-k", "2", "--rerank", "csls", "--candidates", "4")
     assert text.exit_code == 0 and text.stdout.splitlines()[0] == "花呗如何还款"
     rank, csls, cos, hit = text.stdout.splitlines()[1].split()
     assert rank == "1" and float(csls) == pytest.approx(2 * float(cos) - radii.r[lines.index(hit)], abs=2e-4)

@@ -13,6 +13,7 @@ import simcli.index.choose as choose_mod
 from simcli.errors import CorruptArtifact, ManifestMismatch, OutputExists, UsageError
 from simcli.index import Index
 from simcli.index.search import recall_at_k
+from tests.invoke import simcli
 
 N, D, CLUSTERS = 8000, 32, 80
 
@@ -384,14 +385,11 @@ def test_simbert_is_not_whitened_by_auto(tmp_path: Path) -> None:
 
 def test_build_from_a_store(tmp_path: Path, wobert_dir: Path, roformer_sim_dir: Path) -> None:
     """A vector store carries its model: the index records it and queries encode with it."""
-    from typer.testing import CliRunner
-
-    from simcli.cli import app
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     for name, model in (("wob.vec", wobert_dir), ("sim.vec", roformer_sim_dir)):
-        r = CliRunner().invoke(app, ["encode", str(corpus), "-m", str(model), "--out", str(tmp_path / name)])
+        r = simcli("encode", str(corpus), "-m", str(model), "--out", str(tmp_path / name))
         assert r.exit_code == 0, r.output
     idx = Index.build(tmp_path / "wob.vec", out=tmp_path / "i", whiten="none", index="flat")
     assert idx.spec.family == "wobert" and idx.texts() == SENTENCES

@@ -17,6 +17,7 @@ from simcli.index import gpu as gpu_mod
 from simcli.index.neighbourhood import index_stats
 from tests import fake_gpu
 from tests.fake_gpu import FakeGpu, FakeGpuIndex, FakeReplicas, FakeResources
+from tests.invoke import simcli
 
 D = 64
 
@@ -239,13 +240,9 @@ def test_without_either_faiss_extra_index_commands_say_which_to_install(
     """The base install depends on neither faiss-cpu nor faiss-gpu-cu12 (they share the `faiss` package)."""
     import sys
 
-    from typer.testing import CliRunner
-
-    from simcli.cli import app
-
     monkeypatch.setitem(sys.modules, "faiss", None)  # as when neither extra is installed
     monkeypatch.delitem(sys.modules, "simcli.index")
-    result = CliRunner().invoke(app, ["index", "info", str(tmp_path)])
+    result = simcli("index", "info", str(tmp_path))
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1] == (
         "simcli: error: the index commands need faiss: pip install -e '.[cpu]' "
@@ -261,18 +258,15 @@ def test_served_gpu_index_answers_concurrent_and_large_k_searches(
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    from typer.testing import CliRunner
 
-    from simcli.cli import app
     from simcli.serve.options import ServeOptions
     from tests.serving import running_server
 
     src = tmp_path / "c.txt"
     src.write_text("\n".join(f"问题{i}怎么办" for i in range(2600)) + "\n", encoding="utf-8")
     out = tmp_path / "c.idx"
-    r = CliRunner().invoke(
-        app,
-        ["index", "build", str(src), "-m", str(roformer_sim_dir), "--out", str(out), "--dtype", "float32"],
+    r = simcli(
+        "index", "build", str(src), "-m", str(roformer_sim_dir), "--out", str(out), "--dtype", "float32"
     )
     assert r.exit_code == 0, r.output
     want = Index.load(out, dtype="float32").search(["问题7怎么办"], k=2500)[0]

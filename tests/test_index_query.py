@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import CorruptArtifact
 from simcli.index import FILE_ROLES, Candidates, FileRole, Index, IndexManifest, persist, pipeline
 from simcli.index.encoders import query_dtype
 from simcli.index.manifest import file_name
+from tests.invoke import simcli
 
 N, D = 6000, 24
 
@@ -232,8 +231,7 @@ def test_query_and_add_encode_with_the_index_dtype_unless_dtype_is_given(
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     out = tmp_path / "bf.idx"
-    r = CliRunner().invoke(app, ["index", "build", str(corpus), "-m", str(roformer_sim_dir), "--out", str(out),
-                                 "--dtype", "bfloat16"])  # fmt: skip
+    r = simcli("index", "build", str(corpus), "-m", str(roformer_sim_dir), "--out", str(out), "--dtype", "bfloat16")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert Index.load(out).manifest.computed_with == [{"device": "cpu", "dtype": "bfloat16"}]
 
@@ -248,7 +246,7 @@ def test_query_and_add_encode_with_the_index_dtype_unless_dtype_is_given(
     assert max(abs(a - b) for a, b in zip(bf16, fp32, strict=True)) > 1e-3  # premise: the dtypes differ
 
     def scores(*extra: str) -> list[float]:
-        r = CliRunner().invoke(app, ["query", str(out), "北京天气", "-k", "6", "--json", *extra])
+        r = simcli("query", str(out), "北京天气", "-k", "6", "--json", *extra)
         assert r.exit_code == 0, r.output
         return [h["score"] for h in json.loads(r.stdout)["results"]]
 
@@ -259,6 +257,6 @@ def test_query_and_add_encode_with_the_index_dtype_unless_dtype_is_given(
     assert str(Index.load(out, dtype="float32").encoder().dtype) == "torch.float32"
     more = tmp_path / "more.txt"
     more.write_text("上海是个大城市\n", encoding="utf-8")
-    r = CliRunner().invoke(app, ["index", "add", str(out), str(more)])
+    r = simcli("index", "add", str(out), str(more))
     assert r.exit_code == 0, r.output
     assert Index.load(out).manifest.computed_with == [{"device": "cpu", "dtype": "bfloat16"}]

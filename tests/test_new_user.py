@@ -11,15 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
+from tests.invoke import simcli as run
 
 SENTENCES = ["花呗怎么还款", "借呗额度怎么提升", "花呗如何还款", "我喜欢北京", "今天天气很好"]
-
-
-def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), input=stdin)
 
 
 @pytest.fixture
@@ -239,7 +234,7 @@ def test_resume_refuses_another_dtype(tmp_path: Path, roformer_sim_dir: Path) ->
     ],
 )
 def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
-    r = CliRunner().invoke(app, args, prog_name="simcli")
+    r = run(*args)
     assert r.exit_code == 2
     assert r.stdout == ""
     assert len(r.stderr.splitlines()) == 1, r.stderr
@@ -249,13 +244,13 @@ def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
 
 def test_help_stays_rich_without_bool_on_flags() -> None:
     for args in (["--help"], ["encode", "--help"], ["index", "build", "--help"], ["query", "--help"]):
-        r = CliRunner().invoke(app, args, prog_name="simcli")
+        r = run(*args)
         assert r.exit_code == 0, r.output
         assert "╭" in r.stdout and "Usage: simcli" in r.stdout
         assert "<bool>" not in r.stdout
-    r = CliRunner().invoke(app, ["encode", "--help"], prog_name="simcli")
+    r = run(*["encode", "--help"])
     assert "--resume" in r.stdout and "<int range>" in r.stdout  # value options keep their type
-    r = CliRunner().invoke(app, ["index"], prog_name="simcli")  # a group alone shows its help, as before
+    r = run(*["index"])  # a group alone shows its help, as before
     assert r.exit_code == 2 and "build" in r.output and "error" not in r.output
 
 

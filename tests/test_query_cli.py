@@ -7,16 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.index import Index
+from tests.invoke import simcli as run
 
 SENTENCES = ["花呗怎么还款", "借呗额度怎么提升", "花呗如何还款", "我喜欢北京", "今天天气很好", "花呗怎么还款"]
-
-
-def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), input=stdin)
 
 
 @pytest.fixture

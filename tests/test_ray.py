@@ -14,14 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
-from simcli.cli import app
 from simcli.io import ReadStats, read_records
 from simcli.store import VectorStore, encode_to_store
 from simcli.types import EncoderConfig
+from tests.invoke import simcli
 from tests.object_store import upload_to_s3
 
 SHARD = 9
@@ -109,7 +108,7 @@ def single_store(tmp_path_factory: pytest.TempPathFactory, corpus: list[str], wo
 
 
 def run(args: list[str]) -> str:
-    result = CliRunner().invoke(app, args)
+    result = simcli(*args)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -346,7 +345,7 @@ def test_ray_refuses_what_it_cannot_do(
           str(tmp_path / "o3"), "--ray", "local"], "missing.txt: no such file"),
     ]  # fmt: skip
     for args, message in cases:
-        result = CliRunner().invoke(app, args)
+        result = simcli(*args)
         assert result.exit_code != 0, args
         assert message in result.output, result.output
         assert len(result.output.strip().splitlines()) <= 2, result.output

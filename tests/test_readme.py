@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from tests import checkpoints
+from tests.invoke import simcli
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The pages whose examples run, in reading order: later pages use what earlier ones wrote (stores, indexes).
@@ -53,7 +52,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("offline")
     models = {"roformer-sim": root / "tiny-model", "wobert": root / "tiny-wobert"}
     for family, folder in models.items():
-        r = CliRunner().invoke(app, ["demo-model", str(folder), "--family", family])
+        r = simcli("demo-model", str(folder), "--family", family)
         assert r.exit_code == 0, r.output
     return models
 
@@ -134,7 +133,7 @@ def _run(argv: list[str], stdin: str | None, stdout: str | None, models: dict[st
     # `simcli generate` without --model uses SIMCLI_MODEL (else junnyu/roformer_chinese_sim_char_ft_base); it is
     # set for every command, as a user's shell would: commands on a store must not mistake it for --model
     env = {"SIMCLI_MODEL": str(models["roformer-sim"])}
-    r = CliRunner().invoke(app, _offline_model(argv, models), input=feed, env=env, prog_name="simcli")
+    r = simcli(*_offline_model(argv, models), stdin=feed, env=env)
     assert r.exit_code == 0, f"{where}: simcli {shlex.join(argv)}\n{r.output}"
     if stdout:
         Path(stdout).write_text(r.stdout, encoding="utf-8")

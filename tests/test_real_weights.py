@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.models import device, sources
 from simcli.models.encoder import EncodeStats, load_encoder
 from tests import real_sentences
+from tests.invoke import simcli
 
 pytestmark = pytest.mark.real
 
@@ -139,8 +138,8 @@ def test_eval_sts_spearman_equals_scipy_on_sentence_transformers_vectors(real_en
     if not real_sentences.available():
         pytest.skip("../shared/data (LCQMC, PAWSX, STS-B test sets) is absent")
     path = real_sentences.DATA / "STS-B" / "STS-B.test.data"
-    res = CliRunner().invoke(
-        app, ["eval", "sts", str(path), "-m", "m3e-small", "--whiten", "none", "--dtype", "float32", "--json"]
+    res = simcli(
+        "eval", "sts", str(path), "-m", "m3e-small", "--whiten", "none", "--dtype", "float32", "--json"
     )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.stdout.splitlines()]

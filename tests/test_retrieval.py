@@ -10,9 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import scipy.stats
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import BadInput, UsageError
 from simcli.index import hubness as hb
 from simcli.retrieval import (
@@ -24,6 +22,7 @@ from simcli.retrieval import (
     retrieval_task,
     score_rankings,
 )
+from tests.invoke import simcli
 
 PAIRS = "A\tB\t1\nA\tC\t1\nD\tE\t1\nC\tF\t0\nG\tA\t0\n"
 # corpus in order of first appearance, first column then second: A D C G B E F
@@ -150,22 +149,19 @@ def test_cli_eval_retrieval_with_a_tiny_model(tmp_path: Path, wobert_dir: Path) 
     f.write_text("\n".join(rows) + "\n", encoding="utf-8")
     distract = tmp_path / "more.txt"
     distract.write_text("北京的天气\n上海下雨了\n", encoding="utf-8")
-    r = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "retrieval",
-            str(f),
-            "--corpus",
-            str(distract),
-            "--model",
-            str(wobert_dir),
-            "--whiten",
-            "none",
-            "--rerank",
-            "none,csls",
-            "--json",
-        ],
+    r = simcli(
+        "eval",
+        "retrieval",
+        str(f),
+        "--corpus",
+        str(distract),
+        "--model",
+        str(wobert_dir),
+        "--whiten",
+        "none",
+        "--rerank",
+        "none,csls",
+        "--json",
     )
     assert r.exit_code == 0, r.output
     got = [json.loads(line) for line in r.stdout.splitlines()]
@@ -195,8 +191,8 @@ def test_cli_eval_retrieval_with_a_tiny_model(tmp_path: Path, wobert_dir: Path) 
 def test_cli_eval_retrieval_table(tmp_path: Path, wobert_dir: Path) -> None:
     f = tmp_path / "tiny.tsv"
     f.write_text("今天天气很好\t今天天气不错\t1\n我喜欢北京\t我爱北京\t0\n", encoding="utf-8")
-    r = CliRunner().invoke(app, ["eval", "retrieval", str(f), "--model", str(wobert_dir), "--whiten", "none"])
+    r = simcli("eval", "retrieval", str(f), "--model", str(wobert_dir), "--whiten", "none")
     assert r.exit_code == 0, r.output
     assert "MRR@10" in r.stdout and "N10 skew" in r.stdout and "tiny" in r.stdout
-    bad = CliRunner().invoke(app, ["eval", "retrieval", str(f), "--model", str(wobert_dir), "--rerank", "x"])
+    bad = simcli("eval", "retrieval", str(f), "--model", str(wobert_dir), "--rerank", "x")
     assert bad.exit_code != 0 and "--rerank 'x'" in bad.output

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.io import read_records, write_jsonl, write_table
+from tests.invoke import simcli as run
 
 # Texts that break naive writers: quotes (csv doubles them, TSV has none), the other format's delimiter,
 # backslashes, JSON-looking text, non-BMP characters, a lone quote at the start.
@@ -64,10 +63,6 @@ def test_csv_keeps_line_breaks_and_jsonl_keeps_everything(tmp_path: Path) -> Non
     path = tmp_path / "t.jsonl"
     path.write_text(buf.getvalue(), encoding="utf-8")
     assert _read(path, "text") == rows
-
-
-def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), input=stdin)
 
 
 def test_generate_out_reads_back_the_same_in_every_format(tmp_path: Path, roformer_sim_dir: Path) -> None:

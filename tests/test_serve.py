@@ -14,12 +14,11 @@ import httpx
 import numpy as np
 import pytest
 from openai import OpenAI
-from typer.testing import CliRunner
 
-from simcli.cli import app as cli
 from simcli.index import Index
 from simcli.serve.heap import malloc_trim
 from simcli.serve.options import ServeOptions
+from tests.invoke import simcli
 from tests.serving import Running, running_server
 
 KEY = "s3cret-key"
@@ -31,20 +30,8 @@ QUERIES = ["花呗还款", "北京", "额度"]
 def _build_index(corpus: list[str], model: Path, out: Path, *options: str) -> Path:
     src = out.with_suffix(".txt")
     src.write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    r = CliRunner().invoke(
-        cli,
-        [
-            "index",
-            "build",
-            str(src),
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--dtype",
-            "float32",
-            *options,
-        ],
+    r = simcli(
+        "index", "build", str(src), "--model", str(model), "--out", str(out), "--dtype", "float32", *options
     )
     assert r.exit_code == 0, r.output
     return out
@@ -113,9 +100,7 @@ def test_single_string_and_raw_extension_equal_encode_json(
     """`normalize: false` returns what `simcli encode --json` prints (raw pooled vectors); a bare string works."""
     src = tmp_path / "one.txt"
     src.write_text("借呗额度怎么提升\n", encoding="utf-8")
-    r = CliRunner().invoke(
-        cli, ["encode", str(src), "--model", str(roformer_sim_dir), "--json", "--dtype", "float32"]
-    )
+    r = simcli("encode", str(src), "--model", str(roformer_sim_dir), "--json", "--dtype", "float32")
     assert r.exit_code == 0, r.output
     printed = json.loads(r.stdout.splitlines()[0])["vector"]
     body = post(served, "/v1/embeddings", {"input": "借呗额度怎么提升", "normalize": False}).json()
@@ -341,7 +326,7 @@ def test_search_equals_index_search(served: Running) -> None:
 
 def test_search_records_equal_query_json(served: Running) -> None:
     faq = served.service.registry.indexes["faq"].path
-    r = CliRunner().invoke(cli, ["query", str(faq), *QUERIES, "-k", "2", "--json", "--dtype", "float32"])
+    r = simcli("query", str(faq), *QUERIES, "-k", "2", "--json", "--dtype", "float32")
     assert r.exit_code == 0, r.output
     printed = [json.loads(line) for line in r.stdout.splitlines()]
     body = post(served, "/search", {"index": "faq", "queries": QUERIES, "k": 2}).json()

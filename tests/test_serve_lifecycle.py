@@ -16,14 +16,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app as cli
 from simcli.index import Index
 from simcli.serve.api_errors import APIError
 from simcli.serve.batcher import Batcher
 from simcli.serve.heap import HeapTrimmer
 from simcli.serve.options import ServeOptions
+from tests.invoke import simcli
 from tests.serving import running_server, wait_ready
 from tests.test_serve import CORPUS, _build_index
 
@@ -46,7 +45,7 @@ def test_index_only_shares_one_encoder_and_picks_up_index_add(tmp_path: Path, ro
         assert before["generation"] == 1 and before["data"][0]["results"][0]["text"] != "新加的句子"
         new = tmp_path / "new.txt"
         new.write_text("新加的句子\n", encoding="utf-8")
-        r = CliRunner().invoke(cli, ["index", "add", str(faq), str(new), "--dtype", "float32"])
+        r = simcli("index", "add", str(faq), str(new), "--dtype", "float32")
         assert r.exit_code == 0, r.output
         after = httpx.post(f"{running.url}/search", json=query).json()
         assert after["generation"] == 2
@@ -161,7 +160,7 @@ def test_batcher_merges_per_encoder_within_budget_and_refuses_when_full() -> Non
 
 
 def test_cli_needs_something_to_serve() -> None:
-    r = CliRunner().invoke(cli, ["serve"])
+    r = simcli("serve")
     assert r.exit_code == 2
     assert r.stderr == "simcli: error: give --model M and/or --index DIR: there is nothing to serve\n"
 

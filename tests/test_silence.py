@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import simcli.store
 import simcli.vectors
-from simcli.cli import app
 from simcli.index import Index
 from simcli.store import VectorStore
+from tests.invoke import simcli as run
 
 SENTENCES = [
     "花呗怎么还款",
@@ -28,10 +27,6 @@ SENTENCES = [
     "你是谁",
     "在哪里",
 ]
-
-
-def run(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, list(args), input=stdin)
 
 
 @pytest.fixture

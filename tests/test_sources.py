@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import ModelError, UsageError
 from simcli.models import sources
 from simcli.models.loading import open_checkpoint, resolve_model_dir
 from tests import checkpoints
+from tests.invoke import simcli
 from tests.layouts import build_wheel, m3e_layout
 
 PACKAGE, VERSION, INSIDE = "tiny-encoder-zh", "1.2.3", "tiny_encoder_zh/models/m3e-tiny"
@@ -178,7 +177,7 @@ def test_hub_failure_names_the_offline_alternatives() -> None:
 
 def test_info_on_a_pip_source_names_every_setting_source(m3e_tiny: Path, index: Path) -> None:
     build_wheel(m3e_tiny, index, PACKAGE, VERSION, INSIDE)
-    res = CliRunner().invoke(app, ["info", SPEC, "--json"])
+    res = simcli("info", SPEC, "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["model"] == SPEC and data["pooling"] == "last-avg" and data["lowercase"] is False
@@ -204,7 +203,7 @@ def test_first_fetch_says_what_and_from_where_and_a_cached_one_says_nothing(
 
     monkeypatch.setattr(sources, "_pip_download", download)
     monkeypatch.setattr(sources, "_pip_config", lambda: {"index-url": "https://ignored.example/simple"})
-    first = CliRunner().invoke(app, ["info", SPEC, "--json"])
+    first = simcli("info", SPEC, "--json")
     assert first.exit_code == 0, first.output
     dest = tmp_path / "cache" / "simcli-pip" / f"{PACKAGE}=={VERSION}" / INSIDE
     wheel = dest / sources.MARKER
@@ -216,7 +215,7 @@ def test_first_fetch_says_what_and_from_where_and_a_cached_one_says_nothing(
     )
     assert said[1].startswith(f"simcli: unpacking {INSIDE} from {size} (") and said[1].endswith(" MB)")
     assert len(said) == 2
-    again = CliRunner().invoke(app, ["info", SPEC, "--json"])
+    again = simcli("info", SPEC, "--json")
     assert again.exit_code == 0, again.output
     assert again.stderr == "" and downloads == [f"{PACKAGE}=={VERSION}"]  # cached: not fetched, nothing said
 

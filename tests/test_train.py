@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.errors import BadInput, UsageError
 from simcli.models.encoder import load_encoder
 from simcli.training import train
@@ -20,6 +18,7 @@ from simcli.training.loop import Trainer, state_folder
 from simcli.training.losses import cosent_loss, masked_softmax_loss
 from simcli.training.options import TrainOptions
 from tests import checkpoints
+from tests.invoke import simcli
 from tests.layouts import m3e_layout, st_layout
 from tests.train_data import pairs, write_pairs
 
@@ -105,9 +104,7 @@ def test_bad_labels_name_file_and_line(tmp_path: Path, rows: list, kind: str, me
     path = write_pairs(tmp_path / "x.tsv", rows)
     with pytest.raises(BadInput, match=message):
         read_labelled(path, kind=kind)
-    result = CliRunner().invoke(
-        app, ["train", str(path), "--model", "unused", "--out", str(tmp_path / "o"), "--kind", kind]
-    )
+    result = simcli("train", str(path), "--model", "unused", "--out", str(tmp_path / "o"), "--kind", kind)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simcli: error:") and str(path) + ":2" in lines[0]
@@ -138,9 +135,7 @@ def test_loss_falls_and_held_out_spearman_rises(
     assert before["step"] == 0 and after["step"] == 200
     assert after["scores"]["dev"] > before["scores"]["dev"] + 15
     # the written model scores as recorded, through `simcli eval sts`
-    result = CliRunner().invoke(
-        app, ["eval", "sts", str(data["dev"]), "--model", str(out), "--whiten", "none", "--json"]
-    )
+    result = simcli("eval", "sts", str(data["dev"]), "--model", str(out), "--whiten", "none", "--json")
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["spearman"] == pytest.approx(after["scores"]["dev"], abs=1e-3)
@@ -235,15 +230,13 @@ def test_cli_counts_overwrite_and_cosent(bert_dir: Path, data: dict[str, Path], 
         "--steps",
         "4",
     ]
-    result = CliRunner().invoke(app, args)
+    result = simcli(*args)
     assert result.exit_code == 0, result.output
     assert "train.tsv: 1,200 pairs, binary (0: 621, 1: 579)" in result.output
     assert "nli.tsv: 200 pairs, nli (contradiction:" in result.output
-    again = CliRunner().invoke(app, args)
+    again = simcli(*args)
     assert again.exit_code == 1 and "--overwrite" in again.output
-    cosent = CliRunner().invoke(
-        app, [*args[:2], str(data["scores"]), *args[3:], "--loss", "cosent", "--overwrite"]
-    )
+    cosent = simcli(*args[:2], str(data["scores"]), *args[3:], "--loss", "cosent", "--overwrite")
     assert cosent.exit_code == 0, cosent.output
     rec = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert (

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.models.encoder import load_encoder
 from simcli.models.unilm import Job, Sampling, UniLM, build_mlm_head, sample_batch
 from simcli.training import TrainOptions, distill
 from simcli.training.distillation import seq2seq_inputs, teacher_student_gap, unilm_loss
 from tests import checkpoints
+from tests.invoke import simcli
 from tests.train_data import pairs, write_pairs
 
 MAX_NEW = 24
@@ -73,5 +72,5 @@ def test_distill_lowers_the_gap_and_keeps_generation(tmp_path: Path) -> None:
     jobs = [Job(tok.encode(t, 64), 1, 0) for t in texts[:6]]
     generated = sample_batch(unilm, jobs, Sampling(greedy=True), MAX_NEW, tok.sep_id, tok.pad_id)
     assert all(len(g) < MAX_NEW for g in generated)  # every greedy continuation ended in [SEP]
-    result = CliRunner().invoke(app, ["generate", texts[0], "--model", str(out), "--greedy"])
+    result = simcli("generate", texts[0], "--model", str(out), "--greedy")
     assert result.exit_code == 0, result.output

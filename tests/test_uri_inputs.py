@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("pyarrow", reason="URI inputs need pyarrow (pip install -e '.[ray]')")
 
-from simcli.cli import app
 from simcli.io import expand_uri_globs
 from simcli.store import VectorStore
+from tests.invoke import simcli
 from tests.object_store import upload_to_s3
 
 COMMON = ["--dtype", "float32", "--max-length", "24", "--shard-size", "7"]
@@ -37,7 +36,7 @@ def local_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def encode(inputs: list[str], out: Path, model: Path) -> str:
-    result = CliRunner().invoke(app, ["encode", *inputs, "--model", str(model), "--out", str(out), *COMMON])
+    result = simcli("encode", *inputs, "--model", str(model), "--out", str(out), *COMMON)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -86,7 +85,7 @@ def test_bad_uris_are_one_line_errors_that_name_them(
         ("s3://bad/x/missing.txt", "s3://bad/x/missing.txt: no such file"),
     ]:
         out = tmp_path / "o.vec"
-        result = CliRunner().invoke(app, ["encode", given, "--model", str(wobert_dir), "--out", str(out)])
+        result = simcli("encode", given, "--model", str(wobert_dir), "--out", str(out))
         assert result.exit_code != 0
         assert said in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not out.exists()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from simcli.cli import app
 from simcli.models.encoder import load_encoder
 from simcli.whitening import Whitening
+from tests.invoke import simcli as run
 
 SENTENCES = [
     "".join(p)
@@ -20,10 +19,6 @@ SENTENCES = [
         ["我", "你", "老师"], ["喜欢", "想去", "不喜欢"], ["北京", "花呗", "公园", "手机"]
     )
 ]
-
-
-def run(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
