@@ -84,7 +84,7 @@ EOF
 printf 'versions\ttorch / faiss\t%s\n' "$(python -c 'import torch, faiss; print(torch.__version__, torch.version.cuda, "/", faiss.__version__)')" >>"$TABLE"
 
 # -- 2. parity ----------------------------------------------------------------------------------------------
-step tests python -m pytest -q -x tests/test_index_gpu.py tests/test_encode_cuda_loop.py tests/test_encoder.py
+step tests python -m pytest -q -x tests/index/test_index_gpu.py tests/models/test_encode_cuda_loop.py tests/models/test_encoder.py
 python - "$DEVICE" >>"$TABLE" <<'EOF' || fail "fp16 parity"
 import sys
 import numpy as np

@@ -1,6 +1,6 @@
 """The CLI reference page (docs/cli.md), generated from the commands' own declarations.
 
-`python -m simcli.cli.reference > docs/cli.md` writes it; tests/test_readme.py fails when the page and the code
+`python -m simcli.cli.reference > docs/cli.md` writes it; tests/docs/test_readme.py fails when the page and the code
 disagree, so the reference cannot drift from `--help`.
 
 typer 0.29 carries its own copy of click, so commands and parameters are read by their attributes

@@ -11,8 +11,8 @@ UniLM generation (simcli/models/unilm.py) runs here too: `NativeBackbone.decode`
 the same layers with a `KVCache` and per-row positions, and `MLMHead` is the masked-LM head, so
 `simcli generate` never imports transformers either.
 
-transformers' modules remain the reference: tests/test_native.py checks every layer's output against them,
-tests/test_generate.py checks cached decoding against a full transformers forward with the explicit UniLM
+transformers' modules remain the reference: tests/models/test_native.py checks every layer's output against them,
+tests/generate/test_generate.py checks cached decoding against a full transformers forward with the explicit UniLM
 mask, and encoding configurations this module does not implement fall back to them (`unsupported`).
 """
 

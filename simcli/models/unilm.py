@@ -10,7 +10,7 @@ The layers are simcli's own (`NativeBackbone.decode` and `MLMHead` in simcli/mod
 generation never imports transformers (~3 s of a cold start). They take per-row positions, since rows of a
 batch have sources of different lengths and each row continues at its own length (kexue.fm/archives/8265), and a
 preallocated cache whose rows can be repeated (n samples of one source) and dropped (finished samples) in
-one copy. transformers is the test oracle: tests/test_generate.py checks the cached logits against its full
+one copy. transformers is the test oracle: tests/generate/test_generate.py checks the cached logits against its full
 forward pass over `[CLS] a [SEP] b` with the explicit UniLM mask.
 """
 

@@ -8,7 +8,7 @@ The rule, as bert4keras applies it when these models were trained:
    tokens, greedy longest-match WordPiece with `##`, `[UNK]` when a chunk cannot be matched);
 4. concatenate, then [CLS] ... [SEP].
 
-Consequences worth knowing (all pinned by tests/test_tokenizers.py): full-width letters and digits are
+Consequences worth knowing (all pinned by tests/models/test_tokenizers.py): full-width letters and digits are
 not NFKC-folded (BERT never does that), and jieba cuts every character outside
 `[\\u4e00-\\u9fd5a-zA-Z0-9+#&._%-]` into its own word, so runs of such characters (full-width ASCII,
 kana, hangul, Cyrillic, "ß") reach WordPiece one character at a time, unlike in the char tokenizer.

@@ -23,10 +23,10 @@ from simcli.serve.batcher import Batcher
 from simcli.serve.heap import HeapTrimmer
 from simcli.serve.options import ServeOptions
 from tests.invoke import simcli
+from tests.serve.test_serve import CORPUS, _build_index
 from tests.serving import running_server, wait_ready
-from tests.test_serve import CORPUS, _build_index
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_index_only_shares_one_encoder_and_picks_up_index_add(tmp_path: Path, roformer_sim_dir: Path) -> None:

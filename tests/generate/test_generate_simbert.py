@@ -14,7 +14,7 @@ from simcli.errors import ModelError
 from simcli.paraphrase import Paraphraser, load_paraphraser
 from tests import checkpoints
 from tests.checkpoints import build_simbert
-from tests.test_generate import SOURCES, mask_argument, unilm_mask
+from tests.generate.test_generate import SOURCES, mask_argument, unilm_mask
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from simcli.models.tokenizers import CharTokenizer, load_tokenizer
 from simcli.models.word_tokenizer import WORD_MAX_CHARS, WordTokenizer
 from tests.checkpoints import CLS_ID, SEP_ID, UNK_ID, word_vocab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 
 # (text, WoBERT tokens with the tiny word vocab). In-vocab jieba words stay whole ("英雄", "没有", "取消");

@@ -15,7 +15,7 @@ SMALL = [
     "32",
     "--heads",
     "4",
-]  # fast; the README's default width is tested by tests/test_readme.py
+]  # fast; the README's default width is tested by tests/docs/test_readme.py
 
 
 def said(folder: Path, family: str, layout: str, hidden: int, heads: int, can: str) -> str:

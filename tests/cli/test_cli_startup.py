@@ -10,7 +10,7 @@ import pytest
 
 from tests.invoke import simcli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = (
     "torch",
     "transformers",

@@ -372,7 +372,7 @@ def test_tuning_below_target_warns_once_and_records_it(
 def test_install_hints_use_the_source_folder() -> None:
     import re
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     texts = {
         p: p.read_text(encoding="utf-8")
         for p in [

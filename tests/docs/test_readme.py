@@ -17,7 +17,7 @@ import pytest
 from tests import checkpoints
 from tests.invoke import simcli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: The pages whose examples run, in reading order: later pages use what earlier ones wrote (stores, indexes).
 PAGES = [
     "README.md",

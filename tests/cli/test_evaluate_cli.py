@@ -9,7 +9,7 @@ import pytest
 
 from simcli.evaluate import evaluate_sts, summary_rows
 from tests.invoke import simcli as run
-from tests.test_evaluate import make_pairs, write_data
+from tests.quality.test_evaluate import make_pairs, write_data
 
 
 @pytest.fixture

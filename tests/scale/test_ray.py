@@ -43,7 +43,7 @@ def _exit_once_hook(flag: str) -> Any:
     shard read while `flag` exists removes it and kills the worker (os._exit, as if killed from outside),
     leaving that shard to Ray's retry. The fault lives here, in the test; the closure is pickled by value."""
 
-    root = str(Path(__file__).resolve().parents[1])  # where simcli is when it is not installed
+    root = str(Path(__file__).resolve().parents[2])  # where simcli is when it is not installed
 
     def arm() -> None:
         import os
@@ -370,7 +370,7 @@ def test_a_ray_run_prints_only_simcli_lines(tmp_path: Path, wobert_dir: Path) ->
 
     (tmp_path / "in.txt").write_text("今天天气很好\n花呗怎么还款\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "RAY_BACKEND_LOG_LEVEL"}  # simcli sets it
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     argv = ["encode", "in.txt", "--model", str(wobert_dir), "--out", "o.vec", *COMMON]
     ray = ["--ray", "local", "--workers", "1", "--cpus-per-worker", "1"]
     r = subprocess.run(

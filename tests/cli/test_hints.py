@@ -25,7 +25,7 @@ from simcli.models import sources
 from tests.invoke import simcli as run
 from tests.train_data import pairs, write_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = ["花呗怎么还款", "借呗额度怎么提升", "花呗如何还款", "我喜欢北京", "今天天气很好"]
 F32 = ("--dtype", "float32")
 
