@@ -1,6 +1,6 @@
 """simcli's packages form layers: a module imports only from its own layer's package or from lower layers, and
 no two modules import each other, directly or round a cycle. Lazy imports inside functions count too: they are
-how a lower layer would reach up unnoticed."""
+how a lower layer would reach up unnoticed. And no function grows past 80 lines."""
 
 from __future__ import annotations
 
@@ -96,3 +96,18 @@ def test_no_import_cycle() -> None:
         if node not in state and node != "simcli":
             visit(node, [node])
     assert cycles == []
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    """Long functions are split along their steps (decorators and signature count): a longer one is named here."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = (node.end_lineno or node.lineno) - first + 1
+                if lines > 80:
+                    long.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)"
+                    )
+    assert long == []
