@@ -66,6 +66,9 @@ class TrainOptions:
     grad_accum: int = 1
     save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
+    # `simcli train generator` only: the similarity loss's scale, the share of sources noised
+    scale: float = 20.0
+    noise: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, *, encoder: EncoderConfig | None = None, **settings: Any) -> None:
@@ -98,6 +101,10 @@ class TrainOptions:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise UsageError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if not self.scale > 0:
+            raise UsageError(f"--scale must be positive, got {self.scale}")
+        if not 0 <= self.noise <= 1:
+            raise UsageError(f"--noise must be in [0, 1], got {self.noise}")
         if self.save_best and not self.eval_files:
             raise UsageError("--save-best needs --eval files to score checkpoints on")
 
