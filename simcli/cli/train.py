@@ -13,6 +13,7 @@ from simcli.cli._app import DefaultCommandGroup, app, default_command, note, rep
 from simcli.cli.options import DeviceOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, ResumeOpt
 from simcli.cli.progress import training_progress
 from simcli.errors import UsageError
+from simcli.training.options import GENERATOR_DEFAULTS, NOISE_RATE, SIM_SCALE
 from simcli.types import DEFAULT_MAX_LENGTH
 
 if TYPE_CHECKING:
@@ -261,17 +262,17 @@ def generator(
     ] = None,
     scale: Annotated[
         float, typer.Option(help="Scale of the cosines in the in-batch similarity loss.")
-    ] = 20.0,
+    ] = SIM_SCALE,
     noise: Annotated[
         float,
         typer.Option(help="Share of sources corrupted by whole-word masking (BART-style; 0: off)."),
-    ] = 0.5,
+    ] = NOISE_RATE,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Pairs per batch (each in both orders: twice the rows).")
-    ] = 48,
+    ] = GENERATOR_DEFAULTS["batch_size"],
     epochs: EpochsOpt = 1,
     steps: StepsOpt = None,
-    lr: LrOpt = 1e-5,
+    lr: LrOpt = GENERATOR_DEFAULTS["lr"],
     weight_decay: WeightDecayOpt = 0.01,
     warmup: WarmupOpt = 0.1,
     max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,

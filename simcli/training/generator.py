@@ -43,17 +43,13 @@ from simcli.training.data import PairData
 from simcli.training.distillation import unilm_hidden
 from simcli.training.generator_data import POSITIVE, read_generator_data
 from simcli.training.loop import Batch, Trainer
-from simcli.training.options import TrainOptions
+from simcli.training.options import GENERATOR_DEFAULTS, SIM_SCALE, TrainOptions
 from simcli.types import EncoderConfig
 
-SIM_SCALE = 20.0  # RoFormer-Sim stage 1 (SimBERT: 30)
-NOISE_RATE = 0.5
 # Cumulative per-word thresholds of the noise: masked below the first, kept below the second, random ids
 # below the third, untouched above.
 MASK_BELOW, KEEP_BELOW, RANDOM_BELOW = 0.12, 0.135, 0.15
 CUT_AT = "\n。！？!?；;，, "
-#: The RoFormer-Sim stage-1 script's settings that differ from `simcli train`'s: lr 1e-5, 96 rows a batch.
-GENERATOR_DEFAULTS: dict[str, Any] = {"lr": 1e-5, "batch_size": 48, "weight_decay": 0.01, "max_length": 64}
 NOISE_STREAM = 1  # the noise's random stream, apart from the data order's (stream 0)
 
 

@@ -8,6 +8,12 @@ from typing import Any
 from simcli.errors import UsageError
 from simcli.types import EncoderConfig, init_on_encoder
 
+#: `simcli train generator`: the in-batch similarity loss's scale and the share of noised sources (RoFormer-Sim
+#: stage 1), and its settings that differ from `simcli train`'s (lr 1e-5; 96 rows = 48 pairs a batch).
+SIM_SCALE = 20.0
+NOISE_RATE = 0.5
+GENERATOR_DEFAULTS: dict[str, Any] = {"lr": 1e-5, "batch_size": 48}
+
 # The hyper-parameters as training.json lists them.
 _RECORDED = (
     "loss",
@@ -67,8 +73,8 @@ class TrainOptions:
     save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
     # `simcli train generator` only: the similarity loss's scale, the share of sources noised
-    scale: float = 20.0
-    noise: float = 0.5
+    scale: float = SIM_SCALE
+    noise: float = NOISE_RATE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, *, encoder: EncoderConfig | None = None, **settings: Any) -> None:
