@@ -201,7 +201,7 @@ class GeneratorTrainer(Trainer):
         d = self.groups[POSITIVE]
         self.cut_pairs = sum(1 for a, b in zip(d.s1, d.s2, strict=True) if a in cut or b in cut)
         if self.cut_pairs:
-            self.log(f"{self.cut_pairs:,} pairs had a sentence longer than --max-length {n}: cut")
+            self.log(f"--max-length {n}: cut {self.cut_pairs:,} of {len(d):,} pairs (a sentence was longer)")
         self.words = self._words(texts, short) if self.options.noise > 0 else {}
         return {t: i if len(i) <= n else [*i[: n - 1], tok.sep_id] for t, i in zip(texts, ids, strict=True)}
 
