@@ -43,7 +43,7 @@ from simcli.training.data import PairData
 from simcli.training.distillation import unilm_hidden
 from simcli.training.generator_data import POSITIVE, read_generator_data
 from simcli.training.loop import Batch, Trainer
-from simcli.training.options import GENERATOR_DEFAULTS, SIM_SCALE, TrainOptions
+from simcli.training.options import SIM_SCALE, TrainOptions
 from simcli.types import EncoderConfig
 
 # Cumulative per-word thresholds of the noise: masked below the first, kept below the second, random ids
@@ -300,7 +300,8 @@ def train_generator(
         model: any checkpoint simcli loads (BERT, m3e, sentence-transformers, RoFormer, RoFormer-Sim,
             SimBERT), or an EncoderConfig.
         out: the output folder: SimBERT layout for a BERT, RoFormer-Sim's for a RoFormer, plus training.json.
-        options: hyper-parameters (default: `GENERATOR_DEFAULTS` on `TrainOptions`; `scale`, `noise`).
+        options: hyper-parameters, e.g. `TrainOptions.generator(steps=1000, scale=20, noise=0.5)` (the
+            stage-1 defaults under the given settings); default `TrainOptions.generator()`.
         resume: continue an interrupted run from `<out>.partial`.
         overwrite: replace an earlier training output at `out`.
         log: called with progress messages (file counts, where the heads came from).
@@ -312,9 +313,7 @@ def train_generator(
     from simcli.training.checkpoint import check_out
 
     check_out(Path(out), overwrite)  # before the data and the model are read
-    options = dataclasses.replace(
-        options or TrainOptions(**GENERATOR_DEFAULTS), loss="cosent"
-    )  # no classifier
+    options = dataclasses.replace(options or TrainOptions.generator(), loss="cosent")  # no classifier
     runner = GeneratorTrainer(files, model, out, options, log=log or (lambda _m: None))
     record = runner.train(resume=resume, overwrite=overwrite, on_step=on_step)
     return Path(out), record

@@ -82,6 +82,12 @@ class TrainOptions:
             settings["eval_files"] = tuple(str(f) for f in settings["eval_files"])
         init_on_encoder(self, encoder, settings)
 
+    @classmethod
+    def generator(cls, **settings: Any) -> TrainOptions:
+        """Options for `train_generator`: `settings` over the RoFormer-Sim stage-1 defaults (lr 1e-5, 48
+        pairs a batch), e.g. `TrainOptions.generator(steps=100, noise=0.0)`."""
+        return cls(**{**GENERATOR_DEFAULTS, **settings})
+
     def check(self) -> None:
         from simcli.training.data import KINDS
         from simcli.training.losses import LOSSES

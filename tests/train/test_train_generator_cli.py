@@ -155,3 +155,12 @@ def test_long_pairs_are_cut_and_counted_and_out_is_not_replaced(
     replaced = simcli(*args, "--steps", "1", "--batch-size", "2", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((out / "training.json").read_text(encoding="utf-8"))["steps"] == 1
+
+
+def test_generator_options_keep_the_stage_one_defaults_under_given_settings() -> None:
+    from simcli.training import TrainOptions
+
+    o = TrainOptions.generator(steps=3, noise=0.0)
+    assert (o.lr, o.batch_size, o.weight_decay, o.encoder.max_length) == (1e-5, 48, 0.01, 64)
+    assert (o.steps, o.noise, o.scale) == (3, 0.0, 20.0)
+    assert TrainOptions.generator(lr=1e-4).lr == 1e-4
