@@ -23,6 +23,7 @@ _LAZY = {
     "evaluate_sts": "simcli.evaluate",
     "train": "simcli.training",
     "distill": "simcli.training",
+    "train_generator": "simcli.training",
     "TrainOptions": "simcli.training.options",
 }
 
@@ -40,6 +41,7 @@ __all__ = [
     "generate",
     "load_encoder",
     "train",
+    "train_generator",
 ]
 
 

@@ -1,5 +1,6 @@
 """`simcli train`: fine-tune an encoder on labelled pairs; `simcli train distill`: move a fine-tuned
-encoder's similarity into RoFormer-Sim while keeping its generation."""
+encoder's similarity into RoFormer-Sim while keeping its generation; `simcli train generator`: make a
+similar-sentence generator from positive pairs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from simcli.cli._app import DefaultCommandGroup, app, default_command, note, rep
 from simcli.cli.options import DeviceOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, ResumeOpt
 from simcli.cli.progress import training_progress
 from simcli.errors import UsageError
+from simcli.training.options import GENERATOR_DEFAULTS, NOISE_RATE, SIM_SCALE
 from simcli.types import DEFAULT_MAX_LENGTH
 
 if TYPE_CHECKING:
@@ -19,8 +21,8 @@ if TYPE_CHECKING:
 
 train_app = typer.Typer(
     cls=DefaultCommandGroup,
-    help="Fine-tune an encoder on labelled pairs (simcli train PAIRS... --model M --out O), or distil one "
-    "into RoFormer-Sim (simcli train distill).",
+    help="Fine-tune an encoder on labelled pairs (simcli train PAIRS... --model M --out O), distil one "
+    "into RoFormer-Sim (simcli train distill), or train a paraphrase generator (simcli train generator).",
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
@@ -89,19 +91,19 @@ _NOT_OPTIONS = {"files", "out", "model", "teacher", "student", "resume", "overwr
 _NOT_OPTIONS |= {"pass_tokens", "old_pass_tokens"}
 
 
-def _train_options(ctx: typer.Context) -> TrainOptions:
+def _train_options(ctx: typer.Context, columns: tuple[str, str, str] | None = None) -> TrainOptions:
     """The command's TrainOptions, from its parsed parameters (each named as its TrainOptions field)."""
     from simcli.evaluate import parse_columns
     from simcli.training.options import TrainOptions
 
     params = ctx.params
-    new, old = params["pass_tokens"], params["old_pass_tokens"]
+    new, old = params.get("pass_tokens"), params.get("old_pass_tokens")
     if new is not None and old is not None and new != old:
         raise UsageError("--batch-tokens is the old name of --pass-tokens: give one of them")
     return TrainOptions(
         **{k: v for k, v in params.items() if k not in _NOT_OPTIONS},
-        columns=parse_columns(params["columns"]),
-        eval_files=[str(f) for f in params["eval_files"] or []],
+        columns=parse_columns(params["columns"]) if columns is None else columns,
+        eval_files=[str(f) for f in params.get("eval_files") or []],
         batch_tokens=new if new is not None else old,
     )
 
@@ -230,5 +232,72 @@ def distill(
                 overwrite=overwrite,
                 log=note,
                 on_step=on_step,
+            )
+        _report(path, record)
+
+
+@train_app.command("generator", no_args_is_help=True)
+def generator(
+    ctx: typer.Context,
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Similar-sentence data: pair files as `simcli train` reads them (label-1 rows kept, or "
+            "scores above --threshold), .jsonl groups (a JSON list of similar sentences a line), or "
+            "triplets (--columns query,title; SimCLUE's are detected).",
+            show_default=False,
+        ),
+    ],
+    out: TrainOutOpt,
+    model: ModelOpt,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="first,second,label columns of pair files, or query,positive of triplet files: 0-based "
+            "indexes or header names / jsonl keys."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Pairs scored above this are similar (score files need it).")
+    ] = None,
+    scale: Annotated[
+        float, typer.Option(help="Scale of the cosines in the in-batch similarity loss.")
+    ] = SIM_SCALE,
+    noise: Annotated[
+        float,
+        typer.Option(help="Share of sources corrupted by whole-word masking (BART-style; 0: off)."),
+    ] = NOISE_RATE,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Pairs per batch (each in both orders: twice the rows).")
+    ] = GENERATOR_DEFAULTS["batch_size"],
+    epochs: EpochsOpt = 1,
+    steps: StepsOpt = None,
+    lr: LrOpt = GENERATOR_DEFAULTS["lr"],
+    weight_decay: WeightDecayOpt = 0.01,
+    warmup: WarmupOpt = 0.1,
+    max_length: MaxLengthOpt = DEFAULT_MAX_LENGTH,
+    seed: SeedOpt = 42,
+    grad_accum: GradAccumOpt = 1,
+    dtype: TrainDTypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    save_every: SaveEveryOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a similar-sentence generator from pairs of similar sentences (SimBERT / RoFormer-Sim).
+
+    Example: simcli train generator bq_train.tsv groups.jsonl --model m3e-small --out ./bq-sim
+
+    The output loads everywhere a SimBERT (from a BERT) or RoFormer-Sim (from a RoFormer) does:
+    simcli generate "花呗怎么还款" --model ./bq-sim
+    """
+    with reported_errors():
+        from simcli.training import train_generator as run
+        from simcli.training.generator_data import parse_generator_columns
+
+        options = _train_options(ctx, parse_generator_columns(columns))
+        with training_progress("training generator") as on_step:
+            path, record = run(
+                files, model, out, options, resume=resume, overwrite=overwrite, log=note, on_step=on_step
             )
         _report(path, record)

@@ -1,5 +1,5 @@
-"""Supervised fine-tuning on labelled sentence pairs (`simcli train`) and distillation into RoFormer-Sim
-(`simcli train distill`)."""
+"""Supervised fine-tuning on labelled sentence pairs (`simcli train`), distillation into RoFormer-Sim
+(`simcli train distill`) and training a similar-sentence generator (`simcli train generator`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from simcli.training.options import TrainOptions
 from simcli.types import EncoderConfig
 
-__all__ = ["TrainOptions", "distill", "train"]
+__all__ = ["TrainOptions", "distill", "train", "train_generator"]
 
 
 def train(
@@ -68,3 +68,22 @@ def distill(
     return run(
         files, teacher, student, out, options, resume=resume, overwrite=overwrite, log=log, on_step=on_step
     )
+
+
+def train_generator(
+    files: Sequence[str | Path],
+    model: str | EncoderConfig,
+    out: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train a similar-sentence generator (the SimBERT / RoFormer-Sim recipe) from positive pairs, written
+    in its family's standard layout (`simcli.training.generator.train_generator`, which this loads only
+    when called: it needs torch)."""
+    from simcli.training.generator import train_generator as run
+
+    return run(files, model, out, options, resume=resume, overwrite=overwrite, log=log, on_step=on_step)

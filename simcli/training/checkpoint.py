@@ -9,8 +9,9 @@ result as it loads the original.
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,11 @@ def trained_state_dict(
     return {k: v if k in replaced else v.contiguous().clone() for k, v in out.items()}
 
 
-def _copy_layout(src: Path, dst: Path) -> None:
+def _copy_layout(src: Path, dst: Path, skip: Callable[[Path], bool] = lambda _p: False) -> None:
     for item in sorted(src.iterdir()):
         if item.name in SKIPPED_NAMES or item.suffix in SKIPPED_SUFFIXES or item.name.startswith("."):
+            continue
+        if skip(item):
             continue
         if item.is_dir():
             shutil.copytree(item, dst / item.name)
@@ -126,4 +129,70 @@ def write_checkpoint(
             },
             str(folder / CLASSIFIER),
         )
+    atomic_write_json(folder / RECORD, record)
+
+
+# -- a generator's output: the standard layout of its family -----------------------------------------------
+#: Files that state another sentence pooling (sentence-transformers modules): a generator's is its pooler.
+POOLING_FILES = {"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"}
+
+
+def _states_pooling(item: Path) -> bool:
+    return item.name in POOLING_FILES or (item.is_dir() and re.fullmatch(r"\d+_\w+", item.name) is not None)
+
+
+def generator_config(config: dict[str, Any], sep_id: int) -> dict[str, Any]:
+    """config.json of a trained generator: a BERT becomes SimBERT (`pooler_activation: linear`, which is how
+    simcli tells SimBERT from a BERT with an NSP pooler), a RoFormer the RoFormer-Sim hub port's config."""
+    c = {k: v for k, v in config.items() if k != "uniem_embedding_strategy"}  # m3e's pooling statement
+    c["pooler_activation"] = "linear"
+    if c["model_type"] == "roformer":
+        c.update(architectures=["RoFormerForCausalLM"], is_decoder=True, eos_token_id=sep_id)
+        c.setdefault("rotary_value", False)
+    else:
+        c["architectures"] = ["BertForMaskedLM"]
+    return c
+
+
+def generator_state_dict(
+    ckpt: Checkpoint, model: SentenceModel, mlm_head: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """The trained weights under the hub keys of the family: `bert.` / `roformer.` backbone and pooler, and
+    the MLM head `cls.predictions.*` (decoder weight = the word embeddings when tied). The dtype is the
+    original word embeddings'."""
+    model_type = str(ckpt.config["model_type"])
+    original = ckpt.state_dict()
+    emb_key = next(k for k in original if k.endswith("embeddings.word_embeddings.weight"))
+    dtype = original[emb_key].dtype if original[emb_key].is_floating_point() else torch.float32
+    out: dict[str, torch.Tensor] = {}
+    for k, v in model.backbone.state_dict().items():
+        if k not in OPTIONAL_KEYS:  # the rotary table is computed, not stored (as on the hub)
+            out[f"{model_type}.{k}"] = v
+    assert model.pooler is not None
+    out[f"{model_type}.pooler.dense.weight"] = model.pooler.weight
+    out[f"{model_type}.pooler.dense.bias"] = model.pooler.bias
+    head = mlm_head.state_dict()
+    for k in ("transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight"):
+        out[f"cls.predictions.{k}"] = head[f"predictions.{k}"]
+    out["cls.predictions.transform.LayerNorm.bias"] = head["predictions.transform.LayerNorm.bias"]
+    out["cls.predictions.decoder.weight"] = head["predictions.decoder.weight"]
+    out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"] = head["predictions.decoder.bias"]
+    # each tensor its own copy: safetensors refuses tensors that share storage (the tied decoder)
+    return {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in out.items()}
+
+
+def write_generator_checkpoint(
+    folder: Path, ckpt: Checkpoint, model: SentenceModel, mlm_head: torch.nn.Module, record: dict[str, Any]
+) -> None:
+    """Fill `folder` (staged, empty) with a generator in its family's standard layout: the input's tokenizer
+    files and other files (not its pooling statements), config.json, model.safetensors, training.json."""
+    from safetensors.torch import save_file
+
+    from simcli.models.tokenizer_base import read_vocab
+
+    _copy_layout(ckpt.path, folder, skip=_states_pooling)
+    sep_id = read_vocab(ckpt.vocab_path)["[SEP]"]
+    atomic_write_json(folder / "config.json", generator_config(ckpt.config, sep_id))
+    weights = generator_state_dict(ckpt, model, mlm_head)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     atomic_write_json(folder / RECORD, record)

@@ -66,6 +66,17 @@ def unilm_loss(
     pad_id: int,
 ) -> torch.Tensor:
     """Mean cross-entropy of the target tokens (its [SEP] included) given the source, under the UniLM mask."""
+    hidden, labels = unilm_hidden(backbone, sources, targets, pad_id)
+    picked = labels != -100
+    logits = head(hidden[picked])
+    return F.cross_entropy(logits.float(), labels[picked])
+
+
+def unilm_hidden(
+    backbone: NativeBackbone, sources: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states (rows, t, hidden) of `[CLS] a [SEP] b [SEP]` under the UniLM mask, and the labels
+    (rows, t) of `seq2seq_inputs`, both on the backbone's device."""
     ids, types, allowed, labels = seq2seq_inputs(sources, targets, pad_id)
     dev = next(backbone.parameters()).device
     bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(
@@ -74,9 +85,7 @@ def unilm_loss(
     hidden = backbone(
         ids.to(dev), token_type_ids=types.to(dev), attention_bias=bias[:, None].to(dev)
     ).last_hidden_state
-    picked = labels != -100
-    logits = head(hidden[picked.to(dev)])
-    return F.cross_entropy(logits.float(), labels[picked].to(dev))
+    return hidden, labels.to(dev)
 
 
 class Distiller(Trainer):

@@ -91,9 +91,7 @@ class Trainer:
         self.out = Path(out)
         self.files = [str(f) for f in files]
         self.log = log
-        self.groups, self.summaries = read_training_data(
-            files, loss=o.loss, kind=o.kind, columns=o.columns, threshold=o.threshold, limit=o.limit
-        )
+        self.groups, self.summaries = self.read_data()
         for s in self.summaries:
             log(s.describe())
         cfg = model if isinstance(model, EncoderConfig) else EncoderConfig(model)
@@ -141,6 +139,14 @@ class Trainer:
 
     def prepare(self) -> None:
         """Subclasses add modules to train (`self.modules`) here, before the optimizer is built."""
+
+    def read_data(self) -> tuple[dict[str, PairData], Sequence[Any]]:
+        """The training pairs by group, and one summary per file (with `sha256`, `to_dict()` and
+        `describe()`); a subclass reads other data (the generator's positive pairs)."""
+        o = self.options
+        return read_training_data(
+            self.files, loss=o.loss, kind=o.kind, columns=o.columns, threshold=o.threshold, limit=o.limit
+        )
 
     # -- data -----------------------------------------------------------------------------------------
     def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:

@@ -8,6 +8,12 @@ from typing import Any
 from simcli.errors import UsageError
 from simcli.types import EncoderConfig, init_on_encoder
 
+#: `simcli train generator`: the in-batch similarity loss's scale and the share of noised sources (RoFormer-Sim
+#: stage 1), and its settings that differ from `simcli train`'s (lr 1e-5; 96 rows = 48 pairs a batch).
+SIM_SCALE = 20.0
+NOISE_RATE = 0.5
+GENERATOR_DEFAULTS: dict[str, Any] = {"lr": 1e-5, "batch_size": 48}
+
 # The hyper-parameters as training.json lists them.
 _RECORDED = (
     "loss",
@@ -66,12 +72,21 @@ class TrainOptions:
     grad_accum: int = 1
     save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
+    # `simcli train generator` only: the similarity loss's scale, the share of sources noised
+    scale: float = SIM_SCALE
+    noise: float = NOISE_RATE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, *, encoder: EncoderConfig | None = None, **settings: Any) -> None:
         if settings.get("eval_files") is not None:
             settings["eval_files"] = tuple(str(f) for f in settings["eval_files"])
         init_on_encoder(self, encoder, settings)
+
+    @classmethod
+    def generator(cls, **settings: Any) -> TrainOptions:
+        """Options for `train_generator`: `settings` over the RoFormer-Sim stage-1 defaults (lr 1e-5, 48
+        pairs a batch), e.g. `TrainOptions.generator(steps=100, noise=0.0)`."""
+        return cls(**{**GENERATOR_DEFAULTS, **settings})
 
     def check(self) -> None:
         from simcli.training.data import KINDS
@@ -98,6 +113,10 @@ class TrainOptions:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise UsageError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if not self.scale > 0:
+            raise UsageError(f"--scale must be positive, got {self.scale}")
+        if not 0 <= self.noise <= 1:
+            raise UsageError(f"--noise must be in [0, 1], got {self.noise}")
         if self.save_best and not self.eval_files:
             raise UsageError("--save-best needs --eval files to score checkpoints on")
 
