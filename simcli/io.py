@@ -790,16 +790,21 @@ def _pair_format(path: Path) -> str:
     return fmt
 
 
-def read_rows(path: Path, fmt: str) -> list[tuple[int, list[str] | dict[str, Any]]]:
-    """(line number, fields) of every non-blank line."""
+def read_text(path: Path) -> str:
+    """A whole UTF-8 text file (a BOM dropped); BadInput in one line when it is missing, unreadable or not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
         raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise BadInput(f"{path}: cannot read ({e.strerror})") from e
+
+
+def read_rows(path: Path, fmt: str) -> list[tuple[int, list[str] | dict[str, Any]]]:
+    """(line number, fields) of every non-blank line."""
+    text = read_text(path)
     lines = text.splitlines()
     out: list[tuple[int, list[str] | dict[str, Any]]] = []
     if fmt == "csv":

@@ -123,7 +123,7 @@ class Distiller(Trainer):
         self.teacher = load_encoder(
             cfg.with_options(max_length=o.encoder.max_length, device=o.encoder.device, dtype="float32")
         )
-        texts = list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
+        texts = self.texts()
         self.log(f"teacher {cfg.model}: encoding {len(texts):,} sentences")
         vectors = self.teacher.encode(texts, normalize=True)  # fixed: the teacher is not trained
         self.teacher_vectors = {t: i for i, t in enumerate(texts)}
@@ -166,11 +166,6 @@ class Distiller(Trainer):
             loss="100 * mean (cos_teacher - cos_student)^2 + UniLM seq2seq cross-entropy on label-1 pairs",
         )
         record["hyperparameters"].pop("loss", None)
-        return record
-
-    def train(self, *, resume: bool = False, overwrite: bool = False, on_step: Any = None) -> dict[str, Any]:
-        record = super().train(resume=resume, overwrite=overwrite, on_step=on_step)
-        self.mlm.eval()
         return record
 
 

@@ -194,7 +194,7 @@ class GeneratorTrainer(Trainer):
 
     def _tokenize(self) -> dict[str, list[int]]:
         tok, n = self.encoder.tokenizer, self.options.encoder.max_length
-        texts = list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
+        texts = self.texts()
         short = [cut_long(t, n) for t in texts]
         ids = tok.encode_batch(short, n + 1).ids  # n + 1: longer than n means it was cut
         cut = {t for t, s, i in zip(texts, short, ids, strict=True) if s != t or len(i) > n}
@@ -273,11 +273,6 @@ class GeneratorTrainer(Trainer):
             cut_pairs=self.cut_pairs,
             classifier=None,
         )
-        return record
-
-    def train(self, *, resume: bool = False, overwrite: bool = False, on_step: Any = None) -> dict[str, Any]:
-        record = super().train(resume=resume, overwrite=overwrite, on_step=on_step)
-        self.mlm.eval()
         return record
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import BadInput, UsageError
-from simcli.io import parse_score, read_pair_rows
+from simcli.io import parse_score, read_pair_rows, read_text
 from simcli.training.data import NLI_LABELS, PairData, detect_kind, file_sha256
 
 #: The third --columns entry of a triplet file: there is no label column, every row is a positive pair.
@@ -104,12 +104,7 @@ def file_mode(path: Path, columns: tuple[str, str, str] | None) -> tuple[str, tu
 
 def read_groups(path: Path) -> list[tuple[int, list[str]]]:
     """(line, sentences) of a groups file: one JSON list of at least two sentences per line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+    text = read_text(path)
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():

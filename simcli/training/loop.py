@@ -152,8 +152,12 @@ class Trainer:
     def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(f"{m}.{n}", p) for m, module in self.modules.items() for n, p in module.named_parameters()]
 
+    def texts(self) -> list[str]:
+        """Every distinct sentence of the training data, in the order first seen."""
+        return list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
+
     def _tokenize(self) -> dict[str, list[int]]:
-        texts = list(dict.fromkeys(t for d in self.groups.values() for t in (*d.s1, *d.s2)))
+        texts = self.texts()
         ids = self.encoder.tokenizer.encode_batch(texts, self.options.encoder.max_length).ids
         return dict(zip(texts, ids, strict=True))
 
@@ -367,7 +371,8 @@ class Trainer:
             self._eval_and_keep()
         if self.best is not None:
             self._load_weights(self.best[2])
-        self.model.eval()  # as loaded for inference: the encoder now encodes like the written checkpoint
+        for module in self.modules.values():  # as loaded for inference, like the written checkpoint
+            module.eval()
         record = self.training_record()
         with staged_folder(self.out, overwrite) as stage:
             self.write(stage, record)

@@ -14,6 +14,7 @@ from simcli.index import Index
 from simcli.io import ReadStats, count_rows, read_records
 from simcli.scale.plan import plan_shards, read_shard
 from simcli.store import VectorStore
+from tests.cli.test_generate_cli import FLAGS
 from tests.invoke import simcli as run
 
 CHARS = "花呗借还款额度怎么提升如何我喜欢北京今天天气很好你是谁在哪里可以用信用卡开通"
@@ -209,20 +210,6 @@ def test_generate_augments_a_data_file_without_inventing_a_header(
     rows = [("花呗怎么还款", "花呗如何还款", "1"), ("借呗额度怎么提升", "我喜欢北京", "0")]
     src = write_pairs(tmp_path / "train.data", rows)
     out = tmp_path / "augmented.data"
-    flags = [
-        "-n",
-        "12",
-        "-k",
-        "3",
-        "--seed",
-        "7",
-        "--max-new-tokens",
-        "5",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-    ]
     r = run(
         "generate",
         "--input",
@@ -233,7 +220,7 @@ def test_generate_augments_a_data_file_without_inventing_a_header(
         str(out),
         "-m",
         str(roformer_sim_dir),
-        *flags,
+        *FLAGS,
     )
     assert r.exit_code == 0, r.output
     assert r.stderr.splitlines()[-1] == f"simcli: read 2 rows: wrote 6 paraphrases of 2 sentences to {out}"
