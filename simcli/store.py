@@ -276,15 +276,23 @@ def kept_shards(out: Path) -> list[dict[str, Any]]:
     return list(shards) if isinstance(shards, list) else []
 
 
-def remove_unfinished(out: Path) -> None:
-    """Remove the store files of a folder that holds no finished shard, and the folder once empty."""
-    if kept_shards(out) or not out.is_dir():
+def remove_unfinished(out: Path, created: Path | None) -> None:
+    """Remove the store files of a run that finished no shard, and the folders it made (`created`, the
+    outermost, from `first_missing` before the run; None: `out` was there): a failed or interrupted first
+    try must not turn the next one into "folder is not empty", and nothing the user had is touched."""
+    if out.is_dir():
+        for p in out.iterdir():
+            if _is_store_file(p.name):
+                p.unlink(missing_ok=True)
+    if created is None:
         return
-    for p in sorted(out.iterdir(), key=lambda p: p.name != MANIFEST):
-        if _is_store_file(p.name):
-            p.unlink()
-    if not any(out.iterdir()):
-        out.rmdir()
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()  # only when empty: never anything the user put there meanwhile
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -301,7 +309,7 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] 
     return None
 
 
-def _first_missing(path: Path) -> Path | None:
+def first_missing(path: Path) -> Path | None:
     """The outermost of `path` and its parents that does not exist yet (None when `path` exists)."""
     missing = None
     for folder in (path, *path.parents):
@@ -420,7 +428,7 @@ class StoreWriter:
 
     def __init__(self, out: Path, header: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
         self.out, self.header = out, header
-        self.created = _first_missing(out)  # the folders this writer makes, to remove on `discard`
+        self.created = first_missing(out)  # the folders this writer makes, to remove on `discard`
         old = _prepare_folder(out, resume, overwrite)
         self.resumed = old is not None
         self.done: list[dict[str, Any]] = []
@@ -447,21 +455,8 @@ class StoreWriter:
             raise
 
     def discard(self) -> None:
-        """Remove the store files of a run that finished no shard, and the folders it created: the failed
-        first try must not turn the next one into "folder is not empty"."""
-        if self.out.is_dir():
-            for p in self.out.iterdir():
-                if _is_store_file(p.name):
-                    p.unlink(missing_ok=True)
-        if self.created is None:
-            return
-        for folder in (self.out, *self.out.parents):
-            try:
-                folder.rmdir()  # only when empty: never anything the user put there meanwhile
-            except OSError:
-                return
-            if folder == self.created:
-                return
+        """Remove what a run that finished no shard wrote, and the folders it created (`remove_unfinished`)."""
+        remove_unfinished(self.out, self.created)
 
     def finish(
         self,

@@ -306,17 +306,20 @@ def _encode_on_ray(
 @contextmanager
 def _kept_on_interrupt(ctx: typer.Context, out: Path | None) -> Iterator[None]:
     """Ctrl-C inside: say what the store in `out` kept and how to continue (see `interrupted`)."""
-    fresh = out is not None and not (out.is_dir() and any(out.iterdir()))
+    from simcli.store import first_missing
+
+    created = first_missing(out) if out is not None else None
     try:
         yield
     except KeyboardInterrupt:
-        interrupted(ctx, out, fresh)
+        interrupted(ctx, out, created)
 
 
-def interrupted(ctx: typer.Context, out: Path | None, fresh: bool) -> NoReturn:
+def interrupted(ctx: typer.Context, out: Path | None, created: Path | None) -> NoReturn:
     """After Ctrl-C: one line saying what the store in `out` kept and how to continue; exit code 130.
 
-    A folder this run created that holds no finished shard is removed, so the same command runs again."""
+    Before the first finished shard, what the run wrote is removed (and the folders it made), so the same
+    command runs again."""
     from simcli.store import kept_shards, remove_unfinished
 
     if out is None:
@@ -324,8 +327,7 @@ def interrupted(ctx: typer.Context, out: Path | None, fresh: bool) -> NoReturn:
         raise typer.Exit(130)
     shards = kept_shards(out)
     if not shards:
-        if fresh:
-            remove_unfinished(out)
+        remove_unfinished(out, created)
         note(f"interrupted before the first shard was finished: nothing kept in {out}")
         raise typer.Exit(130)
     rows = sum(int(s["count"]) for s in shards)

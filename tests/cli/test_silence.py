@@ -110,6 +110,20 @@ def test_ctrl_c_before_the_first_shard_keeps_nothing_and_removes_the_new_folder(
     assert run(*args).exit_code == 0  # the same command again
 
 
+def test_ctrl_c_before_the_first_shard_keeps_a_folder_the_user_made(
+    tmp_path: Path, corpus: Path, roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder was there (empty) before the run: what the run wrote goes, the folder stays."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    args = ["encode", str(corpus), "-m", str(roformer_sim_dir), "--out", str(out)]
+    _interrupt_at_shard(monkeypatch, 0)
+    assert run(*args).exit_code == 130
+    assert out.is_dir() and list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert run(*args).exit_code == 0  # the same command again: no "folder is not empty"
+
+
 def test_ctrl_c_during_index_build_leaves_the_folder_unchanged(
     tmp_path: Path, corpus: Path, roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
