@@ -28,6 +28,7 @@ from simcli.cli.options import (
     SkipEmptyOpt,
     TokenizerOpt,
     WhiteningFileOpt,
+    encoder_config,
 )
 from simcli.cli.progress import encode_progress
 from simcli.errors import UsageError
@@ -174,10 +175,7 @@ def encode(
         split = parse_shard(shard) if shard is not None else None
         if ray_address is None and (workers is not None or gpus_per_worker or cpus_per_worker is not None):
             raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker apply with --ray")
-        config = EncoderConfig(
-            model, pooling=pooling, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype,
-            batch_tokens=batch_tokens,
-        )  # fmt: skip
+        config = encoder_config(ctx, model)
         read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
         if ray_address is not None:
             if out is None or split is not None:
