@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "simcli"
 #: Bottom first. A module may import from its own entry's package and from the entries above it in this list.
 LAYERS = [
     {"simcli.errors", "simcli.types"},
-    {"simcli.io", "simcli.vectors", "simcli.manifest"},
+    {"simcli.io", "simcli.vectors", "simcli.manifest", "simcli.heap"},
     {"simcli.models", "simcli.store"},
     {"simcli.whitening", "simcli.paraphrase", "simcli.evaluate"},
     {"simcli.index", "simcli.training"},

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from simcli.errors import SimcliError
+from simcli.heap import HeapTrimmer
 from simcli.serve.api_errors import APIError, bad_request, from_simcli
 from simcli.serve.batcher import Batcher
-from simcli.serve.heap import HeapTrimmer
 from simcli.serve.metrics import CONTENT_TYPE, Metrics
 from simcli.serve.options import ServeOptions
 from simcli.serve.registry import Registry, ServedModel

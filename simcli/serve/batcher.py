@@ -9,7 +9,7 @@ Like text-embeddings-inference and infinity, a busy model is what makes batches 
 only `max_wait_ms`. The queue is bounded: a full one refuses at once (503 + Retry-After) instead of growing.
 
 Long jobs (generation, loading a generator) run on the same thread through `call`, so only one thread ever
-drives a model. The same thread hands freed heap memory back to the OS (simcli.serve.heap) after its work and
+drives a model. The same thread hands freed heap memory back to the OS (simcli.heap) after its work and
 when the queue has stayed empty for the trimmer's interval.
 """
 
@@ -23,8 +23,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from simcli.heap import HeapTrimmer
 from simcli.serve.api_errors import APIError
-from simcli.serve.heap import HeapTrimmer
 from simcli.serve.options import RETRY_AFTER_S
 
 

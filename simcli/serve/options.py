@@ -15,7 +15,7 @@ DEFAULT_MAX_QUEUE = 1024  # requests waiting for the model; beyond that 503 + Re
 DEFAULT_MAX_INPUTS = 2048  # texts in one request (the OpenAI API's own limit)
 DEFAULT_MAX_BODY_BYTES = 2_000_000  # as text-embeddings-inference's payload limit
 RETRY_AFTER_S = 1
-DEFAULT_TRIM_INTERVAL_S = 1.0  # seconds between two malloc_trim calls on the model thread (simcli.serve.heap)
+DEFAULT_TRIM_INTERVAL_S = 1.0  # seconds between two malloc_trim calls on the model thread (simcli.heap)
 
 
 @dataclass(init=False)

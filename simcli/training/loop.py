@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from simcli.errors import UsageError
+from simcli.heap import HeapTrimmer
 from simcli.io import atomic_write_with
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates
@@ -38,6 +39,9 @@ StepFn = Callable[[int, int, float, float], None]
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 #: Steps between resumable states when neither --save-every nor --eval-every is given.
 DEFAULT_SAVE_EVERY = 500
+
+
+TRIM_INTERVAL_S = 1.0  # at most one malloc_trim a second: once a step on the CPU
 
 
 def state_folder(out: Path) -> Path:
@@ -335,6 +339,9 @@ class Trainer:
             self._eval_and_keep()  # the untrained model's scores: the "before" of the record
         self.model.train()
         losses = self.record.pending
+        heap = HeapTrimmer(
+            TRIM_INTERVAL_S
+        )  # freed activations of varying shapes would stay resident (simcli.heap)
         while self.step < self.total_steps:
             start = time.perf_counter()
             total = 0.0
@@ -349,6 +356,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step += 1
+            heap.worked()
             self.record.seconds += time.perf_counter() - start
             losses.append(total)
             if len(losses) == o.log_every or self.step == self.total_steps:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
+from simcli.heap import malloc_trim
 from simcli.index import Index
-from simcli.serve.heap import malloc_trim
 from simcli.serve.options import ServeOptions
 from tests.invoke import simcli
 from tests.serving import Running, running_server

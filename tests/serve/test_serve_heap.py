@@ -1,4 +1,4 @@
-"""simcli.serve.heap: malloc_trim really hands freed heap pages back, and the trimmer keeps to its interval."""
+"""simcli.heap: malloc_trim really hands freed heap pages back, and the trimmer keeps to its interval."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from simcli.serve.heap import HeapTrimmer, malloc_trim
+from simcli.heap import HeapTrimmer, malloc_trim
 
 glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only"

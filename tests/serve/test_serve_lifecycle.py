@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
+from simcli.heap import HeapTrimmer
 from simcli.index import Index
 from simcli.serve.api_errors import APIError
 from simcli.serve.batcher import Batcher
-from simcli.serve.heap import HeapTrimmer
 from simcli.serve.options import ServeOptions
 from tests.invoke import simcli
 from tests.serve.test_serve import CORPUS, _build_index

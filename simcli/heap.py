@@ -1,4 +1,4 @@
-"""Handing freed heap pages back to the OS, so a long-running server's memory stays bounded.
+"""Handing freed heap pages back to the OS, so a long-running server's or training run's memory stays bounded.
 
 A serving batch's activations change size with every batch (the sentences and their lengths vary). glibc's
 malloc raises its mmap threshold to the largest block freed so far, so after a while these blocks come from
@@ -7,6 +7,10 @@ Fixed, low thresholds (MALLOC_MMAP_THRESHOLD_) keep it flat but map and fault fr
 which cost a quarter of the throughput. `malloc_trim(0)` instead returns the free pages of every arena
 (madvise) now and then, leaving the pages in use alone: at most once a second (by default) while the model is
 busy, and once when it falls idle, so an idle server sits at its working set.
+
+Training has the same pattern, larger: every batch has its own padded length and number of target tokens, and
+a generator run on m3e-small grew from 2 GB to over 10 GB in an hour; one malloc_trim(0) brought 3.3 GB back to
+1.1 GB, so the growth was freed pages, not live tensors. The training loop trims after each step.
 """
 
 from __future__ import annotations
