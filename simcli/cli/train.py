@@ -267,6 +267,14 @@ def generator(
         float,
         typer.Option(help="Share of sources corrupted by whole-word masking (BART-style; 0: off)."),
     ] = NOISE_RATE,
+    group_by_length: Annotated[
+        bool,
+        typer.Option(
+            "--group-by-length",
+            help="Batches of pairs of similar length: less padding, faster steps (the in-batch negatives "
+            "then share a length).",
+        ),
+    ] = False,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Pairs per batch (each in both orders: twice the rows).")
     ] = GENERATOR_DEFAULTS["batch_size"],

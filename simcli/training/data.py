@@ -189,6 +189,10 @@ def stream_indices(n: int, seed: int, stream: int, start: int, count: int) -> np
     return np.asarray(out, dtype=np.int64)
 
 
+MEGA_BATCHES = 50  # batches sorted by length together (transformers' LengthGroupedSampler uses 50 too)
+LENGTH_STREAM = 1  # the random stream that shuffles length-sorted batches, apart from the pass's own
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Which pairs each micro-batch holds: one group alone takes `batch_size` pairs a batch in shuffled
@@ -198,6 +202,8 @@ class Schedule:
     sizes: dict[str, int]  # group -> pairs
     batch_size: int
     seed: int
+    # one group alone: tokens of each pair; a pass then holds batches of similar length (see `_pass`)
+    lengths: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def shares(self) -> dict[str, int]:
@@ -219,9 +225,23 @@ class Schedule:
             if len(self.shares) == 1:
                 # epochs are exact passes; the last batch of a pass is short when n is not a multiple
                 epoch, b = divmod(index, self.batches_per_epoch)
-                lo, hi = b * share, min((b + 1) * share, n)
-                perm = np.random.default_rng([self.seed, stream, epoch]).permutation(n)
-                out[g] = perm[lo:hi]
+                out[g] = self._pass(n, share, stream, epoch)[b]
             else:
                 out[g] = stream_indices(n, self.seed, stream, index * share, share)
         return out
+
+    def _pass(self, n: int, share: int, stream: int, epoch: int) -> list[np.ndarray]:
+        """The batches of one shuffled pass, the last one short when n is not a multiple of share. With
+        lengths, as transformers' LengthGroupedSampler: the shuffled pairs are cut into mega-batches of 50
+        batches, each sorted by length before it is cut into batches, and the batches are shuffled again,
+        so a batch holds pairs of similar length (little padding) drawn from all over the data."""
+        perm = np.random.default_rng([self.seed, stream, epoch]).permutation(n)
+        if self.lengths is None:
+            return [perm[lo : lo + share] for lo in range(0, n, share)]
+        mega = MEGA_BATCHES * share
+        order = np.concatenate(
+            [c[np.argsort(-self.lengths[c], kind="stable")] for c in np.split(perm, range(mega, n, mega))]
+        )
+        batches = [order[lo : lo + share] for lo in range(0, n, share)]
+        shuffled = np.random.default_rng([self.seed, stream, epoch, LENGTH_STREAM]).permutation(len(batches))
+        return [batches[i] for i in shuffled]

@@ -203,7 +203,11 @@ class GeneratorTrainer(Trainer):
         if self.cut_pairs:
             self.log(f"--max-length {n}: cut {self.cut_pairs:,} of {len(d):,} pairs (a sentence was longer)")
         self.words = self._words(texts, short) if self.options.noise > 0 else {}
-        return {t: i if len(i) <= n else [*i[: n - 1], tok.sep_id] for t, i in zip(texts, ids, strict=True)}
+        tokens = {t: i if len(i) <= n else [*i[: n - 1], tok.sep_id] for t, i in zip(texts, ids, strict=True)}
+        if self.options.group_by_length:  # a row is as long as its pair: batches of similar rows pad little
+            rows = np.array([len(tokens[a]) + len(tokens[b]) for a, b in zip(d.s1, d.s2, strict=True)])
+            self.schedule = dataclasses.replace(self.schedule, lengths=rows)
+        return tokens
 
     def _words(self, texts: list[str], short: list[str]) -> dict[str, list[list[int]]]:
         """Each text's jieba words as token ids (the noise masks whole words)."""
@@ -251,7 +255,13 @@ class GeneratorTrainer(Trainer):
         return seq2seq.float() + sim.float()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "scale": self.options.scale, "noise": self.options.noise}
+        o = self.options
+        return {
+            **super().fingerprint(),
+            "scale": o.scale,
+            "noise": o.noise,
+            "group_by_length": o.group_by_length,
+        }
 
     def write(self, folder: Path, record: dict[str, Any]) -> None:
         from simcli.training.checkpoint import write_generator_checkpoint
@@ -263,7 +273,9 @@ class GeneratorTrainer(Trainer):
         hp = record["hyperparameters"]
         for unused in ("loss", "kind", "eval_files", "eval_every", "save_best"):
             hp.pop(unused, None)
-        hp.update(scale=self.options.scale, noise=self.options.noise)
+        hp.update(
+            scale=self.options.scale, noise=self.options.noise, group_by_length=self.options.group_by_length
+        )
         record.update(
             task="generator",
             loss="UniLM seq2seq cross-entropy + in-batch similarity (softmax of scale x cosine)",

@@ -72,9 +72,10 @@ class TrainOptions:
     grad_accum: int = 1
     save_every: int | None = None  # steps between resumable states (None: each evaluation, else 500)
     log_every: int = 10  # steps averaged into one point of the recorded loss curve
-    # `simcli train generator` only: the similarity loss's scale, the share of sources noised
+    # `simcli train generator` only: the similarity loss's scale, the share of sources noised, length grouping
     scale: float = SIM_SCALE
     noise: float = NOISE_RATE
+    group_by_length: bool = False  # batches of pairs of similar length (less padding under the UniLM mask)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, *, encoder: EncoderConfig | None = None, **settings: Any) -> None:

@@ -120,6 +120,34 @@ def test_binary_and_nli_are_sampled_one_to_one() -> None:
     assert sorted(seen) == list(range(100))  # an epoch is one pass over the larger group
 
 
+def test_length_grouped_passes_cover_every_pair_once_with_little_padding() -> None:
+    lengths = np.random.default_rng(0).integers(10, 130, 10_000)
+    plain = Schedule({"positive": 10_000}, batch_size=48, seed=42)
+    grouped = Schedule({"positive": 10_000}, batch_size=48, seed=42, lengths=lengths)
+
+    def epoch(s: Schedule, e: int) -> list[np.ndarray]:
+        return [s.batch(e * s.batches_per_epoch + i)["positive"] for i in range(s.batches_per_epoch)]
+
+    for e in (0, 1):
+        batches = epoch(grouped, e)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(10_000))  # each pair once a pass
+        assert sorted(map(len, batches)) == sorted(map(len, epoch(plain, e)))  # one short batch, 10000 % 48
+    # the padded tokens a pass costs (each batch padded to its longest row): over half padding at random
+    padded = {
+        name: sum(len(b) * lengths[b].max() for b in epoch(s, 0))
+        for name, s in (("plain", plain), ("grouped", grouped))
+    }
+    assert lengths.sum() / padded["plain"] < 0.6 and lengths.sum() / padded["grouped"] > 0.95
+    # batches are drawn from all over the data: the first batches of the two passes differ, and long and short
+    # batches alternate rather than running longest first
+    assert not np.array_equal(epoch(grouped, 0)[0], epoch(grouped, 1)[0])
+    means = [lengths[b].mean() for b in epoch(grouped, 0)]
+    assert means != sorted(means) and means != sorted(means, reverse=True)
+    assert [b.tolist() for b in epoch(grouped, 0)] == [
+        b.tolist() for b in epoch(grouped, 0)
+    ]  # a pure function
+
+
 # -- training ------------------------------------------------------------------------------------------------
 def test_loss_falls_and_held_out_spearman_rises(
     bert_dir: Path, data: dict[str, Path], tmp_path: Path

@@ -199,6 +199,22 @@ def test_batches_hold_both_orders_and_never_noise_the_target(roformer_sim_dir: P
     assert noised > 0  # premise: the sources were noised
 
 
+def test_group_by_length_batches_pairs_of_similar_length(roformer_sim_dir: Path, tmp_path: Path) -> None:
+    """Four short and four long pairs, batches of four: grouped, every batch is all short or all long (one
+    mega-batch sorted); at random, with seed 42, some batch mixes them and pads the short rows."""
+    short = [(f"问{i}", f"答{i}", "1") for i in range(4)]
+    long = [(f"花呗怎么还款才能不逾期{i}", f"借呗额度怎么提升到更高{i}", "1") for i in range(4)]
+    path = write_pairs(tmp_path / "p.tsv", short + long)
+
+    def batches(group: bool) -> list[set[int]]:
+        opts = TrainOptions.generator(steps=2, batch_size=4, noise=0.0, group_by_length=group)
+        t = GeneratorTrainer([path], str(roformer_sim_dir), tmp_path / "o", opts)
+        return [{len(r) for r in t.batch(i).rows} for i in range(2)]  # the token lengths of a batch's rows
+
+    assert all(len(b) == 1 for b in batches(True))  # one length per batch: no padding
+    assert any(len(b) > 1 for b in batches(False))
+
+
 # -- learning, resume, output ------------------------------------------------------------------------------------
 def test_overfitting_eight_pairs_generates_each_target(tmp_path: Path) -> None:
     """Noise off, 8 pairs: greedy decoding from each sentence returns its partner exactly, in both orders."""

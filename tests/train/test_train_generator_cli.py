@@ -142,6 +142,7 @@ def test_long_pairs_are_cut_and_counted_and_out_is_not_replaced(
     record = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert record["task"] == "generator" and record["cut_pairs"] == 1 and record["positive_pairs"] == 3
     assert record["hyperparameters"]["scale"] == 20.0 and record["hyperparameters"]["noise"] == 0.5
+    assert record["hyperparameters"]["group_by_length"] is False
     assert record["hyperparameters"]["lr"] == 1e-5 and record["hyperparameters"]["batch_size"] == 2
     assert [h["step"] for h in record["loss_history"]] == [2]
 
