@@ -1,63 +1,561 @@
-"""`simcli train generator` smoke measurement: a few minutes of training on real weights and data, then a
-look at what the generator writes. Not the quality benchmark (that needs hours of CPU).
+"""`simcli train generator` on real weights: train a similar-question generator from m3e-small, then measure
+what it is good for. Each stage writes into --work and the next one reads it, so a long run can be resumed
+stage by stage:
 
-    python bench/generator.py --data DIR                  # m3e-small, first 2,000 positive BQ train pairs
-    python bench/generator.py --data DIR --pairs 500 --lr 2e-4
+    python bench/generator.py prepare --data DIR --work W   # held-out questions, filtered training files
+    python bench/generator.py train   --work W --steps 700 --lr 2e-4
+    python bench/generator.py quality --work W              # (a) paraphrases of the 300 held-out questions
+    python bench/generator.py faq     --work W              # (b) FAQ expansion on BQ test
+    python bench/generator.py augment --work W              # (c) cosent with / without paraphrases, 3 seeds
+    python bench/generator.py sts     --work W              # (d) eval sts of the generator's own vectors
+    python bench/generator.py report  --work W              # the markdown tables of all of the above
 
-DIR holds `BQ/qianyan_bq_corpus/train.tsv` (s1<TAB>s2<TAB>0/1) and `BQ/BQ.test.data`. Trains one epoch over
-the first --pairs label-1 pairs with the generator's defaults (or --lr), then prints the training pairs/s (the
-loop's own clock: loading and writing excluded), the autocast dtype, the process's peak RSS, the loss curve,
-and the top 3 of 100 samples (top-p 0.95) for the first sentences of the first --held BQ test pairs.
+DIR holds the public sets: BQ (qianyan_bq_corpus/train.tsv, BQ.test.data, BQ.valid.data), ATEC
+(ATEC.train.partial.derived.data, ATEC.test.data), ChineseSTS (simtrain_to05sts.txt), SimCLUE
+(train_pair_1w.json, train_rank_1w.json), LCQMC, PAWSX and STS-B test files. AFQMC is left out: it shares
+6,719 pairs with the ATEC test set.
+
+Held out: the first 150 distinct first sentences of BQ test pairs and of LCQMC test pairs. Every training
+pair that holds a sentence of the BQ test set or of the held-out LCQMC questions is removed first (counted).
+Paraphrases are scored by the *untrained* m3e-small through sentence-transformers, an independent scorer.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import re
 import resource
+import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+HELD_PER_SET = 150
+SAMPLES, TOP = 100, 5  # n=100 samples a question, the best 5 kept
 
-def positive_pairs(src: Path, n: int, dst: Path) -> Path:
-    with open(src, encoding="utf-8") as f:
-        rows = [line for line in f if line.rstrip("\n").split("\t")[-1] == "1"][:n]
-    dst.write_text("".join(rows), encoding="utf-8")
-    return dst
+
+def strip(s: str) -> str:
+    return re.sub(r"\s+", "", s)
+
+
+def tsv_rows(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return [line.rstrip("\r\n").split("\t") for line in f if line.strip()]
+
+
+def cpu_line() -> str:
+    from simcli.models.device import cpu_flags
+
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(f for f in wanted if f in cpu_flags())}"
+
+
+def load(work: Path, name: str) -> dict:
+    return json.loads((work / name).read_text(encoding="utf-8"))
+
+
+def save(work: Path, name: str, value: object) -> None:
+    (work / name).write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+# --- prepare -----------------------------------------------------------------------------------------------
+
+
+def first_distinct(rows: list[list[str]], n: int) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.setdefault(r[0], None)
+        if len(seen) == n:
+            break
+    return list(seen)
+
+
+def prepare(a: argparse.Namespace) -> None:
+    d, w = a.data, a.work
+    (w / "train").mkdir(parents=True, exist_ok=True)
+    bq_test = tsv_rows(d / "BQ" / "BQ.test.data")
+    lcqmc_test = tsv_rows(d / "LCQMC" / "LCQMC.test.data")
+    held = {"bq": first_distinct(bq_test, HELD_PER_SET), "lcqmc": first_distinct(lcqmc_test, HELD_PER_SET)}
+    banned = {strip(s) for r in bq_test for s in r[:2]} | {strip(s) for s in held["lcqmc"]}
+
+    removed: dict[str, int] = {}
+
+    def keep(name: str, rows: list[list[str]], cols: tuple[int, int], out: str) -> None:
+        kept = [r for r in rows if strip(r[cols[0]]) not in banned and strip(r[cols[1]]) not in banned]
+        removed[name] = len(rows) - len(kept)
+        (w / "train" / out).write_text("".join("\t".join(r) + "\n" for r in kept), encoding="utf-8")
+
+    keep("BQ train", tsv_rows(d / "BQ" / "qianyan_bq_corpus" / "train.tsv"), (0, 1), "bq_train.data")
+    keep("ATEC train", tsv_rows(d / "ATEC" / "ATEC.train.partial.derived.data"), (0, 1), "atec_train.data")
+    # ChineseSTS: id1, s1, id2, s2, score 0-5 (almost only 0 and 5): as s1, s2, label (score >= 4)
+    sts = [
+        [r[1], r[3], "1" if float(r[4]) >= 4 else "0"]
+        for r in tsv_rows(d / "ChineseSTS" / "simtrain_to05sts.txt")
+    ]
+    keep("ChineseSTS", sts, (0, 1), "chinese_sts.data")
+    for name in ("train_pair_1w.json", "train_rank_1w.json"):
+        rows = [json.loads(line) for line in (d / "SimCLUE" / name).read_text(encoding="utf-8").splitlines()]
+        a_key, b_key = ("sentence1", "sentence2") if "pair" in name else ("query", "title")
+        kept = [r for r in rows if strip(r[a_key]) not in banned and strip(r[b_key]) not in banned]
+        removed[f"SimCLUE {name}"] = len(rows) - len(kept)
+        (w / "train" / f"simclue_{name.split('_')[1]}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"
+        )
+    save(w, "held.json", held)
+    save(w, "prepared.json", {"removed": removed, "data": str(d)})
+    print(f"held out {sum(map(len, held.values()))} questions; removed rows overlapping the tests: {removed}")
+
+
+# --- train -------------------------------------------------------------------------------------------------
+
+
+def train(a: argparse.Namespace) -> None:
+    w, out = a.work, a.work / a.out
+    files = sorted(str(p) for p in (w / "train").iterdir())
+    cmd = ["simcli", "train", "generator", *files, "--model", a.model, "--out", str(out), "--lr", str(a.lr)]
+    cmd += ["--steps", str(a.steps)] if a.steps else []
+    cmd += ["--max-length", str(a.max_length)] + (["--group-by-length"] if a.group_by_length else [])
+    cmd += ["--seed", str(a.seed)] + (["--resume"] if out.exists() else [])
+    print(" ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - start
+    record = load(out, "training.json")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    save(
+        w,
+        f"train-{a.out}.json",
+        {
+            "command": cmd,
+            "wall_s": wall,
+            "peak_rss_gb": peak,
+            "cpu": cpu_line(),
+            "pairs_per_second": record.get("pairs_per_second"),
+            "autocast": record.get("autocast"),
+        },
+    )
+    print(f"wall {wall / 60:.1f} min, peak RSS {peak:.1f} GB, {record.get('pairs_per_second')} pairs/s")
+
+
+# --- shared by the measuring stages ------------------------------------------------------------------------
+
+
+def simcli_cmd(*args: str) -> None:
+    print("$ simcli " + " ".join(args), flush=True)
+    subprocess.run(["simcli", *args], check=True)
+
+
+def paraphrase_file(
+    model: Path, texts: list[str], out: Path, n: int, k: int
+) -> dict[str, list[tuple[str, float]]]:
+    """{text: [(paraphrase, cosine), ...]} through `simcli generate --input --out` (reused when present)."""
+    if not out.exists():
+        src = out.with_suffix(".in.tsv")
+        src.write_text("text\n" + "".join(t + "\n" for t in texts), encoding="utf-8")
+        simcli_cmd(
+            "generate",
+            "--input",
+            str(src),
+            "--column",
+            "text",
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+            "-n",
+            str(n),
+            "-k",
+            str(k),
+            "--top-p",
+            "0.95",
+            "--seed",
+            "0",
+        )
+    found: dict[str, list[tuple[str, float]]] = {t: [] for t in texts}
+    with open(out, encoding="utf-8") as f:
+        header = next(f).rstrip("\n").split("\t")
+        col, score = header.index("text"), header.index("score")
+        line = header.index("source_row")
+        for row in (r.rstrip("\n").split("\t") for r in f):
+            found[texts[int(row[line]) - 2]].append((row[col], float(row[score])))
+    return found
+
+
+class Scorer:
+    """The untrained m3e-small through sentence-transformers: an encoder simcli's code does not touch."""
+
+    def __init__(self, model: str = "m3e-small") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        from simcli.models import sources
+
+        self.st = SentenceTransformer(str(sources.fetch(model)[0]), device="cpu")
+
+    def __call__(self, texts: list[str]):
+        return self.st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def distinct_2(texts: list[str]) -> float:
+    grams = [t[i : i + 2] for t in texts for i in range(len(t) - 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def quality_of(found: dict[str, list[tuple[str, float]]], scorer: Scorer) -> dict[str, object]:
+    """Item (a): paraphrase quality of {input: ranked paraphrases}."""
+    import numpy as np
+
+    tops = {t: [c for c, _ in cands[:TOP]] for t, cands in found.items()}
+    enough = sum(len({c for c in cs if c != t}) >= TOP for t, cs in tops.items())
+    pairs = [(t, c) for t, cs in tops.items() for c in cs]
+    cos = (scorer([t for t, _ in pairs]) * scorer([c for _, c in pairs])).sum(1) if pairs else np.zeros(0)
+    return {
+        "inputs": len(found),
+        "share_with_5": enough / len(found),
+        "mean_cosine_top5": float(cos.mean()) if len(cos) else float("nan"),
+        "distinct_2_top5": float(np.mean([distinct_2(cs) for cs in tops.values() if cs] or [0.0])),
+        "median_edit_distance": float(np.median([edit_distance(t, c) for t, c in pairs]))
+        if pairs
+        else float("nan"),
+        "examples": {t: tops[t] for t in list(found)[:: max(1, len(found) // 10)][:10]},
+    }
+
+
+# --- (a) quality -------------------------------------------------------------------------------------------
+
+
+def quality(a: argparse.Namespace) -> None:
+    w = a.work
+    held = load(w, "held.json")
+    texts = held["bq"] + held["lcqmc"]
+    found = paraphrase_file(a.model or w / "gen", texts, w / f"{a.tag}held.gen.tsv", SAMPLES, 10)
+    scorer = Scorer()
+    result = quality_of(found, scorer)
+    result["per_set"] = {k: quality_of({t: found[t] for t in v}, scorer) for k, v in held.items()}
+    save(w, f"{a.tag}quality.json", result)
+    brief = {k: v for k, v in result.items() if k not in ("examples", "per_set")}
+    print(json.dumps(brief, indent=1), {k: v["mean_cosine_top5"] for k, v in result["per_set"].items()})
+
+
+# --- (b) FAQ expansion -------------------------------------------------------------------------------------
+
+
+def ranks_of(q, entries, owner: list[int], truth: list[int]) -> list[int]:
+    """1-based rank of each query's entry when an entry scores the best cosine of any of its variants."""
+    import numpy as np
+
+    sims = q @ entries.T  # (queries, variants); variants are grouped by entry, in entry order
+    starts = np.flatnonzero(np.r_[True, np.diff(owner) != 0])
+    best = np.maximum.reduceat(sims, starts, axis=1)  # (queries, entries)
+    own = best[np.arange(len(truth)), truth]
+    return list((best > own[:, None]).sum(1) + 1)
+
+
+def mrr_r1(ranks: list[int]) -> dict[str, float]:
+    return {
+        "mrr@10": 100 * sum(1 / r for r in ranks if r <= 10) / len(ranks),
+        "r@1": 100 * sum(r == 1 for r in ranks) / len(ranks),
+    }
+
+
+def faq(a: argparse.Namespace) -> None:
+    import numpy as np
+
+    from simcli.models.encoder import load_encoder
+
+    w, data = a.work, Path(load(a.work, "prepared.json")["data"])
+    positives = [r for r in tsv_rows(data / "BQ" / "BQ.test.data") if r[2] == "1"]
+    entries = first_distinct(positives, a.entries)
+    index = {e: i for i, e in enumerate(entries)}
+    queries = [(r[1], index[r[0]]) for r in positives if r[0] in index]
+    found = paraphrase_file(a.model or w / "gen", entries, w / f"{a.tag}faq.gen.tsv", SAMPLES, TOP)
+    plain = (entries, list(range(len(entries))))
+    texts, owner = [], []
+    for i, e in enumerate(entries):
+        for t in [e, *(c for c, _ in found[e][:TOP])]:
+            texts.append(t)
+            owner.append(i)
+    gen = load_encoder(str(a.model or w / "gen"))
+    encoders = {
+        "m3e-small (untrained, sentence-transformers)": Scorer(),
+        "the generator's own vectors": lambda t: gen.encode(t, normalize=True),
+    }
+    result: dict[str, object] = {
+        "entries": len(entries),
+        "queries": len(queries),
+        "variants": len(texts) - len(entries),
+    }
+    truth = [i for _, i in queries]
+    for name, enc in encoders.items():
+        q = np.asarray(enc([t for t, _ in queries]))
+        result[name] = {
+            "plain": mrr_r1(ranks_of(q, np.asarray(enc(plain[0])), plain[1], truth)),
+            "expanded": mrr_r1(ranks_of(q, np.asarray(enc(texts)), owner, truth)),
+        }
+    save(w, f"{a.tag}faq.json", result)
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+
+
+# --- (c) augmentation --------------------------------------------------------------------------------------
+
+
+def spearman(models: list[str], test: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["simcli", "eval", "sts", str(test), "--model", ",".join(models), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {r["model"]: r["spearman"] for r in rows}
+
+
+def augment(a: argparse.Namespace) -> None:
+    w, data = a.work, Path(load(a.work, "prepared.json")["data"])
+    (w / "augment").mkdir(exist_ok=True)
+    rows = tsv_rows(data / "BQ" / "BQ.valid.data")[: a.pairs]
+    firsts = first_distinct(rows, len(rows))
+    found = paraphrase_file(a.model or w / "gen", firsts, w / "augment" / "valid.gen.tsv", a.n, 1)
+    extra = [[found[r[0]][0][0], r[1], r[2]] for r in rows if found[r[0]]]  # s1 replaced, label kept
+    plain, augmented = w / "augment" / "plain.data", w / "augment" / "augmented.data"
+    plain.write_text("".join("\t".join(r[:3]) + "\n" for r in rows), encoding="utf-8")
+    augmented.write_text("".join("\t".join(r[:3]) + "\n" for r in rows + extra), encoding="utf-8")
+    models = []
+    for seed in a.seeds:
+        for name, f in (("plain", plain), ("augmented", augmented)):
+            out = w / "augment" / f"{name}-{seed}"
+            if not (out / "config.json").exists():
+                simcli_cmd(
+                    "train",
+                    str(f),
+                    "--model",
+                    "m3e-small",
+                    "--loss",
+                    "cosent",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(out),
+                    "--overwrite",
+                )
+            models.append(str(out))
+    scores = spearman(["m3e-small", *models], data / "BQ" / "BQ.test.data")
+    save(
+        w,
+        "augment.json",
+        {"pairs": len(rows), "added": len(extra), "n": a.n, "seeds": a.seeds, "spearman": scores},
+    )
+    print(json.dumps(scores, indent=1))
+
+
+# --- (d) the generator's own vectors, and 5: distillation ---------------------------------------------------
+
+STS_SETS = (
+    "ATEC/ATEC.test.data",
+    "BQ/BQ.test.data",
+    "LCQMC/LCQMC.test.data",
+    "PAWSX/PAWSX.test.data",
+    "STS-B/STS-B.test.data",
+)
+
+
+def sts(a: argparse.Namespace) -> None:
+    w, data = a.work, Path(load(a.work, "prepared.json")["data"])
+    models = ["m3e-small", str(w / "gen"), *([str(w / "distilled")] if (w / "distilled").exists() else [])]
+    out = subprocess.run(
+        ["simcli", "eval", "sts", *(str(data / s) for s in STS_SETS), "--model", ",".join(models), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    save(w, "sts.json", rows)
+    for r in rows:
+        print(r)
+
+
+def distill(a: argparse.Namespace) -> None:
+    w = a.work
+    teacher = w / "augment" / f"plain-{a.teacher_seed}"
+    rows = tsv_rows(w / "train" / "bq_train.data")[: a.pairs]
+    pairs = w / "distill.data"
+    pairs.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    start = time.perf_counter()
+    simcli_cmd(
+        "train",
+        "distill",
+        str(pairs),
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(w / "gen"),
+        "--out",
+        str(w / "distilled"),
+        "--overwrite",
+    )
+    save(
+        w,
+        "distill.json",
+        {"teacher": str(teacher), "pairs": len(rows), "wall_s": time.perf_counter() - start},
+    )
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+
+def quality_rows(name: str, q: dict) -> list[str]:
+    out = []
+    for part, r in [("all", q), *q.get("per_set", {}).items()]:
+        out.append(
+            f"| {name} | {part} ({r['inputs']}) | {100 * r['share_with_5']:.0f}% | {r['mean_cosine_top5']:.3f} "
+            f"| {r['distinct_2_top5']:.3f} | {r['median_edit_distance']:.0f} |"
+        )
+    return out
+
+
+def report(a: argparse.Namespace) -> None:
+    import statistics
+
+    w = a.work
+    have = {f.stem: load(w, f.name) for f in w.glob("*.json")}
+    lines: list[str] = []
+    if t := have.get("train"):
+        rec = load(w / "gen", "training.json")
+        lines += [
+            f"CPU: {t['cpu']}",
+            "",
+            "| pairs | steps | lr | dtype | pairs/s | wall | peak RSS |",
+            "|---|---|---|---|---|---|---|",
+            (
+                f"| {rec['pairs']:,} | {rec['steps']} | {rec['hyperparameters']['lr']:g} | {t['autocast']} "
+                f"| {t['pairs_per_second']:.1f} | {t['wall_s'] / 60:.0f} min | {t['peak_rss_gb']:.1f} GB |"
+            ),
+            "",
+        ]
+    quality_of_models = [
+        (n, have[f"{tag}quality"])
+        for n, tag in (("generator", ""), ("distilled", "distilled-"))
+        if f"{tag}quality" in have
+    ]
+    if quality_of_models:
+        lines += [
+            "| model | inputs | >= 5 paraphrases | mean cosine (m3e-small) | distinct-2 | median edit distance |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n, q in quality_of_models:
+            lines += quality_rows(n, q)
+        lines += ["", "| input | top 5 |", "|---|---|"]
+        lines += [f"| {t} | {' / '.join(c)} |" for t, c in quality_of_models[0][1]["examples"].items()]
+        lines.append("")
+    if f := have.get("faq"):
+        lines += [
+            f"FAQ: {f['entries']} entries, {f['queries']} queries, {f['variants']} generated variants",
+            "",
+            "| scored by | MRR@10 plain | MRR@10 expanded | R@1 plain | R@1 expanded |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in f.items():
+            if isinstance(r, dict):
+                p, e = r["plain"], r["expanded"]
+                lines.append(
+                    f"| {name} | {p['mrr@10']:.1f} | {e['mrr@10']:.1f} ({e['mrr@10'] - p['mrr@10']:+.1f}) "
+                    f"| {p['r@1']:.1f} | {e['r@1']:.1f} ({e['r@1'] - p['r@1']:+.1f}) |"
+                )
+        lines.append("")
+    if g := have.get("augment"):
+        sp = g["spearman"]
+        by = {
+            k: [100 * v for m, v in sp.items() if Path(m).name.startswith(k + "-")]
+            for k in ("plain", "augmented")
+        }
+        diffs = [b - a_ for a_, b in zip(by["plain"], by["augmented"], strict=True)]
+        lines += [
+            (
+                f"Augmentation: {g['pairs']} BQ valid pairs + {g['added']} with s1 replaced by its best paraphrase "
+                f"(n={g['n']}), cosent, seeds {g['seeds']}; BQ test Spearman x100 (untrained: "
+                f"{100 * sp.get('m3e-small', float('nan')):.2f})"
+            ),
+            "",
+            "| | " + " | ".join(f"seed {s}" for s in g["seeds"]) + " | mean |",
+            "|---|" + "---|" * (len(g["seeds"]) + 1),
+        ]
+        for k, v in (*by.items(), ("difference", diffs)):
+            lines.append(f"| {k} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {statistics.mean(v):+.2f} |")
+        lines.append("")
+    if rows := have.get("sts"):
+        sets = list(dict.fromkeys(r["file"] for r in rows))
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        lines += ["| model | " + " | ".join(Path(s).stem for s in sets) + " |", "|---|" + "---|" * len(sets)]
+        for m in models:
+            vals = {r["file"]: 100 * r["spearman"] for r in rows if r["model"] == m}
+            lines.append(f"| {Path(m).name} | " + " | ".join(f"{vals[s]:.2f}" for s in sets) + " |")
+    print("\n".join(lines))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="folder holding BQ/")
-    p.add_argument("--model", default="m3e-small")
-    p.add_argument("--pairs", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=None, help="default: the generator's (1e-5)")
-    p.add_argument("--held", type=int, default=3)
+    sub = p.add_subparsers(dest="stage", required=True)
+    for name in ("prepare", "train", "quality", "faq", "augment", "sts", "distill", "report"):
+        s = sub.add_parser(name)
+        s.add_argument("--work", type=Path, required=True, help="folder the stages share")
+        if name == "prepare":
+            s.add_argument("--data", type=Path, required=True, help="folder of the public sets")
+        if name == "train":
+            s.add_argument("--model", default="m3e-small")
+            s.add_argument("--steps", type=int, default=None, help="default: one epoch")
+            s.add_argument("--lr", type=float, default=2e-4)
+            s.add_argument("--max-length", type=int, default=32, help="tokens per sentence (the CPU budget)")
+            s.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True)
+            s.add_argument("--seed", type=int, default=42)
+            s.add_argument("--out", default="gen", help="the generator's folder inside WORK")
+        if name in ("quality", "faq", "augment"):
+            s.add_argument("--model", type=Path, default=None, help="default: WORK/gen")
+            s.add_argument("--tag", default="", help="prefix of this stage's output files")
+        if name == "faq":
+            s.add_argument(
+                "--entries", type=int, default=1000, help="FAQ entries (first distinct BQ test ones)"
+            )
+        if name == "augment":
+            s.add_argument("--pairs", type=int, default=2000)
+            s.add_argument("--n", type=int, default=32, help="samples per sentence")
+            s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        if name == "distill":
+            s.add_argument("--pairs", type=int, default=5000, help="first rows of the filtered BQ train file")
+            s.add_argument("--teacher-seed", type=int, default=0, help="the augment stage's plain-SEED model")
     a = p.parse_args()
-
-    from simcli.paraphrase import load_paraphraser
-    from simcli.training import TrainOptions, train_generator
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = positive_pairs(a.data / "BQ" / "qianyan_bq_corpus" / "train.tsv", a.pairs, Path(tmp) / "p.tsv")
-        options = TrainOptions.generator(epochs=1, **({"lr": a.lr} if a.lr else {}))
-        out, record = train_generator([data], a.model, Path(tmp) / "gen", options, log=print)
-        rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(
-            f"\n{record['pairs']:,} pairs, {record['steps']} steps, {record['pairs_per_second']:.1f} pairs/s, "
-            f"autocast {record['autocast']}, peak RSS {rss_gb:.1f} GB, lr {record['hyperparameters']['lr']:g}"
-        )
-        print("loss:", ", ".join(f"{h['step']}: {h['loss']:.2f}" for h in record["loss_history"]))
-        with open(a.data / "BQ" / "BQ.test.data", encoding="utf-8") as f:
-            held = [next(f).split("\t")[0] for _ in range(a.held)]
-        para = load_paraphraser(str(out))
-        for text, found in zip(held, para.generate(held, n=100, k=3, seed=0), strict=True):
-            print(f"\n{text}")
-            for c in found:
-                print(f"  {c.score:.3f}  {c.text}")
+    stages = {
+        "prepare": prepare,
+        "train": train,
+        "quality": quality,
+        "faq": faq,
+        "augment": augment,
+        "sts": sts,
+        "distill": distill,
+        "report": report,
+    }
+    stages[a.stage](a)
 
 
 if __name__ == "__main__":
