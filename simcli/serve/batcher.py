@@ -80,12 +80,14 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[BatchReport], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         trimmer: HeapTrimmer | None = None,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.on_depth = on_depth  # told the queue length at each change (the queue gauge of /metrics)
         self.trimmer = trimmer  # hands freed heap pages back after work and when the queue falls idle
         self._jobs: deque[EncodeJob | CallJob] = deque()
         self._cond = threading.Condition()
@@ -123,6 +125,7 @@ class Batcher:
                 )
             self._jobs.append(job)
             self._cond.notify()
+            self._depth_changed()
         return job.future
 
     def close(self, timeout: float | None = None) -> None:
@@ -156,6 +159,7 @@ class Batcher:
             first = self._jobs[0]
             if isinstance(first, CallJob):
                 self._jobs.popleft()
+                self._depth_changed()
                 return first
             budget = self._budget(first.encoder)
             deadline = first.enqueued + self.max_wait
@@ -179,7 +183,12 @@ class Batcher:
                 else:
                     kept.append(j)
             self._jobs = kept
+            self._depth_changed()
         return taken
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(len(self._jobs))
 
     def _run(self) -> None:
         while True:

@@ -191,6 +191,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path, roforme
         "1500",
         "--trim-interval",
         "0.05",  # the model thread trims the heap while the request waits and when it falls idle
+        "--workers",
+        "1",  # the server in this process (several workers: tests/serve/test_serve_workers.py)
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
