@@ -138,13 +138,13 @@ class Batcher:
 
     # -- the model thread -----------------------------------------------------------------------------
     def _budget(self, encoder: Any) -> int:
-        if self.max_batch_tokens is not None:
-            return self.max_batch_tokens
-        # the encoder's own budget: with one model thread, 1024 real tokens a batch ran with the least padding
-        # and CPU time per request (m3e-small, 32 clients; 2048 and 4096 padded 13-15% more)
-        from simcli.models.encoder import default_batch_tokens
+        return self.max_batch_tokens if self.max_batch_tokens is not None else default_budget(encoder)[0]
 
-        return default_batch_tokens(encoder.device.type)
+    def describe_budget(self, encoders: list[Any]) -> str:
+        """The token budget of a batch, for the startup line: given, or each encoder's default and why."""
+        if self.max_batch_tokens is not None:
+            return f"batch tokens: {self.max_batch_tokens} (--batch-tokens)"
+        return "batch tokens: " + ", ".join(sorted({"{} ({})".format(*default_budget(e)) for e in encoders}))
 
     def _take(self) -> list[EncodeJob] | CallJob | None | _Idle:
         """The next unit of work: a CallJob, or encode jobs of one encoder within one token budget; IDLE when
@@ -238,6 +238,19 @@ class Batcher:
                     waits,
                 )
             )
+
+
+def default_budget(encoder: Any) -> tuple[int, str]:
+    """The token budget of one serving batch for `encoder` when --batch-tokens is not given, and why.
+
+    The encoder's own default for its device: with one model thread a worker, 1024 real tokens a batch ran
+    with the least padding and CPU time per request on float32 (m3e-small, 32 clients; 2048 and 4096 padded
+    13-15% more) and kept up with the sweep of bench/serve.py (docs/serve.md).
+    """
+    from simcli.models.encoder import default_batch_tokens
+
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    return default_batch_tokens(encoder.device.type), f"{dtype} on {encoder.device.type}"
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:

@@ -67,14 +67,11 @@ class ServeOptions:
         return self.encoder.model or None
 
     def model_threads(self) -> int:
-        """torch intra-op threads of the model: --threads, else the cores shared among the --workers processes
-        (`simcli serve` sets both from simcli.serve.plan before any worker starts; this is for a server built in
-        process, as the tests build them).
+        """torch intra-op threads of each worker's model: --threads, else the cores shared among the workers.
 
-        Every core, as text-embeddings-inference and infinity use them: measured on 2 cores with m3e-small and
-        32 clients, 2 model threads served 46.9 req/s against 31.0 with 1 (the HTTP side, parsing and
-        tokenising, fits between the model's passes). Where the clients share the server's cores, as in a
-        bench on one machine, `--threads` one below the cores can lower the latency of a lone request.
+        `simcli serve` sets both before any worker starts (simcli.serve.plan: one worker a core, one thread
+        each, where memory allows); this default serves a server built in this process, as the tests build
+        them: one worker, every core.
         """
         if self.threads is not None:
             return self.threads

@@ -61,6 +61,11 @@ def build_app(options: ServeOptions, note: Callable[[str], None]) -> Any:
     return create_app(registry, options), registry
 
 
+def _describe(app: Any, registry: Any) -> str:
+    """What a worker serves, how (device, dtype, threads) and its batches' token budget."""
+    return f"{registry.describe()}; {app.state.service.batcher.describe_budget(registry.encoders)}"
+
+
 def planned(options: ServeOptions) -> tuple[ServeOptions, Plan]:
     """`options` with its workers and threads chosen from the machine where they are not given, and the plan
     (simcli.serve.plan); given ones are kept as they are."""
@@ -98,7 +103,7 @@ def serve(options: ServeOptions, note: Callable[[str], None]) -> None:
     )
     server = GracefulServer(
         config,
-        announce=lambda: note(f"serving on {url_of(options)}; {registry.describe()}"),
+        announce=lambda: note(f"serving on {url_of(options)}; {_describe(app, registry)}"),
     )
     server.run()
     if not server.started:
@@ -139,7 +144,8 @@ def app_from_env() -> Any:
         _stop_supervisor(e)
         raise
     print(
-        f"simcli: worker {os.getpid()} serving on {url_of(options)}; {registry.describe()}", file=sys.stderr
+        f"simcli: worker {os.getpid()} serving on {url_of(options)}; {_describe(app, registry)}",
+        file=sys.stderr,
     )
     return app
 

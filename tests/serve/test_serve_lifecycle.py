@@ -224,7 +224,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path, roforme
     assert len(answer["r"].json()["data"]) == 2
     assert "Waiting for connections to close" in stderr, "premise: the request was in flight at SIGTERM"
     assert (
-        f"simcli: serving on http://127.0.0.1:{port}; models: {roformer_sim_dir}; indexes: none; device/dtype: cpu float32; model threads: {ServeOptions().model_threads()}"
+        f"simcli: serving on http://127.0.0.1:{port}; models: {roformer_sim_dir}; indexes: none; device/dtype: cpu float32; model threads: {ServeOptions().model_threads()}; batch tokens: 1024 (float32 on cpu)\n"
         in stderr
     )
 

@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CPUS = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs to pin the server to")
 PLAN_LINE = re.compile(r"^simcli: (\d+) workers? x (\d+) model threads?: (.*)$", re.MULTILINE)
-SERVING_LINE = re.compile(r"^simcli: worker (\d+) serving on .*; model threads: (\d+)$", re.MULTILINE)
+SERVING_LINE = re.compile(
+    r"^simcli: worker (\d+) serving on .*; model threads: (\d+); batch tokens: (.*)$", re.MULTILINE
+)
 
 
 @dataclass
@@ -121,8 +123,8 @@ def test_default_plan_is_printed_and_two_workers_serve(two: tuple[Served, Path])
         r"one worker a core \(2 cores; ~0\.5 GiB a worker, 50% of the [\d.]+ GiB available holds \d+\)",
         plan[0][2],
     ), plan[0][2]
-    assert {(int(pid), threads) for pid, threads in SERVING_LINE.findall(served.stderr)} == {
-        (pid, "1") for pid in seen
+    assert {(int(pid), threads, budget) for pid, threads, budget in SERVING_LINE.findall(served.stderr)} == {
+        (pid, "1", "1024 (float32 on cpu)") for pid in seen
     }
 
 
@@ -145,24 +147,41 @@ def _counts(folder: Path) -> float:
     return total or 0.0
 
 
+def _own_counts(shared: Path, pids: set[int], into: Path) -> list[float]:
+    """Each worker's count from its files alone: what a /metrics of one process would have said."""
+    out = []
+    for pid in sorted(pids):
+        alone = into / str(pid)
+        shutil.rmtree(alone, ignore_errors=True)
+        alone.mkdir()
+        for f in shared.glob(f"*_{pid}.db"):
+            shutil.copy(f, alone / f.name)
+        out.append(_counts(alone))
+    return out
+
+
 def test_metrics_sum_every_worker(two: tuple[Served, Path], tmp_path: Path) -> None:
-    """12 embeddings requests on fresh connections land on both workers; /metrics, whichever worker answers,
-    counts all 12 (each worker's own count, read from its files, is less)."""
+    """Embeddings requests, 8 at a time on fresh connections, until both workers have answered some; /metrics,
+    whichever worker answers the scrape, counts every one of them (each worker's own count is less)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     served, _ = two
     seen = served.workers_seen(2)
     shared = _metrics_dir(min(seen))
     before = _counts(shared)
-    for i in range(12):
-        assert httpx.post(f"{served.url}/v1/embeddings", json={"input": [CORPUS[i % 6]]}).status_code == 200
-    own = []
-    for pid in seen:  # one worker's files alone: what a per-process /metrics would have said
-        alone = tmp_path / str(pid)
-        alone.mkdir()
-        for f in shared.glob(f"*_{pid}.db"):
-            shutil.copy(f, alone / f.name)
-        own.append(_counts(alone))
-    assert sum(own) == before + 12 and all(n > 0 for n in own), own
-    line = f'simcli_requests_total{{endpoint="/v1/embeddings",status="200"}} {before + 12:.1f}'
+    sent = 0
+
+    def ask(i: int) -> int:
+        return httpx.post(f"{served.url}/v1/embeddings", json={"input": [CORPUS[i % 6]]}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        while not all(n > 0 for n in _own_counts(shared, seen, tmp_path)):
+            assert sent < 400, "every request went to one worker"
+            assert list(pool.map(ask, range(8))) == [200] * 8
+            sent += 8
+    own = _own_counts(shared, seen, tmp_path)
+    assert sum(own) == before + sent and all(0 < n < before + sent for n in own), own
+    line = f'simcli_requests_total{{endpoint="/v1/embeddings",status="200"}} {before + sent:.1f}'
     for _ in range(6):
         assert line in httpx.get(f"{served.url}/metrics").text
 
@@ -204,7 +223,12 @@ def test_generate_on_both_workers_equals_library(two: tuple[Served, Path], rofor
     ("args", "workers", "threads", "reason"),
     [
         (["--workers", "1"], 1, 2, "--workers 1 given; 2 cores shared"),
-        (["--workers", "2", "--threads", "1"], 2, 1, "--workers and --threads as given"),
+        (
+            ["--workers", "2", "--threads", "1", "--batch-tokens", "2048"],
+            2,
+            1,
+            "--workers and --threads as given",
+        ),
     ],
 )
 def test_given_options_win_and_sigterm_ends_every_worker(
@@ -223,10 +247,10 @@ def test_given_options_win_and_sigterm_ends_every_worker(
     time.sleep(0.5)  # the reader thread takes the last lines
     assert PLAN_LINE.findall(served.stderr) == [(str(workers), str(threads), reason)]
     if workers == 1:
-        assert f"; model threads: {threads}" in served.stderr
+        assert f"; model threads: {threads}; batch tokens: 1024 (float32 on cpu)\n" in served.stderr
     else:
-        assert {(int(p), t) for p, t in SERVING_LINE.findall(served.stderr)} == {
-            (p, str(threads)) for p in seen
+        assert {(int(p), t, b) for p, t, b in SERVING_LINE.findall(served.stderr)} == {
+            (p, str(threads), "2048 (--batch-tokens)") for p in seen
         }
         assert shared is not None and shared.name == "metrics" and not shared.parent.exists()
 
