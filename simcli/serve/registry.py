@@ -195,6 +195,22 @@ def parse_index_arg(value: str) -> tuple[str, Path]:
     return path.name.removesuffix(".idx") or path.resolve().name, path
 
 
+def check_servable(options: ServeOptions) -> None:
+    """The usage errors found without loading anything (UsageError): checked before any worker starts."""
+    if options.model is None and options.whitening is not None:
+        raise UsageError("--whitening applies to --model (an index brings its own whitening)")
+    if options.model is None and not options.indexes:
+        raise UsageError("give --model M and/or --index DIR: there is nothing to serve")
+    names: set[str] = set()
+    for arg in options.indexes:
+        name, path = parse_index_arg(arg)
+        if name in names:
+            raise UsageError(f"two indexes are named {name!r}: give one as --index NAME=DIR")
+        names.add(name)
+        if not path.is_dir():
+            raise UsageError(f"--index {arg}: {path} is not a folder")
+
+
 def _encoder_key(spec: Any) -> tuple[Any, ...]:
     return (spec.weights_sha256, spec.pooling, spec.max_length, spec.tokenizer)
 
@@ -215,6 +231,7 @@ class Registry:
         Raises:
             SimcliError: a model, whitening or index that cannot be loaded, or clashing names.
         """
+        check_servable(options)
         reg = cls()
         shared: dict[tuple[Any, ...], Any] = {}
         if options.model is not None:
@@ -229,12 +246,8 @@ class Registry:
                 w = whitening_for(options.whitening, enc.spec, f"model {options.model}")
             reg._add_encoder(enc, shared)
             reg._add_model(ServedModel(options.model, enc, w, source="model"))
-        elif options.whitening is not None:
-            raise UsageError("--whitening applies to --model (an index brings its own whitening)")
         for arg in options.indexes:
             reg._add_index(arg, options, shared)
-        if not reg.models:
-            raise UsageError("give --model M and/or --index DIR: there is nothing to serve")
         return reg
 
     def _add_encoder(self, enc: Any, shared: dict[tuple[Any, ...], Any]) -> None:
@@ -256,10 +269,6 @@ class Registry:
         from simcli.index import Index
 
         name, path = parse_index_arg(arg)
-        if name in self.indexes:
-            raise UsageError(f"two indexes are named {name!r}: give one as --index NAME=DIR")
-        if not path.is_dir():
-            raise UsageError(f"--index {arg}: {path} is not a folder")
         override = None
         default = self.default
         if default is not None and default.source == "model":

@@ -191,6 +191,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path, roforme
         "1500",
         "--trim-interval",
         "0.05",  # the model thread trims the heap while the request waits and when it falls idle
+        "--workers",
+        "1",  # the server in this process (several workers: tests/serve/test_serve_workers.py)
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -222,7 +224,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path, roforme
     assert len(answer["r"].json()["data"]) == 2
     assert "Waiting for connections to close" in stderr, "premise: the request was in flight at SIGTERM"
     assert (
-        f"simcli: serving on http://127.0.0.1:{port}; models: {roformer_sim_dir}; indexes: none; device/dtype: cpu float32; model threads: {ServeOptions().model_threads()}"
+        f"simcli: serving on http://127.0.0.1:{port}; models: {roformer_sim_dir}; indexes: none; device/dtype: cpu float32; model threads: {ServeOptions().model_threads()}; batch tokens: 1024 (float32 on cpu)\n"
         in stderr
     )
 
