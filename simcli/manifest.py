@@ -8,7 +8,7 @@ from typing import Any
 
 from simcli import __version__
 from simcli.errors import CorruptArtifact, ManifestMismatch
-from simcli.types import ModelSpec
+from simcli.types import ModelSpec, dtype_label
 
 # Fields of ModelSpec that change the vectors; the model name is left out on purpose: the same
 # checkpoint loaded from a hub id or a local copy has the same weights hash.
@@ -25,7 +25,7 @@ def computed_with(encoder: Any) -> dict[str, str]:
     they change the numbers by rounding only)."""
     return {
         "device": str(getattr(encoder, "device", "unknown")),
-        "dtype": str(getattr(encoder, "dtype", "unknown")).removeprefix("torch."),
+        "dtype": dtype_label(getattr(encoder, "dtype", "unknown")),
     }
 
 

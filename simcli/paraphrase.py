@@ -289,7 +289,7 @@ def load_paraphraser(
     Args:
         model: hub id or local folder (the JunnYu/RoFormer_pytorch hub port layout).
         device: auto | cpu | cuda | cuda:N.
-        dtype: auto | float32 | bfloat16 | float16.
+        dtype: auto | float32 | bfloat16 | float16 | int8.
         max_length: source tokens, also the re-ranking encoder's max length.
         max_rows: samples decoded together in one batch.
         cache_mb: KV-cache memory budget of one batch, in MiB.

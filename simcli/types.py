@@ -31,8 +31,16 @@ DemoFamily = Literal["roformer-sim", "wobert", "roformer-word", "roformer-char",
 TokenizerKind = Literal["char", "word"]
 TOKENIZER_KINDS: tuple[str, ...] = get_args(TokenizerKind)
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]
+DType = Literal["auto", "float32", "bfloat16", "float16", "int8"]
 DTYPES: tuple[str, ...] = get_args(DType)
+
+
+def dtype_label(dtype: object) -> str:
+    """The name of an encoder's compute dtype as the flags spell it: float32, bfloat16, float16 or int8
+    (`torch.qint8`: int8 linear layers, see simcli.models.int8)."""
+    name = str(dtype).removeprefix("torch.")
+    return "int8" if name == "qint8" else name
+
 
 StoreDType = Literal["float32", "float16"]
 
@@ -62,7 +70,7 @@ class EncoderConfig:
     tokenizer: str | None = None  # char | word to override the detected tokenizer
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per sentence, [CLS] and [SEP] included
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 | int8
     batch_tokens: int | None = None  # token budget of one batch; None: by device (1024 CPU, 16384 CUDA)
     engine: str = "auto"  # auto | native | transformers
     revision: str | None = None  # hub revision

@@ -25,10 +25,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def _float32_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--dtype auto` is float32 in tests on every machine: vectors are compared with independent float32
-    computations, and whether auto picks bf16 depends on the CPU (tests of the rule patch this again)."""
+    computations, and whether auto picks bf16 or int8 depends on the CPU (tests of the rule patch this again)."""
     from simcli.models import device
 
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset())  # no native bf16
+    monkeypatch.setattr(device, "cpu_int8_speedup", lambda: 1.0)  # int8 no faster than float32
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from simcli.cli.options import (
 )
 from simcli.cli.progress import progress_bar
 from simcli.errors import UsageError
-from simcli.types import EncoderConfig
+from simcli.types import EncoderConfig, dtype_label
 
 eval_app = typer.Typer(
     help="Evaluate encoders and whitening on labelled sentence pairs.", no_args_is_help=True
@@ -82,7 +82,7 @@ def _encoder_note(cut: str | None = None) -> Callable[[Any], None]:
         length = f", max length {cut}" if cut is not None else ""
         typer.echo(
             f"simcli: {spec.model} ({spec.family}, dim {spec.dim}{length}) on "
-            f"{enc.device} {str(enc.dtype).removeprefix('torch.')}",
+            f"{enc.device} {dtype_label(enc.dtype)}",
             err=True,
         )
 

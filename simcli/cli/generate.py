@@ -31,6 +31,7 @@ from simcli.paraphrase import (
     DEFAULT_N,
     DEFAULT_TOP_P,
 )
+from simcli.types import dtype_label
 
 if TYPE_CHECKING:
     from simcli.io import Errors
@@ -106,9 +107,7 @@ def generate(
 
         para = load_paraphraser(model, device=device, dtype=dtype, max_length=max_length)
         enc = para.encoder
-        note(
-            f"model {model} ({enc.checkpoint.family}), device {enc.device}, dtype {str(enc.dtype).removeprefix('torch.')}"
-        )
+        note(f"model {model} ({enc.checkpoint.family}), device {enc.device}, dtype {dtype_label(enc.dtype)}")
         if input is not None and out is not None:
             _generate_file(para, input, out, config, column, header, errors, resume, overwrite)
         else:

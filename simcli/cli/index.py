@@ -56,7 +56,7 @@ IndexDTypeOpt = Annotated[
     str | None,
     typer.Option(
         "--dtype",
-        help="auto | float32 | bfloat16 | float16 for encoding (default: the dtype the index's vectors were "
+        help="auto | float32 | bfloat16 | float16 | int8 for encoding (default: the dtype the index's vectors were "
         "computed with, when on the same kind of device; else auto).",
     ),
 ]

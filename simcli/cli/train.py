@@ -70,7 +70,8 @@ TrainDTypeOpt = Annotated[
     typer.Option(
         "--dtype",
         help="auto | float32 | bfloat16 | float16: mixed precision (weights stay float32). auto: float16 "
-        "on CUDA; bfloat16 autocast on CPUs with native bf16 measured >= 1.5x float32; else float32.",
+        "on CUDA; bfloat16 autocast on CPUs with native bf16 measured >= 1.5x float32; else float32 (never "
+        "int8: that is for encoding).",
     ),
 ]
 # Not --batch-tokens: here a batch is --batch-size pairs, and this budget cuts its sentences into passes.

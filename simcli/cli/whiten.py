@@ -28,7 +28,7 @@ from simcli.cli.options import (
 )
 from simcli.cli.progress import progress_bar
 from simcli.errors import OutputExists, UsageError
-from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, dtype_label
 
 if TYPE_CHECKING:
     from simcli.io import ReadOptions
@@ -156,7 +156,7 @@ def _fit_texts(
     spec = enc.spec
     typer.echo(
         f"simcli: {spec.model} ({spec.family}, {spec.pooling}, dim {spec.dim}) on {enc.device} "
-        f"{str(enc.dtype).removeprefix('torch.')}",
+        f"{dtype_label(enc.dtype)}",
         err=True,
     )
     with progress_bar() as bar:

@@ -12,8 +12,17 @@ from simcli.errors import UsageError
 
 #: bf16 must be clearly faster than float32 to be worth its (small, checked) accuracy cost.
 BF16_MIN_SPEEDUP = 1.5
+#: So must int8 (its accuracy cost is larger, and checked too); the probe is one linear layer, and the whole
+#: model gains less than its matrix products (attention, LayerNorm and GELU stay float32).
+INT8_MIN_SPEEDUP = 1.5
 
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: torch.qint8 stands for "int8": the linear layers' weights are int8, their inputs quantised on the fly.
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int8": torch.qint8,
+}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -79,8 +88,43 @@ def cpu_bf16_speedup() -> float:
         return _best_matmul_seconds(a, b) / _best_matmul_seconds(a.bfloat16(), b.bfloat16())
 
 
-def dtype_candidates(name: str, device: torch.device) -> tuple[torch.dtype, str]:
-    """The dtype to try and why. For `auto` on CPU the caller still checks accuracy against float32.
+@lru_cache(maxsize=1)
+def cpu_int8_speedup() -> float:
+    """float32 time / int8 time of the same BERT-base feed-forward product (256 x 768 x 3072) through simcli's
+    int8 linear layer on this CPU: about 0.1 s, once per process; 0.0 without quantized kernels."""
+    from simcli.models.int8 import linear_speedup
+
+    return linear_speedup()
+
+
+def choose_cpu_dtype(bf16_speedup: float, int8_speedup: float | None) -> tuple[torch.dtype, str]:
+    """`--dtype auto`'s rule on a CPU, from the two probes: bf16 where its matrix products run at least
+    BF16_MIN_SPEEDUP x float32; else int8 where its linear layers run at least INT8_MIN_SPEEDUP x float32;
+    else float32. `bf16_speedup` 0.0 means no native bf16; `int8_speedup` None: not measured (int8 not
+    allowed). The caller still checks either one's accuracy against float32.
+
+    Returns:
+        (dtype, reason) where reason is a short phrase for the user.
+    """
+    if bf16_speedup >= BF16_MIN_SPEEDUP:
+        return torch.bfloat16, f"auto: bf16 matmul {bf16_speedup:.1f}x float32 on this CPU"
+    bf16 = (
+        f"bf16 matmul only {bf16_speedup:.1f}x float32 on this CPU"
+        if bf16_speedup > 0
+        else "CPU has no native bf16"
+    )
+    if int8_speedup is None:
+        return torch.float32, f"auto: {bf16}"
+    if int8_speedup >= INT8_MIN_SPEEDUP:
+        return torch.qint8, f"auto: {bf16}; int8 linear layers {int8_speedup:.1f}x float32"
+    return torch.float32, f"auto: {bf16}, int8 linear layers only {int8_speedup:.1f}x float32"
+
+
+def dtype_candidates(name: str, device: torch.device, *, int8: bool = True) -> tuple[torch.dtype, str]:
+    """The dtype to try and why. For `auto` the caller still checks accuracy against float32.
+
+    Args:
+        int8: whether `auto` may choose int8 (training may not: it keeps float32 weights).
 
     Returns:
         (dtype, reason) where reason is a short phrase for the user.
@@ -91,12 +135,15 @@ def dtype_candidates(name: str, device: torch.device) -> tuple[torch.dtype, str]
         if name == "float16" and device.type == "cpu":
             # fp16 matmuls on CPU are emulated on most parts; allowed because asked for.
             return torch.float16, "asked for (slow on most CPUs)"
+        if name == "int8" and device.type != "cpu":
+            raise UsageError(
+                f"--dtype int8 runs on the CPU only (torch's int8 kernels are CPU kernels), not on "
+                f"{device}: use --device cpu, or --dtype float16 / auto on CUDA"
+            )
         return DTYPE_NAMES[name], "asked for"
     if device.type == "cuda":
         return torch.float16, "auto: float16 on CUDA"
-    if not cpu_has_bf16():
-        return torch.float32, "auto: CPU has no native bf16"
-    speedup = cpu_bf16_speedup()
-    if speedup >= BF16_MIN_SPEEDUP:
-        return torch.bfloat16, f"auto: bf16 matmul {speedup:.1f}x float32 on this CPU"
-    return torch.float32, f"auto: bf16 matmul only {speedup:.1f}x float32 on this CPU"
+    bf16 = cpu_bf16_speedup() if cpu_has_bf16() else 0.0  # emulated bf16 is never timed
+    if bf16 >= BF16_MIN_SPEEDUP or not int8:
+        return choose_cpu_dtype(bf16, None)
+    return choose_cpu_dtype(bf16, cpu_int8_speedup())

@@ -20,6 +20,7 @@ import torch
 
 from simcli.models.batching import batches
 from simcli.models.device import dtype_candidates, resolve_device
+from simcli.models.int8 import quantize_linear_layers
 from simcli.models.loading import (
     Checkpoint,
     build_backbone,
@@ -32,7 +33,7 @@ from simcli.models.native import NativeBackbone, to_device
 from simcli.models.pooling import resolve_pooling
 from simcli.models.sentence import SentenceModel
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
-from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, EncodeStats, ModelSpec, ProgressFn
+from simcli.types import DEFAULT_MAX_LENGTH, EncoderConfig, EncodeStats, ModelSpec, ProgressFn, dtype_label
 from simcli.vectors import l2_normalize
 
 __all__ = ["EncodeStats", "Encoder", "EncoderConfig", "encode", "load_encoder"]
@@ -45,6 +46,9 @@ CUDA_BATCH_TOKENS = 16384
 MAX_BATCH_ROWS = 256  # rows of a CPU batch (the batcher's default)
 CHUNK_SENTENCES = 2048  # tokenised ahead in the background; also the unit of progress reports
 BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close to float32
+# int8 rounds far more than bf16 (7-bit inputs, 8-bit weights); 0.99 on the calibration sentences kept the STS
+# scores of m3e-small within 0.5 Spearman x100 of float32 (docs/performance.md).
+INT8_MIN_COSINE = 0.99
 
 
 def default_batch_tokens(device_type: str) -> int:
@@ -155,7 +159,7 @@ class Encoder:
             "weights_sha256": ck.weights_sha256,
             "revision": ck.revision,
             "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_label(self.dtype),
             "dtype_reason": self.dtype_reason,
             "engine": self.engine,
             "can_generate": ck.similarity_trained and ck.has_mlm_head,
@@ -323,6 +327,12 @@ class Encoder:
 
 
 def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> None:
+    if (
+        dtype == torch.qint8
+    ):  # int8: the backbone's linear layers (the pooler is one small product a sentence)
+        model.to(device=device, dtype=torch.float32)
+        quantize_linear_layers(model.backbone)
+        return
     model.to(device=device, dtype=dtype)
 
 
@@ -352,9 +362,12 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         tokenizer: "char" or "word" to override the detected tokenizer.
         max_length: tokens per sentence, [CLS] and [SEP] included; longer input is truncated and counted.
         device: auto | cpu | cuda | cuda:N.
-        dtype: auto | float32 | bfloat16 | float16. `auto` is float16 on CUDA, on CPU bfloat16 where the CPU
-            runs bf16 matrix products at least 1.5x faster than float32 (measured); either only where the
-            vectors stay within cosine 0.999 of float32 on calibration sentences, else float32.
+        dtype: auto | float32 | bfloat16 | float16 | int8. `auto` is float16 on CUDA; on CPU bfloat16 where
+            the CPU runs bf16 matrix products at least 1.5x faster than float32 (measured), else int8 where
+            int8 linear layers run at least 1.5x faster than float32 (measured); each only where the vectors
+            of calibration sentences stay within cosine 0.999 (bf16, fp16) or 0.99 (int8) of float32, else
+            float32. int8 (CPU only) quantises the linear layers' weights to int8 and their inputs on the
+            fly (simcli/models/int8.py).
         batch_tokens: token budget of one batch (default 1024 on CPU, 16384 on CUDA).
         engine: auto | native | transformers: who runs the transformer. `native` is simcli's own torch
             implementation (simcli/models/native.py), which spares the ~3 s import of transformers' modeling
@@ -391,27 +404,33 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         _cast(model, dev, want)
         return enc
     if cfg.dtype == "auto":
-        # Keep bf16 (CPU) or fp16 (CUDA) only where it is accurate for this model (measured, not assumed).
-        _cast(model, dev, torch.float32)  # the float32 reference runs where the model will
-        reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
-        import copy
-
-        low = copy.deepcopy(model)
-        _cast(low, dev, want)
-        trial = Encoder(ck, tok, low, cfg, dev, want, reason)
-        cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
-        if cos >= BF16_MIN_COSINE:
-            trial.dtype_reason = f"{reason}; min cosine to float32 {cos:.4f} on calibration sentences"
-            trial.sources = sources
-            return trial
-        short = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(want, str(want))
-        enc.dtype_reason = (
-            f"auto: {short} min cosine to float32 was {cos:.4f} < {BF16_MIN_COSINE}, using float32"
-        )
-        _cast(model, dev, torch.float32)
-        return enc
+        return _calibrated(enc, want)
     _cast(model, dev, want)
     enc.dtype = want
+    return enc
+
+
+def _calibrated(enc: Encoder, want: torch.dtype) -> Encoder:
+    """`enc` (float32) run in `want` where that keeps the calibration sentences' vectors within the dtype's
+    cosine to float32 (bf16 and fp16 BF16_MIN_COSINE, int8 INT8_MIN_COSINE); else `enc`, saying why.
+
+    `--dtype auto` keeps a faster dtype only where it is accurate for this model (measured, not assumed)."""
+    model, dev = enc.model, enc.device
+    _cast(model, dev, torch.float32)  # the float32 reference runs where the model will
+    reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
+    import copy
+
+    low = copy.deepcopy(model)
+    _cast(low, dev, want)
+    trial = Encoder(enc.checkpoint, enc.tokenizer, low, enc.config, dev, want, enc.dtype_reason)
+    cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
+    floor = INT8_MIN_COSINE if want == torch.qint8 else BF16_MIN_COSINE
+    if cos >= floor:
+        trial.dtype_reason = f"{enc.dtype_reason}; min cosine to float32 {cos:.4f} on calibration sentences"
+        trial.sources = enc.sources
+        return trial
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}.get(want, str(want))
+    enc.dtype_reason = f"auto: {short} min cosine to float32 was {cos:.4f} < {floor}, using float32"
     return enc
 
 

@@ -119,13 +119,18 @@ class UniLM:
         sd = ck.state_dict()
         backbone = enc.backbone
         if not isinstance(backbone, NativeBackbone):
+            from simcli.models.int8 import quantize_linear_layers
             from simcli.models.loading import build_backbone
 
             try:
                 built, _ = build_backbone(ck, sd, engine="native")
             except ModelError as e:
                 raise ModelError(f"{ck.model}: cannot generate: {e}") from None
-            backbone = built.to(device=enc.device, dtype=enc.dtype)
+            if enc.dtype == torch.qint8:  # int8: the same linear layers as the encoder's
+                backbone = built.to(device=enc.device, dtype=torch.float32)
+                quantize_linear_layers(backbone)
+            else:
+                backbone = built.to(device=enc.device, dtype=enc.dtype)
         assert isinstance(backbone, NativeBackbone)
         return cls(backbone, build_mlm_head(backbone, sd, ck.weights_path))
 

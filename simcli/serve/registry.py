@@ -18,7 +18,7 @@ import numpy as np
 from simcli.errors import CorruptArtifact, SimcliError, UsageError
 from simcli.serve.api_errors import APIError
 from simcli.serve.options import ServeOptions
-from simcli.types import Log
+from simcli.types import Log, dtype_label
 from simcli.vectors import l2_normalize
 
 # the name that always means the default model (what the examples in docs/serve.md send)
@@ -330,9 +330,7 @@ class Registry:
         """One line for the startup message: models, indexes, device and dtype."""
         models = ", ".join(sorted({m.name for m in self.models.values()}))
         indexes = ", ".join(f"{i.name} ({i.index.count} vectors, {i.path})" for i in self.indexes.values())
-        devices = ", ".join(
-            sorted({f"{e.device} {str(e.dtype).removeprefix('torch.')}" for e in self.encoders})
-        )
+        devices = ", ".join(sorted({f"{e.device} {dtype_label(e.dtype)}" for e in self.encoders}))
         import torch
 
         threads = torch.get_num_threads()

@@ -75,7 +75,7 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
     float16 on CUDA; float32 means no autocast. Weights and optimizer stay float32."""
     if name == "float16" and device.type == "cpu":
         raise UsageError("--dtype float16: mixed precision on CPU uses bfloat16 (or float32)")
-    return dtype_candidates(name, device)[0]
+    return dtype_candidates(name, device, int8=False)[0]
 
 
 class Trainer:

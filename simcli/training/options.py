@@ -93,6 +93,11 @@ class TrainOptions:
         from simcli.training.data import KINDS
         from simcli.training.losses import LOSSES
 
+        if self.encoder.dtype == "int8":
+            raise UsageError(
+                "--dtype int8 cannot train: training keeps float32 weights and --dtype here is the autocast "
+                "dtype (auto, float32, bfloat16 or float16 on CUDA); encode with --dtype int8 afterwards"
+            )
         if self.loss not in LOSSES:
             raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.kind not in KINDS:

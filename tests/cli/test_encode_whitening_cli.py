@@ -111,7 +111,7 @@ def test_store_with_whitening_records_device_and_dtype(tmp_path: Path, roformer_
         "--out",
         str(out),
     ]
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "bfloat16", "int8"):
         result = simcli(*args, "--dtype", dtype, "--device", "cpu", "--overwrite")
         assert result.exit_code == 0, result.output
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))

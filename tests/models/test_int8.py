@@ -1,0 +1,172 @@
+"""`--dtype int8`: the int8 linear layer against integer arithmetic done by hand, int8 vectors against float32
+ones, the accuracy gate of `--dtype auto`, auto's rule as a function of its two probes, and the refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simcli.errors import UsageError
+from simcli.models import device as device_mod
+from simcli.models import encoder as encoder_mod
+from simcli.models.encoder import CALIBRATION_SENTENCES, load_encoder
+from simcli.models.int8 import Int8Linear, is_quantized, linear_speedup
+from simcli.training.options import TrainOptions
+from tests.models.test_encoder import SENTENCES, reference_vectors
+
+
+def test_int8_linear_is_integer_arithmetic() -> None:
+    """Int8Linear = inputs quantised to 7 bits over the whole input (asymmetric, zero point from its min and
+    max), weights to int8 per output channel (symmetric), integer products, then the two scales and the bias:
+    computed here in numpy, float64."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((13, 37)) * 2 + 0.3).astype(np.float32)
+    w = (rng.standard_normal((29, 37)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(29).astype(np.float32)
+    got = Int8Linear(torch.from_numpy(w), torch.from_numpy(b))(torch.from_numpy(x)).numpy()
+    xd = x.astype(np.float64)
+    lo, hi = min(xd.min(), 0.0), max(xd.max(), 0.0)
+    sx = (hi - lo) / 127
+    zx = int(np.clip(round(-lo / sx), 0, 127))
+    xq = np.clip(np.round(xd / sx) + zx, 0, 127)
+    sw = np.abs(w).max(1).astype(np.float64) / 127
+    wq = np.clip(np.round(w / sw[:, None]), -128, 127)
+    want = sx * sw[None, :] * ((xq - zx) @ wq.T) + b
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert np.abs(got - (x @ w.T + b)).max() > 1e-2, "the premise: int8 rounds visibly against float32"
+
+
+@pytest.mark.parametrize("engine", ["native", "transformers"])
+def test_int8_vectors_within_the_gate_of_float32(roformer_sim_dir: Path, engine: str) -> None:
+    """Every linear layer of the backbone becomes int8 (the pooler stays float32), and the vectors stay within
+    INT8_MIN_COSINE of float32 computed independently (transformers + numpy, one sentence at a time)."""
+    enc = load_encoder(str(roformer_sim_dir), dtype="int8", engine=engine, pooling="cls")
+    assert enc.dtype == torch.qint8 and enc.info()["dtype"] == "int8" and enc.dtype_reason == "asked for"
+    linear = [m for m in enc.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear == [] and is_quantized(enc.backbone)
+    assert isinstance(enc.pooler, torch.nn.Linear)
+    got = enc.encode(SENTENCES, normalize=True)
+    ref = reference_vectors(roformer_sim_dir, "RoFormerForCausalLM", SENTENCES, enc.tokenizer)["cls"]
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    cos = (got * ref).sum(1)
+    assert cos.min() >= encoder_mod.INT8_MIN_COSINE
+    assert cos.min() < 0.99999, "the premise: int8 vectors differ from float32"
+
+
+def test_auto_rule_from_the_probes() -> None:
+    """bf16 where it is fast; else int8 where it is fast; else float32, each with the numbers as the reason."""
+    rule = device_mod.choose_cpu_dtype
+    assert rule(4.0, None) == (torch.bfloat16, "auto: bf16 matmul 4.0x float32 on this CPU")
+    assert rule(4.0, 3.0)[0] == torch.bfloat16  # fast bf16 wins whatever int8 does
+    assert rule(0.0, 2.5) == (
+        torch.qint8,
+        "auto: CPU has no native bf16; int8 linear layers 2.5x float32",
+    )
+    assert rule(1.2, 1.5) == (
+        torch.qint8,
+        "auto: bf16 matmul only 1.2x float32 on this CPU; int8 linear layers 1.5x float32",
+    )
+    assert rule(0.0, 1.49) == (
+        torch.float32,
+        "auto: CPU has no native bf16, int8 linear layers only 1.5x float32",
+    )
+    assert rule(1.49, 0.0)[0] == torch.float32
+    assert rule(0.0, None) == (torch.float32, "auto: CPU has no native bf16")
+
+
+def test_auto_measures_int8_only_where_bf16_is_not_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dtype_candidates feeds the rule its probes: the int8 probe runs only when bf16 is not chosen, and never
+    for training (int8=False)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_mod, "cpu_int8_speedup", lambda: 2.0)
+    assert device_mod.dtype_candidates("auto", cpu)[0] == torch.qint8  # conftest: no native bf16
+    assert device_mod.dtype_candidates("auto", cpu, int8=False) == (
+        torch.float32,
+        "auto: CPU has no native bf16",
+    )
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(device_mod, "cpu_bf16_speedup", lambda: 6.0)
+    monkeypatch.setattr(device_mod, "cpu_int8_speedup", lambda: pytest.fail("int8 probed where bf16 is fast"))
+    assert device_mod.dtype_candidates("auto", cpu)[0] == torch.bfloat16
+
+
+def test_int8_probe_is_a_real_ratio() -> None:
+    """The probe times one int8 linear layer against float32 on this CPU: a positive, finite ratio."""
+    ratio = linear_speedup(rows=8, n_in=64, n_out=96)
+    assert 0 < ratio < float("inf")
+
+
+def test_auto_keeps_int8_only_within_the_gate(
+    roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where int8 is measured faster, auto tries it and keeps it only if the calibration sentences' vectors stay
+    within INT8_MIN_COSINE of float32; refused, the weights are float32 as if int8 was never tried."""
+    monkeypatch.setattr(device_mod, "cpu_int8_speedup", lambda: 2.0)
+    kept = load_encoder(str(roformer_sim_dir))
+    assert kept.dtype == torch.qint8 and is_quantized(kept.backbone)
+    assert kept.dtype_reason.startswith("auto: CPU has no native bf16; int8 linear layers 2.0x float32; ")
+    assert "min cosine to float32 0.9" in kept.dtype_reason
+    monkeypatch.setattr(encoder_mod, "INT8_MIN_COSINE", 1.01)
+    refused = load_encoder(str(roformer_sim_dir))
+    assert refused.dtype == torch.float32 and not is_quantized(refused.backbone)
+    assert refused.dtype_reason.startswith("auto: int8 min cosine to float32 was 0.9")
+    assert refused.dtype_reason.endswith(" < 1.01, using float32")
+    ref = load_encoder(str(roformer_sim_dir), dtype="float32").encode(SENTENCES)
+    np.testing.assert_array_equal(refused.encode(SENTENCES), ref)
+
+
+def test_auto_refuses_int8_for_a_model_with_outlier_features(
+    roformer_sim_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose hidden states carry one channel 20x the others (the LayerNorm gains, as the outlier
+    features of large transformers): 7-bit inputs over the whole range lose the other channels, so the gate
+    at its real threshold falls back to float32."""
+    bad = tmp_path / "outliers"
+    shutil.copytree(roformer_sim_dir, bad)
+    sd = torch.load(bad / "pytorch_model.bin", weights_only=True)
+    for k, v in sd.items():
+        if k.endswith("LayerNorm.weight"):
+            v[0] *= 20
+    torch.save(sd, bad / "pytorch_model.bin")
+    a = load_encoder(str(bad), dtype="float32").encode(CALIBRATION_SENTENCES, normalize=True)
+    b = load_encoder(str(bad), dtype="int8").encode(CALIBRATION_SENTENCES, normalize=True)
+    assert (a * b).sum(1).min() < 0.9, "the premise: int8 is bad on this model"
+    monkeypatch.setattr(device_mod, "cpu_int8_speedup", lambda: 2.0)
+    enc = load_encoder(str(bad))
+    assert enc.dtype == torch.float32 and not is_quantized(enc.backbone)
+    assert enc.dtype_reason.startswith("auto: int8 min cosine to float32 was ")
+    assert enc.dtype_reason.endswith(f" < {encoder_mod.INT8_MIN_COSINE}, using float32")
+
+
+def test_int8_is_cpu_only(roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA --dtype int8 is a usage error before anything is loaded; auto there stays float16."""
+    with pytest.raises(
+        UsageError, match=r"^--dtype int8 runs on the CPU only .* not on cuda:0: use --device cpu"
+    ):
+        device_mod.dtype_candidates("int8", torch.device("cuda:0"))
+    monkeypatch.setattr(device_mod, "cpu_int8_speedup", lambda: pytest.fail("int8 probed for CUDA"))
+    assert device_mod.dtype_candidates("auto", torch.device("cuda:0"))[0] == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match="--dtype int8 runs on the CPU only"):
+        load_encoder(str(roformer_sim_dir), device="cuda", dtype="int8")
+
+
+def test_training_refuses_int8() -> None:
+    """Training keeps float32 weights; its --dtype is the autocast dtype, which int8 is not."""
+    with pytest.raises(UsageError, match=r"^--dtype int8 cannot train: training keeps float32 weights"):
+        TrainOptions(dtype="int8").check()
+
+
+def test_generation_runs_on_int8_layers(roformer_sim_dir: Path) -> None:
+    """The UniLM decoder shares the int8 encoder's layers: sampling and re-ranking run on them."""
+    from simcli.paraphrase import load_paraphraser
+
+    para = load_paraphraser(str(roformer_sim_dir), dtype="int8")
+    assert para.encoder.dtype == torch.qint8 and is_quantized(para.encoder.backbone)
+    (out,) = para.generate(["我喜欢北京"], n=4, k=2, seed=1)
+    assert 1 <= len(out) <= 2 and all(isinstance(p.text, str) for p in out)
