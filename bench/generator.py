@@ -487,15 +487,14 @@ def report(a: argparse.Namespace) -> None:
     if g := have.get("augment"):
         sp = g["spearman"]
         by = {
-            k: [100 * v for m, v in sp.items() if Path(m).name.startswith(k + "-")]
-            for k in ("plain", "augmented")
+            k: [v for m, v in sp.items() if Path(m).name.startswith(k + "-")] for k in ("plain", "augmented")
         }
         diffs = [b - a_ for a_, b in zip(by["plain"], by["augmented"], strict=True)]
         lines += [
             (
                 f"Augmentation: {g['pairs']} BQ valid pairs + {g['added']} with s1 replaced by its best paraphrase "
                 f"(n={g['n']}), cosent, seeds {g['seeds']}; BQ test Spearman x100 (untrained: "
-                f"{100 * sp.get('m3e-small', float('nan')):.2f})"
+                f"{sp.get('m3e-small', float('nan')):.2f})"
             ),
             "",
             "| | " + " | ".join(f"seed {s}" for s in g["seeds"]) + " | mean |",
@@ -504,13 +503,18 @@ def report(a: argparse.Namespace) -> None:
         for k, v in (*by.items(), ("difference", diffs)):
             lines.append(f"| {k} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {statistics.mean(v):+.2f} |")
         lines.append("")
-    if rows := have.get("sts"):
-        sets = list(dict.fromkeys(r["file"] for r in rows))
+    if rows := [
+        r for r in have.get("sts", []) if r["whiten"] == "none"
+    ]:  # Spearman x100, as eval sts gives it
+        sets = list(dict.fromkeys(r["dataset"] for r in rows))
         models = list(dict.fromkeys(r["model"] for r in rows))
-        lines += ["| model | " + " | ".join(Path(s).stem for s in sets) + " |", "|---|" + "---|" * len(sets)]
+        lines += ["| model | " + " | ".join(sets) + " | mean |", "|---|" + "---|" * (len(sets) + 1)]
         for m in models:
-            vals = {r["file"]: 100 * r["spearman"] for r in rows if r["model"] == m}
-            lines.append(f"| {Path(m).name} | " + " | ".join(f"{vals[s]:.2f}" for s in sets) + " |")
+            vals = {r["dataset"]: r["spearman"] for r in rows if r["model"] == m}
+            mean = sum(vals.values()) / len(vals)
+            lines.append(
+                f"| {Path(m).name} | " + " | ".join(f"{vals[s]:.2f}" for s in sets) + f" | {mean:.2f} |"
+            )
     print("\n".join(lines))
 
 
