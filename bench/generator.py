@@ -323,7 +323,7 @@ def faq(a: argparse.Namespace) -> None:
 
 def spearman(models: list[str], test: Path) -> dict[str, float]:
     out = subprocess.run(
-        ["simcli", "eval", "sts", str(test), "--model", ",".join(models), "--json"],
+        ["simcli", "eval", "sts", str(test), "--model", ",".join(models), "--whiten", "none", "--json"],
         check=True,
         capture_output=True,
         text=True,
