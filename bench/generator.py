@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 HELD_PER_SET = 150
 SAMPLES, TOP = 100, 5  # n=100 samples a question, the best 5 kept
+NEW_TOKENS = 32  # the longest sample: the proof's generator trains on sentences of at most 32 tokens
 
 
 def strip(s: str) -> str:
@@ -184,6 +185,8 @@ def paraphrase_file(
             "0.95",
             "--seed",
             "0",
+            "--max-new-tokens",
+            str(NEW_TOKENS),
         )
     found: dict[str, list[tuple[str, float]]] = {t: [] for t in texts}
     with open(out, encoding="utf-8") as f:
@@ -249,6 +252,7 @@ def quality_of(found: dict[str, list[tuple[str, float]]], scorer: Scorer) -> dic
 def quality(a: argparse.Namespace) -> None:
     w = a.work
     held = load(w, "held.json")
+    held = {k: v[: a.held] for k, v in held.items()}
     texts = held["bq"] + held["lcqmc"]
     found = paraphrase_file(a.model or w / "gen", texts, w / f"{a.tag}held.gen.tsv", SAMPLES, 10)
     scorer = Scorer()
@@ -441,19 +445,19 @@ def report(a: argparse.Namespace) -> None:
     w = a.work
     have = {f.stem: load(w, f.name) for f in w.glob("*.json")}
     lines: list[str] = []
-    if t := have.get("train"):
-        rec = load(w / "gen", "training.json")
-        lines += [
-            f"CPU: {t['cpu']}",
-            "",
-            "| pairs | steps | lr | dtype | pairs/s | wall | peak RSS |",
-            "|---|---|---|---|---|---|---|",
-            (
-                f"| {rec['pairs']:,} | {rec['steps']} | {rec['hyperparameters']['lr']:g} | {t['autocast']} "
-                f"| {t['pairs_per_second']:.1f} | {t['wall_s'] / 60:.0f} min | {t['peak_rss_gb']:.1f} GB |"
-            ),
-            "",
-        ]
+    runs = sorted((k.removeprefix("train-"), v) for k, v in have.items() if k.startswith("train-"))
+    if runs:
+        head = "| run | from | pairs | steps | lr | max length | dtype | pairs/s | wall | peak RSS |"
+        lines += [f"CPU: {runs[0][1]['cpu']}", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in runs:
+        rec = load(w / name, "training.json")
+        hp = rec["hyperparameters"]
+        lines.append(
+            f"| {name} | {Path(rec['model']).name} | {rec['pairs']:,} | {rec['steps']} | {hp['lr']:g} "
+            f"| {hp['max_length']} | {t['autocast']} | {t['pairs_per_second']:.1f} | {t['wall_s'] / 60:.1f} min "
+            f"| {t['peak_rss_gb']:.1f} GB |"
+        )
+    lines += [""] if runs else []
     quality_of_models = [
         (n, have[f"{tag}quality"])
         for n, tag in (("generator", ""), ("distilled", "distilled-"))
@@ -534,6 +538,8 @@ def main() -> None:
             s.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True)
             s.add_argument("--seed", type=int, default=42)
             s.add_argument("--out", default="gen", help="the generator's folder inside WORK")
+        if name == "quality":
+            s.add_argument("--held", type=int, default=HELD_PER_SET, help="held-out questions of each set")
         if name in ("quality", "faq", "augment"):
             s.add_argument("--model", type=Path, default=None, help="default: WORK/gen")
             s.add_argument("--tag", default="", help="prefix of this stage's output files")
