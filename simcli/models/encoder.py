@@ -30,6 +30,7 @@ from simcli.models.loading import (
     setting_sources,
 )
 from simcli.models.native import NativeBackbone, to_device
+from simcli.models.packed import pack_linear_layers, packing_available
 from simcli.models.pooling import resolve_pooling
 from simcli.models.sentence import SentenceModel
 from simcli.models.tokenizers import Batch, Tokenizer, load_tokenizer
@@ -334,6 +335,8 @@ def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> Non
         quantize_linear_layers(model.backbone)
         return
     model.to(device=device, dtype=dtype)
+    if dtype == torch.bfloat16 and device.type == "cpu" and packing_available():
+        pack_linear_layers(model.backbone)  # weights reordered once for oneDNN (simcli/models/packed.py)
 
 
 def describe(info: Mapping[str, Any], *, device: bool = True) -> str:

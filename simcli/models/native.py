@@ -199,10 +199,14 @@ class _LayerNorm(nn.LayerNorm):
         pass
 
 
-class _SelfAttention(nn.Module):
+class SelfAttention(nn.Module):
+    """The query, key and value projections; `qkv` is set where one fused product replaces the three
+    (simcli/models/packed.py)."""
+
     def __init__(self, h: int) -> None:
         super().__init__()
         self.query, self.key, self.value = _Linear(h, h), _Linear(h, h), _Linear(h, h)
+        self.qkv: nn.Module | None = None
 
 
 class _DenseNorm(nn.Module):
@@ -221,7 +225,7 @@ class _DenseNorm(nn.Module):
 class _Attention(nn.Module):
     def __init__(self, c: BackboneConfig) -> None:
         super().__init__()
-        self.self = _SelfAttention(c.hidden_size)
+        self.self = SelfAttention(c.hidden_size)
         self.output = _DenseNorm(c.hidden_size, c.hidden_size, c.layer_norm_eps, c.hidden_dropout_prob)
 
 
@@ -253,15 +257,19 @@ class _Layer(nn.Module):
         packing: Packing | None = None,  # x holds only the real tokens of a padded batch (no cache then)
     ) -> torch.Tensor:
         att = self.attention.self
-        if packing is None:
+        if packing is None and att.qkv is None:
             b, t, h = x.shape
             q, k, v = (
                 proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (batch, heads, seq, head_dim)
                 for proj in (att.query, att.key, att.value)
             )
-        else:  # x (tokens, hidden): the projections on real tokens, attention on the padded layout
-            b, t, h = packing.batch, packing.seq, x.shape[-1]
-            qkv = packing.unpack(torch.cat([att.query(x), att.key(x), att.value(x)], dim=-1))
+        else:  # packed: x (tokens, hidden), the projections on real tokens, attention on the padded layout
+            b, t, h = (packing.batch, packing.seq, x.shape[-1]) if packing is not None else x.shape
+            qkv = (
+                att.qkv(x) if att.qkv is not None else torch.cat([att.query(x), att.key(x), att.value(x)], -1)
+            )
+            if packing is not None:
+                qkv = packing.unpack(qkv)
             q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             cos, sin = rotary

@@ -121,6 +121,7 @@ class UniLM:
         if not isinstance(backbone, NativeBackbone):
             from simcli.models.int8 import quantize_linear_layers
             from simcli.models.loading import build_backbone
+            from simcli.models.packed import is_packed, pack_linear_layers
 
             try:
                 built, _ = build_backbone(ck, sd, engine="native")
@@ -131,6 +132,8 @@ class UniLM:
                 quantize_linear_layers(backbone)
             else:
                 backbone = built.to(device=enc.device, dtype=enc.dtype)
+                if is_packed(enc.backbone):  # bf16 on CPU: the same packed layers as the encoder's
+                    pack_linear_layers(backbone)
         assert isinstance(backbone, NativeBackbone)
         return cls(backbone, build_mlm_head(backbone, sd, ck.weights_path))
 

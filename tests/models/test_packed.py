@@ -1,0 +1,100 @@
+"""bf16 linear layers packed once for oneDNN (simcli/models/packed.py): the product against float64 numpy, the
+fused query/key/value product against the three separate ones, and whole encoders against the unpacked bf16
+and float32 ones (both engines, the padded and the unpadded paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simcli.models import encoder as encoder_mod
+from simcli.models.encoder import load_encoder
+from simcli.models.native import SelfAttention
+from simcli.models.packed import PackedLinear, is_packed, packing_available
+from tests.models.test_encoder import SENTENCES
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this CPU / torch has no oneDNN bf16")
+
+
+def _bf16(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).to(torch.bfloat16)
+
+
+def test_packed_linear_is_the_bf16_product_rounded_once() -> None:
+    """x W^T + b of the bf16 inputs, summed in float64 by numpy, then rounded to bf16 once: the packed layer
+    differs by at most one bf16 rounding step (2^-8 relative) plus float32 accumulation error."""
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((37, 96)), rng.standard_normal((80, 96)) * 0.1, rng.standard_normal(80)
+    xb, wb, bb = _bf16(x), _bf16(w), _bf16(b)
+    got = PackedLinear(wb, bb)(xb)
+    assert got.dtype == torch.bfloat16 and got.shape == (37, 80)
+    want = xb.double().numpy() @ wb.double().numpy().T + bb.double().numpy()
+    err = np.abs(got.double().numpy() - want)
+    assert (err <= np.abs(want) * 2**-8 + 1e-3).all(), err.max()
+    # 3-D input and a transposed (strided) one give the same rows
+    got3 = PackedLinear(wb, bb)(xb.view(1, 37, 96).expand(2, 37, 96).transpose(0, 1))
+    assert torch.equal(got3[:, 0], got) and torch.equal(got3[:, 1], got)
+
+
+def test_fused_layer_is_the_separate_layers_side_by_side() -> None:
+    rng = np.random.default_rng(1)
+    x = _bf16(rng.standard_normal((11, 64)))
+    layers = [torch.nn.Linear(64, 64).to(torch.bfloat16) for _ in range(3)]
+    fused = PackedLinear.from_linears(*layers)(x)
+    apart = torch.cat([PackedLinear(lin.weight, lin.bias)(x) for lin in layers], -1)
+    assert fused.shape == (11, 192) and torch.equal(fused, apart)
+
+
+def _plain_bf16(monkeypatch: pytest.MonkeyPatch, model: Path, engine: str):  # type: ignore[no-untyped-def]
+    with monkeypatch.context() as m:
+        m.setattr(encoder_mod, "packing_available", lambda: False)
+        return load_encoder(str(model), dtype="bfloat16", engine=engine, pooling="cls")
+
+
+@pytest.mark.parametrize("engine", ["native", "transformers"])
+def test_bf16_encoder_packs_its_layers_and_keeps_its_vectors(
+    roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    packed = load_encoder(str(roformer_sim_dir), dtype="bfloat16", engine=engine, pooling="cls")
+    plain = _plain_bf16(monkeypatch, roformer_sim_dir, engine)
+    assert is_packed(packed.backbone) and not is_packed(plain.backbone)
+    assert not [m for m in packed.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert isinstance(packed.pooler, torch.nn.Linear)  # the pooler stays as it was
+    if engine == "native":
+        attention = [m for m in packed.backbone.modules() if isinstance(m, SelfAttention)]
+        assert attention and all(isinstance(a.qkv, PackedLinear) for a in attention)
+        assert not any(hasattr(a, "query") for a in attention)
+    ref = load_encoder(str(roformer_sim_dir), dtype="float32", engine=engine, pooling="cls")
+    texts = SENTENCES * 3  # several lengths a batch: the padded (packing) path
+    f32, a, b = (e.encode(texts, normalize=True) for e in (ref, packed, plain))
+    # the same bf16 arithmetic up to summation order: as close to the unpacked bf16 as that is to float32
+    assert (a * b).sum(1).min() > 0.999
+    assert (a * f32).sum(1).min() >= (b * f32).sum(1).min() - 2e-3
+
+
+def test_packed_unpadded_and_cached_paths_agree(
+    roformer_sim_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One sentence (no padding: the fused product on the (batch, seq) layout) and the UniLM decoder's cached
+    pass, packed against unpacked bf16."""
+    from simcli.models.unilm import UniLM
+
+    packed = load_encoder(str(roformer_sim_dir), dtype="bfloat16", pooling="cls")
+    plain = _plain_bf16(monkeypatch, roformer_sim_dir, "native")
+    one = SENTENCES[:1]
+    assert (packed.encode(one, normalize=True) * plain.encode(one, normalize=True)).sum() > 0.999
+    ids = torch.tensor([packed.tokenizer.encode_batch(one, 32).ids[0]])
+    lengths = torch.tensor([ids.shape[1]])
+    logits = []
+    for enc in (packed, plain):
+        unilm = UniLM.from_encoder(enc)
+        assert unilm.backbone is enc.backbone  # one copy of the weights
+        cache, first = unilm.prefill(ids, lengths)
+        bias = unilm.key_bias(torch.ones(1, cache.length + 1, dtype=torch.bool))
+        cache = cache.select(torch.tensor([0]), capacity=cache.length + 1)
+        logits += [first, unilm.step(first.argmax(-1), lengths.clone(), bias, cache)]
+    for a, b in zip(logits[:2], logits[2:], strict=True):
+        assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
