@@ -192,3 +192,27 @@ def test_encode_of_an_empty_input_is_an_error_and_leaves_no_store(
     built = run("index", "build", str(src), "-m", str(roformer_sim_dir), *flags, "--out", str(tmp_path / "i"))
     assert built.exit_code == 1
     assert built.stderr.splitlines()[-1] == f"simcli: error: {src}: no sentences to index{reason}"
+
+
+def test_training_off_a_terminal_logs_a_line_a_minute_with_the_time_left() -> None:
+    from simcli.cli.progress import training_log_lines
+
+    now = [100.0]
+    lines: list[str] = []
+    on_step = training_log_lines("training", lines.append, interval=60.0, clock=lambda: now[0])
+    for step in range(1, 11):  # 30 s a step, 10 steps
+        now[0] += 30.0
+        on_step(step, 10, 1.0 / step, 24.0)
+    assert lines == [
+        "simcli: training: step 2/10, loss 0.5000, 24.0 pairs/s, about 4 min left",  # 60 s for 2 steps, 8 left
+        "simcli: training: step 4/10, loss 0.2500, 24.0 pairs/s, about 3 min left",
+        "simcli: training: step 6/10, loss 0.1667, 24.0 pairs/s, about 2 min left",
+        "simcli: training: step 8/10, loss 0.1250, 24.0 pairs/s, about 1 min left",
+        "simcli: training: step 10/10, loss 0.1000, 24.0 pairs/s",
+    ]
+    resumed: list[str] = []
+    on_step = training_log_lines("training", resumed.append, interval=60.0, clock=lambda: now[0])
+    for step in range(7, 11):  # a resumed run: the pace counts from its own first step
+        now[0] += 30.0
+        on_step(step, 10, 24.0, 24.0)
+    assert resumed[0] == "simcli: training: step 8/10, loss 24.0000, 24.0 pairs/s, about 1 min left"

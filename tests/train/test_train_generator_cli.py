@@ -4,6 +4,7 @@ triplets, and one clear line for each kind of bad input, with nothing written.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,12 @@ def test_long_pairs_are_cut_and_counted_and_out_is_not_replaced(
     assert "--max-length 8: cut 1 of 3 pairs (a sentence was longer)\n" in result.stderr
     assert "p.tsv: 3 rows (binary), 3 positive pairs; dropped 0 negative" in result.stderr
     assert "pooler: checkpoint; MLM head: checkpoint\n" in result.stderr
+    # not a terminal: no progress bar, but a plain line at the last step (and one a minute before it)
+    assert re.search(
+        r"^simcli: training generator: step 2/2, loss \d+\.\d{4}, [\d.]+ pairs/s$",
+        result.stderr,
+        re.MULTILINE,
+    )
     record = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert record["task"] == "generator" and record["cut_pairs"] == 1 and record["positive_pairs"] == 3
     assert record["hyperparameters"]["scale"] == 20.0 and record["hyperparameters"]["noise"] == 0.5
