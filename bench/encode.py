@@ -19,6 +19,7 @@ whole processes (start, import, load, encode, write), each repeated; the spread 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,6 +58,19 @@ def flops_per_sentence(cfg: dict, lengths: list[int]) -> float:
         attention = 2 * 2 * length * length * h  # QK^T and AV
         total += n * (dense + attention)
     return total / len(lengths)
+
+
+@contextlib.contextmanager
+def unpacked():  # type: ignore[no-untyped-def]
+    """Encoders loaded inside keep plain bf16 linear layers (no oneDNN packing): the before of that change."""
+    from simcli.models import encoder as encoder_mod
+
+    keep = encoder_mod.packing_available
+    encoder_mod.packing_available = lambda: False
+    try:
+        yield
+    finally:
+        encoder_mod.packing_available = keep
 
 
 def timed(fn, label: str, n: int, results: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
@@ -122,12 +136,13 @@ def spread(values: list[float]) -> str:
     return f"median {v[len(v) // 2]:.2f}x (min {v[0]:.2f}, max {v[-1]:.2f}, {len(v)} runs)"
 
 
-def real_defaults(name: str, sents: list[str], repeat: int, work: Path) -> None:
+def real_defaults(name: str, sents: list[str], repeat: int, work: Path, dtypes: list[str]) -> None:
     """simcli defaults against sentence-transformers defaults on real trained weights."""
     from sentence_transformers import SentenceTransformer
 
     from simcli.models import sources
     from simcli.models.encoder import load_encoder
+    from simcli.models.packed import packing_available
 
     folder, _ = sources.fetch(name)
     enc = load_encoder(name)
@@ -154,7 +169,29 @@ def real_defaults(name: str, sents: list[str], repeat: int, work: Path) -> None:
         print(
             f"  steady run {r + 1}: simcli {len(sents) / mine:7.1f}/s  sentence-transformers {len(sents) / theirs:7.1f}/s"
         )
-    del enc, st
+    del st
+    # each dtype against float32 in steady state, the best of `repeat` runs: speed and the cosine it costs
+    rates: dict[str, float] = {}
+    variants = [(d, d, False) for d in dtypes] + [("bfloat16, not packed", "bfloat16", True)] * (
+        "bfloat16" in dtypes and packing_available()
+    )
+    for label, dtype, plain in variants:
+        with unpacked() if plain else contextlib.nullcontext():
+            e = load_encoder(name, dtype=dtype)
+        e.encode(sents[:64])
+        best = 0.0
+        for _ in range(repeat):
+            t = time.perf_counter()
+            got = e.encode(sents, normalize=True)
+            best = max(best, len(sents) / (time.perf_counter() - t))
+        rates[label] = best
+        c = (got * ref).sum(1)
+        print(
+            f"  --dtype {label:<22} {best:7.1f}/s = {best / rates.get('float32', best):4.2f}x float32; "
+            f"cosine to float32 min {c.min():.5f}, mean {c.mean():.5f}"
+        )
+        del e
+    del enc
     corpus = work / f"{name}.txt"
     corpus.write_text("\n".join(sents) + "\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -196,10 +233,16 @@ def main() -> None:
         "weights; empty to skip",
     )
     ap.add_argument("--real-only", action="store_true", help="only the rows on real trained weights")
+    ap.add_argument(
+        "--dtypes",
+        default="float32,bfloat16,int8",
+        help="dtypes timed against float32 on the real models (float32 first)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs of each real-weights comparison")
     args = ap.parse_args()
 
     from simcli.models.encoder import load_encoder
+    from simcli.models.packed import packing_available
     from tests.checkpoints import build_roformer_sim, build_wobert
 
     work = Path(tempfile.mkdtemp(prefix="simcli-bench-"))
@@ -209,7 +252,7 @@ def main() -> None:
             f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
         )
         for name in filter(None, args.real_models.split(",")):
-            real_defaults(name, sents, args.repeat, work)
+            real_defaults(name, sents, args.repeat, work, args.dtypes.split(","))
         return
     base = build_roformer_sim(
         work / "roformer_sim_base",
@@ -251,6 +294,12 @@ def main() -> None:
             enc = load_encoder(str(base), dtype=name, engine=engine)
             timed(lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents), label, len(sents), results)
             del enc
+    if packing_available():  # what packing the bf16 linear layers once for oneDNN is worth (models/packed.py)
+        with unpacked():
+            enc = load_encoder(str(base), dtype="bfloat16")
+        label = "simcli --dtype bfloat16, layers not packed"
+        timed(lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents), label, len(sents), results)
+        del enc
 
     if not args.skip_baselines:
         from sentence_transformers import SentenceTransformer
@@ -325,7 +374,7 @@ def main() -> None:
         print(f"  {kind:<22} {rate:10.0f}/s = {rate / best:6.1f}x the base model's rate")
 
     for name in filter(None, args.real_models.split(",")):
-        real_defaults(name, sents, args.repeat, work)
+        real_defaults(name, sents, args.repeat, work, args.dtypes.split(","))
 
     if not args.skip_rss:
         tiny = build_roformer_sim(work / "tiny")
