@@ -249,6 +249,36 @@ def quality_of(found: dict[str, list[tuple[str, float]]], scorer: Scorer) -> dic
 # --- (a) quality -------------------------------------------------------------------------------------------
 
 
+def baselines(w: Path, held: dict[str, list[str]], scorer: Scorer) -> dict[str, dict[str, float]]:
+    """The scorer's mean cosine of each held-out question to its labelled paraphrase (the second sentence of
+    its first label-1 test pair) and to another held-out question of its set (a fixed random pairing): the
+    two ends that the generated paraphrases' cosine is read between."""
+    import numpy as np
+
+    data = Path(load(w, "prepared.json")["data"])
+    tests = {"bq": data / "BQ" / "BQ.test.data", "lcqmc": data / "LCQMC" / "LCQMC.test.data"}
+    out = {}
+    for name, questions in held.items():
+        partner: dict[str, str] = {}
+        for r in tsv_rows(tests[name]):
+            if len(r) >= 3 and r[2] == "1":
+                partner.setdefault(r[0], r[1])
+        labelled = [(q, partner[q]) for q in questions if q in partner]
+        order = np.random.default_rng(0).permutation(len(questions))
+        shuffled = [(q, questions[j]) for q, j in zip(questions, order, strict=True) if questions[j] != q]
+
+        def mean_cos(pairs: list[tuple[str, str]]) -> float:
+            a, b = scorer([x for x, _ in pairs]), scorer([y for _, y in pairs])
+            return float((a * b).sum(1).mean())
+
+        out[name] = {
+            "labelled paraphrase": mean_cos(labelled),
+            "labelled pairs": len(labelled),
+            "random question": mean_cos(shuffled),
+        }
+    return out
+
+
 def quality(a: argparse.Namespace) -> None:
     w = a.work
     held = load(w, "held.json")
@@ -258,6 +288,8 @@ def quality(a: argparse.Namespace) -> None:
     scorer = Scorer()
     result = quality_of(found, scorer)
     result["per_set"] = {k: quality_of({t: found[t] for t in v}, scorer) for k, v in held.items()}
+    for k, v in baselines(w, held, scorer).items():
+        result["per_set"][k]["baselines"] = v  # type: ignore[index]
     save(w, f"{a.tag}quality.json", result)
     brief = {k: v for k, v in result.items() if k not in ("examples", "per_set")}
     print(json.dumps(brief, indent=1), {k: v["mean_cosine_top5"] for k, v in result["per_set"].items()})
@@ -432,9 +464,13 @@ def distill(a: argparse.Namespace) -> None:
 def quality_rows(name: str, q: dict) -> list[str]:
     out = []
     for part, r in [("all", q), *q.get("per_set", {}).items()]:
+        base = r.get("baselines", {})
+        ends = "".join(
+            f" {base[k]:.3f} |" if k in base else " |" for k in ("labelled paraphrase", "random question")
+        )
         out.append(
             f"| {name} | {part} ({r['inputs']}) | {100 * r['share_with_5']:.0f}% | {r['mean_cosine_top5']:.3f} "
-            f"| {r['distinct_2_top5']:.3f} | {r['median_edit_distance']:.0f} |"
+            f"| {r['distinct_2_top5']:.3f} | {r['median_edit_distance']:.0f} |{ends}"
         )
     return out
 
@@ -465,8 +501,11 @@ def report(a: argparse.Namespace) -> None:
     ]
     if quality_of_models:
         lines += [
-            "| model | inputs | >= 5 paraphrases | mean cosine (m3e-small) | distinct-2 | median edit distance |",
-            "|---|---|---|---|---|---|",
+            (
+                "| model | inputs | >= 5 paraphrases | mean cosine (m3e-small) | distinct-2 | median edit distance "
+                "| labelled paraphrase | random question |"
+            ),
+            "|---|---|---|---|---|---|---|---|",
         ]
         for n, q in quality_of_models:
             lines += quality_rows(n, q)
