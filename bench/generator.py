@@ -423,7 +423,9 @@ STS_SETS = (
 
 def sts(a: argparse.Namespace) -> None:
     w, data = a.work, Path(load(a.work, "prepared.json")["data"])
-    models = ["m3e-small", str(w / "gen"), *([str(w / "distilled")] if (w / "distilled").exists() else [])]
+    # with the distillation's teacher and student once `distill` has run
+    extra = [w / "augment" / f"plain-{a.teacher_seed}", w / "distilled"] if (w / "distilled").exists() else []
+    models = ["m3e-small", str(w / "gen"), *map(str, extra)]
     out = subprocess.run(
         ["simcli", "eval", "sts", *(str(data / s) for s in STS_SETS), "--model", ",".join(models), "--json"],
         check=True,
@@ -553,7 +555,7 @@ def report(a: argparse.Namespace) -> None:
             "| | " + " | ".join(f"seed {s}" for s in g["seeds"]) + " | mean |",
             "|---|" + "---|" * (len(g["seeds"]) + 1),
         ]
-        for k, v in (*by.items(), ("augmented - plain", diffs)):
+        for k, v in (*((k, v) for k, v in by.items() if v), ("augmented - plain", diffs)):
             lines.append(f"| {k} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {statistics.mean(v):+.2f} |")
         lines.append("")
     if rows := [
@@ -602,6 +604,7 @@ def main() -> None:
             s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         if name == "distill":
             s.add_argument("--pairs", type=int, default=5000, help="first rows of the filtered BQ train file")
+        if name in ("distill", "sts"):
             s.add_argument("--teacher-seed", type=int, default=0, help="the augment stage's plain-SEED model")
     a = p.parse_args()
     stages = {
