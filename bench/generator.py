@@ -383,7 +383,7 @@ def augment(a: argparse.Namespace) -> None:
     # steps alone are not read as the paraphrases' effect
     runs = (("plain", plain, []), ("augmented", augmented, []), ("plain-steps", plain, ["--epochs", "2"]))
     for seed in a.seeds:
-        for name, f, extra in runs:
+        for name, f, flags in runs:
             out = w / "augment" / f"{name}-{seed}"
             if not (out / "config.json").exists():
                 simcli_cmd(
@@ -395,7 +395,7 @@ def augment(a: argparse.Namespace) -> None:
                     "cosent",
                     "--seed",
                     str(seed),
-                    *extra,
+                    *flags,
                     "--out",
                     str(out),
                     "--overwrite",
