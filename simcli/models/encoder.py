@@ -47,10 +47,9 @@ CUDA_BATCH_TOKENS = 16384
 MAX_BATCH_ROWS = 256  # rows of a CPU batch (the batcher's default)
 CHUNK_SENTENCES = 2048  # tokenised ahead in the background; also the unit of progress reports
 BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close to float32
-# int8 rounds far more than bf16 (7-bit inputs, 8-bit weights). On m3e-small its calibration sentences' vectors
-# were min cosine 0.9917 to float32, and `simcli eval sts` lost up to 1.03 Spearman x100 (ATEC; BQ 0.92, LCQMC
-# 0.75) against the issue's bound of 0.5 (docs/performance.md): so a model must stay within 0.995 for auto to
-# pick int8, which m3e-small does not; `--dtype int8` asked for is still honoured.
+# int8 rounds far more than bf16. With one input scale for the whole batch, m3e-small's calibration vectors were
+# min cosine 0.9917 to float32 and `simcli eval sts` lost up to 1.03 Spearman x100; with a scale per token
+# (models/int8.py) 0.9987, and at most 0.16 lost (docs/performance.md). The gate sits between the two.
 INT8_MIN_COSINE = 0.995
 
 

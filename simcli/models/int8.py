@@ -1,62 +1,53 @@
 """int8 linear layers for CPUs without fast bf16: dynamic quantisation of an encoder's matrix products.
 
-Weights are quantised once, per output channel (symmetric int8); each call quantises its input on the fly
-(one scale and zero point for the whole input, from its min and max), multiplies in int8 with int32 sums and
-returns float32. Everything else (embeddings, LayerNorm, softmax, GELU, pooling) stays float32.
+Weights are quantised once, per output channel (symmetric int8, [-127, 127]); each call quantises its input on the
+fly with one scale per token (row: symmetric, from its largest magnitude), multiplies in int8 with exact int32
+sums (`torch._int_mm`, oneDNN on CPU) and scales back to float32 by the row's and the channel's scale. Everything
+else (embeddings, LayerNorm, softmax, GELU, pooling) stays float32.
 
-It runs on torch's own quantized kernels (`torch.ops.quantized.linear_dynamic`, FBGEMM / oneDNN behind the
-`x86` engine), the kernels `torch.ao.quantization.quantize_dynamic` swaps in. That function itself is not
-used: its `from_float` accepts only the exact `nn.Linear` class (simcli's native layers subclass it), and its
-default quantises weights per tensor, which measured min cosine 0.974 to float32 on m3e-small against 0.985
-per channel. docs/performance.md has the measurements behind the choices here.
+Why a scale per token: torch's own dynamic quantised linear (`torch.ops.quantized.linear_dynamic`, what
+`torch.ao.quantization.quantize_dynamic` swaps in) takes one scale for the whole input, so one token with large
+activations coarsens every other token of the batch, and a sentence's vector moves with the batch it is in. On
+m3e-small that lost up to 1.03 Spearman x100 in `simcli eval sts` (ATEC) with vectors min cosine 0.980 to
+float32; per token: within 0.16 on all five test sets, min cosine 0.998, at the same speed on an AMX Xeon
+(docs/performance.md). Full 8-bit inputs are safe here: the products are int8 x int8 into int32 (the 7-bit
+`reduce_range` of FBGEMM's u8 x s8 path guarded against 16-bit saturation on AVX2, which this path does not use).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-# torch 2.13 marks quantized tensor creation deprecated (pytorch/pytorch#184982); the kernels are unchanged.
-_DEPRECATION = r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation"
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_DEPRECATION, category=UserWarning)
-        yield
-
 
 class Int8Linear(nn.Module):
-    """A float `nn.Linear` with int8 weights (per output channel) and dynamically quantised inputs.
-
-    Inputs are quantised to 7 bits (`reduce_range`): on AVX2 the u8 x s8 kernels add pairs of products in
-    16 bits (vpmaddubsw), which saturate with full 8-bit inputs (measured min cosine 0.65 to float32 on
-    m3e-small without it). CPUs with VNNI do not need it, but FBGEMM's own dynamic Linear uses it throughout.
-    """
+    """A float `nn.Linear` with int8 weights (per output channel) and inputs quantised per token on the fly."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         w = weight.detach().float().cpu()  # (out, in)
         self.out_features, self.in_features = w.shape
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()  # (out,)
-        zero = torch.zeros(w.shape[0], dtype=torch.long)
-        b = None if bias is None else bias.detach().float().cpu()
-        with _quiet():
-            qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qw, b)
+        self._scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # (out,)
+        self._weight_t = (
+            torch.round(w / self._scale[:, None]).clamp(-127, 127).to(torch.int8).t().contiguous()
+        )
+        self._bias = None if bias is None else bias.detach().float().cpu()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, True)  # reduce_range: see the class doc
+        rows = x.reshape(-1, x.shape[-1]).float()
+        scale = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp_(min=1e-12)  # (tokens, 1)
+        q = torch.div(rows, scale).round_().to(torch.int8)
+        y = torch._int_mm(q, self._weight_t).float().mul_(scale).mul_(self._scale)  # in place: fewer passes
+        if self._bias is not None:
+            y.add_(self._bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -95,12 +86,12 @@ def _best_seconds(fn: Callable[[], object], reps: int = 3) -> float:
 
 def linear_speedup(rows: int = 256, n_in: int = 768, n_out: int = 3072) -> float:
     """float32 time / int8 time of one linear layer of `rows` tokens (default: a BERT-base feed-forward
-    product, as `cpu_bf16_speedup` measures); 0.0 where this torch has no quantized CPU kernels."""
+    product, as `cpu_bf16_speedup` measures); 0.0 where this torch has no int8 matrix product on the CPU."""
     with torch.inference_mode():
         x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)
         try:
             q = Int8Linear(w, b)
             int8 = _best_seconds(lambda: q(x))
-        except RuntimeError:  # e.g. a build without FBGEMM / oneDNN / QNNPACK
+        except RuntimeError:  # e.g. a build without oneDNN
             return 0.0
         return _best_seconds(lambda: nn.functional.linear(x, w, b)) / int8
