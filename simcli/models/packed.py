@@ -5,8 +5,8 @@ blocked layout its AMX / AVX512-BF16 kernels read before multiplying. At sentenc
 tokens a batch) that reorder is a large part of the product. Packing the weight once at load, as
 `torch.compile`'s freezing pass does for CPU (it emits the same two oneDNN ops), removes it without a
 compile: measured 1.6x on one layer of 1,024 tokens (1.7x at 16), and 1.10x (base shape) / 1.15x (m3e-small)
-on the whole forward on an Intel Xeon with AMX (docs/performance.md). The query, key and value products of a layer are fused into one packed product
-(one larger matrix, no concatenation of the three outputs afterwards).
+on the whole forward on an Intel Xeon with AMX (docs/performance.md). The query, key and value products of a
+layer are fused into one packed product (one larger matrix, no concatenation of the three outputs afterwards).
 
 Inference only (no gradients go through the packed weights); everything else stays as it was.
 """
