@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -64,14 +65,20 @@ def cpu_has_bf16() -> bool:
     return cpu_has_amx() or "avx512_bf16" in cpu_flags()
 
 
-def _best_matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 3) -> float:
-    torch.mm(a, b)  # warm-up: oneDNN picks and caches its kernel on the first call
+def best_seconds(fn: Callable[[], object], reps: int = 3) -> float:
+    """The fastest of `reps` timed calls of `fn`, after one untimed call (the kernels pick and cache their
+    blocking on the first call): the load-time probes of `--dtype auto`."""
+    fn()
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _best_matmul_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    return best_seconds(lambda: torch.mm(a, b))
 
 
 @lru_cache(maxsize=1)

@@ -16,11 +16,10 @@ float32; per token: within 0.16 on all five test sets, min cosine 0.998, at the 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 from torch import nn
+
+from simcli.models.device import best_seconds
 
 
 class Int8Linear(nn.Module):
@@ -74,16 +73,6 @@ def is_quantized(module: nn.Module) -> bool:
     return any(isinstance(m, Int8Linear) for m in module.modules())
 
 
-def _best_seconds(fn: Callable[[], object], reps: int = 3) -> float:
-    fn()  # warm-up: the kernels pick and cache their blocking on the first call
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def linear_speedup(rows: int = 256, n_in: int = 768, n_out: int = 3072) -> float:
     """float32 time / int8 time of one linear layer of `rows` tokens (default: a BERT-base feed-forward
     product, as `cpu_bf16_speedup` measures); 0.0 where this torch has no int8 matrix product on the CPU."""
@@ -91,7 +80,7 @@ def linear_speedup(rows: int = 256, n_in: int = 768, n_out: int = 3072) -> float
         x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)
         try:
             q = Int8Linear(w, b)
-            int8 = _best_seconds(lambda: q(x))
+            int8 = best_seconds(lambda: q(x))
         except RuntimeError:  # e.g. a build without oneDNN
             return 0.0
-        return _best_seconds(lambda: nn.functional.linear(x, w, b)) / int8
+        return best_seconds(lambda: nn.functional.linear(x, w, b)) / int8
