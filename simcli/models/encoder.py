@@ -328,16 +328,23 @@ class Encoder:
         return {m: v.cpu().numpy() for m, v in vectors.items()}  # the one sync a batch: its results
 
 
-def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> None:
-    if (
-        dtype == torch.qint8
-    ):  # int8: the backbone's linear layers (the pooler is one small product a sentence)
-        model.to(device=device, dtype=torch.float32)
-        quantize_linear_layers(model.backbone)
+def cast_backbone(backbone: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """`backbone` on `device` in `dtype`, in place: int8 replaces its linear layers (simcli/models/int8.py), bf16
+    on CPU packs them for oneDNN (simcli/models/packed.py). The encoder and the UniLM decoder built beside it
+    (models/unilm.py) go through here, so both run the same layers."""
+    if dtype == torch.qint8:
+        backbone.to(device=device, dtype=torch.float32)
+        quantize_linear_layers(backbone)
         return
-    model.to(device=device, dtype=dtype)
+    backbone.to(device=device, dtype=dtype)
     if dtype == torch.bfloat16 and device.type == "cpu" and packing_available():
-        pack_linear_layers(model.backbone)  # weights reordered once for oneDNN (simcli/models/packed.py)
+        pack_linear_layers(backbone)
+
+
+def _cast(model: SentenceModel, device: torch.device, dtype: torch.dtype) -> None:
+    # the pooler stays in float32 under int8 (one small product a sentence)
+    model.to(device=device, dtype=torch.float32 if dtype == torch.qint8 else dtype)
+    cast_backbone(model.backbone, device, dtype)
 
 
 def describe(info: Mapping[str, Any], *, device: bool = True) -> str:

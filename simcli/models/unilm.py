@@ -119,21 +119,14 @@ class UniLM:
         sd = ck.state_dict()
         backbone = enc.backbone
         if not isinstance(backbone, NativeBackbone):
-            from simcli.models.int8 import quantize_linear_layers
+            from simcli.models.encoder import cast_backbone
             from simcli.models.loading import build_backbone
-            from simcli.models.packed import is_packed, pack_linear_layers
 
             try:
-                built, _ = build_backbone(ck, sd, engine="native")
+                backbone, _ = build_backbone(ck, sd, engine="native")
             except ModelError as e:
                 raise ModelError(f"{ck.model}: cannot generate: {e}") from None
-            if enc.dtype == torch.qint8:  # int8: the same linear layers as the encoder's
-                backbone = built.to(device=enc.device, dtype=torch.float32)
-                quantize_linear_layers(backbone)
-            else:
-                backbone = built.to(device=enc.device, dtype=enc.dtype)
-                if is_packed(enc.backbone):  # bf16 on CPU: the same packed layers as the encoder's
-                    pack_linear_layers(backbone)
+            cast_backbone(backbone, enc.device, enc.dtype)  # the same layers as the encoder's
         assert isinstance(backbone, NativeBackbone)
         return cls(backbone, build_mlm_head(backbone, sd, ck.weights_path))
 

@@ -175,3 +175,13 @@ def test_generation_runs_on_int8_layers(roformer_sim_dir: Path) -> None:
     assert para.encoder.dtype == torch.qint8 and is_quantized(para.encoder.backbone)
     (out,) = para.generate(["我喜欢北京"], n=4, k=2, seed=1)
     assert 1 <= len(out) <= 2 and all(isinstance(p.text, str) for p in out)
+
+
+def test_decoder_of_a_transformers_engine_encoder_gets_int8_layers(roformer_sim_dir: Path) -> None:
+    """An encoder on transformers' modules gets a native UniLM decoder built beside it: in the encoder's int8."""
+    from simcli.models.unilm import UniLM
+
+    enc = load_encoder(str(roformer_sim_dir), dtype="int8", engine="transformers")
+    unilm = UniLM.from_encoder(enc)
+    assert unilm.backbone is not enc.backbone and is_quantized(unilm.backbone)
+    assert not [m for m in unilm.backbone.modules() if isinstance(m, torch.nn.Linear)]

@@ -98,3 +98,19 @@ def test_packed_unpadded_and_cached_paths_agree(
         logits += [first, unilm.step(first.argmax(-1), lengths.clone(), bias, cache)]
     for a, b in zip(logits[:2], logits[2:], strict=True):
         assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
+
+
+def test_decoder_of_a_transformers_engine_encoder_is_packed_too(roformer_sim_dir: Path) -> None:
+    """An encoder on transformers' modules gets a native UniLM decoder built beside it, packed like the encoder,
+    with the cached path's logits as close to the float32 decoder's as bf16 allows."""
+    from simcli.models.unilm import UniLM
+
+    ids = torch.tensor([[2, 100, 200, 300, 3]])
+    lengths = torch.tensor([5])
+    logits = []
+    for dtype in ("bfloat16", "float32"):
+        enc = load_encoder(str(roformer_sim_dir), dtype=dtype, engine="transformers")
+        unilm = UniLM.from_encoder(enc)
+        assert unilm.backbone is not enc.backbone and is_packed(unilm.backbone) == (dtype == "bfloat16")
+        logits.append(unilm.prefill(ids, lengths)[1])
+    assert torch.nn.functional.cosine_similarity(*logits, dim=-1).min() > 0.99
