@@ -60,17 +60,13 @@ def flops_per_sentence(cfg: dict, lengths: list[int]) -> float:
     return total / len(lengths)
 
 
-@contextlib.contextmanager
 def unpacked():  # type: ignore[no-untyped-def]
     """Encoders loaded inside keep plain bf16 linear layers (no oneDNN packing): the before of that change."""
+    from unittest import mock
+
     from simcli.models import encoder as encoder_mod
 
-    keep = encoder_mod.packing_available
-    encoder_mod.packing_available = lambda: False
-    try:
-        yield
-    finally:
-        encoder_mod.packing_available = keep
+    return mock.patch.object(encoder_mod, "packing_available", lambda: False)
 
 
 def timed(fn, label: str, n: int, results: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
@@ -172,9 +168,9 @@ def real_defaults(name: str, sents: list[str], repeat: int, work: Path, dtypes: 
     del st
     # each dtype against float32 in steady state, the best of `repeat` runs: speed and the cosine it costs
     rates: dict[str, float] = {}
-    variants = [(d, d, False) for d in dtypes] + [("bfloat16, not packed", "bfloat16", True)] * (
-        "bfloat16" in dtypes and packing_available()
-    )
+    variants = [(d, d, False) for d in dtypes]
+    if "bfloat16" in dtypes and packing_available():
+        variants.append(("bfloat16, not packed", "bfloat16", True))
     for label, dtype, plain in variants:
         with unpacked() if plain else contextlib.nullcontext():
             e = load_encoder(name, dtype=dtype)
