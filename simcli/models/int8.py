@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simcli.models.device import best_seconds
-
 
 class Int8Linear(nn.Module):
     """A float `nn.Linear` with int8 weights (per output channel) and inputs quantised per token on the fly."""
@@ -71,16 +69,3 @@ def quantize_linear_layers(module: nn.Module) -> int:
 def is_quantized(module: nn.Module) -> bool:
     """Whether `module` holds int8 linear layers."""
     return any(isinstance(m, Int8Linear) for m in module.modules())
-
-
-def linear_speedup(rows: int = 256, n_in: int = 768, n_out: int = 3072) -> float:
-    """float32 time / int8 time of one linear layer of `rows` tokens (default: a BERT-base feed-forward
-    product, as `cpu_bf16_speedup` measures); 0.0 where this torch has no int8 matrix product on the CPU."""
-    with torch.inference_mode():
-        x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)
-        try:
-            q = Int8Linear(w, b)
-            int8 = best_seconds(lambda: q(x))
-        except RuntimeError:  # e.g. a build without oneDNN
-            return 0.0
-        return best_seconds(lambda: nn.functional.linear(x, w, b)) / int8

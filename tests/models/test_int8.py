@@ -14,7 +14,7 @@ from simcli.errors import UsageError
 from simcli.models import device as device_mod
 from simcli.models import encoder as encoder_mod
 from simcli.models.encoder import CALIBRATION_SENTENCES, load_encoder
-from simcli.models.int8 import Int8Linear, is_quantized, linear_speedup
+from simcli.models.int8 import Int8Linear, is_quantized
 from simcli.training.options import TrainOptions
 from tests.models.test_encoder import SENTENCES, reference_vectors
 
@@ -101,7 +101,7 @@ def test_auto_measures_int8_only_where_bf16_is_not_fast(monkeypatch: pytest.Monk
 
 def test_int8_probe_is_a_real_ratio() -> None:
     """The probe times one int8 linear layer against float32 on this CPU: a positive, finite ratio."""
-    ratio = linear_speedup(rows=8, n_in=64, n_out=96)
+    ratio = device_mod.int8_linear_speedup(rows=8, n_in=64, n_out=96)
     assert 0 < ratio < float("inf")
 
 
