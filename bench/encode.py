@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 warnings.filterwarnings("ignore")
 
+from bench.machine import cpu_line
 from tests.real_sentences import lcqmc_sentences
 
 
@@ -132,7 +133,57 @@ def spread(values: list[float]) -> str:
     return f"median {v[len(v) // 2]:.2f}x (min {v[0]:.2f}, max {v[-1]:.2f}, {len(v)} runs)"
 
 
-def real_defaults(name: str, sents: list[str], repeat: int, work: Path, dtypes: list[str]) -> None:
+def other_backends(  # type: ignore[no-untyped-def]
+    folder: Path, sents: list[str], ref, rates: dict[str, float], repeat: int, work: Path, backends: list[str]
+) -> None:
+    """The int8 and runtime alternatives users have: sentence-transformers' ONNX Runtime and OpenVINO
+    backends (the `sentence-transformers[onnx,openvino]` extras), float32 and ONNX Runtime's dynamic int8,
+    timed like the --dtype rows (best of `repeat`, steady state) against simcli's float32."""
+    try:
+        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+    except ImportError as e:
+        print(f"  (other backends skipped: {e})")
+        return
+    import shutil
+
+    from simcli.models.device import cpu_flags
+
+    copy = work / "st-backends"  # the exports write into the model folder: never into simcli's cache
+    if not copy.exists():
+        shutil.copytree(folder, copy)
+    # the configuration sentence-transformers documents for this CPU's instruction set
+    int8_config = "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+    for backend in backends:
+        try:
+            if backend == "onnx-int8":
+                onnx = SentenceTransformer(str(copy), backend="onnx", device="cpu")
+                export_dynamic_quantized_onnx_model(onnx, int8_config, str(copy))
+                del onnx
+                kwargs = {"file_name": f"onnx/model_qint8_{int8_config}.onnx"}
+                st = SentenceTransformer(str(copy), backend="onnx", device="cpu", model_kwargs=kwargs)
+            else:
+                st = SentenceTransformer(str(copy), backend=backend, device="cpu")
+        except (ImportError, OSError, RuntimeError, ValueError) as e:  # a missing extra or a failed export
+            print(f"  sentence-transformers backend {backend}: skipped ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        st.encode(sents[:64])
+        best = 0.0
+        for _ in range(repeat):
+            t = time.perf_counter()
+            got = st.encode(sents, normalize_embeddings=True)
+            best = max(best, len(sents) / (time.perf_counter() - t))
+        c = (got * ref).sum(1)
+        label = f"ST backend {backend}" + (f" ({int8_config})" if backend == "onnx-int8" else "")
+        print(
+            f"  {label:<31} {best:7.1f}/s = {best / rates.get('float32', best):4.2f}x simcli float32; "
+            f"cosine to float32 min {c.min():.5f}, mean {c.mean():.5f}"
+        )
+        del st
+
+
+def real_defaults(
+    name: str, sents: list[str], repeat: int, work: Path, dtypes: list[str], st_backends: list[str]
+) -> None:
     """simcli defaults against sentence-transformers defaults on real trained weights."""
     from sentence_transformers import SentenceTransformer
 
@@ -188,6 +239,8 @@ def real_defaults(name: str, sents: list[str], repeat: int, work: Path, dtypes: 
         )
         del e
     del enc
+    if st_backends:
+        other_backends(folder, sents, ref, rates, repeat, work, st_backends)
     corpus = work / f"{name}.txt"
     corpus.write_text("\n".join(sents) + "\n", encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -235,6 +288,12 @@ def main() -> None:
         help="dtypes timed against float32 on the real models (float32 first)",
     )
     ap.add_argument("--repeat", type=int, default=3, help="runs of each real-weights comparison")
+    ap.add_argument(
+        "--st-backends",
+        default="",
+        help="also time sentence-transformers' other backends on the real models, e.g. onnx,onnx-int8,openvino "
+        "(needs `pip install 'sentence-transformers[onnx,openvino]'`)",
+    )
     args = ap.parse_args()
 
     from simcli.models.encoder import load_encoder
@@ -244,11 +303,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="simcli-bench-"))
     if args.real_only:
         sents = lcqmc_sentences(args.n)
-        print(
-            f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
-        )
+        print(f"{cpu_line()}; torch {torch.__version__}, threads {torch.get_num_threads()}")
         for name in filter(None, args.real_models.split(",")):
-            real_defaults(name, sents, args.repeat, work, args.dtypes.split(","))
+            real_defaults(
+                name,
+                sents,
+                args.repeat,
+                work,
+                args.dtypes.split(","),
+                list(filter(None, args.st_backends.split(","))),
+            )
         return
     base = build_roformer_sim(
         work / "roformer_sim_base",
@@ -258,7 +322,7 @@ def main() -> None:
         num_hidden_layers=12,
     )
     sents = lcqmc_sentences(args.n)
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{cpu_line()}; torch {torch.__version__}, threads {torch.get_num_threads()}")
     fp32_peak, bf16_peak = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     print(
         f"matmul peak: float32 {fp32_peak:.0f} GFLOP/s, bfloat16 {bf16_peak:.0f} GFLOP/s (2048^3, this run)"
@@ -370,7 +434,14 @@ def main() -> None:
         print(f"  {kind:<22} {rate:10.0f}/s = {rate / best:6.1f}x the base model's rate")
 
     for name in filter(None, args.real_models.split(",")):
-        real_defaults(name, sents, args.repeat, work, args.dtypes.split(","))
+        real_defaults(
+            name,
+            sents,
+            args.repeat,
+            work,
+            args.dtypes.split(","),
+            list(filter(None, args.st_backends.split(","))),
+        )
 
     if not args.skip_rss:
         tiny = build_roformer_sim(work / "tiny")

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import resource
 import subprocess
@@ -35,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import cpu_line
 
 HELD_PER_SET = 150
 SAMPLES, TOP = 100, 5  # n=100 samples a question, the best 5 kept
@@ -48,21 +48,6 @@ def strip(s: str) -> str:
 def tsv_rows(path: Path) -> list[list[str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return [line.rstrip("\r\n").split("\t") for line in f if line.strip()]
-
-
-def cpu_line() -> str:
-    from simcli.models.device import cpu_flags
-
-    model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(f for f in wanted if f in cpu_flags())}"
 
 
 def load(work: Path, name: str) -> dict:

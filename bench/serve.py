@@ -58,6 +58,7 @@ CACHE = Path(os.environ.get("SIMCLI_BENCH_CACHE", Path.home() / ".cache" / "simc
 # cuda: every server on the GPU, the ST endpoint in fp16 (bench/gpu.sh)
 DEVICE = os.environ.get("SIMCLI_BENCH_DEVICE", "cpu")
 
+from bench.machine import cpu_line
 from tests.real_sentences import lcqmc_sentences
 
 ST_ENDPOINT = """
@@ -411,16 +412,6 @@ def main() -> None:
                 )
     if args.memory_requests and "simcli" in names:
         memory(model, args.dtype, pool, args.memory_requests, args.client, args.simcli_args)
-
-
-def cpu_line() -> str:
-    """The CPU's model, its cores and the SIMD flags that decide the kernels (the bench's machine, in one line)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    simd = [f for f in fields.get("flags", "").split() if f.startswith(("avx", "amx", "fma", "sse4"))]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU: {fields.get('model name', 'unknown')}, {cores} cores, flags {' '.join(simd) or 'unknown'}"
 
 
 def sweep_settings(args: argparse.Namespace) -> list[str]:
