@@ -65,20 +65,31 @@ def cpu_has_bf16() -> bool:
     return cpu_has_amx() or "avx512_bf16" in cpu_flags()
 
 
-def best_seconds(fn: Callable[[], object], reps: int = 3) -> float:
-    """The fastest of `reps` timed calls of `fn`, after one untimed call (the kernels pick and cache their
-    blocking on the first call): the load-time probes of `--dtype auto`."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def speedup(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = 5) -> float:
+    """The fastest time of `baseline` over the fastest time of `candidate`, on one thread: the load-time probes
+    of `--dtype auto`.
 
-
-def _best_matmul_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
-    return best_seconds(lambda: torch.mm(a, b))
+    Both steps keep the reading steady on a shared machine. One thread: a kernel on all cores waits for its
+    slowest thread, so another process on one core slows it by a factor that varies from call to call. In turn:
+    one untimed call of each (the kernels pick and cache their blocking), then `rounds` timed calls of each,
+    alternating, so that a burst of load slows both alike. On a 2-core AMX Xeon with another job on both cores,
+    40 readings of the bf16 probe: timed on 2 threads one block after the other (as before) 0.52-34x, 3 of 40
+    under the 1.5x that makes auto choose bf16 (one such reading had auto take int8 at 1,135 sentences/s over
+    bf16 at 2,355); on one thread, in turn: 4.1-8.9x, none under 1.5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        baseline()
+        candidate()
+        best = [float("inf"), float("inf")]
+        for _ in range(rounds):
+            for i, fn in enumerate((baseline, candidate)):
+                start = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best[0] / best[1]
 
 
 @lru_cache(maxsize=1)
@@ -92,7 +103,8 @@ def cpu_bf16_speedup() -> float:
         return 0.0
     with torch.inference_mode():
         a, b = torch.randn(256, 768), torch.randn(768, 3072)
-        return _best_matmul_seconds(a, b) / _best_matmul_seconds(a.bfloat16(), b.bfloat16())
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        return speedup(lambda: torch.mm(a, b), lambda: torch.mm(a16, b16))
 
 
 @lru_cache(maxsize=1)
@@ -112,10 +124,9 @@ def int8_linear_speedup(rows: int = 256, n_in: int = 768, n_out: int = 3072) -> 
         x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)
         try:
             q = Int8Linear(w, b)
-            int8 = best_seconds(lambda: q(x))
+            return speedup(lambda: torch.nn.functional.linear(x, w, b), lambda: q(x))
         except RuntimeError:  # e.g. a build without oneDNN
             return 0.0
-        return best_seconds(lambda: torch.nn.functional.linear(x, w, b)) / int8
 
 
 def choose_cpu_dtype(bf16_speedup: float, int8_speedup: float | None) -> tuple[torch.dtype, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -332,23 +333,61 @@ def test_auto_dtype_on_cpu_checks_bf16_accuracy(
 
 
 def test_bf16_speedup_is_measured_only_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No timing without native bf16 (emulated bf16 is always slower); with it, a real positive ratio."""
+    """No timing without native bf16 (emulated bf16 is always slower); with it, float32 against bf16 products of
+    the BERT-base feed-forward shape."""
     device_mod.cpu_bf16_speedup.cache_clear()
     monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx2"}))
-    monkeypatch.setattr(device_mod, "_best_matmul_seconds", lambda a, b: pytest.fail("timed without bf16"))
+    monkeypatch.setattr(device_mod, "speedup", lambda *a, **k: pytest.fail("timed without bf16"))
     assert device_mod.cpu_bf16_speedup() == 0.0
     device_mod.cpu_bf16_speedup.cache_clear()
     calls = []
 
-    def fake_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
-        calls.append((a.dtype, tuple(a.shape), tuple(b.shape)))
-        return 0.02 if a.dtype == torch.float32 else 0.005
+    def fake_speedup(baseline, candidate) -> float:  # type: ignore[no-untyped-def]
+        calls.extend((out.dtype, tuple(out.shape)) for out in (baseline(), candidate()))
+        return 4.0
 
     monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    monkeypatch.setattr(device_mod, "_best_matmul_seconds", fake_seconds)
-    assert device_mod.cpu_bf16_speedup() == pytest.approx(4.0)
-    assert calls == [(torch.float32, (256, 768), (768, 3072)), (torch.bfloat16, (256, 768), (768, 3072))]
+    monkeypatch.setattr(device_mod, "speedup", fake_speedup)
+    assert device_mod.cpu_bf16_speedup() == 4.0
+    assert calls == [(torch.float32, (256, 3072)), (torch.bfloat16, (256, 3072))]
     device_mod.cpu_bf16_speedup.cache_clear()
+
+
+def test_speedup_is_timed_in_turn_so_a_burst_of_load_slows_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock (ms): baseline 4, candidate 1, and every call that starts from 24 to 100 runs 10x slower
+    (another process took the cores). Timed in turn, both still get quiet calls: 4.0x. Timed one block after
+    the other, the burst covers the candidate's whole block: 0.4x, the wrong choice of dtype. On one thread."""
+    now = [0.0]
+    monkeypatch.setattr(device_mod.time, "perf_counter", lambda: now[0])
+
+    threads = []
+
+    def costing(ms: float) -> Callable[[], None]:
+        def call() -> None:
+            threads.append(torch.get_num_threads())
+            now[0] += ms * (10 if 24 <= now[0] < 100 else 1)
+
+        return call
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the probe runs on one thread, and gives the caller its threads back
+    try:
+        assert device_mod.speedup(costing(4), costing(1), rounds=5) == 4.0
+        assert threads == [1] * 12 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+    def best_of_block(fn: Callable[[], None]) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            start = now[0]
+            fn()
+            times.append(now[0] - start)
+        return min(times)
+
+    now[0] = 0.0
+    assert best_of_block(costing(4)) / best_of_block(costing(1)) == 0.4
 
 
 def test_explicit_bf16_close_to_float32(roformer_sim_dir: Path) -> None:
