@@ -359,9 +359,8 @@ def main() -> None:
         sweep(args, model, requests, short, levels)
         return
     names = args.servers.split(",")
-    print(
-        f"client {args.client}; model {model}; {args.requests} requests of 1-8 LCQMC sentences per level; {os.cpu_count()} cores"
-    )
+    print(cpu_line())
+    print(f"client {args.client}; model {model}; {args.requests} requests of 1-8 LCQMC sentences per level")
     rate: dict[tuple[str, int], list[float]] = {}
     p50: dict[tuple[str, int], list[float]] = {}
     p99: dict[tuple[str, int], list[float]] = {}
@@ -370,6 +369,8 @@ def main() -> None:
     for rnd in range(args.repeats):
         for server in servers(names, model, args.infinity, args.dtype, args.simcli_args):
             with server:
+                if rnd == 0 and server.name == "simcli":  # what it chose: dtype, workers x threads, budget
+                    print("\n".join(startup_lines(server)), flush=True)
                 run_load(server, requests[:32], 4, args.client)  # warm-up
                 _, lat = run_load(server, [[s] for s in short], 1, args.client)
                 single.setdefault(server.name, []).append(statistics.median(lat) * 1000)
@@ -426,11 +427,16 @@ def sweep_settings(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def startup_lines(server: Server) -> list[str]:
+    """The `simcli: ...` lines the server printed so far (its model, dtype and serving plan)."""
+    server.log.seek(0)
+    return [ln for ln in server.log.read().decode(errors="replace").splitlines() if ln.startswith("simcli: ")]
+
+
 def chosen_plan(server: Server) -> str:
     """What the server's startup line says it chose ("2 workers x 1 model thread: ..."), up to the reason."""
-    server.log.seek(0)
-    for line in server.log.read().decode(errors="replace").splitlines():
-        if " worker" in line and " x " in line and line.startswith("simcli: "):
+    for line in startup_lines(server):
+        if " worker" in line and " x " in line:
             return line.removeprefix("simcli: ").split(":")[0]
     return "?"
 
