@@ -6,6 +6,7 @@ stage by stage:
     python bench/generator.py train   --work W --steps 700 --lr 2e-4
     python bench/generator.py quality --work W              # (a) paraphrases of the 300 held-out questions
     python bench/generator.py faq     --work W              # (b) FAQ expansion on BQ test
+    python bench/generator.py faq-rules --work W --entries 300   # (b) which variants to add: chosen on BQ valid
     python bench/generator.py augment --work W              # (c) cosent with / without paraphrases, 3 seeds
     python bench/generator.py sts     --work W              # (d) eval sts of the generator's own vectors
     python bench/generator.py report  --work W              # the markdown tables of all of the above
@@ -339,6 +340,98 @@ def faq(a: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1, ensure_ascii=False))
 
 
+# Which generated variants to add, compared on two FAQs: the rules are chosen on BQ valid and checked on BQ test.
+RULES: dict[str, dict[str, object]] = {
+    "best 1": {"n": 1},
+    "best 3": {"n": 3},
+    "best 5 (the faq stage)": {"n": 5},
+    "best 10": {"n": 10},
+    "best 20": {"n": 20},
+    "best 5 at edit distance >= 5": {"n": 5, "edit": 5},
+    "5 by MMR (lambda 0.7)": {"n": 5, "mmr": 0.7},
+    "10 by MMR (lambda 0.7)": {"n": 10, "mmr": 0.7},
+    "best 5, entry = centroid": {"n": 5, "centroid": True},
+}
+
+
+def choose_variants(entry: str, found: list[tuple[str, float]], vec, rule: dict[str, object]) -> list[str]:  # type: ignore[no-untyped-def]
+    """The variants a rule adds to `entry` from its candidates (ranked by the generator's own cosine); MMR picks
+    each next one by lambda x cosine to the entry - (1 - lambda) x its largest cosine to those already picked."""
+    import numpy as np
+
+    n, least = int(rule["n"]), int(rule.get("edit", 0))  # type: ignore[call-overload]
+    cands = [
+        c for c, _ in found if strip(c) != strip(entry) and edit_distance(strip(c), strip(entry)) >= least
+    ]
+    if "mmr" not in rule or not cands:
+        return cands[:n]
+    lam = float(rule["mmr"])  # type: ignore[arg-type]
+    v = np.stack([vec[c] for c in cands])
+    relevance, picked = v @ vec[entry], []
+    while len(picked) < min(n, len(cands)):
+        redundancy = (v @ v[picked].T).max(1) if picked else np.zeros(len(cands))
+        score = lam * relevance - (1 - lam) * redundancy
+        score[picked] = -np.inf
+        picked.append(int(score.argmax()))
+    return [cands[k] for k in picked]
+
+
+def faq_rules(a: argparse.Namespace) -> None:
+    """FAQ expansion under each rule of RULES, on BQ valid (to choose) and BQ test (to check): MRR@10 and R@1
+    gains over the plain FAQ, both scorers, from all distinct candidates of n=100 samples an entry."""
+    import numpy as np
+
+    from simcli.models.encoder import load_encoder
+
+    w, data = a.work, Path(load(a.work, "prepared.json")["data"])
+    model = a.model or w / "gen"
+    gen = load_encoder(str(model))
+    scorers = {"m3e-small": Scorer(), "own vectors": lambda t: gen.encode(t, normalize=True)}
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for split in ("valid", "test"):
+        positives = [r for r in tsv_rows(data / "BQ" / f"BQ.{split}.data") if r[2] == "1"]
+        entries = first_distinct(positives, a.entries)
+        index = {e: i for i, e in enumerate(entries)}
+        queries = [(r[1], index[r[0]]) for r in positives if r[0] in index]
+        found = paraphrase_file(model, entries, w / f"{a.tag}faq-{split}.all.tsv", SAMPLES, SAMPLES)
+        texts = list(
+            dict.fromkeys([*entries, *(q for q, _ in queries), *(c for f in found.values() for c, _ in f)])
+        )
+        truth = [i for _, i in queries]
+        for name, enc in scorers.items():
+            vec = dict(zip(texts, np.asarray(enc(texts)), strict=True))
+            q = np.stack([vec[t] for t, _ in queries])
+            plain = mrr_r1(ranks_of(q, np.stack([vec[e] for e in entries]), list(range(len(entries))), truth))
+            for label, rule in RULES.items():
+                chosen = [choose_variants(e, found[e], vec, rule) for e in entries]
+                if rule.get("centroid"):
+                    rows = [
+                        np.mean([vec[t] for t in [e, *c]], 0) for e, c in zip(entries, chosen, strict=True)
+                    ]
+                    cent = np.stack([r / np.linalg.norm(r) for r in rows])
+                    got = mrr_r1(ranks_of(q, cent, list(range(len(entries))), truth))
+                else:
+                    owner = [i for i, c in enumerate(chosen) for _ in range(1 + len(c))]
+                    variants = np.stack(
+                        [vec[t] for e, c in zip(entries, chosen, strict=True) for t in [e, *c]]
+                    )
+                    got = mrr_r1(ranks_of(q, variants, owner, truth))
+                key = f"{split} {name}"
+                result.setdefault(label, {})[key] = got["mrr@10"] - plain["mrr@10"]
+                result[label][key + " r@1"] = got["r@1"] - plain["r@1"]
+            result.setdefault("plain MRR@10", {})[f"{split} {name}"] = plain["mrr@10"]
+    save(w, f"{a.tag}faq-rules.json", result)
+    cols = [f"{s} {n}" for s in ("valid", "test") for n in scorers]
+    print("| rule | " + " | ".join(f"MRR@10 gain, BQ {c}" for c in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for label, row in result.items():
+        print(
+            f"| {label} | "
+            + " | ".join(f"{row[c]:+.2f}" if label in RULES else f"{row[c]:.2f}" for c in cols)
+            + " |"
+        )
+
+
 # --- (c) augmentation --------------------------------------------------------------------------------------
 
 
@@ -561,7 +654,7 @@ def report(a: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
-    for name in ("prepare", "train", "quality", "faq", "augment", "sts", "distill", "report"):
+    for name in ("prepare", "train", "quality", "faq", "faq-rules", "augment", "sts", "distill", "report"):
         s = sub.add_parser(name)
         s.add_argument("--work", type=Path, required=True, help="folder the stages share")
         if name == "prepare":
@@ -576,10 +669,10 @@ def main() -> None:
             s.add_argument("--out", default="gen", help="the generator's folder inside WORK")
         if name == "quality":
             s.add_argument("--held", type=int, default=HELD_PER_SET, help="held-out questions of each set")
-        if name in ("quality", "faq", "augment"):
+        if name in ("quality", "faq", "faq-rules", "augment"):
             s.add_argument("--model", type=Path, default=None, help="default: WORK/gen")
             s.add_argument("--tag", default="", help="prefix of this stage's output files")
-        if name == "faq":
+        if name in ("faq", "faq-rules"):
             s.add_argument(
                 "--entries", type=int, default=1000, help="FAQ entries (first distinct BQ test ones)"
             )
@@ -597,6 +690,7 @@ def main() -> None:
         "train": train,
         "quality": quality,
         "faq": faq,
+        "faq-rules": faq_rules,
         "augment": augment,
         "sts": sts,
         "distill": distill,
