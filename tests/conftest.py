@@ -17,6 +17,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    # huggingface_hub reads HF_HOME once, at import: simcli's own cache (fetched models, remembered digests) is
+    # pointed here explicitly
+    monkeypatch.setenv("SIMCLI_CACHE", str(tmp_path / "simcli-cache"))
     monkeypatch.delenv("SIMCLI_MODEL", raising=False)
     monkeypatch.delenv("SIMCLI_DEVICE", raising=False)
     monkeypatch.delenv("SIMCLI_DEBUG", raising=False)

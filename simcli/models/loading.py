@@ -11,7 +11,6 @@ needs it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -59,11 +58,10 @@ class Checkpoint:
 
     @cached_property
     def weights_sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.weights_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        return h.hexdigest()
+        from simcli.models import sources
+        from simcli.models.digest import file_sha256
+
+        return file_sha256(self.weights_path, sources.digests_folder())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor of the weights file (never unpickles arbitrary objects)."""

