@@ -270,6 +270,13 @@ def real_defaults(
     print(f"  simcli default / sentence-transformers default, whole process: {spread(whole)}")
 
 
+def real_rows(args: argparse.Namespace, sents: list[str], work: Path) -> None:
+    """The rows on real trained weights, for each of --real-models."""
+    backends = list(filter(None, args.st_backends.split(",")))
+    for name in filter(None, args.real_models.split(",")):
+        real_defaults(name, sents, args.repeat, work, args.dtypes.split(","), backends)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="sentences to encode")
@@ -304,15 +311,7 @@ def main() -> None:
     if args.real_only:
         sents = lcqmc_sentences(args.n)
         print(f"{cpu_line()}; torch {torch.__version__}, threads {torch.get_num_threads()}")
-        for name in filter(None, args.real_models.split(",")):
-            real_defaults(
-                name,
-                sents,
-                args.repeat,
-                work,
-                args.dtypes.split(","),
-                list(filter(None, args.st_backends.split(","))),
-            )
+        real_rows(args, sents, work)
         return
     base = build_roformer_sim(
         work / "roformer_sim_base",
@@ -433,15 +432,7 @@ def main() -> None:
         rate = len(sents) / (time.perf_counter() - t)
         print(f"  {kind:<22} {rate:10.0f}/s = {rate / best:6.1f}x the base model's rate")
 
-    for name in filter(None, args.real_models.split(",")):
-        real_defaults(
-            name,
-            sents,
-            args.repeat,
-            work,
-            args.dtypes.split(","),
-            list(filter(None, args.st_backends.split(","))),
-        )
+    real_rows(args, sents, work)
 
     if not args.skip_rss:
         tiny = build_roformer_sim(work / "tiny")
