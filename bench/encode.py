@@ -133,6 +133,18 @@ def spread(values: list[float]) -> str:
     return f"median {v[len(v) // 2]:.2f}x (min {v[0]:.2f}, max {v[-1]:.2f}, {len(v)} runs)"
 
 
+def best_rate(encode, sents: list[str], ref, repeat: int):  # type: ignore[no-untyped-def]
+    """The best sentences/s of `repeat` timed runs of `encode` (after a warm-up), and each vector's cosine to
+    `ref` (the float32 vectors, unit length)."""
+    encode(sents[:64])
+    best = 0.0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        got = encode(sents)
+        best = max(best, len(sents) / (time.perf_counter() - t))
+    return best, (got * ref).sum(1)
+
+
 def other_backends(  # type: ignore[no-untyped-def]
     folder: Path, sents: list[str], ref, rates: dict[str, float], repeat: int, work: Path, backends: list[str]
 ) -> None:
@@ -166,13 +178,9 @@ def other_backends(  # type: ignore[no-untyped-def]
         except (ImportError, OSError, RuntimeError, ValueError) as e:  # a missing extra or a failed export
             print(f"  sentence-transformers backend {backend}: skipped ({type(e).__name__}: {str(e)[:120]})")
             continue
-        st.encode(sents[:64])
-        best = 0.0
-        for _ in range(repeat):
-            t = time.perf_counter()
-            got = st.encode(sents, normalize_embeddings=True)
-            best = max(best, len(sents) / (time.perf_counter() - t))
-        c = (got * ref).sum(1)
+        best, c = best_rate(
+            lambda texts, st=st: st.encode(texts, normalize_embeddings=True), sents, ref, repeat
+        )
         label = f"ST backend {backend}" + (f" ({int8_config})" if backend == "onnx-int8" else "")
         print(
             f"  {label:<31} {best:7.1f}/s = {best / rates.get('float32', best):4.2f}x simcli float32; "
@@ -225,14 +233,8 @@ def real_defaults(
     for label, dtype, plain in variants:
         with unpacked() if plain else contextlib.nullcontext():
             e = load_encoder(name, dtype=dtype)
-        e.encode(sents[:64])
-        best = 0.0
-        for _ in range(repeat):
-            t = time.perf_counter()
-            got = e.encode(sents, normalize=True)
-            best = max(best, len(sents) / (time.perf_counter() - t))
+        best, c = best_rate(lambda texts, e=e: e.encode(texts, normalize=True), sents, ref, repeat)
         rates[label] = best
-        c = (got * ref).sum(1)
         print(
             f"  --dtype {label:<22} {best:7.1f}/s = {best / rates.get('float32', best):4.2f}x float32; "
             f"cosine to float32 min {c.min():.5f}, mean {c.mean():.5f}"
