@@ -70,6 +70,28 @@ def unpacked():  # type: ignore[no-untyped-def]
     return mock.patch.object(encoder_mod, "packing_available", lambda: False)
 
 
+def compiled_rows(enc, sents: list[str], results: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """`enc` (bf16, layers not packed) with each transformer layer compiled by torch.compile (inductor, freezing:
+    which packs the weights for oneDNN itself and fuses the elementwise passes; dynamic shapes): whether it beats the
+    packed eager forward, and what the compile costs."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._dynamo.config.recompile_limit = 64
+    torch._inductor.config.freezing = True
+    layers = enc.model.backbone.encoder.layer
+    start = time.perf_counter()
+    for i, layer in enumerate(layers):
+        layers[i] = torch.compile(layer, dynamic=True)
+    enc.encode(sents[:64])
+    enc.encode(sents)  # every batch shape of the run compiled before the timed pass
+    print(
+        f"  (compiling the layers took {time.perf_counter() - start:.0f} s, with two passes over the sentences)"
+    )
+    label = "simcli --dtype bfloat16, layers compiled"
+    timed(lambda warmup: enc.encode(sents[:64] if warmup else sents), label, len(sents), results)
+
+
 def timed(fn, label: str, n: int, results: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
     fn(warmup=True)
     t = time.perf_counter()
@@ -292,6 +314,11 @@ def main() -> None:
     )
     ap.add_argument("--real-only", action="store_true", help="only the rows on real trained weights")
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also the base shape's bf16 layers under torch.compile (~1 min)",
+    )
+    ap.add_argument(
         "--dtypes",
         default="float32,bfloat16,int8",
         help="dtypes timed against float32 on the real models (float32 first)",
@@ -360,6 +387,8 @@ def main() -> None:
             enc = load_encoder(str(base), dtype="bfloat16")
         label = "simcli --dtype bfloat16, layers not packed"
         timed(lambda warmup, e=enc: e.encode(sents[:64] if warmup else sents), label, len(sents), results)
+        if args.compile:
+            compiled_rows(enc, sents, results)
         del enc
 
     if not args.skip_baselines:
