@@ -388,7 +388,7 @@ def faq_rules(a: argparse.Namespace) -> None:
     gen = load_encoder(str(model))
     scorers = {"m3e-small": Scorer(), "own vectors": lambda t: gen.encode(t, normalize=True)}
     result: dict[str, dict[str, dict[str, float]]] = {}
-    for split in ("valid", "test"):
+    for split in a.splits.split(","):
         positives = [r for r in tsv_rows(data / "BQ" / f"BQ.{split}.data") if r[2] == "1"]
         entries = first_distinct(positives, a.entries)
         index = {e: i for i, e in enumerate(entries)}
@@ -421,7 +421,7 @@ def faq_rules(a: argparse.Namespace) -> None:
                 result[label][key + " r@1"] = got["r@1"] - plain["r@1"]
             result.setdefault("plain MRR@10", {})[f"{split} {name}"] = plain["mrr@10"]
     save(w, f"{a.tag}faq-rules.json", result)
-    cols = [f"{s} {n}" for s in ("valid", "test") for n in scorers]
+    cols = [f"{s} {n}" for s in a.splits.split(",") for n in scorers]
     print("| rule | " + " | ".join(f"MRR@10 gain, BQ {c}" for c in cols) + " |")
     print("|---|" + "---|" * len(cols))
     for label, row in result.items():
@@ -672,9 +672,14 @@ def main() -> None:
         if name in ("quality", "faq", "faq-rules", "augment"):
             s.add_argument("--model", type=Path, default=None, help="default: WORK/gen")
             s.add_argument("--tag", default="", help="prefix of this stage's output files")
+        if name == "faq-rules":
+            s.add_argument("--splits", default="valid,test", help="the BQ files whose FAQs to build")
         if name in ("faq", "faq-rules"):
             s.add_argument(
-                "--entries", type=int, default=1000, help="FAQ entries (first distinct BQ test ones)"
+                "--entries",
+                type=int,
+                default=1000,
+                help="FAQ entries (first distinct first sentences of label-1 pairs)",
             )
         if name == "augment":
             s.add_argument("--pairs", type=int, default=2000)
