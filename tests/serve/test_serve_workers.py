@@ -66,6 +66,11 @@ class Served:
         return seen
 
 
+def _serving(served: Served) -> set[tuple[int, str, str]]:
+    """(pid, model threads, batch tokens) of each worker's serving line so far."""
+    return {(int(pid), threads, budget) for pid, threads, budget in SERVING_LINE.findall(served.stderr)}
+
+
 def _free_port() -> int:
     import socket
 
@@ -123,9 +128,13 @@ def test_default_plan_is_printed_and_two_workers_serve(two: tuple[Served, Path])
         r"one worker a core \(2 cores; ~0\.5 GiB a worker, 50% of the [\d.]+ GiB available holds \d+\)",
         plan[0][2],
     ), plan[0][2]
-    assert {(int(pid), threads, budget) for pid, threads, budget in SERVING_LINE.findall(served.stderr)} == {
-        (pid, "1", "1024 (float32 on cpu)") for pid in seen
-    }
+    want = {(pid, "1", "1024 (float32 on cpu)") for pid in seen}
+    deadline = (
+        time.monotonic() + 10
+    )  # the reader thread takes the lines as they come (late on a loaded machine)
+    while time.monotonic() < deadline and not _serving(served) >= want:
+        time.sleep(0.1)
+    assert _serving(served) == want, served.stderr
 
 
 def _metrics_dir(pid: int) -> Path:
@@ -247,15 +256,14 @@ def test_given_options_win_and_sigterm_ends_every_worker(
     want = {(p, str(threads), "2048 (--batch-tokens)") for p in seen}
     deadline = time.monotonic() + 10  # the reader thread takes the last lines (late on a loaded machine)
     while time.monotonic() < deadline:
-        got = {(int(p), t, b) for p, t, b in SERVING_LINE.findall(served.stderr)}
-        if (workers == 1 or got >= want) and PLAN_LINE.search(served.stderr):
+        if (workers == 1 or _serving(served) >= want) and PLAN_LINE.search(served.stderr):
             break
         time.sleep(0.1)
     assert PLAN_LINE.findall(served.stderr) == [(str(workers), str(threads), reason)]
     if workers == 1:
         assert f"; model threads: {threads}; batch tokens: 1024 (float32 on cpu)\n" in served.stderr
     else:
-        assert {(int(p), t, b) for p, t, b in SERVING_LINE.findall(served.stderr)} == want
+        assert _serving(served) == want, served.stderr
         assert shared is not None and shared.name == "metrics" and not shared.parent.exists()
 
 
