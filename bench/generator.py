@@ -360,9 +360,10 @@ def choose_variants(entry: str, found: list[tuple[str, float]], vec, rule: dict[
     import numpy as np
 
     n, least = int(rule["n"]), int(rule.get("edit", 0))  # type: ignore[call-overload]
-    cands = [
-        c for c, _ in found if strip(c) != strip(entry) and edit_distance(strip(c), strip(entry)) >= least
-    ]
+    own = strip(entry)
+    cands = [c for c, _ in found if strip(c) != own]
+    if least:  # the quadratic edit distance only for the rule that asks for it
+        cands = [c for c in cands if edit_distance(strip(c), own) >= least]
     if "mmr" not in rule or not cands:
         return cands[:n]
     lam = float(rule["mmr"])  # type: ignore[arg-type]
