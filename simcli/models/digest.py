@@ -11,11 +11,10 @@ be written the digest is simply computed each time.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from simcli.io import atomic_write_json, sha256_file
+from simcli.io import sha256_file
+from simcli.models.remembered import recall, remember
 
 
 def file_sha256(path: Path, remembered_in: Path) -> str:
@@ -23,17 +22,10 @@ def file_sha256(path: Path, remembered_in: Path) -> str:
     unchanged, else read."""
     st = path.stat()
     identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    entry = remembered_in / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
-    try:
-        saved = json.loads(entry.read_text(encoding="utf-8"))
-        if saved["identity"] == identity and isinstance(saved["sha256"], str):
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # none yet, or unreadable: hash the file
+    key = {"weights": str(path.resolve())}
+    saved = recall(remembered_in, key)
+    if isinstance(saved, dict) and saved.get("identity") == identity and isinstance(saved.get("sha256"), str):
+        return str(saved["sha256"])
     digest = sha256_file(path)
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(entry, {"path": str(path), "identity": identity, "sha256": digest})
-    except OSError:
-        pass  # a read-only cache costs a reread next time, nothing else
+    remember(remembered_in, key, {"identity": identity, "sha256": digest})
     return digest

@@ -425,24 +425,78 @@ def _calibrated(enc: Encoder, want: torch.dtype) -> Encoder:
     """`enc` (float32) run in `want` where that keeps the calibration sentences' vectors within the dtype's
     cosine to float32 (bf16 and fp16 BF16_MIN_COSINE, int8 INT8_MIN_COSINE); else `enc`, saying why.
 
-    `--dtype auto` keeps a faster dtype only where it is accurate for this model (measured, not assumed)."""
+    `--dtype auto` keeps a faster dtype only where it is accurate for this model (measured, not assumed). The
+    measured cosine is remembered (models/remembered.py) under everything it depends on: the weights' digest,
+    the settings that shape the vectors, the dtype, the device and machine, simcli's model code."""
+    from simcli.models.remembered import recall, remember
+    from simcli.models.sources import measured_folder
+
+    model, dev = enc.model, enc.device
+    floor = INT8_MIN_COSINE if want == torch.qint8 else BF16_MIN_COSINE
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}.get(want, str(want))
+    key = calibration_key(enc, want)
+    saved = recall(measured_folder(), key)
+    if isinstance(saved, float):
+        cos, how = saved, " (remembered)"
+        if cos >= floor:
+            _cast(model, dev, want)
+            enc.dtype = want
+    else:
+        cos, how = _calibration_cosine(enc, want), ""
+        remember(measured_folder(), key, cos)
+    if cos >= floor:
+        enc.dtype_reason = (
+            f"{enc.dtype_reason}; min cosine to float32 {cos:.4f} on calibration sentences{how}"
+        )
+    else:
+        enc.dtype_reason = f"auto: {short} min cosine to float32 was {cos:.4f} < {floor}, using float32{how}"
+    return enc
+
+
+def _calibration_cosine(enc: Encoder, want: torch.dtype) -> float:
+    """The smallest cosine between a calibration sentence's vector in float32 and in `want`. `enc` ends in `want`
+    (the trial's weights are moved into it), its float32 weights kept only until the comparison is made."""
+    import copy
+
     model, dev = enc.model, enc.device
     _cast(model, dev, torch.float32)  # the float32 reference runs where the model will
     reference = enc.encode(CALIBRATION_SENTENCES, normalize=True)
-    import copy
-
     low = copy.deepcopy(model)
     _cast(low, dev, want)
     trial = Encoder(enc.checkpoint, enc.tokenizer, low, enc.config, dev, want, enc.dtype_reason)
     cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
     floor = INT8_MIN_COSINE if want == torch.qint8 else BF16_MIN_COSINE
     if cos >= floor:
-        trial.dtype_reason = f"{enc.dtype_reason}; min cosine to float32 {cos:.4f} on calibration sentences"
-        trial.sources = enc.sources
-        return trial
-    short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}.get(want, str(want))
-    enc.dtype_reason = f"auto: {short} min cosine to float32 was {cos:.4f} < {floor}, using float32"
-    return enc
+        enc.model, enc.dtype = low, want
+    return cos
+
+
+def calibration_key(enc: Encoder, want: torch.dtype) -> dict[str, Any]:
+    """Everything the calibration cosine of `enc` in `want` depends on (models/remembered.py)."""
+    import hashlib
+    from pathlib import Path
+
+    from simcli.models.remembered import machine_key
+
+    code = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):  # the model code: a change is a new measurement
+        code.update(path.read_bytes())
+    device = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else enc.device.type
+    return {
+        "calibration": hashlib.sha256("\n".join(CALIBRATION_SENTENCES).encode()).hexdigest()[:16],
+        "weights": enc.checkpoint.weights_sha256,
+        "settings": [
+            enc.pooling,
+            enc.max_length,
+            enc.engine,
+            enc.checkpoint.tokenizer_kind,
+            enc.batch_tokens,
+        ],
+        "dtype": str(want),
+        "device": device,
+        "machine": machine_key(),
+        "code": code.hexdigest()[:16],
+    }
 
 
 @lru_cache(maxsize=2)

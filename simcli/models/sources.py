@@ -125,6 +125,11 @@ def digests_folder(root: Path | None = None) -> Path:
     return (root or cache_root()) / "simcli-sha256"
 
 
+def measured_folder(root: Path | None = None) -> Path:
+    """Where `--dtype auto`'s probes and accuracy checks are remembered between runs (models/remembered.py)."""
+    return (root or cache_root()) / "simcli-measured"
+
+
 def cached_folder(src: PipSource, root: Path | None = None) -> Path:
     """Where `src` lives once fetched (it may not exist yet)."""
     return (root or cache_root()) / "simcli-pip" / f"{src.package}=={src.version}" / src.path
