@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import resource
 import subprocess
@@ -505,6 +506,8 @@ def sts(a: argparse.Namespace) -> None:
     # with the distillation's teacher and student once `distill` has run
     extra = [w / "augment" / f"plain-{a.teacher_seed}", w / "distilled"] if (w / "distilled").exists() else []
     models = ["m3e-small", str(w / "gen"), *map(str, extra)]
+    if a.models:  # other folders of WORK only (the rows above are in sts.json already)
+        models = [str(w / m) for m in a.models.split(",")]
     out = subprocess.run(
         ["simcli", "eval", "sts", *(str(data / s) for s in STS_SETS), "--model", ",".join(models), "--json"],
         check=True,
@@ -512,34 +515,47 @@ def sts(a: argparse.Namespace) -> None:
         text=True,
     ).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    save(w, "sts.json", rows)
+    save(w, f"{a.tag}sts.json", rows)
     for r in rows:
         print(r)
+
+
+def labelled_rows(path: Path) -> list[list[str]]:
+    """s1, s2, label rows of a training file: .data as it is, SimCLUE's pair .jsonl by its keys."""
+    if path.suffix != ".jsonl":
+        return tsv_rows(path)
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [[r["sentence1"], r["sentence2"], str(r["label"])] for r in rows if "sentence1" in r]
 
 
 def distill(a: argparse.Namespace) -> None:
     w = a.work
     teacher = w / "augment" / f"plain-{a.teacher_seed}"
-    rows = tsv_rows(w / "train" / "bq_train.data")[: a.pairs]
-    pairs = w / "distill.data"
+    if a.mix:  # every labelled training file, shuffled: the teacher's similarities over general questions too
+        rows = [r for f in sorted((w / "train").iterdir()) for r in labelled_rows(f)]
+        random.Random(0).shuffle(rows)
+        rows = rows[: a.pairs]
+    else:
+        rows = tsv_rows(w / "train" / "bq_train.data")[: a.pairs]
+    pairs = w / f"{a.out}.data"
     pairs.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
     start = time.perf_counter()
-    simcli_cmd(
-        "train",
-        "distill",
-        str(pairs),
-        "--teacher",
-        str(teacher),
-        "--student",
-        str(w / "gen"),
-        "--out",
-        str(w / "distilled"),
-        "--overwrite",
-    )
+    cmd = ["train", "distill", str(pairs), "--teacher", str(teacher), "--student", str(w / "gen")]
+    cmd += ["--out", str(w / a.out), "--overwrite", "--epochs", str(a.epochs)]
+    cmd += ["--lr", str(a.lr)] if a.lr else []
+    simcli_cmd(*cmd)
+    record = load(w / a.out, "training.json")
     save(
         w,
-        "distill.json",
-        {"teacher": str(teacher), "pairs": len(rows), "wall_s": time.perf_counter() - start},
+        "distill.json" if a.out == "distilled" else f"{a.out}.json",
+        {
+            "command": cmd,
+            "teacher": str(teacher),
+            "pairs": len(rows),
+            "wall_s": time.perf_counter() - start,
+            "pairs_per_second": record.get("pairs_per_second"),
+        },
     )
 
 
@@ -688,6 +704,13 @@ def main() -> None:
             s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         if name == "distill":
             s.add_argument("--pairs", type=int, default=5000, help="first rows of the filtered BQ train file")
+            s.add_argument("--mix", action="store_true", help="rows of every training file, shuffled")
+            s.add_argument("--epochs", type=int, default=1)
+            s.add_argument("--lr", type=float, default=None, help="default: simcli train distill's")
+            s.add_argument("--out", default="distilled", help="the student's folder inside WORK")
+        if name == "sts":
+            s.add_argument("--models", default="", help="comma-separated folders of WORK to evaluate instead")
+            s.add_argument("--tag", default="", help="prefix of this stage's output file")
         if name in ("distill", "sts"):
             s.add_argument("--teacher-seed", type=int, default=0, help="the augment stage's plain-SEED model")
     a = p.parse_args()
