@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -343,25 +343,37 @@ class Packing:
     index: torch.Tensor  # (tokens,) flat positions row * seq + column of the real tokens
     batch: int
     seq: int
+    # `index` then copies of its last position up to a multiple of `multiple` rows (a copy's results are never
+    # read): oneDNN builds a kernel for each new row count (packed.py), so fewer row counts, fewer builds
+    gather: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, attention_mask: torch.Tensor) -> Packing:
-        return cls(attention_mask.flatten().nonzero().squeeze(1), *attention_mask.shape)
+    def of(cls, attention_mask: torch.Tensor, multiple: int = 1) -> Packing:
+        return cls(attention_mask.flatten().nonzero().squeeze(1), *attention_mask.shape).rounded(multiple)
 
     @classmethod
-    def of_lengths(cls, lengths: Sequence[int], seq: int, device: torch.device) -> Packing:
+    def of_lengths(cls, lengths: Sequence[int], seq: int, device: torch.device, multiple: int = 1) -> Packing:
         """The same packing from each row's length, known on the host: no `nonzero()` (a device sync on CUDA);
         the index goes over from pinned memory without waiting."""
         index = torch.cat([torch.arange(n, dtype=torch.long) + r * seq for r, n in enumerate(lengths)])
-        return cls(to_device(index, device), len(lengths), seq)
+        return cls(to_device(index, device), len(lengths), seq).rounded(multiple)
+
+    def rounded(self, multiple: int) -> Packing:
+        """This packing with its packed rows rounded up to a multiple of `multiple`."""
+        extra = -self.index.numel() % multiple
+        if not extra:
+            return self
+        return replace(self, gather=torch.cat([self.index, self.index[-1:].expand(extra)]))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, ...) -> (tokens, ...)"""
-        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, self.index)
+        index = self.index if self.gather is None else self.gather
+        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, ...) -> (batch, seq, ...), zeros at the padding."""
         out = x.new_zeros(self.batch * self.seq, *x.shape[1:])
+        x = x[: self.index.numel()]
         return out.index_copy(0, self.index, x).view(self.batch, self.seq, *x.shape[1:])
 
 
@@ -395,6 +407,8 @@ class NativeBackbone(nn.Module):
         project = c.rotary and c.embedding_size != c.hidden_size
         self.embeddings_project = _Linear(c.embedding_size, c.hidden_size) if project else None
         self.encoder = _Encoder(c)
+        # packed rows rounded up to this (Packing.rounded): bf16 packed for oneDNN sets it (encoder.cast_backbone)
+        self.token_multiple = 1
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> NativeBackbone:
@@ -448,13 +462,16 @@ class NativeBackbone(nn.Module):
             padded_batch = min(lengths) < seq
         else:
             padded_batch = attention_mask is not None and not bool(attention_mask.all())
+        multiple = self.token_multiple
         if bias is None and attention_mask is not None and padded_batch:
             # Padding keys blocked; padded queries still see the real keys, so no row is fully masked.
             bias = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill_(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
             # the position-wise layers run on the real tokens only
             packing = (
-                Packing.of(attention_mask) if lengths is None else Packing.of_lengths(lengths, seq, x.device)
+                Packing.of(attention_mask, multiple)
+                if lengths is None
+                else Packing.of_lengths(lengths, seq, x.device, multiple)
             )
             x = packing.pack(x)
         for layer in self.encoder.layer:

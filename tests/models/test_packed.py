@@ -48,6 +48,53 @@ def test_fused_layer_is_the_separate_layers_side_by_side() -> None:
     assert fused.shape == (11, 192) and torch.equal(fused, apart)
 
 
+@pytest.mark.parametrize(("act", "approximate"), [("gelu", "none"), ("gelu_new", "tanh")])
+def test_activation_and_residual_fused_into_the_product(act: str, approximate: str) -> None:
+    """The post-ops give what the separate passes give, GELU in float64 on the rounded product and the add
+    of the residual, up to the one extra bf16 rounding step the separate passes make."""
+    rng = np.random.default_rng(2)
+    x, w, b = (
+        _bf16(rng.standard_normal((29, 64))),
+        _bf16(rng.standard_normal((96, 64)) * 0.2),
+        _bf16(np.ones(96)),
+    )
+    plain, fused = PackedLinear(w, b), PackedLinear(w, b, act)
+    want = torch.nn.functional.gelu(plain(x).double(), approximate=approximate)
+    err = (fused(x).double() - want).abs()
+    assert (err <= want.abs() * 2**-7 + 2e-2).all(), err.max()
+    assert (err > 0).any() or torch.equal(fused(x).double(), want)  # computed, not copied
+    residual = _bf16(rng.standard_normal((29, 96)))
+    summed = (plain(x).double() + residual.double()).to(torch.bfloat16)
+    assert (plain.plus(x, residual).double() - summed.double()).abs().max() <= 2**-6 * summed.abs().max()
+
+
+def test_rounded_packing_keeps_every_vector(roformer_sim_dir: Path) -> None:
+    """Packed rows rounded up to a multiple (extra copies of the last token, never read back): the same
+    vectors as without rounding, and the rows each product sees are a multiple."""
+    from simcli.models.native import Packing
+
+    lengths, seq = [5, 3, 7, 1], 7
+    packing = Packing.of_lengths(lengths, seq, torch.device("cpu"), 8)
+    assert packing.gather is None and packing.index.numel() == 16  # 16 tokens: a multiple already
+    rounded = Packing.of_lengths(lengths, seq, torch.device("cpu"), 32)
+    x = torch.randn(4, seq, 3)
+    packed = rounded.pack(x)
+    exact = Packing.of_lengths(lengths, seq, x.device)
+    assert packed.shape == (32, 3) and torch.equal(packed[:16], exact.pack(x))
+    assert torch.equal(rounded.unpack(packed), exact.unpack(exact.pack(x)))
+    enc = load_encoder(str(roformer_sim_dir), dtype="float32", pooling="cls")
+    texts = SENTENCES * 3
+    plain = enc.encode(texts)
+    enc.backbone.token_multiple = 32
+    packed_rows: list[int] = []  # rows of the packed (padded batch) inputs of the first feed-forward product
+    hook = enc.backbone.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda m, i, o: packed_rows.append(i[0].shape[0]) if i[0].dim() == 2 else None
+    )
+    np.testing.assert_allclose(enc.encode(texts), plain, atol=1e-5)
+    hook.remove()
+    assert packed_rows and all(r % 32 == 0 for r in packed_rows)
+
+
 def _plain_bf16(monkeypatch: pytest.MonkeyPatch, model: Path, engine: str):  # type: ignore[no-untyped-def]
     with monkeypatch.context() as m:
         m.setattr(encoder_mod, "packing_available", lambda: False)
