@@ -46,8 +46,8 @@ CPU_BATCH_TOKENS = 1024
 CUDA_BATCH_TOKENS = 16384
 # oneDNN builds (JIT-compiles) a kernel for each new row count of a packed bf16 product, 4-14 ms each on a 2-core
 # AMX Xeon: 68 builds (~0.4 s) in the first 2,000-sentence encode of m3e-small, and again for every new batch
-# size a server meets. The packed rows are rounded up to a multiple of this, at most 63 rows of extra work.
-PACKED_TOKEN_MULTIPLE = 64
+# size a server meets. The packed rows are rounded up to a multiple of this, at most 31 rows of extra work.
+PACKED_TOKEN_MULTIPLE = 32
 MAX_BATCH_ROWS = 256  # rows of a CPU batch (the batcher's default)
 CHUNK_SENTENCES = 2048  # tokenised ahead in the background; also the unit of progress reports
 BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close to float32
