@@ -232,7 +232,7 @@ class _Attention(nn.Module):
 class _Intermediate(nn.Module):
     def __init__(self, c: BackboneConfig) -> None:
         super().__init__()
-        self.dense = _Linear(c.hidden_size, c.intermediate_size)
+        self.dense: nn.Module = _Linear(c.hidden_size, c.intermediate_size)  # packed.py may replace it
 
 
 class _Layer(nn.Module):
@@ -340,12 +340,18 @@ class Packing:
     the real tokens only; attention runs on the padded layout with the padding keys masked. The real tokens'
     results are those of the padded pass; a padding position's output is zero (pooling never reads it)."""
 
-    index: torch.Tensor  # (tokens,) flat positions row * seq + column of the real tokens
+    index: torch.Tensor | None  # (tokens,) flat positions row * seq + column of the real tokens; None: all
     batch: int
     seq: int
-    # `index` then copies of its last position up to a multiple of `multiple` rows (a copy's results are never
-    # read): oneDNN builds a kernel for each new row count (packed.py), so fewer row counts, fewer builds
-    gather: torch.Tensor | None = None
+    # Packed rows rounded up to a multiple (`rounded`; the extra rows' results are never read): oneDNN builds a
+    # kernel for each new row count of a packed product (packed.py), so fewer row counts, fewer builds.
+    gather: torch.Tensor | None = None  # `index`, then copies of its last position up to the multiple
+    rows: int = 0  # the packed rows, real and extra
+
+    @classmethod
+    def whole(cls, batch: int, seq: int, multiple: int) -> Packing:
+        """A batch without padding, its rows rounded up to a multiple of `multiple` (zero rows at the end)."""
+        return cls(None, batch, seq).rounded(multiple)
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor, multiple: int = 1) -> Packing:
@@ -358,22 +364,32 @@ class Packing:
         index = torch.cat([torch.arange(n, dtype=torch.long) + r * seq for r, n in enumerate(lengths)])
         return cls(to_device(index, device), len(lengths), seq).rounded(multiple)
 
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq if self.index is None else self.index.numel()
+
     def rounded(self, multiple: int) -> Packing:
         """This packing with its packed rows rounded up to a multiple of `multiple`."""
-        extra = -self.index.numel() % multiple
-        if not extra:
-            return self
-        return replace(self, gather=torch.cat([self.index, self.index[-1:].expand(extra)]))
+        rows = -(-self.tokens // multiple) * multiple
+        if rows == self.tokens or self.index is None:
+            return replace(self, rows=rows)
+        extra = self.index[-1:].expand(rows - self.tokens)
+        return replace(self, gather=torch.cat([self.index, extra]), rows=rows)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, ...) -> (tokens, ...)"""
-        index = self.index if self.gather is None else self.gather
-        return x.reshape(self.batch * self.seq, *x.shape[2:]).index_select(0, index)
+        flat = x.reshape(self.batch * self.seq, *x.shape[2:])
+        if self.index is None:
+            extra = self.rows - self.tokens
+            return torch.cat([flat, flat.new_zeros(extra, *flat.shape[1:])]) if extra > 0 else flat
+        return flat.index_select(0, self.index if self.gather is None else self.gather)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, ...) -> (batch, seq, ...), zeros at the padding."""
+        x = x[: self.tokens]
+        if self.index is None:
+            return x.view(self.batch, self.seq, *x.shape[1:])
         out = x.new_zeros(self.batch * self.seq, *x.shape[1:])
-        x = x[: self.index.numel()]
         return out.index_copy(0, self.index, x).view(self.batch, self.seq, *x.shape[1:])
 
 
@@ -473,6 +489,9 @@ class NativeBackbone(nn.Module):
                 if lengths is None
                 else Packing.of_lengths(lengths, seq, x.device, multiple)
             )
+            x = packing.pack(x)
+        elif bias is None and multiple > 1 and input_ids.numel() % multiple:
+            packing = Packing.whole(input_ids.shape[0], seq, multiple)  # no padding: only the rows rounded
             x = packing.pack(x)
         for layer in self.encoder.layer:
             x = layer(x, bias, rotary, packing=packing)

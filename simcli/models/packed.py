@@ -115,7 +115,7 @@ def pack_linear_layers(module: nn.Module) -> int:
         act = next((k for k in POST_OPS if ACTIVATIONS[k] is module.act), None)
         dense = module.intermediate.dense
         if act is not None and isinstance(dense, nn.Linear):
-            setattr(module.intermediate, "dense", PackedLinear(dense.weight, dense.bias, act))
+            module.intermediate.dense = PackedLinear(dense.weight, dense.bias, act)
             module.act = _identity
             count += 1
     for name, child in list(module.named_children()):

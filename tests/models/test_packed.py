@@ -82,11 +82,15 @@ def test_rounded_packing_keeps_every_vector(roformer_sim_dir: Path) -> None:
     exact = Packing.of_lengths(lengths, seq, x.device)
     assert packed.shape == (32, 3) and torch.equal(packed[:16], exact.pack(x))
     assert torch.equal(rounded.unpack(packed), exact.unpack(exact.pack(x)))
+    whole = Packing.whole(3, 5, 32)  # a batch without padding: its rows rounded, zero rows added
+    assert whole.pack(x[:3, :5]).shape == (32, 3) and torch.equal(
+        whole.unpack(whole.pack(x[:3, :5])), x[:3, :5]
+    )
     enc = load_encoder(str(roformer_sim_dir), dtype="float32", pooling="cls")
-    texts = SENTENCES * 3
+    texts = SENTENCES * 3 + ["花呗怎么还款"] * 3  # padded batches, and a batch of one length (no padding)
     plain = enc.encode(texts)
     enc.backbone.token_multiple = 32
-    packed_rows: list[int] = []  # rows of the packed (padded batch) inputs of the first feed-forward product
+    packed_rows: list[int] = []  # rows of the packed inputs of the first feed-forward product
     hook = enc.backbone.encoder.layer[0].intermediate.dense.register_forward_hook(
         lambda m, i, o: packed_rows.append(i[0].shape[0]) if i[0].dim() == 2 else None
     )
