@@ -453,15 +453,20 @@ def augment(a: argparse.Namespace) -> None:
     (w / "augment").mkdir(exist_ok=True)
     rows = tsv_rows(data / "BQ" / "BQ.valid.data")[: a.pairs]
     firsts = first_distinct(rows, len(rows))
-    found = paraphrase_file(a.model or w / "gen", firsts, w / "augment" / "valid.gen.tsv", a.n, 1)
+    found = paraphrase_file(a.model or w / "gen", firsts, w / "augment" / f"{a.tag}valid.gen.tsv", a.n, 1)
     extra = [[found[r[0]][0][0], r[1], r[2]] for r in rows if found[r[0]]]  # s1 replaced, label kept
-    plain, augmented = w / "augment" / "plain.data", w / "augment" / "augmented.data"
+    plain, augmented = w / "augment" / "plain.data", w / "augment" / f"{a.tag}augmented.data"
     plain.write_text("".join("\t".join(r[:3]) + "\n" for r in rows), encoding="utf-8")
     augmented.write_text("".join("\t".join(r[:3]) + "\n" for r in rows + extra), encoding="utf-8")
     models = []
     # plain-steps: the plain pairs for as many steps as the augmented run takes (two passes), so that more
     # steps alone are not read as the paraphrases' effect
-    runs = (("plain", plain, []), ("augmented", augmented, []), ("plain-steps", plain, ["--epochs", "2"]))
+    # (the plain runs do not depend on the generator: another generator's --tag reuses them)
+    runs = (
+        ("plain", plain, []),
+        (f"{a.tag}augmented", augmented, []),
+        ("plain-steps", plain, ["--epochs", "2"]),
+    )
     for seed in a.seeds:
         for name, f, flags in runs:
             out = w / "augment" / f"{name}-{seed}"
@@ -484,7 +489,7 @@ def augment(a: argparse.Namespace) -> None:
     scores = spearman(["m3e-small", *models], data / "BQ" / "BQ.test.data")
     save(
         w,
-        "augment.json",
+        f"{a.tag}augment.json",
         {"pairs": len(rows), "added": len(extra), "n": a.n, "seeds": a.seeds, "spearman": scores},
     )
     print(json.dumps(scores, indent=1))
