@@ -437,31 +437,32 @@ def _calibrated(enc: Encoder, want: torch.dtype) -> Encoder:
     from simcli.models.remembered import recall, remember
     from simcli.models.sources import measured_folder
 
-    model, dev = enc.model, enc.device
-    floor = INT8_MIN_COSINE if want == torch.qint8 else BF16_MIN_COSINE
-    short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}.get(want, str(want))
     key = calibration_key(enc, want)
     saved = recall(measured_folder(), key)
+    trial: SentenceModel | None = None
     if isinstance(saved, float):
         cos, how = saved, " (remembered)"
-        if cos >= floor:
-            _cast(model, dev, want)
-            enc.dtype = want
     else:
-        cos, how = _calibration_cosine(enc, want), ""
+        (cos, trial), how = _calibration_cosine(enc, want), ""
         remember(measured_folder(), key, cos)
-    if cos >= floor:
-        enc.dtype_reason = (
-            f"{enc.dtype_reason}; min cosine to float32 {cos:.4f} on calibration sentences{how}"
-        )
-    else:
+    floor = INT8_MIN_COSINE if want == torch.qint8 else BF16_MIN_COSINE
+    if cos < floor:
+        _cast(enc.model, enc.device, torch.float32)  # a remembered refusal has not moved it to the device yet
+        short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}.get(want, str(want))
         enc.dtype_reason = f"auto: {short} min cosine to float32 was {cos:.4f} < {floor}, using float32{how}"
+        return enc
+    if trial is None:
+        _cast(enc.model, enc.device, want)
+    else:
+        enc.model = trial
+    enc.dtype = want
+    enc.dtype_reason = f"{enc.dtype_reason}; min cosine to float32 {cos:.4f} on calibration sentences{how}"
     return enc
 
 
-def _calibration_cosine(enc: Encoder, want: torch.dtype) -> float:
-    """The smallest cosine between a calibration sentence's vector in float32 and in `want`. `enc` ends in `want`
-    (the trial's weights are moved into it), its float32 weights kept only until the comparison is made."""
+def _calibration_cosine(enc: Encoder, want: torch.dtype) -> tuple[float, SentenceModel]:
+    """The smallest cosine between a calibration sentence's vector in float32 (`enc`, left in float32) and in
+    `want`, and the model in `want` it was measured with."""
     import copy
 
     model, dev = enc.model, enc.device
@@ -470,23 +471,27 @@ def _calibration_cosine(enc: Encoder, want: torch.dtype) -> float:
     low = copy.deepcopy(model)
     _cast(low, dev, want)
     trial = Encoder(enc.checkpoint, enc.tokenizer, low, enc.config, dev, want, enc.dtype_reason)
-    cos = float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min())
-    floor = INT8_MIN_COSINE if want == torch.qint8 else BF16_MIN_COSINE
-    if cos >= floor:
-        enc.model, enc.dtype = low, want
-    return cos
+    return float((trial.encode(CALIBRATION_SENTENCES, normalize=True) * reference).sum(1).min()), low
+
+
+@lru_cache(maxsize=1)
+def _model_code_digest() -> str:
+    """A digest of simcli's model code (simcli/models/*.py), read once a process: a change is a new measurement."""
+    import hashlib
+    from pathlib import Path
+
+    code = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(path.read_bytes())
+    return code.hexdigest()[:16]
 
 
 def calibration_key(enc: Encoder, want: torch.dtype) -> dict[str, Any]:
     """Everything the calibration cosine of `enc` in `want` depends on (models/remembered.py)."""
     import hashlib
-    from pathlib import Path
 
     from simcli.models.remembered import machine_key
 
-    code = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):  # the model code: a change is a new measurement
-        code.update(path.read_bytes())
     device = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else enc.device.type
     return {
         "calibration": hashlib.sha256("\n".join(CALIBRATION_SENTENCES).encode()).hexdigest()[:16],
@@ -501,7 +506,7 @@ def calibration_key(enc: Encoder, want: torch.dtype) -> dict[str, Any]:
         "dtype": str(want),
         "device": device,
         "machine": machine_key(),
-        "code": code.hexdigest()[:16],
+        "code": _model_code_digest(),
     }
 
 

@@ -25,7 +25,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
     runs: list[torch.dtype] = []
     real = encoder_mod._calibration_cosine
 
-    def counting(enc: encoder_mod.Encoder, want: torch.dtype) -> float:
+    def counting(enc: encoder_mod.Encoder, want: torch.dtype) -> tuple[float, torch.nn.Module]:
         runs.append(want)
         return real(enc, want)
 
