@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +69,14 @@ class Served:
 def _serving(served: Served) -> set[tuple[int, str, str]]:
     """(pid, model threads, batch tokens) of each worker's serving line so far."""
     return {(int(pid), threads, budget) for pid, threads, budget in SERVING_LINE.findall(served.stderr)}
+
+
+def _until(done: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait up to `seconds` for `done()`: the reader thread takes the server's lines as they come (late on a
+    loaded machine); the caller asserts afterwards."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _free_port() -> int:
@@ -129,11 +137,7 @@ def test_default_plan_is_printed_and_two_workers_serve(two: tuple[Served, Path])
         plan[0][2],
     ), plan[0][2]
     want = {(pid, "1", "1024 (float32 on cpu)") for pid in seen}
-    deadline = (
-        time.monotonic() + 10
-    )  # the reader thread takes the lines as they come (late on a loaded machine)
-    while time.monotonic() < deadline and not _serving(served) >= want:
-        time.sleep(0.1)
+    _until(lambda: _serving(served) >= want)
     assert _serving(served) == want, served.stderr
 
 
@@ -254,11 +258,7 @@ def test_given_options_win_and_sigterm_ends_every_worker(
         code = served.stop()
     assert code == 0, served.stderr
     want = {(p, str(threads), "2048 (--batch-tokens)") for p in seen}
-    deadline = time.monotonic() + 10  # the reader thread takes the last lines (late on a loaded machine)
-    while time.monotonic() < deadline:
-        if (workers == 1 or _serving(served) >= want) and PLAN_LINE.search(served.stderr):
-            break
-        time.sleep(0.1)
+    _until(lambda: (workers == 1 or _serving(served) >= want) and bool(PLAN_LINE.search(served.stderr)))
     assert PLAN_LINE.findall(served.stderr) == [(str(workers), str(threads), reason)]
     if workers == 1:
         assert f"; model threads: {threads}; batch tokens: 1024 (float32 on cpu)\n" in served.stderr
