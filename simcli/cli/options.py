@@ -69,7 +69,8 @@ BatchTokensOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-tokens",
-        help="Token budget of one batch (padded length x sentences); default 1024 on CPU, 16384 on CUDA.",
+        help="Token budget of one batch (padded length x sentences); default on CPU 1024, 2048 in bfloat16, "
+        "512 in int8; 16384 on CUDA.",
     ),
 ]
 WhiteningFileOpt = Annotated[

@@ -44,6 +44,12 @@ __all__ = ["EncodeStats", "Encoder", "EncoderConfig", "encode", "load_encoder"]
 # base model over short LCQMC questions. GPUs want large batches.
 CPU_BATCH_TOKENS = 1024
 CUDA_BATCH_TOKENS = 16384
+# Where the CPU's kernels want another budget (2,000 LCQMC questions, three rounds, a 2-core Xeon with AMX;
+# docs/performance.md): bf16 products (packed for oneDNN, on CPUs that run bf16 natively, the only ones where
+# `auto` picks it) fill the matrix units better with more rows: 2048 tokens 1.23x 1024 on the base shape, 1.03-1.12x
+# on m3e-small; int8's per-token quantisation passes want the activations in cache: 512 tokens 1.11x (base) and
+# 1.15-1.20x (m3e-small) 1024. float32 is best at 1024 (2048 0.87x).
+CPU_BATCH_TOKENS_BY_DTYPE = {torch.bfloat16: 2048, torch.qint8: 512}
 # oneDNN builds (JIT-compiles) a kernel for each new row count of a packed bf16 product, 4-14 ms each on a 2-core
 # AMX Xeon: 68 builds (~0.4 s) in the first 2,000-sentence encode of m3e-small, and again for every new batch
 # size a server meets. The packed rows are rounded up to a multiple of this, at most 31 rows of extra work.
@@ -57,9 +63,12 @@ BF16_MIN_COSINE = 0.999  # auto uses bf16 only where it keeps vectors this close
 INT8_MIN_COSINE = 0.995
 
 
-def default_batch_tokens(device_type: str) -> int:
-    """The token budget of one batch when none is given: CUDA_BATCH_TOKENS on CUDA, else CPU_BATCH_TOKENS."""
-    return CUDA_BATCH_TOKENS if device_type == "cuda" else CPU_BATCH_TOKENS
+def default_batch_tokens(device_type: str, dtype: torch.dtype | None = None) -> int:
+    """The token budget of one batch when none is given: CUDA_BATCH_TOKENS on CUDA; on CPU the dtype's
+    (CPU_BATCH_TOKENS_BY_DTYPE), else CPU_BATCH_TOKENS."""
+    if device_type == "cuda":
+        return CUDA_BATCH_TOKENS
+    return CPU_BATCH_TOKENS_BY_DTYPE.get(dtype, CPU_BATCH_TOKENS) if dtype is not None else CPU_BATCH_TOKENS
 
 
 # Sentences for the bf16 accuracy check of `--dtype auto` (written for simcli: everyday questions of
@@ -111,8 +120,13 @@ class Encoder:
         self.dtype_reason = dtype_reason
         self.dim = int(checkpoint.config["hidden_size"])
         self.engine = "native" if isinstance(model.backbone, NativeBackbone) else "transformers"
-        self.batch_tokens = config.batch_tokens or default_batch_tokens(device.type)
         self.sources: dict[str, str] = {}  # setting -> where its value came from (`simcli info`)
+
+    @property
+    def batch_tokens(self) -> int:
+        """The token budget of a batch: the config's, else the default for the device and the dtype in use
+        (decided after loading: `--dtype auto` may fall back to float32)."""
+        return self.config.batch_tokens or default_batch_tokens(self.device.type, self.dtype)
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -260,7 +274,7 @@ class Encoder:
         The server tokenises each request as it arrives and merges concurrent requests here.
         """
         if batch_tokens is None:
-            batch_tokens = default_batch_tokens(self.device.type)
+            batch_tokens = self.batch_tokens
         out = {self.pooling: np.empty((len(ids), self.dim), dtype=np.float32)}
         stats = stats if stats is not None else EncodeStats()
         start = time.perf_counter()
@@ -385,7 +399,7 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
             of calibration sentences stay within cosine 0.999 (bf16, fp16) or 0.995 (int8) of float32, else
             float32. int8 (CPU only) quantises the linear layers' weights to int8 and their inputs on the
             fly (simcli/models/int8.py).
-        batch_tokens: token budget of one batch (default 1024 on CPU, 16384 on CUDA).
+        batch_tokens: token budget of one batch (default on CPU 1024, 2048 in bfloat16, 512 in int8; 16384 on CUDA).
         engine: auto | native | transformers: who runs the transformer. `native` is simcli's own torch
             implementation (simcli/models/native.py), which spares the ~3 s import of transformers' modeling
             stack; `auto` uses it wherever it implements the checkpoint's config, else transformers.

@@ -250,7 +250,7 @@ def default_budget(encoder: Any) -> tuple[int, str]:
     from simcli.models.encoder import default_batch_tokens
 
     dtype = str(encoder.dtype).removeprefix("torch.")
-    return default_batch_tokens(encoder.device.type), f"{dtype} on {encoder.device.type}"
+    return default_batch_tokens(encoder.device.type, encoder.dtype), f"{dtype} on {encoder.device.type}"
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from simcli.errors import UsageError
 from simcli.io import ReadOptions
@@ -102,6 +103,19 @@ def test_default_batch_tokens_by_device() -> None:
         CUDA_BATCH_TOKENS,
     )
     assert (CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS) == (1024, 16384)
+    # on CPU the dtype's kernels decide: bf16 products want more rows, int8's quantisation passes fewer
+    cpu = [default_batch_tokens("cpu", d) for d in (torch.float32, torch.bfloat16, torch.qint8, torch.float16)]
+    assert cpu == [1024, 2048, 512, 1024]
+    assert default_batch_tokens("cuda", torch.float16) == default_batch_tokens("cuda", torch.qint8) == 16384
+
+
+def test_batch_tokens_follow_the_dtype_in_use(roformer_sim_dir: Path) -> None:
+    """The budget is decided by the dtype the encoder ends up with, not the one loading started in."""
+    from simcli.models.encoder import load_encoder
+
+    assert load_encoder(str(roformer_sim_dir), dtype="int8").batch_tokens == 512
+    assert load_encoder(str(roformer_sim_dir), dtype="bfloat16").batch_tokens == 2048
+    assert load_encoder(str(roformer_sim_dir), dtype="bfloat16", batch_tokens=300).batch_tokens == 300
 
 
 # -- serve --batch-tokens (old: --max-batch-tokens) -------------------------------------------------------------
