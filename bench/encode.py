@@ -340,7 +340,9 @@ def main() -> None:
         help="also time sentence-transformers' other backends on the real models, e.g. onnx,onnx-int8,openvino "
         "(needs `pip install 'sentence-transformers[onnx,openvino]'`)",
     )
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help="timed runs of each base-shape row (best kept)")
+    ap.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="timed runs of each base-shape row (best kept)"
+    )
     args = ap.parse_args()
     ROUNDS = max(1, args.rounds)
 

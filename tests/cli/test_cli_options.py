@@ -104,7 +104,9 @@ def test_default_batch_tokens_by_device() -> None:
     )
     assert (CPU_BATCH_TOKENS, CUDA_BATCH_TOKENS) == (1024, 16384)
     # on CPU the dtype's kernels decide: bf16 products want more rows, int8's quantisation passes fewer
-    cpu = [default_batch_tokens("cpu", d) for d in (torch.float32, torch.bfloat16, torch.qint8, torch.float16)]
+    cpu = [
+        default_batch_tokens("cpu", d) for d in (torch.float32, torch.bfloat16, torch.qint8, torch.float16)
+    ]
     assert cpu == [1024, 2048, 512, 1024]
     assert default_batch_tokens("cuda", torch.float16) == default_batch_tokens("cuda", torch.qint8) == 16384
 
