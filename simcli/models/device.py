@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -55,14 +56,46 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# oneDNN's instruction-set names, oldest first (its "CPU dispatcher control" page; the order is partial, but
+# linear from AVX512_CORE on, which is all the checks below compare).
+_ONEDNN_ISAS = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+)
+
+
+def onednn_allows(isa: str) -> bool:
+    """Whether oneDNN may use `isa`: not when ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) caps it
+    lower. torch's bf16 products run in oneDNN, so under such a cap (how one machine stands in for an older
+    one) bf16 is emulated however new the CPU is: the flags alone would have `--dtype auto` time a product
+    that takes seconds."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap not in _ONEDNN_ISAS:  # unset, ALL, DEFAULT or a name this list does not know: no cap
+        return True
+    return _ONEDNN_ISAS.index(cap) >= _ONEDNN_ISAS.index(isa)
+
+
 def cpu_has_amx() -> bool:
     """AMX tiles make bf16 matrix products several times faster than fp32 (Sapphire Rapids and later)."""
-    return "amx_bf16" in cpu_flags()
+    return "amx_bf16" in cpu_flags() and onednn_allows("AVX512_CORE_AMX")
 
 
 def cpu_has_bf16() -> bool:
-    """Native bf16 dot products (AVX512-BF16 or AMX); without them bf16 is emulated and slow."""
-    return cpu_has_amx() or "avx512_bf16" in cpu_flags()
+    """Native bf16 dot products (AVX512-BF16 or AMX) that oneDNN may use; without them bf16 is emulated and
+    slow."""
+    return cpu_has_amx() or ("avx512_bf16" in cpu_flags() and onednn_allows("AVX512_CORE_BF16"))
 
 
 def speedup(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = 5) -> float:

@@ -353,6 +353,34 @@ def test_bf16_speedup_is_measured_only_with_native_bf16(monkeypatch: pytest.Monk
     device_mod.cpu_bf16_speedup.cache_clear()
 
 
+@pytest.mark.parametrize(
+    ("cap", "bf16", "amx"),
+    [
+        (None, True, True),
+        ("ALL", True, True),
+        ("avx512_core_amx", True, True),
+        ("AVX512_CORE_BF16", True, False),
+        ("AVX512_CORE_VNNI", False, False),
+        ("AVX2", False, False),
+    ],
+)
+def test_an_instruction_set_cap_turns_native_bf16_off(
+    monkeypatch: pytest.MonkeyPatch, cap: str | None, bf16: bool, amx: bool
+) -> None:
+    """ONEDNN_MAX_CPU_ISA below bf16 leaves torch's bf16 products emulated on any CPU: auto must not time them
+    (measured: 4 s at every start of a capped AMX machine, for a 0.0x reading)."""
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16", "amx_bf16"}))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert (device_mod.cpu_has_bf16(), device_mod.cpu_has_amx()) == (bf16, amx)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # the old name
+    assert not device_mod.cpu_has_bf16()
+
+
 def test_speedup_is_timed_in_turn_so_a_burst_of_load_slows_both(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a fake clock (ms): baseline 4, candidate 1, and every call that starts from 24 to 100 runs 10x slower
     (another process took the cores). Timed in turn, both still get quiet calls: 4.0x. Timed one block after
