@@ -243,9 +243,10 @@ class Batcher:
 def default_budget(encoder: Any) -> tuple[int, str]:
     """The token budget of one serving batch for `encoder` when --batch-tokens is not given, and why.
 
-    The encoder's own default for its device: with one model thread a worker, 1024 real tokens a batch ran
-    with the least padding and CPU time per request on float32 (m3e-small, 32 clients; 2048 and 4096 padded
-    13-15% more) and kept up with the sweep of bench/serve.py (docs/serve.md).
+    The encoder's own default for its device and dtype: with one model thread a worker, 1024 real tokens a
+    batch ran with the least padding and CPU time per request on float32 (m3e-small, 32 clients; 2048 and 4096
+    padded 13-15% more) and kept up with the sweep of bench/serve.py (docs/serve.md); in bf16 on AMX the
+    encoder's 2048 served 94% of the sweep's best (512 tokens; docs/performance.md).
     """
     from simcli.models.encoder import default_batch_tokens
 
