@@ -49,7 +49,7 @@ CUDA_BATCH_TOKENS = 16384
 # `auto` picks it) fill the matrix units better with more rows: 2048 tokens 1.23x 1024 on the base shape, 1.03-1.12x
 # on m3e-small; int8's per-token quantisation passes want the activations in cache: 512 tokens 1.11x (base) and
 # 1.15-1.20x (m3e-small) 1024. float32 is best at 1024 (2048 0.87x).
-CPU_BATCH_TOKENS_BY_DTYPE = {torch.bfloat16: 2048, torch.qint8: 512}
+CPU_BATCH_TOKENS_BY_DTYPE: dict[torch.dtype | None, int] = {torch.bfloat16: 2048, torch.qint8: 512}
 # oneDNN builds (JIT-compiles) a kernel for each new row count of a packed bf16 product, 4-14 ms each on a 2-core
 # AMX Xeon: 68 builds (~0.4 s) in the first 2,000-sentence encode of m3e-small, and again for every new batch
 # size a server meets. The packed rows are rounded up to a multiple of this, at most 31 rows of extra work.
@@ -68,7 +68,7 @@ def default_batch_tokens(device_type: str, dtype: torch.dtype | None = None) -> 
     (CPU_BATCH_TOKENS_BY_DTYPE), else CPU_BATCH_TOKENS."""
     if device_type == "cuda":
         return CUDA_BATCH_TOKENS
-    return CPU_BATCH_TOKENS_BY_DTYPE.get(dtype, CPU_BATCH_TOKENS) if dtype is not None else CPU_BATCH_TOKENS
+    return CPU_BATCH_TOKENS_BY_DTYPE.get(dtype, CPU_BATCH_TOKENS)
 
 
 # Sentences for the bf16 accuracy check of `--dtype auto` (written for simcli: everyday questions of

@@ -243,15 +243,14 @@ class Batcher:
 def default_budget(encoder: Any) -> tuple[int, str]:
     """The token budget of one serving batch for `encoder` when --batch-tokens is not given, and why.
 
-    The encoder's own default for its device and dtype: with one model thread a worker, 1024 real tokens a
-    batch ran with the least padding and CPU time per request on float32 (m3e-small, 32 clients; 2048 and 4096
-    padded 13-15% more) and kept up with the sweep of bench/serve.py (docs/serve.md); in bf16 on AMX the
-    encoder's 2048 served 94% of the sweep's best (512 tokens; docs/performance.md).
+    The encoder's own (`Encoder.batch_tokens`: the registry loads encoders without a budget, so it is the default
+    for their device and dtype): with one model thread a worker, 1024 real tokens a batch ran with the least
+    padding and CPU time per request on float32 (m3e-small, 32 clients; 2048 and 4096 padded 13-15% more) and
+    kept up with the sweep of bench/serve.py (docs/serve.md); in bf16 on AMX the encoder's 2048 served 92-94% of
+    the sweep's best (docs/performance.md).
     """
-    from simcli.models.encoder import default_batch_tokens
-
     dtype = str(encoder.dtype).removeprefix("torch.")
-    return default_batch_tokens(encoder.device.type, encoder.dtype), f"{dtype} on {encoder.device.type}"
+    return encoder.batch_tokens, f"{dtype} on {encoder.device.type}"
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:

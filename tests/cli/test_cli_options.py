@@ -114,9 +114,12 @@ def test_default_batch_tokens_by_device() -> None:
 def test_batch_tokens_follow_the_dtype_in_use(roformer_sim_dir: Path) -> None:
     """The budget is decided by the dtype the encoder ends up with, not the one loading started in."""
     from simcli.models.encoder import load_encoder
+    from simcli.serve.batcher import default_budget
 
     assert load_encoder(str(roformer_sim_dir), dtype="int8").batch_tokens == 512
-    assert load_encoder(str(roformer_sim_dir), dtype="bfloat16").batch_tokens == 2048
+    bf16 = load_encoder(str(roformer_sim_dir), dtype="bfloat16")
+    assert bf16.batch_tokens == 2048
+    assert default_budget(bf16) == (2048, "bfloat16 on cpu")  # a server's batches: the encoder's budget
     assert load_encoder(str(roformer_sim_dir), dtype="bfloat16", batch_tokens=300).batch_tokens == 300
 
 
