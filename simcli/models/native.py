@@ -157,12 +157,15 @@ def attention(
     (or (batch, 1, seq, seq) for a per-query mask such as UniLM's); `dropout` on the attention probabilities
     (training only).
 
-    torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (measured on 2 cores
-    at sentence lengths, 8-64 tokens: up to 1.4x the eager attention with an additive mask, a boolean mask was
-    slower; the base model's forward ~4% faster). On CPU in bfloat16 / float16 its flash kernel was 1.1x-3.5x
-    slower than the plain matmul-softmax-matmul (the base model's forward ~10%), so that is used there,
-    computed as transformers' eager RoFormer attention does.
+    On CPU, at inference, over few keys (sentence lengths: `_keys_first`): the scores are laid out keys first.
+    Otherwise torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (measured on
+    2 cores at sentence lengths, 8-64 tokens: up to 1.4x the eager attention with an additive mask, a boolean
+    mask was slower; the base model's forward ~4% faster). On CPU in bfloat16 / float16 its flash kernel was
+    1.1x-3.5x slower than the plain matmul-softmax-matmul (the base model's forward ~10%), so that is used
+    there, computed as transformers' eager RoFormer attention does.
     """
+    if q.device.type == "cpu" and not torch.is_grad_enabled() and _keys_first(k.shape[-2], q.dtype):
+        return _attention_keys_first(q, k, v, bias)
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
@@ -170,6 +173,36 @@ def attention(
         scores = scores + bias
     probs = scores.softmax(dim=-1)
     return torch.matmul(F.dropout(probs, dropout) if dropout else probs, v)
+
+
+# The most keys for which the keys-first layout was the faster (below): float32 loses at 16 keys, where each
+# score row fills whole AVX-512 registers; bf16 (only ever chosen on AVX-512 CPUs) wins up to 31 and loses at 32
+# (`python bench/attention.py` prints the three kernels by length on the CPU at hand).
+KEYS_FIRST_MAX = {torch.float32: 15}
+KEYS_FIRST_MAX_HALF = 31
+
+
+def _keys_first(keys: int, dtype: torch.dtype) -> bool:
+    return keys <= KEYS_FIRST_MAX.get(dtype, KEYS_FIRST_MAX_HALF)
+
+
+def _attention_keys_first(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    # torch's softmax over the last dimension runs row by row, and a row of a dozen scores is mostly overhead
+    # (the scalar tail of a vector loop): 45-60% of the bf16 attention at sentence lengths on 2 AVX-512
+    # cores. Over the first dimension it runs across all the rows at once, in full vectors. So the scaled,
+    # masked scores are written keys first in the same pass that scales and masks them, the softmax runs over
+    # dim 0, and the probabilities go into the second product as a transposed view (no copy): 2.1-2.4x the
+    # eager attention (bf16) and 2.8x torch's SDPA (float32) at 12 keys (inference only: `out=` has no autograd).
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, queries, keys)
+    keys_first = scores.new_empty(scores.shape[-1], *scores.shape[:-1])
+    scale = 1 / math.sqrt(q.shape[-1])
+    if bias is None:
+        torch.mul(scores.permute(3, 0, 1, 2), scale, out=keys_first)
+    else:
+        torch.add(bias.permute(3, 0, 1, 2), scores.permute(3, 0, 1, 2), alpha=scale, out=keys_first)
+    return torch.matmul(keys_first.softmax(0).permute(1, 2, 3, 0), v)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -180,6 +213,25 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     cis = torch.complex(cos[..., ::2].float(), sin[..., ::2].float())
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(pairs * cis).flatten(-2).to(x.dtype)
+
+
+def _rotate_heads(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, parts: int, heads: int
+) -> tuple[torch.Tensor, ...]:
+    """The first `parts` thirds (query, key[, value]) of fused projections x (batch, seq, 3 * hidden) rotated
+    as `_rotate` does (the same float32 results), each returned contiguous (batch, heads, seq, head_dim): all
+    parts in one product, and the cast back written straight into the layout the attention products read
+    (measured 1.16x the attention block outside its products, base shape, bf16, 2 cores)."""
+    b, t, _ = x.shape
+    hd = cos.shape[-1]
+    cis = torch.complex(cos[..., ::2].float(), sin[..., ::2].float())[:, None, :]  # (seq, 1, head_dim / 2)
+    wide = x[..., : parts * heads * hd].float()
+    pairs = torch.view_as_complex(wide.view(b, t, parts * heads, hd // 2, 2))
+    # in place where .float() made a copy; a float32 x (its own storage, maybe needed by autograd) is not written
+    rotated = torch.view_as_real(pairs.mul_(cis) if x.dtype != torch.float32 else pairs * cis)
+    out = x.new_empty(parts, b, heads, t, hd)
+    out.permute(1, 3, 0, 2, 4).copy_(rotated.view(b, t, parts, heads, hd))
+    return out.unbind(0)
 
 
 # Modules whose weights are always loaded, so never initialised: random init costs time, and on the meta
@@ -268,9 +320,14 @@ class _Layer(nn.Module):
             qkv = (
                 att.qkv(x) if att.qkv is not None else torch.cat([att.query(x), att.key(x), att.value(x)], -1)
             )
-            if packing is not None:
-                qkv = packing.unpack(qkv)
+            qkv = packing.spread(qkv) if packing is not None else qkv
             q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            if rotary is not None and rotary[0].dim() == 2:
+                rotated = _rotate_heads(
+                    qkv.view(b, t, 3 * h), *rotary, 3 if self.rotary_value else 2, self.heads
+                )
+                q, k, v = rotated if self.rotary_value else (*rotated, v)
+                rotary = None  # applied
         if rotary is not None:
             cos, sin = rotary
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -347,6 +404,9 @@ class Packing:
     # kernel for each new row count of a packed product (packed.py), so fewer row counts, fewer builds.
     gather: torch.Tensor | None = None  # `index`, then copies of its last position up to the multiple
     rows: int = 0  # the packed rows, real and extra
+    # (batch * seq,) the packed row each padded position reads in `spread`: its own token, or for padding the
+    # row's last real token (any real token would do: padding keys are masked, padding queries dropped)
+    source: torch.Tensor | None = None
 
     @classmethod
     def whole(cls, batch: int, seq: int, multiple: int) -> Packing:
@@ -355,14 +415,24 @@ class Packing:
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor, multiple: int = 1) -> Packing:
-        return cls(attention_mask.flatten().nonzero().squeeze(1), *attention_mask.shape).rounded(multiple)
+        real = attention_mask.flatten()
+        source = (real.cumsum(0) - 1).clamp_(min=0)  # each position's latest real token in the packed order
+        batch, seq = attention_mask.shape
+        return cls(real.nonzero().squeeze(1), batch, seq, source=source).rounded(multiple)
 
     @classmethod
     def of_lengths(cls, lengths: Sequence[int], seq: int, device: torch.device, multiple: int = 1) -> Packing:
         """The same packing from each row's length, known on the host: no `nonzero()` (a device sync on CUDA);
         the index goes over from pinned memory without waiting."""
         index = torch.cat([torch.arange(n, dtype=torch.long) + r * seq for r, n in enumerate(lengths)])
-        return cls(to_device(index, device), len(lengths), seq).rounded(multiple)
+        ends = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+        columns = torch.arange(seq, dtype=torch.long)
+        # row r's position c reads packed row ends[r] - n_r + min(c, n_r - 1)
+        counts = torch.tensor(lengths, dtype=torch.long)[:, None]
+        source = (ends[:, None] - counts + torch.minimum(columns[None, :], counts - 1)).flatten()
+        return cls(to_device(index, device), len(lengths), seq, source=to_device(source, device)).rounded(
+            multiple
+        )
 
     @property
     def tokens(self) -> int:
@@ -383,6 +453,14 @@ class Packing:
             extra = self.rows - self.tokens
             return torch.cat([flat, flat.new_zeros(extra, *flat.shape[1:])]) if extra > 0 else flat
         return flat.index_select(0, self.index if self.gather is None else self.gather)
+
+    def spread(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (batch, seq, ...) for attention, a padding position holding a copy of a real token
+        (its key is masked, its query's output never packed back): one gather, where `unpack` fills zeros and
+        scatters (3.5x the time of the gather at sentence shapes on 2 cores)."""
+        if self.source is None:
+            return self.unpack(x)
+        return x.index_select(0, self.source).view(self.batch, self.seq, *x.shape[1:])
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, ...) -> (batch, seq, ...), zeros at the padding."""

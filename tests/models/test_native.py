@@ -314,3 +314,75 @@ def test_packed_pass_equals_the_padded_pass(fixture: str, request: pytest.Fixtur
     assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 10
     for name, g in packed_grads.items():
         torch.testing.assert_close(g, padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _attention_float64(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v in float64, written out: the reference for every attention kernel."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if bias is not None:
+        scores = scores + bias.double().clamp(min=-1e30)  # dtype min stays a mask, not -inf arithmetic
+    weights = scores.exp() * (scores > -1e29)
+    return (weights / weights.sum(-1, keepdim=True)) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("keys", [1, 7, 12, 15, 16, 31, 32, 40])
+@pytest.mark.parametrize("mask", ["keys", "per-query", "none"])
+def test_attention_at_every_length_equals_the_formula(dtype: torch.dtype, keys: int, mask: str) -> None:
+    """`native.attention` at inference (keys first up to its length limit, SDPA / eager above) equals the
+    float64 formula: float32 to 1e-5, bf16 no further than transformers' eager bf16 attention is from it."""
+    torch.manual_seed(keys)
+    b, heads, queries, hd = 5, 3, (1 if keys == 40 else keys), 16  # 40: one decoding step over 40 keys
+    q, k, v = (torch.randn(b, heads, n, hd).to(dtype) for n in (queries, keys, keys))
+    bias: torch.Tensor | None = None
+    if mask != "none":
+        bias = torch.zeros(b, 1, queries if mask == "per-query" else 1, keys, dtype=dtype)
+        bias[1, ..., keys // 2 + 1 :] = torch.finfo(dtype).min  # row 1 ends early
+        if mask == "per-query":
+            bias[2] = torch.full((queries, keys), torch.finfo(dtype).min).triu(1)  # causal
+    with torch.inference_mode():
+        got = native.attention(q, k, v, bias)
+        eager = (q @ k.transpose(-1, -2) / hd**0.5 + (0 if bias is None else bias)).softmax(-1) @ v
+    want = _attention_float64(q, k, v, bias)
+    assert got.dtype == dtype and got.shape == want.shape
+    error = (got.double() - want).abs().max().item()
+    if dtype == torch.float32:
+        assert error <= 1e-5, error
+    else:
+        assert error <= max((eager.double() - want).abs().max().item(), 2**-8), error
+    assert native._keys_first(keys, dtype) == (keys <= (15 if dtype == torch.float32 else 31))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_rotating_fused_projections_equals_rotating_each(dtype: torch.dtype, parts: int) -> None:
+    """`_rotate_heads` on fused query/key/value projections gives exactly `_rotate` of each, laid out
+    (batch, heads, seq, head_dim) and contiguous; a float32 input is left as it was."""
+    b, t, heads, hd = 3, 9, 4, 8
+    x = torch.randn(b, t, 3 * heads * hd).to(dtype)
+    before = x.clone()
+    cos, sin = native._interleave(native.sinusoidal_table(t, hd))
+    rotated = native._rotate_heads(x, cos, sin, parts, heads)
+    split = x.view(b, t, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    assert len(rotated) == parts
+    for got, part in zip(rotated, split, strict=False):
+        assert got.is_contiguous() and got.dtype == dtype
+        assert torch.equal(got, native._rotate(part, cos, sin))
+    assert torch.equal(x, before)
+
+
+def test_spread_puts_real_tokens_in_place_and_copies_at_the_padding() -> None:
+    """`Packing.spread` (the padded layout attention reads) equals `unpack` at every real position, and a
+    padding position holds its row's last real token; from the mask and from the lengths alike."""
+    lengths, seq = [4, 1, 3, 4], 4
+    mask = (torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]).long()
+    x = torch.arange(sum(lengths) * 2, dtype=torch.float32).view(-1, 2) + 1
+    for packing in (native.Packing.of(mask), native.Packing.of_lengths(lengths, seq, torch.device("cpu"))):
+        spread, zeros = packing.spread(x), packing.unpack(x)
+        real = mask.bool()
+        assert torch.equal(spread[real], zeros[real]) and not zeros[~real].any()
+        for row, n in enumerate(lengths):
+            assert torch.equal(spread[row, n:], zeros[row, n - 1].expand(seq - n, 2))
