@@ -457,7 +457,7 @@ class Packing:
     def spread(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, ...) -> (batch, seq, ...) for attention, a padding position holding a copy of a real token
         (its key is masked, its query's output never packed back): one gather, where `unpack` fills zeros and
-        scatters (3.5x the time of the gather at sentence shapes on 2 cores)."""
+        scatters (3.4-3.7x the time of the gather, bf16 and float32, at sentence shapes on 2 cores)."""
         if self.source is None:
             return self.unpack(x)
         return x.index_select(0, self.source).view(self.batch, self.seq, *x.shape[1:])
