@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_line
 from simcli.models.device import cpu_has_bf16
-from simcli.models.native import _attention_keys_first, _keys_first
+from simcli.models.native import SDPA_MIN_KEYS_HALF, _attention_keys_first, _keys_first
 
 
 def eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,9 @@ def main() -> None:
                 calls = {n: functools.partial(f, q, k, v, bias) for n, f in KERNELS.items()}
                 ms = {n: s * 1e3 for n, s in best_times(calls).items()}
             picked = (
-                "keys-first" if _keys_first(t, dtype) else ("sdpa" if dtype == torch.float32 else "eager")
+                "keys-first"
+                if _keys_first(t, dtype)
+                else ("sdpa" if dtype == torch.float32 or t >= SDPA_MIN_KEYS_HALF else "eager")
             )
             best = min(ms, key=ms.__getitem__)
             print(

@@ -161,12 +161,14 @@ def attention(
     Otherwise torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (measured on
     2 cores at sentence lengths, 8-64 tokens: up to 1.4x the eager attention with an additive mask, a boolean
     mask was slower; the base model's forward ~4% faster). On CPU in bfloat16 / float16 its flash kernel was
-    1.1x-3.5x slower than the plain matmul-softmax-matmul (the base model's forward ~10%), so that is used
-    there, computed as transformers' eager RoFormer attention does.
+    1.1x-3.5x slower than the plain matmul-softmax-matmul at sentence lengths (the base model's forward ~10%),
+    so that is used there, computed as transformers' eager RoFormer attention does, up to `SDPA_MIN_KEYS_HALF`
+    keys, from where the flash kernel is the faster one.
     """
-    if q.device.type == "cpu" and not torch.is_grad_enabled() and _keys_first(k.shape[-2], q.dtype):
+    keys = k.shape[-2]
+    if q.device.type == "cpu" and not torch.is_grad_enabled() and _keys_first(keys, q.dtype):
         return _attention_keys_first(q, k, v, bias)
-    if q.device.type != "cpu" or q.dtype == torch.float32:
+    if q.device.type != "cpu" or q.dtype == torch.float32 or keys >= SDPA_MIN_KEYS_HALF:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if bias is not None:
@@ -180,6 +182,9 @@ def attention(
 # (`python bench/attention.py` prints the three kernels by length on the CPU at hand).
 KEYS_FIRST_MAX = {torch.float32: 15}
 KEYS_FIRST_MAX_HALF = 31
+# bf16 on CPU from this many keys: SDPA's flash kernel, 1.2-1.5x the eager attention at 48-128 keys (1.8x and more
+# at 256), while eager is the faster at 32-40 (same bench, two runs)
+SDPA_MIN_KEYS_HALF = 48
 
 
 def _keys_first(keys: int, dtype: torch.dtype) -> bool:

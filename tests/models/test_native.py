@@ -329,11 +329,12 @@ def _attention_float64(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("keys", [1, 7, 12, 15, 16, 31, 32, 40])
+@pytest.mark.parametrize("keys", [1, 7, 12, 15, 16, 31, 32, 40, 64])
 @pytest.mark.parametrize("mask", ["keys", "per-query", "none"])
 def test_attention_at_every_length_equals_the_formula(dtype: torch.dtype, keys: int, mask: str) -> None:
     """`native.attention` at inference (keys first up to its length limit, SDPA / eager above) equals the
-    float64 formula: float32 to 1e-5, bf16 no further than transformers' eager bf16 attention is from it."""
+    float64 formula: float32 to 1e-5, bf16 no further than transformers' eager bf16 attention is from it
+    (64 keys: bf16 through SDPA)."""
     torch.manual_seed(keys)
     b, heads, queries, hd = 5, 3, (1 if keys == 40 else keys), 16  # 40: one decoding step over 40 keys
     q, k, v = (torch.randn(b, heads, n, hd).to(dtype) for n in (queries, keys, keys))
