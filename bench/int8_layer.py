@@ -4,10 +4,12 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
         FBGEMM_ENABLE_INSTRUCTIONS=AVX2 python bench/int8_layer.py      # as an AVX2-only CPU (bench/machine.py)
 
-Rows: simcli's int8 layer (simcli/models/int8.py: inputs quantised per token, `torch._int_mm`); oneDNN's bare
-int8 x int8 product (`torch._int_mm` on already-quantised inputs: the ceiling of that path); and torch's dynamic
-quantised linear (`quantize_dynamic`, one input scale a batch) on each quantised engine (FBGEMM, x86, oneDNN).
-Each is float32 time / its time, timed on one thread, in turn with float32 (`device.speedup`), three readings.
+Rows: simcli's int8 layer with each of its kernels (simcli/models/int8.py: inputs quantised per token, then
+`torch._int_mm`, or FBGEMM with 7-bit inputs; "default here" marks the one this CPU gets); oneDNN's bare int8 x int8
+product (`torch._int_mm` on already-quantised inputs: the ceiling of that path); and torch's dynamic quantised
+linear (`quantize_dynamic`, one input scale a batch) on each quantised engine (FBGEMM, x86, oneDNN). Each is
+float32 time / its time, timed on one thread, in turn with float32 (`device.speedup`), three readings, and the
+largest relative error of one token's output against float32.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ warnings.filterwarnings("ignore")
 
 from bench.machine import cpu_line
 from simcli.models.device import speedup
-from simcli.models.int8 import Int8Linear
+from simcli.models.int8 import KERNELS, Int8Linear, default_kernel
 
 SHAPES = [(256, 512, 2048), (256, 2048, 512), (256, 768, 3072), (1024, 768, 3072)]  # m3e-small's, base's
 
@@ -34,7 +36,12 @@ def candidates(w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[torch.Te
     """The int8 layers of weight `w` and bias `b` that this torch offers."""
     n_out, n_in = w.shape
     wq = torch.randint(-127, 128, (n_in, n_out), dtype=torch.int8)
-    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"simcli int8": Int8Linear(w, b)}
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        f"simcli int8 {kernel}{' (default here)' if kernel == default_kernel() else ''}": Int8Linear(
+            w, b, kernel
+        )
+        for kernel in KERNELS
+    }
     out["bare _int_mm"] = lambda x: torch._int_mm(x.to(torch.int8), wq)  # the product alone, on int8 inputs
     for engine in ("fbgemm", "x86", "onednn"):
         if engine in torch.backends.quantized.supported_engines:
@@ -53,12 +60,16 @@ def readings(
     x8 = x.round().clamp(-127, 127).to(torch.int8)  # for the bare product (its input needs no quantising)
     arg = x if isinstance(layer, torch.nn.Module) else x8
     got = [speedup(lambda: torch.nn.functional.linear(x, w, b), lambda: layer(arg)) for _ in range(3)]
+    if layer is not arg and isinstance(layer, torch.nn.Module):  # how far from float32, per token
+        ref = torch.nn.functional.linear(x, w, b).double()
+        error = ((layer(x).double() - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+        return f"{min(got):.2f}-{max(got):.2f}x (error {100 * error:.1f}%)"
     return f"{min(got):.2f}-{max(got):.2f}x"
 
 
 def main() -> None:
     print(f"{cpu_line()}; torch {torch.__version__}")
-    print("tokens x in x out: float32 time / int8 time, three readings")
+    print("tokens x in x out: float32 time / int8 time, three readings (largest error of a token's output)")
     torch.manual_seed(0)
     for rows, n_in, n_out in SHAPES:
         x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)

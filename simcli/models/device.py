@@ -15,8 +15,10 @@ from simcli.errors import UsageError
 #: bf16 must be clearly faster than float32 to be worth its (small, checked) accuracy cost.
 BF16_MIN_SPEEDUP = 1.5
 #: So must int8 (its accuracy cost is larger, and checked too); the probe is one linear layer, and the whole
-#: model gains less than its matrix products (attention, LayerNorm and GELU stay float32).
-INT8_MIN_SPEEDUP = 1.5
+#: model gains less than its matrix products (attention, LayerNorm and GELU stay float32). Measured under the
+#: AVX2 caps (bench/machine.py): the FBGEMM kernel's probe 1.41-1.46x, m3e-small 1.33x float32 encoding within
+#: 0.13 Spearman of float32; with VNNI the probe reads ~2x; `torch._int_mm` without VNNI read 1.2x.
+INT8_MIN_SPEEDUP = 1.3
 
 #: torch.qint8 stands for "int8": the linear layers' weights are int8, their inputs quantised on the fly.
 DTYPE_NAMES = {
@@ -81,10 +83,29 @@ def onednn_allows(isa: str) -> bool:
     lower. torch's bf16 products run in oneDNN, so under such a cap (how one machine stands in for an older
     one) bf16 is emulated however new the CPU is: the flags alone would have `--dtype auto` time a product
     that takes seconds."""
+    cap = _onednn_cap()
+    return cap is None or _ONEDNN_ISAS.index(cap) >= _ONEDNN_ISAS.index(isa)
+
+
+def _onednn_cap() -> str | None:
+    """ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA); None when unset, ALL, DEFAULT or a name
+    `_ONEDNN_ISAS` does not know."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    if cap not in _ONEDNN_ISAS:  # unset, ALL, DEFAULT or a name this list does not know: no cap
+    return cap if cap in _ONEDNN_ISAS else None
+
+
+def cpu_has_int8_dot() -> bool:
+    """VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8) that oneDNN may use: int8 products summed straight into int32.
+    Without it oneDNN's int8 x int8 product (`torch._int_mm`) sums pairs of products in saturating 16-bit
+    registers (`vpmaddubsw`), which loses accuracy on full 8-bit inputs (simcli/models/int8.py)."""
+    flags = cpu_flags()
+    if "amx_int8" in flags and onednn_allows("AVX512_CORE_AMX"):
         return True
-    return _ONEDNN_ISAS.index(cap) >= _ONEDNN_ISAS.index(isa)
+    if "avx512_vnni" in flags and onednn_allows("AVX512_CORE_VNNI"):
+        return True
+    # AVX-VNNI sits beside the AVX-512 levels, not under them: a cap at AVX512_CORE turns it off too
+    cap = _onednn_cap()
+    return "avx_vnni" in flags and (cap is None or cap.startswith("AVX2_VNNI"))
 
 
 def cpu_has_amx() -> bool:

@@ -10,28 +10,57 @@ Why a scale per token: torch's own dynamic quantised linear (`torch.ops.quantize
 activations coarsens every other token of the batch, and a sentence's vector moves with the batch it is in. On
 m3e-small that lost up to 1.03 Spearman x100 in `simcli eval sts` (ATEC) with vectors min cosine 0.980 to
 float32; per token: within 0.16 on all five test sets, min cosine 0.998, at the same speed on an AMX Xeon
-(docs/performance.md). Full 8-bit inputs are safe here: the products are int8 x int8 into int32 (the 7-bit
-`reduce_range` of FBGEMM's u8 x s8 path guarded against 16-bit saturation on AVX2, which this path does not use).
+(docs/performance.md).
+
+Two kernels, by CPU (`device.cpu_has_int8_dot`). With VNNI (AVX512-VNNI, AVX-VNNI, AMX) the product is int8 x int8
+summed straight into int32 (`torch._int_mm`): exact. Without it (AVX2-only CPUs, AVX-512 before Cascade Lake)
+oneDNN's int8 product sums pairs of products in saturating 16-bit registers: `torch._int_mm` of 64 values of 127
+by 127 gave 8,160 instead of 1,032,256 under `ONEDNN_MAX_CPU_ISA=AVX2`. There the inputs go to FBGEMM's dynamic
+quantised linear instead, with 7-bit weights (largest / 63 per channel), so that no pair of its u8 x s8 products
+can exceed 16 bits (2 x 255 x 63 < 32,767), and 8-bit inputs on the same per-token grid: FBGEMM takes one input
+scale for the whole tensor, so each token is first divided by its largest magnitude and one fixed extra row pins
+the tensor's range. Per layer under the AVX2 caps (`python bench/int8_layer.py`): 1.29-1.58x float32, against
+0.97-1.29x for `torch._int_mm`, at 1.3-1.5% error against its 1.5-2.4%.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
+
+from simcli.models.device import cpu_has_int8_dot
+
+#: `Int8Linear.kernel`: "int_mm" (int8 x int8 into int32, CPUs with VNNI) or "fbgemm" (7-bit inputs)
+KERNELS = ("int_mm", "fbgemm")
+
+
+def default_kernel() -> str:
+    """The int8 product this CPU computes without saturating: `torch._int_mm` with VNNI, else FBGEMM's."""
+    if cpu_has_int8_dot() or "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "int_mm"
+    return "fbgemm"
 
 
 class Int8Linear(nn.Module):
     """A float `nn.Linear` with int8 weights (per output channel) and inputs quantised per token on the fly."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str | None = None) -> None:
         super().__init__()
         w = weight.detach().float().cpu()  # (out, in)
         self.out_features, self.in_features = w.shape
+        self.kernel = kernel or default_kernel()
+        if self.kernel not in KERNELS:
+            raise ValueError(f"int8 kernel {self.kernel!r} is not one of {', '.join(KERNELS)}")
         self._scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # (out,)
-        self._weight_t = (
-            torch.round(w / self._scale[:, None]).clamp(-127, 127).to(torch.int8).t().contiguous()
-        )
+        qw = torch.round(w / self._scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self._weight_t = qw.t().contiguous()
         self._bias = None if bias is None else bias.detach().float().cpu()
+        if self.kernel == "fbgemm":  # 7-bit weights: no pair of u8 x s8 products can saturate 16 bits
+            scale7 = (w.abs().amax(dim=1) / 63).clamp(min=1e-12)
+            qw7 = torch.round(w / scale7[:, None]).clamp(-63, 63).to(torch.int8)
+            self._packed = _fbgemm_weight(qw7, scale7)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -39,15 +68,43 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
-        scale = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp_(min=1e-12)  # (tokens, 1)
-        q = torch.div(rows, scale).round_().to(torch.int8)
-        y = torch._int_mm(q, self._weight_t).float().mul_(scale).mul_(self._scale)  # in place: fewer passes
+        y = self._fbgemm(rows) if self.kernel == "fbgemm" else self._int_mm(rows)
         if self._bias is not None:
             y.add_(self._bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _int_mm(self, rows: torch.Tensor) -> torch.Tensor:
+        scale = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp_(min=1e-12)  # (tokens, 1)
+        q = torch.div(rows, scale).round_().to(torch.int8)
+        return (
+            torch._int_mm(q, self._weight_t).float().mul_(scale).mul_(self._scale)
+        )  # in place: fewer passes
+
+    def _fbgemm(self, rows: torch.Tensor) -> torch.Tensor:
+        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (tokens, 1)
+        unit = rows.new_empty(rows.shape[0] + 1, rows.shape[1])
+        torch.div(rows, peak, out=unit[:-1])  # every token within [-1, 1], its largest magnitude at +-1
+        unit[-1].zero_()
+        # The tensor's range, whatever the batch: [-128/127, 1] is scale 1/127 with zero point 128, the grid of
+        # the int_mm kernel (+-1 exact), so a token's scale is its own and its result does not depend on the batch
+        unit[-1, 0], unit[-1, -1] = 1.0, -128 / 127
+        y = torch.ops.quantized.linear_dynamic(unit, self._packed, False)  # 8-bit inputs
+        return y[:-1].mul_(peak)
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel})"
+
+
+def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int8 weights (out, in) with their per-channel scales, packed for FBGEMM (no bias: it is added after
+    the per-token scale)."""
+    with (
+        warnings.catch_warnings()
+    ):  # torch 2.13 deprecates quantized tensors; its dynamic linear still takes them
+        warnings.simplefilter("ignore")
+        zeros = torch.zeros(qw.shape[0], dtype=torch.long)
+        weight = torch._make_per_channel_quantized_tensor(qw, scale.double(), zeros, 0)
+        return torch.ops.quantized.linear_prepack(weight, None)
 
 
 def quantize_linear_layers(module: nn.Module) -> int:

@@ -19,23 +19,47 @@ from simcli.training.options import TrainOptions
 from tests.models.test_encoder import SENTENCES, reference_vectors
 
 
-def test_int8_linear_is_integer_arithmetic() -> None:
-    """Int8Linear = each input row quantised to int8 with its own symmetric scale (largest magnitude / 127),
-    weights to int8 per output channel (symmetric), exact integer products, then the two scales and the bias:
-    computed here in numpy, float64; 3-D input gives the same rows."""
+def _has_vnni() -> bool:
+    """This CPU's own answer (the autouse fixture hides the flags from `--dtype auto`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device_mod, "cpu_flags", REAL_CPU_FLAGS)
+        return device_mod.cpu_has_int8_dot()
+
+
+REAL_CPU_FLAGS = device_mod.cpu_flags  # taken at import, before the fixtures patch it
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "fbgemm"])
+def test_int8_linear_is_integer_arithmetic(kernel: str) -> None:
+    """Int8Linear = each input row quantised with its own scale, weights per output channel (symmetric), exact
+    integer products, then the two scales and the bias: computed here in numpy, float64; 3-D input gives the same
+    rows, and a row's result does not depend on the rows beside it. "int_mm": rows symmetric 8-bit (largest
+    magnitude / 127), weights 8-bit. "fbgemm": rows divided by their largest magnitude, then 8-bit with scale
+    1 / 127 and zero point 128 (the same grid), weights 7-bit (largest / 63): no pair of products saturates 16 bits."""
+    if kernel == "int_mm" and not _has_vnni():
+        pytest.skip(
+            "no VNNI here: torch._int_mm sums int8 pairs in saturating 16 bits (the fbgemm kernel's case)"
+        )
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((13, 37)) * 2 + 0.3).astype(np.float32)
     x[3] *= 50  # one row with large activations: with a scale per row it does not coarsen the others
     w = (rng.standard_normal((29, 37)) * 0.2).astype(np.float32)
     b = rng.standard_normal(29).astype(np.float32)
-    layer = Int8Linear(torch.from_numpy(w), torch.from_numpy(b))
+    layer = Int8Linear(torch.from_numpy(w), torch.from_numpy(b), kernel)
+    assert layer.kernel == kernel and kernel in repr(layer)
     got = layer(torch.from_numpy(x)).numpy()
-    xd, wd = x.astype(np.float64), w.astype(np.float64)
-    sx = np.abs(xd).max(1, keepdims=True) / 127
-    xq = np.round(x / sx.astype(np.float32))
-    sw = np.abs(wd).max(1) / 127
-    wq = np.clip(np.round(w / sw[:, None].astype(np.float32)), -127, 127)
-    want = (xq @ wq.T) * sx * sw[None, :] + b
+    wd, peak = w.astype(np.float64), np.abs(x).max(1, keepdims=True)
+    if kernel == "int_mm":
+        sx = peak.astype(np.float64) / 127
+        xq, zero, step = np.round(x / sx.astype(np.float32)), 0, sx
+        sw = np.abs(wd).max(1) / 127
+        wq = np.clip(np.round(w / sw[:, None].astype(np.float32)), -127, 127)
+    else:
+        xq = np.clip(np.round((x / peak) * 127) + 128, 0, 255)
+        zero, step = 128, peak.astype(np.float64) / 127
+        sw = np.abs(wd).max(1) / 63
+        wq = np.clip(np.round(w / sw[:, None].astype(np.float32)), -63, 63)
+    want = ((xq - zero) @ wq.T) * step * sw[None, :] + b
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(got - (x @ w.T + b)).max() > 1e-2, "the premise: int8 rounds visibly against float32"
     rows = layer(torch.from_numpy(x).reshape(1, 13, 37).expand(2, 13, 37)).numpy()
@@ -43,6 +67,59 @@ def test_int8_linear_is_integer_arithmetic() -> None:
     np.testing.assert_array_equal(rows[1], got)
     alone = layer(torch.from_numpy(x[:1])).numpy()  # a row's result does not depend on the rows beside it
     np.testing.assert_array_equal(alone[0], got[0])
+
+
+def test_the_int8_kernel_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch._int_mm` where oneDNN may use VNNI (AVX512-VNNI, AVX-VNNI, AMX-INT8), the fbgemm kernel elsewhere:
+    flags and instruction-set caps alike (AVX-VNNI is not under the AVX-512 levels)."""
+    from simcli.models import int8
+
+    cases = [
+        ({"avx2", "avx512f", "avx512_vnni"}, None, True),
+        ({"avx2", "avx512f", "avx512_vnni"}, "AVX512_CORE", False),
+        ({"avx2", "avx512f", "avx512_vnni"}, "AVX2", False),
+        ({"avx2", "avx_vnni"}, None, True),
+        ({"avx2", "avx_vnni"}, "AVX2_VNNI", True),
+        ({"avx2", "avx_vnni"}, "AVX512_CORE", False),
+        ({"avx2", "avx512f", "amx_int8", "avx512_vnni"}, "AVX512_CORE_VNNI", True),
+        ({"avx2", "avx512f"}, None, False),
+        ({"avx2"}, None, False),
+    ]
+    for flags, cap, vnni in cases:
+        monkeypatch.setattr(device_mod, "cpu_flags", lambda f=frozenset(flags): f)
+        if cap is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert device_mod.cpu_has_int8_dot() is vnni, (flags, cap)
+        assert int8.default_kernel() == ("int_mm" if vnni else "fbgemm"), (flags, cap)
+    with pytest.raises(ValueError, match="int8 kernel 'vnni' is not one of int_mm, fbgemm"):
+        Int8Linear(torch.ones(2, 2), None, "vnni")
+
+
+def test_without_vnni_int_mm_saturates_and_the_fbgemm_kernel_does_not(tmp_path: Path) -> None:
+    """Why the fbgemm kernel exists: with oneDNN capped below VNNI (as on an AVX2-only CPU), `torch._int_mm` of
+    large int8 values is wrong (pairs of products saturate 16 bits), while the fbgemm kernel's output for the
+    same extreme input stays within its rounding of float32."""
+    script = tmp_path / "saturate.py"
+    script.write_text(
+        "import torch\n"
+        "from simcli.models.int8 import Int8Linear\n"
+        "x = torch.full((32, 64), 127, dtype=torch.int8)\n"
+        "print(torch._int_mm(x, x.t().contiguous())[0, 0].item())\n"
+        "w, v = torch.full((32, 64), 0.5), torch.full((32, 64), 3.0)\n"
+        "y = Int8Linear(w, None, 'fbgemm')(v)\n"
+        "print(((y - v @ w.t()).abs().max() / (v @ w.t()).abs().max()).item())\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+    int_mm, fbgemm_error = out.stdout.split()
+    assert int(int_mm) != 64 * 127 * 127, "oneDNN's int8 product under the AVX2 cap no longer saturates"
+    assert float(fbgemm_error) < 1e-3
 
 
 @pytest.mark.parametrize("engine", ["native", "transformers"])
@@ -75,9 +152,9 @@ def test_auto_rule_from_the_probes() -> None:
         torch.qint8,
         "auto: bf16 matmul only 1.2x float32 on this CPU; int8 linear layers 1.5x float32",
     )
-    assert rule(0.0, 1.49) == (
+    assert rule(0.0, 1.29) == (
         torch.float32,
-        "auto: CPU has no native bf16, int8 linear layers only 1.5x float32",
+        "auto: CPU has no native bf16, int8 linear layers only 1.3x float32",
     )
     assert rule(1.49, 0.0)[0] == torch.float32
     assert rule(0.0, None) == (torch.float32, "auto: CPU has no native bf16")
