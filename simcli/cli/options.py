@@ -54,8 +54,8 @@ DTypeOpt = Annotated[
     typer.Option(
         "--dtype",
         help="auto | float32 | bfloat16 | float16 | int8 (auto: float16 on CUDA; on CPU bfloat16 where bf16 "
-        "matrix products run >= 1.5x float32, else int8 where int8 linear layers run >= 1.5x float32 "
-        "(both measured), each only where the vectors stay within cosine 0.999 (bf16) / 0.99 (int8) of "
+        "matrix products run >= 1.5x float32, else int8 where int8 linear layers run >= 1.3x float32 "
+        "(both measured), each only where the vectors stay within cosine 0.999 (bf16) / 0.995 (int8) of "
         "float32, else float32). int8: CPU only, int8 weights and dynamically quantised inputs.",
     ),
 ]
