@@ -53,14 +53,15 @@ class Int8Linear(nn.Module):
         self.kernel = kernel or default_kernel()
         if self.kernel not in KERNELS:
             raise ValueError(f"int8 kernel {self.kernel!r} is not one of {', '.join(KERNELS)}")
-        self._scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # (out,)
-        qw = torch.round(w / self._scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self._weight_t = qw.t().contiguous()
         self._bias = None if bias is None else bias.detach().float().cpu()
-        if self.kernel == "fbgemm":  # 7-bit weights: no pair of u8 x s8 products can saturate 16 bits
-            scale7 = (w.abs().amax(dim=1) / 63).clamp(min=1e-12)
-            qw7 = torch.round(w / scale7[:, None]).clamp(-63, 63).to(torch.int8)
-            self._packed = _fbgemm_weight(qw7, scale7)
+        # 8-bit weights for int_mm; 7-bit for FBGEMM, so that no pair of its u8 x s8 products saturates 16 bits
+        levels = 127 if self.kernel == "int_mm" else 63
+        self._scale = (w.abs().amax(dim=1) / levels).clamp(min=1e-12)  # (out,)
+        qw = torch.round(w / self._scale[:, None]).clamp(-levels, levels).to(torch.int8)
+        if self.kernel == "int_mm":
+            self._weight_t = qw.t().contiguous()
+        else:
+            self._packed = _fbgemm_weight(qw, self._scale)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
