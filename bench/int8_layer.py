@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 from bench.machine import cpu_line
-from simcli.models.device import speedup
-from simcli.models.int8 import KERNELS, Int8Linear, default_kernel
+from simcli.models.device import int8_kernel, speedup
+from simcli.models.int8 import KERNELS, Int8Linear
 
 SHAPES = [(256, 512, 2048), (256, 2048, 512), (256, 768, 3072), (1024, 768, 3072)]  # m3e-small's, base's
 
@@ -37,7 +37,7 @@ def candidates(w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[torch.Te
     n_out, n_in = w.shape
     wq = torch.randint(-127, 128, (n_in, n_out), dtype=torch.int8)
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        f"simcli int8 {kernel}{' (default here)' if kernel == default_kernel() else ''}": Int8Linear(
+        f"simcli int8 {kernel}{' (default here)' if kernel == int8_kernel() else ''}": Int8Linear(
             w, b, kernel
         )
         for kernel in KERNELS

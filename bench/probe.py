@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_line
-from simcli.models.device import BF16_MIN_SPEEDUP, cpu_has_bf16, speedup
+from simcli.models.device import BF16_MIN_SPEEDUP, cpu_has_bf16, int8_kernel, speedup
 
 
 def blocks(baseline: Callable[[], object], candidate: Callable[[], object], reps: int = 3) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
         else:
             from simcli.models.int8 import Int8Linear
 
-            what, q = "int8 linear layer", Int8Linear(b.t(), None)
+            what, q = "int8 linear layer", Int8Linear(b.t(), None, int8_kernel())
             candidate = lambda: q(a)
         baseline = lambda: torch.mm(a, b)
         readings: dict[str, list[float]] = {"all threads, one block then the other": [], "device.speedup": []}

@@ -108,6 +108,14 @@ def cpu_has_int8_dot() -> bool:
     return "avx_vnni" in flags and (cap is None or cap.startswith("AVX2_VNNI"))
 
 
+def int8_kernel() -> str:
+    """The int8 product this CPU computes without saturating (simcli/models/int8.py): `torch._int_mm` with VNNI,
+    else FBGEMM's with 7-bit weights (where this torch has FBGEMM)."""
+    if cpu_has_int8_dot() or "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "int_mm"
+    return "fbgemm"
+
+
 def cpu_has_amx() -> bool:
     """AMX tiles make bf16 matrix products several times faster than fp32 (Sapphire Rapids and later)."""
     return "amx_bf16" in cpu_flags() and onednn_allows("AVX512_CORE_AMX")
@@ -200,7 +208,7 @@ def int8_linear_speedup(rows: int = 256, n_in: int = 768, n_out: int = 3072) -> 
     with torch.inference_mode():
         x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)
         try:
-            q = Int8Linear(w, b)
+            q = Int8Linear(w, b, int8_kernel())
             return speedup(lambda: torch.nn.functional.linear(x, w, b), lambda: q(x))
         except RuntimeError:  # e.g. a build without oneDNN
             return 0.0

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from simcli.models.batching import batches
-from simcli.models.device import dtype_candidates, resolve_device
+from simcli.models.device import dtype_candidates, int8_kernel, resolve_device
 from simcli.models.int8 import quantize_linear_layers
 from simcli.models.loading import (
     Checkpoint,
@@ -352,7 +352,7 @@ def cast_backbone(backbone: torch.nn.Module, device: torch.device, dtype: torch.
     (models/unilm.py) go through here, so both run the same layers."""
     if dtype == torch.qint8:
         backbone.to(device=device, dtype=torch.float32)
-        quantize_linear_layers(backbone)
+        quantize_linear_layers(backbone, int8_kernel())
         return
     backbone.to(device=device, dtype=dtype)
     if dtype == torch.bfloat16 and device.type == "cpu" and packing_available():

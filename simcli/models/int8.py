@@ -12,7 +12,7 @@ m3e-small that lost up to 1.03 Spearman x100 in `simcli eval sts` (ATEC) with ve
 float32; per token: within 0.16 on all five test sets, min cosine 0.998, at the same speed on an AMX Xeon
 (docs/performance.md).
 
-Two kernels, by CPU (`device.cpu_has_int8_dot`). With VNNI (AVX512-VNNI, AVX-VNNI, AMX) the product is int8 x int8
+Two kernels, by CPU (`device.int8_kernel`). With VNNI (AVX512-VNNI, AVX-VNNI, AMX) the product is int8 x int8
 summed straight into int32 (`torch._int_mm`): exact. Without it (AVX2-only CPUs, AVX-512 before Cascade Lake)
 oneDNN's int8 product sums pairs of products in saturating 16-bit registers: `torch._int_mm` of 64 values of 127
 by 127 gave 8,160 instead of 1,032,256 under `ONEDNN_MAX_CPU_ISA=AVX2`. There the inputs go to FBGEMM's dynamic
@@ -30,27 +30,19 @@ import warnings
 import torch
 from torch import nn
 
-from simcli.models.device import cpu_has_int8_dot
-
-#: `Int8Linear.kernel`: "int_mm" (int8 x int8 into int32, CPUs with VNNI) or "fbgemm" (7-bit inputs)
+#: `Int8Linear.kernel`: "int_mm" (int8 x int8 into int32, for CPUs with VNNI) or "fbgemm" (7-bit weights);
+#: `device.int8_kernel()` picks the one this CPU computes without saturating
 KERNELS = ("int_mm", "fbgemm")
-
-
-def default_kernel() -> str:
-    """The int8 product this CPU computes without saturating: `torch._int_mm` with VNNI, else FBGEMM's."""
-    if cpu_has_int8_dot() or "fbgemm" not in torch.backends.quantized.supported_engines:
-        return "int_mm"
-    return "fbgemm"
 
 
 class Int8Linear(nn.Module):
     """A float `nn.Linear` with int8 weights (per output channel) and inputs quantised per token on the fly."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str) -> None:
         super().__init__()
         w = weight.detach().float().cpu()  # (out, in)
         self.out_features, self.in_features = w.shape
-        self.kernel = kernel or default_kernel()
+        self.kernel = kernel
         if self.kernel not in KERNELS:
             raise ValueError(f"int8 kernel {self.kernel!r} is not one of {', '.join(KERNELS)}")
         self._bias = None if bias is None else bias.detach().float().cpu()
@@ -64,8 +56,8 @@ class Int8Linear(nn.Module):
             self._packed = _fbgemm_weight(qw, self._scale)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, kernel: str) -> Int8Linear:
+        return cls(linear.weight, linear.bias, kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
@@ -108,8 +100,8 @@ def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_prepack(weight, None)
 
 
-def quantize_linear_layers(module: nn.Module) -> int:
-    """Replace every `nn.Linear` inside `module` (subclasses included) by an `Int8Linear`, in place.
+def quantize_linear_layers(module: nn.Module, kernel: str) -> int:
+    """Replace every `nn.Linear` inside `module` (subclasses included) by an `Int8Linear` of `kernel`, in place.
 
     Returns:
         the number of layers replaced.
@@ -117,10 +109,10 @@ def quantize_linear_layers(module: nn.Module) -> int:
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear.from_linear(child))
+            setattr(module, name, Int8Linear.from_linear(child, kernel))
             count += 1
         else:
-            count += quantize_linear_layers(child)
+            count += quantize_linear_layers(child, kernel)
     return count
 
 

@@ -72,7 +72,6 @@ def test_int8_linear_is_integer_arithmetic(kernel: str) -> None:
 def test_the_int8_kernel_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
     """`torch._int_mm` where oneDNN may use VNNI (AVX512-VNNI, AVX-VNNI, AMX-INT8), the fbgemm kernel elsewhere:
     flags and instruction-set caps alike (AVX-VNNI is not under the AVX-512 levels)."""
-    from simcli.models import int8
 
     cases = [
         ({"avx2", "avx512f", "avx512_vnni"}, None, True),
@@ -92,7 +91,7 @@ def test_the_int8_kernel_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
         else:
             monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
         assert device_mod.cpu_has_int8_dot() is vnni, (flags, cap)
-        assert int8.default_kernel() == ("int_mm" if vnni else "fbgemm"), (flags, cap)
+        assert device_mod.int8_kernel() == ("int_mm" if vnni else "fbgemm"), (flags, cap)
     with pytest.raises(ValueError, match="int8 kernel 'vnni' is not one of int_mm, fbgemm"):
         Int8Linear(torch.ones(2, 2), None, "vnni")
 
