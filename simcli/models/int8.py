@@ -1,9 +1,9 @@
 """int8 linear layers for CPUs without fast bf16: dynamic quantisation of an encoder's matrix products.
 
-Weights are quantised once, per output channel (symmetric int8, [-127, 127]); each call quantises its input on the
-fly with one scale per token (row: symmetric, from its largest magnitude), multiplies in int8 with exact int32
-sums (`torch._int_mm`, oneDNN on CPU) and scales back to float32 by the row's and the channel's scale. Everything
-else (embeddings, LayerNorm, softmax, GELU, pooling) stays float32.
+Weights are quantised once, per output channel (symmetric int8, [-127, 127]; [-63, 63] for the FBGEMM kernel
+below); each call quantises its input on the fly with one scale per token (row: symmetric, from its largest
+magnitude), multiplies in int8 with exact int32 sums and scales back to float32 by the row's and the channel's
+scale. Everything else (embeddings, LayerNorm, softmax, GELU, pooling) stays float32.
 
 Why a scale per token: torch's own dynamic quantised linear (`torch.ops.quantized.linear_dynamic`, what
 `torch.ao.quantization.quantize_dynamic` swaps in) takes one scale for the whole input, so one token with large
@@ -69,9 +69,8 @@ class Int8Linear(nn.Module):
     def _int_mm(self, rows: torch.Tensor) -> torch.Tensor:
         scale = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp_(min=1e-12)  # (tokens, 1)
         q = torch.div(rows, scale).round_().to(torch.int8)
-        return (
-            torch._int_mm(q, self._weight_t).float().mul_(scale).mul_(self._scale)
-        )  # in place: fewer passes
+        # in place: fewer passes
+        return torch._int_mm(q, self._weight_t).float().mul_(scale).mul_(self._scale)
 
     def _fbgemm(self, rows: torch.Tensor) -> torch.Tensor:
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (tokens, 1)
@@ -91,9 +90,8 @@ class Int8Linear(nn.Module):
 def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The int8 weights (out, in) with their per-channel scales, packed for FBGEMM (no bias: it is added after
     the per-token scale)."""
-    with (
-        warnings.catch_warnings()
-    ):  # torch 2.13 deprecates quantized tensors; its dynamic linear still takes them
+    # torch 2.13 deprecates quantized tensors; its dynamic linear still takes them
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zeros = torch.zeros(qw.shape[0], dtype=torch.long)
         weight = torch._make_per_channel_quantized_tensor(qw, scale.double(), zeros, 0)
