@@ -6,7 +6,7 @@ Rows: eager (matmul, scale, mask, softmax over the last dimension, matmul: trans
 torch's fused `scaled_dot_product_attention` (SDPA) and simcli's keys-first layout (softmax over the first
 dimension: simcli/models/native.py, `_attention_keys_first`), each on a batch of ~2,048 tokens (12 heads of
 64, a third of the rows with two padding keys), milliseconds, best of 20 calls taken in turn; `picks` is what
-`native.attention` runs at that length. torch's last-dimension softmax is fast where a row fills whole vector
+`native.attention` runs at that length (`native.attention_kernel`). torch's last-dimension softmax is fast where a row fills whole vector
 registers (16 float32 on AVX-512, 8 on AVX2) and slow between, so the picture differs by CPU: re-run it on
 yours (bench/machine.py shows how to cap an AMX CPU to AVX2).
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_line
 from simcli.models.device import cpu_has_bf16
-from simcli.models.native import SDPA_MIN_KEYS_HALF, _attention_keys_first, _keys_first
+from simcli.models.native import _attention_keys_first, attention_kernel
 
 
 def eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -84,11 +84,7 @@ def main() -> None:
             with torch.inference_mode():
                 calls = {n: functools.partial(f, q, k, v, bias) for n, f in KERNELS.items()}
                 ms = {n: s * 1e3 for n, s in best_times(calls).items()}
-            picked = (
-                "keys-first"
-                if _keys_first(t, dtype)
-                else ("sdpa" if dtype == torch.float32 or t >= SDPA_MIN_KEYS_HALF else "eager")
-            )
+            picked = attention_kernel("cpu", dtype, t, grad=False)
             best = min(ms, key=ms.__getitem__)
             print(
                 f"{'':16} | {t:>4} "

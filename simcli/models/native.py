@@ -157,7 +157,7 @@ def attention(
     (or (batch, 1, seq, seq) for a per-query mask such as UniLM's); `dropout` on the attention probabilities
     (training only).
 
-    On CPU, at inference, over few keys (sentence lengths: `_keys_first`): the scores are laid out keys first.
+    On CPU, at inference, over few keys (sentence lengths: `attention_kernel`): the scores are laid out keys first.
     Otherwise torch's fused kernel (SDPA) where it is the faster one: on GPUs, and in float32 on CPU (measured on
     2 cores at sentence lengths, 8-64 tokens: up to 1.4x the eager attention with an additive mask, a boolean
     mask was slower; the base model's forward ~4% faster). On CPU in bfloat16 / float16 its flash kernel was
@@ -165,10 +165,10 @@ def attention(
     so that is used there, computed as transformers' eager RoFormer attention does, up to `SDPA_MIN_KEYS_HALF`
     keys, from where the flash kernel is the faster one.
     """
-    keys = k.shape[-2]
-    if q.device.type == "cpu" and not torch.is_grad_enabled() and _keys_first(keys, q.dtype):
+    kernel = attention_kernel(q.device.type, q.dtype, k.shape[-2], grad=torch.is_grad_enabled())
+    if kernel == "keys-first":
         return _attention_keys_first(q, k, v, bias)
-    if q.device.type != "cpu" or q.dtype == torch.float32 or keys >= SDPA_MIN_KEYS_HALF:
+    if kernel == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if bias is not None:
@@ -180,25 +180,32 @@ def attention(
 # The most keys for which the keys-first layout was the faster (below): float32 loses at 16 keys, where each
 # score row fills whole AVX-512 registers; bf16 (only ever chosen on AVX-512 CPUs) wins up to 31 and loses at 32
 # (`python bench/attention.py` prints the three kernels by length on the CPU at hand).
-KEYS_FIRST_MAX = {torch.float32: 15}
+KEYS_FIRST_MAX_FLOAT32 = 15
 KEYS_FIRST_MAX_HALF = 31
 # bf16 on CPU from this many keys: SDPA's flash kernel, 1.2-1.5x the eager attention at 48-128 keys (1.8x and more
 # at 256), while eager is the faster at 32-40 (same bench, two runs)
 SDPA_MIN_KEYS_HALF = 48
 
 
-def _keys_first(keys: int, dtype: torch.dtype) -> bool:
-    return keys <= KEYS_FIRST_MAX.get(dtype, KEYS_FIRST_MAX_HALF)
+def attention_kernel(device_type: str, dtype: torch.dtype, keys: int, *, grad: bool) -> str:
+    """How `attention` computes over `keys` keys: "keys-first", "sdpa" (torch's fused kernel) or "eager"
+    (matmul, softmax, matmul). Keys first only without autograd (its `out=` writes have none)."""
+    if device_type != "cpu":
+        return "sdpa"
+    if not grad and keys <= (KEYS_FIRST_MAX_FLOAT32 if dtype == torch.float32 else KEYS_FIRST_MAX_HALF):
+        return "keys-first"
+    return "sdpa" if dtype == torch.float32 or keys >= SDPA_MIN_KEYS_HALF else "eager"
 
 
 def _attention_keys_first(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     # torch's softmax over the last dimension runs row by row, and a row of a dozen scores is mostly overhead
-    # (the scalar tail of a vector loop): over half of the eager bf16 attention at 12 keys on 2 AVX-512 cores. Over the first dimension it runs across all the rows at once, in full vectors. So the scaled,
-    # masked scores are written keys first in the same pass that scales and masks them, the softmax runs over
-    # dim 0, and the probabilities go into the second product as a transposed view (no copy): 2.1-2.4x the
-    # eager attention (bf16) and 2.8x torch's SDPA (float32) at 12 keys (inference only: `out=` has no autograd).
+    # (the scalar tail of a vector loop): over half of the eager bf16 attention at 12 keys on 2 AVX-512 cores.
+    # Over the first dimension it runs across all the rows at once, in full vectors. So the scaled, masked scores
+    # are written keys first in the same pass that scales and masks them, the softmax runs over dim 0, and the
+    # probabilities go into the second product as a transposed view (no copy): 2.1-2.4x the eager attention
+    # (bf16) and 2.8x torch's SDPA (float32) at 12 keys (inference only: `out=` has no autograd).
     scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, queries, keys)
     keys_first = scores.new_empty(scores.shape[-1], *scores.shape[:-1])
     scale = 1 / math.sqrt(q.shape[-1])

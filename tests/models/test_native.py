@@ -354,7 +354,9 @@ def test_attention_at_every_length_equals_the_formula(dtype: torch.dtype, keys: 
         assert error <= 1e-5, error
     else:
         assert error <= max((eager.double() - want).abs().max().item(), 2**-8), error
-    assert native._keys_first(keys, dtype) == (keys <= (15 if dtype == torch.float32 else 31))
+    kernel = native.attention_kernel("cpu", dtype, keys, grad=False)
+    assert (kernel == "keys-first") == (keys <= (15 if dtype == torch.float32 else 31)), kernel
+    assert native.attention_kernel("cpu", dtype, keys, grad=True) != "keys-first"  # training: autograd
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
