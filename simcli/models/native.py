@@ -435,12 +435,13 @@ class Packing:
     def of_lengths(cls, lengths: Sequence[int], seq: int, device: torch.device, multiple: int = 1) -> Packing:
         """The same packing from each row's length, known on the host: no `nonzero()` (a device sync on CUDA);
         the index goes over from pinned memory without waiting."""
-        index = torch.cat([torch.arange(n, dtype=torch.long) + r * seq for r, n in enumerate(lengths)])
-        counts = torch.tensor(lengths, dtype=torch.long)
+        counts = torch.tensor(lengths, dtype=torch.long)[:, None]
+        columns = torch.arange(seq)[None, :]
+        index = (torch.arange(len(lengths))[:, None] * seq + columns)[columns < counts]
         starts = counts.cumsum(0) - counts  # each row's first token in the packed order
-        # position c of row r reads its token min(c, last)
-        columns = torch.minimum(torch.arange(seq)[None, :], counts[:, None] - 1)
-        source = (starts[:, None] + columns).flatten()
+        source = (
+            starts + torch.minimum(columns, counts - 1)
+        ).flatten()  # position c reads token min(c, last)
         return cls(to_device(index, device), len(lengths), seq, source=to_device(source, device)).rounded(
             multiple
         )
