@@ -87,7 +87,7 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel})"
 
 
-def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
     """The int8 weights (out, in) with their per-channel scales, packed for FBGEMM (no bias: it is added after
     the per-token scale)."""
     # torch 2.13 deprecates quantized tensors; its dynamic linear still takes them

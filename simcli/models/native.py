@@ -439,9 +439,8 @@ class Packing:
         columns = torch.arange(seq)[None, :]
         index = (torch.arange(len(lengths))[:, None] * seq + columns)[columns < counts]
         starts = counts.cumsum(0) - counts  # each row's first token in the packed order
-        source = (
-            starts + torch.minimum(columns, counts - 1)
-        ).flatten()  # position c reads token min(c, last)
+        # position c of a row reads its token min(c, last)
+        source = (starts + torch.minimum(columns, counts - 1)).flatten()
         return cls(to_device(index, device), len(lengths), seq, source=to_device(source, device)).rounded(
             multiple
         )
