@@ -5,7 +5,7 @@
         FBGEMM_ENABLE_INSTRUCTIONS=AVX2 python bench/int8_layer.py      # as an AVX2-only CPU (bench/machine.py)
 
 Rows: simcli's int8 layer with each of its kernels (simcli/models/int8.py: inputs quantised per token, then
-`torch._int_mm`, or FBGEMM with 7-bit inputs; "default here" marks the one this CPU gets); oneDNN's bare int8 x int8
+`torch._int_mm`, or FBGEMM with 7-bit weights; "default here" marks the one this CPU gets); oneDNN's bare int8 x int8
 product (`torch._int_mm` on already-quantised inputs: the ceiling of that path); and torch's dynamic quantised
 linear (`quantize_dynamic`, one input scale a batch) on each quantised engine (FBGEMM, x86, oneDNN). Each is
 float32 time / its time, timed on one thread, in turn with float32 (`device.speedup`), three readings, and the
@@ -29,7 +29,8 @@ from bench.machine import cpu_line
 from simcli.models.device import int8_kernel, speedup
 from simcli.models.int8 import KERNELS, Int8Linear
 
-SHAPES = [(256, 512, 2048), (256, 2048, 512), (256, 768, 3072), (1024, 768, 3072)]  # m3e-small's, base's
+# m3e-small's (fused query, key and value; feed-forward), base's
+SHAPES = [(512, 512, 1536), (256, 512, 2048), (256, 2048, 512), (256, 768, 3072), (1024, 768, 3072)]
 
 
 def candidates(w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

@@ -395,7 +395,7 @@ def load_encoder(config: EncoderConfig | str, **options: Any) -> Encoder:
         device: auto | cpu | cuda | cuda:N.
         dtype: auto | float32 | bfloat16 | float16 | int8. `auto` is float16 on CUDA; on CPU bfloat16 where
             the CPU runs bf16 matrix products at least 1.5x faster than float32 (measured), else int8 where
-            int8 linear layers run at least 1.5x faster than float32 (measured); each only where the vectors
+            int8 linear layers run at least 1.3x faster than float32 (measured); each only where the vectors
             of calibration sentences stay within cosine 0.999 (bf16, fp16) or 0.995 (int8) of float32, else
             float32. int8 (CPU only) quantises the linear layers' weights to int8 and their inputs on the
             fly (simcli/models/int8.py).

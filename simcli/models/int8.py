@@ -15,20 +15,26 @@ float32; per token: within 0.16 on all five test sets, min cosine 0.998, at the 
 Two kernels, by CPU (`device.int8_kernel`). With VNNI (AVX512-VNNI, AVX-VNNI, AMX) the product is int8 x int8
 summed straight into int32 (`torch._int_mm`): exact. Without it (AVX2-only CPUs, AVX-512 before Cascade Lake)
 oneDNN's int8 product sums pairs of products in saturating 16-bit registers: `torch._int_mm` of 64 values of 127
-by 127 gave 8,160 instead of 1,032,256 under `ONEDNN_MAX_CPU_ISA=AVX2`. There the inputs go to FBGEMM's dynamic
-quantised linear instead, with 7-bit weights (largest / 63 per channel), so that no pair of its u8 x s8 products
-can exceed 16 bits (2 x 255 x 63 < 32,767), and 8-bit inputs on the same per-token grid: FBGEMM takes one input
-scale for the whole tensor, so each token is first divided by its largest magnitude and one fixed extra row pins
-the tensor's range. Per layer under the AVX2 caps (`python bench/int8_layer.py`): 1.29-1.58x float32, against
-0.97-1.29x for `torch._int_mm`, at 1.3-1.5% error against its 1.5-2.4%.
+by 127 gave 8,160 instead of 1,032,256 under `ONEDNN_MAX_CPU_ISA=AVX2`. There the inputs go to FBGEMM's quantised
+linear instead, with 7-bit weights (largest / 63 per channel), so that no pair of its u8 x s8 products can exceed
+16 bits (2 x 255 x 63 < 32,767), and 8-bit inputs on the same per-token grid: FBGEMM takes one input scale for the
+whole tensor, so each token is first divided by its largest magnitude and the op is given the fixed grid of [-1, 1].
+Per layer under the AVX2 caps (`python bench/int8_layer.py`): 1.33-1.51x float32, against 1.06-1.24x for
+`torch._int_mm`, at 1.3-1.5% error against its 1.4-2.7%.
+
+A native attention's query, key and value projections become one int8 layer (`SelfAttention.fuse`): their input
+is quantised once, for one larger product.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 from torch import nn
+
+from simcli.models.native import SelfAttention
 
 #: `Int8Linear.kernel`: "int_mm" (int8 x int8 into int32, for CPUs with VNNI) or "fbgemm" (7-bit weights);
 #: `device.int8_kernel()` picks the one this CPU computes without saturating
@@ -74,14 +80,13 @@ class Int8Linear(nn.Module):
 
     def _fbgemm(self, rows: torch.Tensor) -> torch.Tensor:
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (tokens, 1)
-        unit = rows.new_empty(rows.shape[0] + 1, rows.shape[1])
-        torch.div(rows, peak, out=unit[:-1])  # every token within [-1, 1], its largest magnitude at +-1
-        unit[-1].zero_()
-        # The tensor's range, whatever the batch: [-128/127, 1] is scale 1/127 with zero point 128, the grid of
-        # the int_mm kernel (+-1 exact), so a token's scale is its own and its result does not depend on the batch
-        unit[-1, 0], unit[-1, -1] = 1.0, -128 / 127
-        y = torch.ops.quantized.linear_dynamic(unit, self._packed, False)  # 8-bit inputs
-        return y[:-1].mul_(peak)
+        # Every token within [-1, 1], its largest magnitude at +-1, quantised on one fixed grid, scale 1/127 and
+        # zero point 128 (the int_mm kernel's grid, +-1 exact): a token's scale is its own, whatever the batch.
+        # This op takes the grid as given (`linear_dynamic` would measure the batch's range for one)
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            torch.div(rows, peak), 1 / 127, 128, self._packed
+        )
+        return y.mul_(peak)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel})"
@@ -90,20 +95,33 @@ class Int8Linear(nn.Module):
 def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
     """The int8 weights (out, in) with their per-channel scales, packed for FBGEMM (no bias: it is added after
     the per-token scale)."""
-    # torch 2.13 deprecates quantized tensors; its dynamic linear still takes them
+    # the packing follows torch's quantized engine of the moment (x86 packs for FBGEMM, onednn does not, and
+    # its packed weights lack the op _fbgemm calls): FBGEMM's, whatever the process chose
+    engine = torch.backends.quantized.engine
+    # torch 2.13 deprecates quantized tensors; its quantised linear ops still take them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zeros = torch.zeros(qw.shape[0], dtype=torch.long)
         weight = torch._make_per_channel_quantized_tensor(qw, scale.double(), zeros, 0)
-        return torch.ops.quantized.linear_prepack(weight, None)
+        try:
+            torch.backends.quantized.engine = "fbgemm"
+            return torch.ops.quantized.linear_prepack(weight, None)
+        finally:
+            torch.backends.quantized.engine = engine
 
 
 def quantize_linear_layers(module: nn.Module, kernel: str) -> int:
-    """Replace every `nn.Linear` inside `module` (subclasses included) by an `Int8Linear` of `kernel`, in place.
+    """Replace every `nn.Linear` inside `module` (subclasses included) by an `Int8Linear` of `kernel`, in place;
+    the query, key and value projections of a native attention by one.
 
     Returns:
         the number of layers replaced.
     """
+    if isinstance(module, SelfAttention) and module.qkv is None:
+        # query, key and value read the same input: quantised once, one product (scales are per token and per
+        # output channel, so the results are those of the three layers)
+        module.fuse(functools.partial(Int8Linear, kernel=kernel))
+        return 1
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):

@@ -271,6 +271,16 @@ class SelfAttention(nn.Module):
         self.query, self.key, self.value = _Linear(h, h), _Linear(h, h), _Linear(h, h)
         self.qkv: nn.Module | None = None
 
+    def fuse(self, make: Callable[[torch.Tensor, torch.Tensor | None], nn.Module]) -> None:
+        """Replace the three projections by `make(weight, bias)` of their weights and biases stacked (query,
+        key, value): one product over the input instead of three, and no concatenation of their outputs."""
+        linears = (self.query, self.key, self.value)
+        weight = torch.cat([lin.weight.detach() for lin in linears])
+        biases = [lin.bias for lin in linears]
+        bias = None if any(b is None for b in biases) else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
+        self.qkv = make(weight, bias)
+        del self.query, self.key, self.value
+
 
 class _DenseNorm(nn.Module):
     """dense, then LayerNorm of (its output + the residual): attention.output and output of a block."""

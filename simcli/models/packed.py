@@ -60,14 +60,6 @@ class PackedLinear(nn.Module):
         self.activation = activation  # applied by oneDNN to the output (a key of POST_OPS), or None
         self._post = POST_OPS[activation] if activation else ("none", "")
 
-    @classmethod
-    def from_linears(cls, *linears: nn.Linear) -> PackedLinear:
-        """One packed layer computing the given layers' outputs side by side (e.g. query, key, value)."""
-        weight = torch.cat([lin.weight for lin in linears])
-        biases = [lin.bias for lin in linears]
-        bias = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
-        return cls(weight, bias)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attr, algorithm = self._post
         # contiguous: a strided input took another oneDNN path with different rounding
@@ -126,8 +118,7 @@ def pack_linear_layers(module: nn.Module) -> int:
             setattr(module, name, PackedLinear(child.weight, child.bias))
             count += 1
         elif isinstance(child, SelfAttention) and child.qkv is None:
-            child.qkv = PackedLinear.from_linears(child.query, child.key, child.value)
-            del child.query, child.key, child.value
+            child.fuse(PackedLinear)
             count += 1
         else:
             count += pack_linear_layers(child)

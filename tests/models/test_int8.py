@@ -14,7 +14,8 @@ from simcli.errors import UsageError
 from simcli.models import device as device_mod
 from simcli.models import encoder as encoder_mod
 from simcli.models.encoder import CALIBRATION_SENTENCES, load_encoder
-from simcli.models.int8 import Int8Linear, is_quantized
+from simcli.models.int8 import Int8Linear, is_quantized, quantize_linear_layers
+from simcli.models.native import SelfAttention
 from simcli.training.options import TrainOptions
 from tests.models.test_encoder import SENTENCES, reference_vectors
 
@@ -67,6 +68,42 @@ def test_int8_linear_is_integer_arithmetic(kernel: str) -> None:
     np.testing.assert_array_equal(rows[1], got)
     alone = layer(torch.from_numpy(x[:1])).numpy()  # a row's result does not depend on the rows beside it
     np.testing.assert_array_equal(alone[0], got[0])
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "fbgemm"])
+def test_fused_query_key_value_is_the_three_layers_side_by_side(kernel: str) -> None:
+    """A native attention's query, key and value become one int8 product over one quantised input: the same
+    numbers as the three layers apart (scales are per token and per output channel)."""
+    if kernel == "int_mm" and not _has_vnni():
+        pytest.skip("no VNNI here: torch._int_mm saturates (the fbgemm kernel's case)")
+    torch.manual_seed(0)
+    att = SelfAttention(48)
+    layers = [att.query, att.key, att.value]
+    for lin in layers:  # native layers skip initialisation (weights come from a checkpoint)
+        lin.weight.data, lin.bias.data = torch.randn(48, 48) * 0.1, torch.randn(48)
+    x = torch.randn(2, 9, 48)
+    apart = torch.cat([Int8Linear.from_linear(lin, kernel)(x) for lin in layers], -1)
+    assert quantize_linear_layers(att, kernel) == 1
+    assert isinstance(att.qkv, Int8Linear) and not hasattr(att, "query")
+    torch.testing.assert_close(att.qkv(x), apart, rtol=0, atol=0)
+
+
+def test_fbgemm_kernel_packs_for_fbgemm_whatever_the_engine() -> None:
+    """The packed weights follow torch's quantized engine of the moment; built while another engine is set
+    (onednn's packed weights lack the product the kernel calls), the layer still works, and the engine is
+    left as it was."""
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no oneDNN quantized engine")
+    before = torch.backends.quantized.engine
+    w, x = torch.randn(16, 32), torch.randn(5, 32)
+    want = Int8Linear(w, None, "fbgemm")(x)
+    try:
+        torch.backends.quantized.engine = "onednn"
+        layer = Int8Linear(w, None, "fbgemm")
+        assert torch.backends.quantized.engine == "onednn"
+    finally:
+        torch.backends.quantized.engine = before
+    torch.testing.assert_close(layer(x), want, rtol=0, atol=0)
 
 
 def test_the_int8_kernel_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None:

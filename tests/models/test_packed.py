@@ -42,9 +42,16 @@ def test_packed_linear_is_the_bf16_product_rounded_once() -> None:
 def test_fused_layer_is_the_separate_layers_side_by_side() -> None:
     rng = np.random.default_rng(1)
     x = _bf16(rng.standard_normal((11, 64)))
-    layers = [torch.nn.Linear(64, 64).to(torch.bfloat16) for _ in range(3)]
-    fused = PackedLinear.from_linears(*layers)(x)
+    att = SelfAttention(64)
+    layers = [att.query, att.key, att.value]
+    for lin in layers:  # native layers skip initialisation (weights come from a checkpoint)
+        lin.weight.data, lin.bias.data = (
+            _bf16(rng.standard_normal((64, 64)) * 0.1),
+            _bf16(rng.standard_normal(64)),
+        )
     apart = torch.cat([PackedLinear(lin.weight, lin.bias)(x) for lin in layers], -1)
+    att.fuse(PackedLinear)
+    fused = att.qkv(x)  # type: ignore[misc]
     assert fused.shape == (11, 192) and torch.equal(fused, apart)
 
 
