@@ -6,7 +6,8 @@
 
 Rows: simcli's int8 layer with each of its kernels (simcli/models/int8.py: inputs quantised per token, then
 `torch._int_mm`, or FBGEMM with 7-bit weights; "default here" marks the one this CPU gets); oneDNN's bare int8 x int8
-product (`torch._int_mm` on already-quantised inputs: the ceiling of that path); and torch's dynamic quantised
+product (`torch._int_mm` on already-quantised inputs: the ceiling of that path) and FBGEMM's (static quantisation's
+layer: quantised input, 8-bit output; the ceiling of the fbgemm kernel); and torch's dynamic quantised
 linear (`quantize_dynamic`, one input scale a batch) on each quantised engine (FBGEMM, x86, oneDNN). Each is
 float32 time / its time, timed on one thread, in turn with float32 (`device.speedup`), three readings, and the
 largest relative error of one token's output against float32.
@@ -33,8 +34,10 @@ from simcli.models.int8 import KERNELS, Int8Linear
 SHAPES = [(512, 512, 1536), (256, 512, 2048), (256, 2048, 512), (256, 768, 3072), (1024, 768, 3072)]
 
 
-def candidates(w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The int8 layers of weight `w` and bias `b` that this torch offers."""
+def candidates(
+    w: torch.Tensor, b: torch.Tensor, rows: int
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The int8 layers of weight `w` and bias `b` that this torch offers, for `rows` tokens."""
     n_out, n_in = w.shape
     wq = torch.randint(-127, 128, (n_in, n_out), dtype=torch.int8)
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -44,6 +47,16 @@ def candidates(w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[torch.Te
         for kernel in KERNELS
     }
     out["bare _int_mm"] = lambda x: torch._int_mm(x.to(torch.int8), wq)  # the product alone, on int8 inputs
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        # FBGEMM's product alone: an input quantised beforehand, 7-bit weights, output left in 8 bits (static
+        # quantisation's layer): the ceiling of the fbgemm kernel, which quantises its input and scales back
+        torch.backends.quantized.engine = "fbgemm"
+        xq = torch.quantize_per_tensor(torch.randn(rows, n_in), 0.05, 128, torch.quint8)
+        w7 = torch.quantize_per_channel(
+            w, w.abs().amax(1).double() / 63, torch.zeros(n_out, dtype=torch.long), 0, torch.qint8
+        )
+        packed = torch.ops.quantized.linear_prepack(w7, None)
+        out["bare FBGEMM"] = lambda _: torch.ops.quantized.linear(xq, packed, 1.0, 128)
     for engine in ("fbgemm", "x86", "onednn"):
         if engine in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = engine  # used when the weights are packed, next line
@@ -75,7 +88,7 @@ def main() -> None:
     for rows, n_in, n_out in SHAPES:
         x, w, b = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out)
         with torch.inference_mode():
-            cells = [f"{name} {readings(x, w, b, layer)}" for name, layer in candidates(w, b).items()]
+            cells = [f"{name} {readings(x, w, b, layer)}" for name, layer in candidates(w, b, rows).items()]
         print(f"  {rows} x {n_in} x {n_out}: " + "; ".join(cells), flush=True)
 
 
