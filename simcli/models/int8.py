@@ -19,7 +19,7 @@ by 127 gave 8,160 instead of 1,032,256 under `ONEDNN_MAX_CPU_ISA=AVX2`. There th
 linear instead, with 7-bit weights (largest / 63 per channel), so that no pair of its u8 x s8 products can exceed
 16 bits (2 x 255 x 63 < 32,767), and 8-bit inputs on the same per-token grid: FBGEMM takes one input scale for the
 whole tensor, so each token is first divided by its largest magnitude and the op is given the fixed grid of [-1, 1].
-Per layer under the AVX2 caps (`python bench/int8_layer.py`): 1.33-1.51x float32, against 1.06-1.24x for
+Per layer under the AVX2 caps (`python bench/int8_layer.py`): 1.33-1.53x float32, against 1.00-1.24x for
 `torch._int_mm`, at 1.3-1.5% error against its 1.4-2.7%.
 
 A native attention's query, key and value projections become one int8 layer (`SelfAttention.fuse`): their input
