@@ -101,14 +101,17 @@ def _peak(rows: torch.Tensor) -> torch.Tensor:
 def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
     """The int8 weights (out, in) with their per-channel scales, packed for FBGEMM (no bias: it is added after
     the per-token scale)."""
-    # the packing follows torch's quantized engine of the moment (x86 packs for FBGEMM, onednn does not, and
-    # its packed weights lack the op _fbgemm calls): FBGEMM's, whatever the process chose
-    engine = torch.backends.quantized.engine
     # torch 2.13 deprecates quantized tensors; its quantised linear ops still take them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zeros = torch.zeros(qw.shape[0], dtype=torch.long)
         weight = torch._make_per_channel_quantized_tensor(qw, scale.double(), zeros, 0)
+        # The packing follows torch's quantized engine of the moment: x86 (the default) and fbgemm pack linear
+        # weights for FBGEMM; onednn does not, and its packed weights lack the op `_fbgemm` calls. Only then is
+        # the engine switched, for this call (a process-wide setting: left alone where it already fits)
+        engine = torch.backends.quantized.engine
+        if engine in ("x86", "fbgemm"):
+            return torch.ops.quantized.linear_prepack(weight, None)
         try:
             torch.backends.quantized.engine = "fbgemm"
             return torch.ops.quantized.linear_prepack(weight, None)
