@@ -50,12 +50,8 @@ def candidates(
     if "fbgemm" in torch.backends.quantized.supported_engines:
         # FBGEMM's product alone: an input quantised beforehand, 7-bit weights, output left in 8 bits (static
         # quantisation's layer): the ceiling of the fbgemm kernel, which quantises its input and scales back
-        torch.backends.quantized.engine = "fbgemm"
         xq = torch.quantize_per_tensor(torch.randn(rows, n_in), 0.05, 128, torch.quint8)
-        w7 = torch.quantize_per_channel(
-            w, w.abs().amax(1).double() / 63, torch.zeros(n_out, dtype=torch.long), 0, torch.qint8
-        )
-        packed = torch.ops.quantized.linear_prepack(w7, None)
+        packed = Int8Linear(w, None, "fbgemm")._packed  # the kernel's own packed 7-bit weights
         out["bare FBGEMM"] = lambda _: torch.ops.quantized.linear(xq, packed, 1.0, 128)
     for engine in ("fbgemm", "x86", "onednn"):
         if engine in torch.backends.quantized.supported_engines:

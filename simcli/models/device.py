@@ -16,8 +16,8 @@ from simcli.errors import UsageError
 BF16_MIN_SPEEDUP = 1.5
 #: So must int8 (its accuracy cost is larger, and checked too); the probe is one linear layer, and the whole
 #: model gains less than its matrix products (attention, LayerNorm and GELU stay float32). Measured under the
-#: AVX2 caps (bench/machine.py): the FBGEMM kernel's probe 1.41-1.46x, m3e-small 1.33x float32 encoding within
-#: 0.13 Spearman of float32; with VNNI the probe reads ~2x; `torch._int_mm` without VNNI read 1.2x.
+#: AVX2 caps (bench/machine.py): the FBGEMM kernel's probe 1.41-1.46x, m3e-small 1.40-1.43x float32 encoding
+#: within 0.13 Spearman of float32; with VNNI the probe reads ~2x; `torch._int_mm` without VNNI read 1.2x.
 INT8_MIN_SPEEDUP = 1.3
 
 #: torch.qint8 stands for "int8": the linear layers' weights are int8, their inputs quantised on the fly.

@@ -107,13 +107,12 @@ def _fbgemm_weight(qw: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
         zeros = torch.zeros(qw.shape[0], dtype=torch.long)
         weight = torch._make_per_channel_quantized_tensor(qw, scale.double(), zeros, 0)
         # The packing follows torch's quantized engine of the moment: x86 (the default) and fbgemm pack linear
-        # weights for FBGEMM; onednn does not, and its packed weights lack the op `_fbgemm` calls. Only then is
-        # the engine switched, for this call (a process-wide setting: left alone where it already fits)
+        # weights for FBGEMM; others (onednn) do not, and their packed weights lack the op `_fbgemm` calls. Only
+        # then is the process-wide engine switched, for this call
         engine = torch.backends.quantized.engine
-        if engine in ("x86", "fbgemm"):
-            return torch.ops.quantized.linear_prepack(weight, None)
-        try:
+        if engine not in ("x86", "fbgemm"):
             torch.backends.quantized.engine = "fbgemm"
+        try:
             return torch.ops.quantized.linear_prepack(weight, None)
         finally:
             torch.backends.quantized.engine = engine
