@@ -239,15 +239,26 @@ def write_shard(
     }
 
 
+# Suffixes of single-file formats, refused for a new store folder (an existing folder of any name is used as is)
+FILE_SUFFIXES = (".npy", ".npz", ".json", ".jsonl", ".txt", ".csv", ".tsv", ".parquet", ".pkl", ".pt")
+
+
 def check_output_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
     """Raise OutputExists unless `encode_to_store` may write to `out` with these flags (changes nothing).
 
-    A missing or empty folder is fine; a non-empty one needs `resume` (continue the store in it) or
+    A missing folder (unless named as a single file, `FILE_SUFFIXES`) or an empty one is fine; a non-empty one
+    needs `resume` (continue the store in it) or
     `overwrite` (replace it), and is never cleared when it holds files that are not part of a store.
     """
     out = Path(out)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if not out.exists() and out.suffix.lower() in FILE_SUFFIXES:
+        # `--out vectors.npy` asks for one file; a folder of that name would surprise whoever reads it next
+        raise UsageError(
+            f"--out {out}: names a file, but encode writes a folder (its shard-NNNNN.npy files hold the vectors "
+            f"in input order); choose a folder name such as {out.with_suffix('.vec').name}"
+        )
     if out.exists() and not out.is_dir():
         raise OutputExists(f"{out}: exists and is not a folder; choose another --out")
     contents = sorted(out.iterdir()) if out.exists() else []

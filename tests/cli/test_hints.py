@@ -169,6 +169,18 @@ def test_store_folder_not_empty_hint(flag: str, tmp_path: Path, corpus: Path, ro
     assert r.stderr.splitlines()[-1].startswith("simcli: read 5 rows: wrote 5 vectors")
 
 
+def test_store_named_as_a_file_is_refused(tmp_path: Path, corpus: Path, roformer_sim_dir: Path) -> None:
+    # `--out vectors.npy` would otherwise make a folder called vectors.npy
+    out = tmp_path / "vectors.npy"
+    fails(2, f"--out {out}: names a file, but encode writes a folder (its shard-NNNNN.npy files hold the vectors in "
+          "input order); choose a folder name such as vectors.vec", "encode", corpus, "-m", roformer_sim_dir,
+          "--out", out, *F32)  # fmt: skip
+    assert not out.exists()
+    out.mkdir()  # an existing folder of that name (made by hand, or by an earlier version) is used as it is
+    ok("encode", corpus, "-m", roformer_sim_dir, "--out", out, *F32)
+    assert (out / "manifest.json").exists()
+
+
 def _out_exists_cases(tmp_path: Path, corpus: Path, model: Path) -> dict[str, tuple[list[Any], str]]:
     tsv = write(tmp_path / "in.tsv", ["text", *SENTENCES[:2]])
     gen = ["-n", "2", "-k", "1", "--max-new-tokens", "3", "--seed", "1"]
