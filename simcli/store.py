@@ -244,11 +244,12 @@ FILE_SUFFIXES = (".npy", ".npz", ".json", ".jsonl", ".txt", ".csv", ".tsv", ".pa
 
 
 def check_output_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
-    """Raise OutputExists unless `encode_to_store` may write to `out` with these flags (changes nothing).
+    """Raise OutputExists (UsageError for flags or a name that cannot work) unless `encode_to_store` may write
+    to `out` with these flags (changes nothing).
 
-    A missing folder (unless named as a single file, `FILE_SUFFIXES`) or an empty one is fine; a non-empty one
-    needs `resume` (continue the store in it) or
-    `overwrite` (replace it), and is never cleared when it holds files that are not part of a store.
+    A missing folder (unless named like a single file: `FILE_SUFFIXES`) or an empty one is fine; a non-empty one
+    needs `resume` (continue the store in it) or `overwrite` (replace it), and is never cleared when it holds
+    files that are not part of a store.
     """
     out = Path(out)
     if resume and overwrite:
