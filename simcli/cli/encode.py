@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -176,6 +177,8 @@ def encode(
         if ray_address is None and (workers is not None or gpus_per_worker or cpus_per_worker is not None):
             raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker apply with --ray")
         config = encoder_config(ctx, model)
+        if resume and out is not None and config.dtype == "auto":
+            config = _as_begun(config, out)
         read = ReadOptions(column=column, field=field, header=header, errors=errors, skip_empty=skip_empty)
         if ray_address is not None:
             if out is None or split is not None:
@@ -194,6 +197,22 @@ def encode(
             read=read, shard_size=shard_size, store_dtype=store_dtype, resume=resume,
             overwrite=overwrite, allow_mixed=allow_mixed,
         )  # fmt: skip
+
+
+def _as_begun(config: EncoderConfig, out: Path) -> EncoderConfig:
+    """`--resume` with `--dtype auto`: the dtype the finished shards were computed in. auto measures its
+    speed probes at every start, and a reading on the other side of its threshold would otherwise refuse the
+    resume (or, with --allow-mixed, mix two dtypes in one store)."""
+    from simcli.manifest import recorded_dtype
+    from simcli.store import kept_shards
+
+    dtype = recorded_dtype(
+        [s["computed_with"] for s in kept_shards(out) if "computed_with" in s], config.device
+    )
+    if dtype == "auto":
+        return config
+    note(f"--resume: dtype {dtype}, as the finished shards (--dtype chooses another)")
+    return replace(config, dtype=dtype)
 
 
 def _encode_here(

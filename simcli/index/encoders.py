@@ -12,7 +12,7 @@ from typing import Any
 
 from simcli.errors import ModelError, UsageError
 from simcli.index.manifest import IndexManifest
-from simcli.manifest import check_same_model
+from simcli.manifest import check_same_model, recorded_dtype
 from simcli.types import EncoderConfig, Log
 
 
@@ -33,21 +33,6 @@ def build_encoder(model: str | EncoderConfig | Any | None, options: dict[str, An
     return enc
 
 
-def query_dtype(computed_with: list[dict[str, str]], device: str) -> str:
-    """The dtype to encode queries with when none is asked for: the one the index's vectors were computed
-    with on this kind of device (cpu / cuda), so near-ties come back in the order the corpus was built for;
-    "auto" when the index was computed on another kind of device, with several dtypes, or unknown."""
-    from simcli.models.device import DTYPE_NAMES, resolve_device
-
-    kind = resolve_device(device).type
-    found = {e.get("dtype") for e in computed_with if str(e.get("device", "")).split(":")[0] == kind}
-    if len(found) == 1:
-        (dtype,) = found
-        if dtype in DTYPE_NAMES:
-            return str(dtype)
-    return "auto"
-
-
 def _model_location(manifest: IndexManifest) -> str:
     spec = manifest.model
     assert spec is not None
@@ -63,7 +48,7 @@ class QueryEncoder:
 
     Args:
         device: where it runs.
-        dtype: its compute dtype; None: the dtype the index was computed with (`query_dtype`).
+        dtype: its compute dtype; None: the dtype the index was computed with (`recorded_dtype`).
         model: where the model lives now, when the recorded path moved (its weights must match).
     """
 
@@ -96,7 +81,7 @@ class QueryEncoder:
                 f"{self.path}: its model folder {where} is missing; pass --model with the folder that holds "
                 f"those weights (sha256 {spec.weights_sha256[:16]}...)"
             )
-        dtype = self.dtype or query_dtype(manifest.computed_with, self.device)
+        dtype = self.dtype or recorded_dtype(manifest.computed_with, self.device)
         config = EncoderConfig(
             where, pooling=spec.pooling, tokenizer=spec.tokenizer, max_length=spec.max_length,
             device=self.device, dtype=dtype, revision=spec.revision,

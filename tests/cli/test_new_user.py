@@ -220,6 +220,27 @@ def test_resume_refuses_another_dtype(tmp_path: Path, roformer_sim_dir: Path) ->
     assert manifest["complete"] is True
 
 
+def test_resume_with_auto_continues_in_the_dtype_begun(tmp_path: Path, roformer_sim_dir: Path) -> None:
+    # auto measures its probes at every start; resuming, it takes the finished shards' dtype instead of refusing
+    src = tmp_path / "in.txt"
+    src.write_bytes(
+        "花呗怎么还款\n借呗额度\n".encode() + b"\xff\xfe\n" + "我喜欢北京\n今天天气很好\n".encode()
+    )
+    out, whole = tmp_path / "s.vec", tmp_path / "whole.vec"
+    base = ["encode", str(src), "-m", str(roformer_sim_dir), "--shard-size", "2"]
+    assert run(*base, "--out", str(out), "--dtype", "bfloat16").exit_code == 1  # shard 0 finished in bfloat16
+
+    r = run(*base, "--out", str(out), "--resume", "--errors", "replace")  # auto: float32 on this test CPU
+    assert r.exit_code == 0, r.output
+    assert "simcli: --resume: dtype bfloat16, as the finished shards (--dtype chooses another)\n" in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert [s["computed_with"]["dtype"] for s in manifest["shards"]] == ["bfloat16"] * 3
+    # the store an uninterrupted bfloat16 run makes, byte for byte
+    assert run(*base, "--out", str(whole), "--dtype", "bfloat16", "--errors", "replace").exit_code == 0
+    for name in ("shard-00000.npy", "shard-00001.npy", "shard-00002.npy"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes()
+
+
 # -- usage errors and the truncated-weights error are one line; --help stays rich, no <bool> ----
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from simcli.errors import CorruptArtifact
 from simcli.index import FILE_ROLES, Candidates, FileRole, Index, IndexManifest, persist, pipeline
-from simcli.index.encoders import query_dtype
 from simcli.index.manifest import file_name
+from simcli.manifest import recorded_dtype
 from tests.invoke import simcli
 
 N, D = 6000, 24
@@ -204,13 +204,15 @@ def test_build_whitens_and_normalises_each_vector_once(
     assert sum(rows) == 100 and idx.count == 5100
 
 
-def test_query_dtype_rule() -> None:
+def test_recorded_dtype_rule() -> None:
     cpu_bf16 = [{"device": "cpu", "dtype": "bfloat16"}]
-    assert query_dtype(cpu_bf16, "cpu") == "bfloat16"
-    assert query_dtype([{"device": "cuda:0", "dtype": "float16"}], "cpu") == "auto"  # another kind of device
-    assert query_dtype([*cpu_bf16, {"device": "cpu", "dtype": "float32"}], "cpu") == "auto"  # ambiguous
-    assert query_dtype([{"device": "unknown", "dtype": "unknown"}], "cpu") == "auto"
-    assert query_dtype([], "cpu") == "auto"
+    assert recorded_dtype(cpu_bf16, "cpu") == "bfloat16"
+    assert (
+        recorded_dtype([{"device": "cuda:0", "dtype": "float16"}], "cpu") == "auto"
+    )  # another kind of device
+    assert recorded_dtype([*cpu_bf16, {"device": "cpu", "dtype": "float32"}], "cpu") == "auto"  # ambiguous
+    assert recorded_dtype([{"device": "unknown", "dtype": "unknown"}], "cpu") == "auto"
+    assert recorded_dtype([], "cpu") == "auto"
 
 
 def test_query_and_add_encode_with_the_index_dtype_unless_dtype_is_given(
