@@ -157,15 +157,16 @@ def speedup(baseline: Callable[[], object], candidate: Callable[[], object], rou
 def remembered_speedup(probe: str, measure: Callable[[], float], threshold: float) -> float:
     """`measure()`, remembered for this machine (CPU model and flags, torch, instruction-set caps) when it is
     at least twice `threshold`: such a reading chooses the fast dtype however noisy the machine was, while a
-    reading nearer the threshold (or under it, which a burst of load can cause) is taken again at every start."""
-    from simcli.models.remembered import machine_key, recall, remember
+    reading nearer the threshold (or under it, which a burst of load can cause) is taken again at every start
+    (once for all the workers of a server: `once_per_run`)."""
+    from simcli.models.remembered import machine_key, once_per_run, recall, remember
     from simcli.models.sources import measured_folder
 
     key = {"probe": probe, "machine": machine_key()}
     saved = recall(measured_folder(), key)
     if isinstance(saved, float) and saved >= 2 * threshold:
         return saved
-    value = measure()
+    value = float(once_per_run(key, measure))  # one reading for all the workers of a server
     if value >= 2 * threshold:
         remember(measured_folder(), key, value)
     return value

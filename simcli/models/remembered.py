@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,43 @@ def remember(folder: Path, key: Any, value: Any) -> None:
         atomic_write_json(_entry(folder, key), {"key": key, "value": value})
     except OSError:
         pass  # a read-only cache costs a recomputation next time, nothing else
+
+
+#: A folder shared by the processes of one run (`simcli serve --workers N` sets it for its workers): what one of
+#: them computes there with `once_per_run` is what all of them get, so that they choose the same dtype.
+RUN_FOLDER_ENV = "SIMCLI_RUN_MEASURED"
+
+
+def once_per_run(key: Any, compute: Callable[[], Any]) -> Any:
+    """`compute()`; under RUN_FOLDER_ENV, the value that the first process of the run computed for `key` (the
+    others wait for it and read it). A speed probe near a threshold reads one side or the other from start to
+    start, and two workers of one server must not serve two dtypes."""
+    run = os.environ.get(RUN_FOLDER_ENV)
+    if not run:
+        return compute()
+    folder = Path(run)
+    with _exclusive(folder):
+        value = recall(folder, key)
+        if value is None:
+            value = compute()
+            remember(folder, key, value)
+    return value
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold a lock on `folder` that one process of the machine at a time can hold (POSIX `flock`; where there
+    is none, or the folder is gone, no lock: each process then computes its own value, as without a run)."""
+    try:
+        import fcntl
+
+        lock = open(folder / ".lock", "a")  # noqa: SIM115 (held across the yield)
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # Variables that change which kernels torch, oneDNN, MKL and FBGEMM run (they cap the instruction set): a

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from simcli.errors import SimcliError
+from simcli.models.remembered import RUN_FOLDER_ENV
 from simcli.serve.options import MULTIPROC_ENV, ServeOptions
 from simcli.serve.plan import Plan, choose_plan
 from simcli.serve.registry import check_servable
@@ -114,13 +115,16 @@ def _serve_workers(options: ServeOptions) -> None:
     # Each worker process loads its own copy of the models and has its own batcher (uvicorn's supervisor
     # forwards the signals). The options travel in the environment; the workers' metrics meet in a folder of
     # this run (prometheus_client wants it empty at start); a worker that cannot load writes its error into
-    # the same run folder and stops the supervisor, which would otherwise restart it forever.
+    # the same run folder and stops the supervisor, which would otherwise restart it forever. `--dtype auto`'s
+    # speed probes are read once for all the workers (in the run folder's "measured"), so they serve one dtype.
     with tempfile.TemporaryDirectory(prefix="simcli-serve-") as run:
-        shared, failed = Path(run) / "metrics", Path(run) / "failed"
+        shared, failed, measured = Path(run) / "metrics", Path(run) / "failed", Path(run) / "measured"
         shared.mkdir()
+        measured.mkdir()
         os.environ[OPTIONS_ENV] = json.dumps(options.to_dict())
         os.environ[MULTIPROC_ENV] = str(shared)
         os.environ[FAILED_ENV] = str(failed)
+        os.environ[RUN_FOLDER_ENV] = str(measured)
         uvicorn.run(
             "simcli.serve.server:app_from_env",
             factory=True,

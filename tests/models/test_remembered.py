@@ -3,7 +3,10 @@ depend on: the same answer where nothing changed, a new measurement where anythi
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,38 @@ def test_a_probe_reading_is_remembered_only_far_above_its_threshold(tmp_path: Pa
     assert device_mod.remembered_speedup("near", measure, 1.5) == 2.5
     assert device_mod.remembered_speedup("slow", measure, 1.5) == 0.5
     assert device_mod.remembered_speedup("slow", measure, 1.5) == 0.6 and len(calls) == 5
+
+
+def _probe_in_a_worker(log: str) -> float:
+    """One server worker's `--dtype auto` probe: slow enough that the workers overlap, and a reading of its own
+    (near the threshold, so never remembered between runs)."""
+
+    def measure() -> float:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.3)
+        return 1.0 + (os.getpid() % 5) / 10
+
+    return device_mod.remembered_speedup("near", measure, 1.5)
+
+
+@pytest.mark.parametrize("one_run", [True, False])
+def test_the_workers_of_one_server_share_one_probe_reading(
+    one_run: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `simcli serve --workers N` sets the run folder; three processes started at once, as uvicorn starts them
+    if one_run:
+        (tmp_path / "run").mkdir()
+        monkeypatch.setenv(remembered.RUN_FOLDER_ENV, str(tmp_path / "run"))
+    log = tmp_path / "measured.log"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        readings = pool.map(_probe_in_a_worker, [str(log)] * 3)
+    measured_by = log.read_text(encoding="utf-8").split()
+    if one_run:  # one of them measures, the others wait and take its reading
+        assert len(measured_by) == 1 and len(set(readings)) == 1
+        assert readings[0] == 1.0 + (int(measured_by[0]) % 5) / 10
+    else:  # each its own
+        assert len(measured_by) == 3
 
 
 def test_a_damaged_or_unwritable_memory_is_only_a_new_measurement(tmp_path: Path) -> None:

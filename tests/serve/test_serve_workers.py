@@ -4,6 +4,7 @@ worker processes (/metrics summed, an index grown on disk, /generate)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from simcli.models.remembered import RUN_FOLDER_ENV
 from simcli.serve.footprint import worker_footprint
 from simcli.serve.machine import available_bytes
 from simcli.serve.options import MULTIPROC_ENV, ServeOptions
@@ -141,10 +143,15 @@ def test_default_plan_is_printed_and_two_workers_serve(two: tuple[Served, Path])
     assert _serving(served) == want, served.stderr
 
 
+def _env_folder(pid: int, name: str) -> Path:
+    """The folder that the worker `pid` was given in its environment variable `name`."""
+    environ = Path(f"/proc/{pid}/environ").read_text().split("\0")
+    return next(Path(v.split("=", 1)[1]) for v in environ if v.startswith(f"{name}="))
+
+
 def _metrics_dir(pid: int) -> Path:
     """The folder where the workers' metrics meet, as the worker `pid` was given it."""
-    environ = Path(f"/proc/{pid}/environ").read_text().split("\0")
-    return next(Path(v.split("=", 1)[1]) for v in environ if v.startswith(f"{MULTIPROC_ENV}="))
+    return _env_folder(pid, MULTIPROC_ENV)
 
 
 def _counts(folder: Path) -> float:
@@ -265,6 +272,25 @@ def test_given_options_win_and_sigterm_ends_every_worker(
     else:
         assert _serving(served) == want, served.stderr
         assert shared is not None and shared.name == "metrics" and not shared.parent.exists()
+
+
+def test_the_workers_take_one_reading_of_the_auto_probes(roformer_sim_dir: Path) -> None:
+    """`--dtype auto`: one worker measures the speed probes and every worker takes its reading, so that two
+    workers of one server never serve two dtypes (a probe near its threshold reads either side from start to
+    start: seen under the Skylake-SP caps, one worker in int8 and one in float32)."""
+    served = _serve("--model", str(roformer_sim_dir), "--dtype", "auto", "--workers", "2", "--threads", "1")
+    try:
+        seen = served.workers_seen(2)
+        folders = {_env_folder(pid, RUN_FOLDER_ENV) for pid in seen}
+        assert len(folders) == 1, folders
+        probes = [
+            json.loads(f.read_text(encoding="utf-8"))["key"]["probe"] for f in folders.pop().glob("*.json")
+        ]
+    finally:
+        assert served.stop() == 0, served.stderr
+    assert probes and len(probes) == len(set(probes)), probes  # each probe measured once, for both workers
+    _until(lambda: len(_serving(served)) == 2)
+    assert len({budget for _, _, budget in _serving(served)}) == 1, served.stderr  # one dtype (and budget)
 
 
 def test_a_worker_that_cannot_load_ends_the_server_with_its_error(tmp_path: Path) -> None:
