@@ -29,22 +29,6 @@ def computed_with(encoder: Any) -> dict[str, str]:
     }
 
 
-def recorded_dtype(computed_with: list[dict[str, str]], device: str) -> str:
-    """The dtype that `--dtype auto` means for more vectors of an artefact: the one its vectors were computed
-    with (`computed_with` entries) on this kind of device (cpu / cuda), so that queries rank near-ties as the
-    corpus was built for and a resumed store continues as it began, whatever auto's probe reads today; "auto"
-    when they were computed on another kind of device, with several dtypes, or unknown."""
-    from simcli.models.device import DTYPE_NAMES, resolve_device
-
-    kind = resolve_device(device).type
-    found = {e.get("dtype") for e in computed_with if str(e.get("device", "")).split(":")[0] == kind}
-    if len(found) == 1:
-        (dtype,) = found
-        if dtype in DTYPE_NAMES:
-            return str(dtype)
-    return "auto"
-
-
 def read_manifest(path: Path, kind: str) -> dict[str, Any]:
     """Read a manifest JSON file and check that it is of the expected kind."""
     try:

@@ -203,7 +203,7 @@ def _as_begun(config: EncoderConfig, out: Path) -> EncoderConfig:
     """`--resume` with `--dtype auto`: the dtype the finished shards were computed in. auto measures its
     speed probes at every start, and a reading on the other side of its threshold would otherwise refuse the
     resume (or, with --allow-mixed, mix two dtypes in one store)."""
-    from simcli.manifest import recorded_dtype
+    from simcli.models.device import recorded_dtype
     from simcli.store import kept_shards
 
     dtype = recorded_dtype(

@@ -12,7 +12,7 @@ from typing import Any
 
 from simcli.errors import ModelError, UsageError
 from simcli.index.manifest import IndexManifest
-from simcli.manifest import check_same_model, recorded_dtype
+from simcli.manifest import check_same_model
 from simcli.types import EncoderConfig, Log
 
 
@@ -71,6 +71,7 @@ class QueryEncoder:
         spec = manifest.model
         if spec is None:
             raise UsageError(f"{self.path} was built from vectors without a model: query it with vectors")
+        from simcli.models.device import recorded_dtype
         from simcli.models.encoder import load_encoder
 
         where = self.model or _model_location(manifest)

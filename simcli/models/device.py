@@ -154,6 +154,20 @@ def speedup(baseline: Callable[[], object], candidate: Callable[[], object], rou
     return best[0] / best[1]
 
 
+def recorded_dtype(computed_with: list[dict[str, str]], device: str) -> str:
+    """The dtype that `--dtype auto` means for more vectors of an artefact: the one its vectors were computed
+    with (`computed_with` entries) on this kind of device (cpu / cuda), so that queries rank near-ties as the
+    corpus was built for and a resumed store continues as it began, whatever auto's probe reads today; "auto"
+    when they were computed on another kind of device, with several dtypes, or unknown."""
+    kind = resolve_device(device).type
+    found = {e.get("dtype") for e in computed_with if str(e.get("device", "")).split(":")[0] == kind}
+    if len(found) == 1:
+        (dtype,) = found
+        if dtype in DTYPE_NAMES:
+            return str(dtype)
+    return "auto"
+
+
 def remembered_speedup(probe: str, measure: Callable[[], float], threshold: float) -> float:
     """`measure()`, remembered for this machine (CPU model and flags, torch, instruction-set caps) when it is
     at least twice `threshold`: such a reading chooses the fast dtype however noisy the machine was, while a

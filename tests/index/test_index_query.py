@@ -14,7 +14,7 @@ import pytest
 from simcli.errors import CorruptArtifact
 from simcli.index import FILE_ROLES, Candidates, FileRole, Index, IndexManifest, persist, pipeline
 from simcli.index.manifest import file_name
-from simcli.manifest import recorded_dtype
+from simcli.models.device import recorded_dtype
 from tests.invoke import simcli
 
 N, D = 6000, 24
