@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -104,12 +105,18 @@ class ShardEncoder:
         normalize: bool,
         read_options: dict[str, Any],
         threads: int,
+        measured: str | None = None,
     ) -> None:
         import torch
 
         from simcli.models.encoder import load_encoder
+        from simcli.models.remembered import RUN_FOLDER_ENV
 
         torch.set_num_threads(threads)  # actors on one machine must not fight over its cores
+        if measured is not None and Path(measured).is_dir():
+            # on the driver's machine: one reading of --dtype auto's probes for all the actors there, so that
+            # they compute in one dtype (remembered.once_per_run); elsewhere each actor reads its own
+            os.environ[RUN_FOLDER_ENV] = measured
         self.encoder: Any = load_encoder(config)
         if whitening is not None:
             from simcli.whitening import WhitenedEncoder
@@ -245,6 +252,7 @@ def encode_store(
     progress: ProgressFn | None = None,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
     total: Callable[[int], None] | None = None,
+    measured: Path | None = None,
 ) -> StoreSummary:
     """Encode `inputs` into the store `out` on the Ray runtime `ray` (see the module's docstring).
 
@@ -254,6 +262,8 @@ def encode_store(
         pool: the actor pool.
         on_shard: called with each result row ({"entry", "tokens", "seconds", "worker"}) as it lands.
         total: called once with the number of rows, once the inputs are planned (for a progress bar).
+        measured: where the actors on this machine share `--dtype auto`'s probe readings (default: a
+            temporary folder of this run).
     """
     stats = ReadStats()
     plans = plan_shards(list(inputs), shard_size=shard_size, stats=stats, **read_options)
@@ -269,13 +279,14 @@ def encode_store(
         todo = plans[len(earlier) :]
         landed = _Landed(writer, earlier if not allow_mixed else [], progress, on_shard)
         if todo:
-            actor = {
-                "config": actor_config(config), "whitening": whitening, "out": str(out.absolute()),
-                "store_dtype": store_dtype, "normalize": normalize, "read_options": read_options,
-                "threads": pool.threads,
-            }  # fmt: skip
-            for row in _pipeline(ray, todo, pool, actor).iter_rows():
-                landed.add(row)
+            with _run_folder(measured) as shared:
+                actor = {
+                    "config": actor_config(config), "whitening": whitening, "out": str(out.absolute()),
+                    "store_dtype": store_dtype, "normalize": normalize, "read_options": read_options,
+                    "threads": pool.threads, "measured": shared,
+                }  # fmt: skip
+                for row in _pipeline(ray, todo, pool, actor).iter_rows():
+                    landed.add(row)
             if len(writer.done) != len(plans):
                 raise SimcliError(f"{out}: {len(plans) - len(writer.done)} shards did not land")
     return writer.finish(
@@ -287,6 +298,11 @@ def encode_store(
         seconds=landed.seconds,
         rows_read=stats.rows,
     )
+
+
+def _run_folder(given: Path | None) -> AbstractContextManager[str]:
+    """`given`, or a temporary folder removed when the run ends."""
+    return nullcontext(str(given)) if given is not None else tempfile.TemporaryDirectory(prefix="simcli-ray-")
 
 
 def _check_earlier(

@@ -7,6 +7,7 @@ Skipped when Ray is not installed; CI installs the ray extra.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,6 +225,34 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(
     assert sorted(json.loads(r["entry"])["name"] for r in results) == [f"shard-{k:05d}" for k in range(8)]
     assert len({r["worker"] for r in results}) >= 2
     assert_same_store(out, single_store)
+
+
+def test_an_actor_on_the_driver_machine_shares_the_auto_probe_readings(
+    tmp_path: Path, wobert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`encode_store` hands its actors a folder of the run: an actor that finds it (on the driver's machine)
+    takes `--dtype auto`'s probe readings from there (one measurement for all of them, `once_per_run`, tested
+    with real processes in tests/models/test_remembered.py); on another machine the folder is not there."""
+    import torch
+
+    from simcli.models.remembered import RUN_FOLDER_ENV
+    from simcli.scale.encode import ShardEncoder
+
+    monkeypatch.setenv(RUN_FOLDER_ENV, "")  # restored (unset) when the test ends
+    monkeypatch.delenv(RUN_FOLDER_ENV)
+    monkeypatch.setattr(
+        torch, "set_num_threads", lambda n: None
+    )  # the actor's thread count, not this process's
+    config = EncoderConfig(str(wobert_dir), dtype="float32", max_length=24)
+    ShardEncoder(
+        config, None, str(tmp_path / "o"), "float32", False, {}, 1, measured=str(tmp_path / "elsewhere")
+    )
+    assert RUN_FOLDER_ENV not in os.environ
+    (tmp_path / "measured").mkdir()
+    ShardEncoder(
+        config, None, str(tmp_path / "o"), "float32", False, {}, 1, measured=str(tmp_path / "measured")
+    )
+    assert os.environ[RUN_FOLDER_ENV] == str(tmp_path / "measured")
 
 
 def test_ray_whitening_equals_single_process(ray_runtime: Any, tmp_path: Path, single_store: Path) -> None:
