@@ -172,7 +172,7 @@ def remembered_speedup(probe: str, measure: Callable[[], float], threshold: floa
     """`measure()`, remembered for this machine (CPU model and flags, torch, instruction-set caps) when it is
     at least twice `threshold`: such a reading chooses the fast dtype however noisy the machine was, while a
     reading nearer the threshold (or under it, which a burst of load can cause) is taken again at every start
-    (once for all the workers of a server: `once_per_run`)."""
+    (once for all the processes of a run on one machine: `once_per_run`)."""
     from simcli.models.remembered import machine_key, once_per_run, recall, remember
     from simcli.models.sources import measured_folder
 
@@ -180,7 +180,7 @@ def remembered_speedup(probe: str, measure: Callable[[], float], threshold: floa
     saved = recall(measured_folder(), key)
     if isinstance(saved, float) and saved >= 2 * threshold:
         return saved
-    value = float(once_per_run(key, measure))  # one reading for all the workers of a server
+    value = float(once_per_run(key, measure))  # one reading for a server's workers, a store's actors
     if value >= 2 * threshold:
         remember(measured_folder(), key, value)
     return value

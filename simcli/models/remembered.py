@@ -46,15 +46,16 @@ def remember(folder: Path, key: Any, value: Any) -> None:
         pass  # a read-only cache costs a recomputation next time, nothing else
 
 
-#: A folder shared by the processes of one run (`simcli serve --workers N` sets it for its workers): what one of
-#: them computes there with `once_per_run` is what all of them get, so that they choose the same dtype.
+#: A folder shared by the processes of one run on one machine (`simcli serve --workers N` sets it for its workers,
+#: `encode --ray` for its actors on the driver's machine): what one of them computes there with `once_per_run` is
+#: what all of them get, so that they choose the same dtype.
 RUN_FOLDER_ENV = "SIMCLI_RUN_MEASURED"
 
 
 def once_per_run(key: Any, compute: Callable[[], Any]) -> Any:
     """`compute()`; under RUN_FOLDER_ENV, the value that the first process of the run computed for `key` (the
     others wait for it and read it). A speed probe near a threshold reads one side or the other from start to
-    start, and two workers of one server must not serve two dtypes."""
+    start, and two workers of one server (or two actors of one store) must not compute in two dtypes."""
     run = os.environ.get(RUN_FOLDER_ENV)
     if not run:
         return compute()

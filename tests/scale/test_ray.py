@@ -69,8 +69,11 @@ def _exit_once_hook(flag: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def ray_runtime(_crash_dir: Path, s3_endpoint: str) -> Iterator[Any]:
-    """A 2-CPU runtime whose workers see the S3 endpoint (they inherit the environment at start)."""
+def ray_runtime(
+    _crash_dir: Path, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A 2-CPU runtime whose workers see the S3 endpoint (they inherit the environment at start) and keep
+    simcli's cache (remembered probe readings among it) in a folder of this module, not the user's."""
     import ray
 
     from simcli.scale.runtime import connect
@@ -78,8 +81,9 @@ def ray_runtime(_crash_dir: Path, s3_endpoint: str) -> Iterator[Any]:
     if ray.is_initialized():  # a runtime an earlier test left: this module's workers need the hook below
         ray.shutdown()
     hook = _exit_once_hook(str(_crash_dir / "exit-once"))
+    cache = str(tmp_path_factory.mktemp("actor-cache"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": hook})  # fmt: skip
+             runtime_env={"worker_process_setup_hook": hook, "env_vars": {"SIMCLI_CACHE": cache}})  # fmt: skip
     try:
         yield connect("local")  # joins the runtime above, as the commands do
     finally:
@@ -253,6 +257,29 @@ def test_an_actor_on_the_driver_machine_shares_the_auto_probe_readings(
         config, None, str(tmp_path / "o"), "float32", False, {}, 1, measured=str(tmp_path / "measured")
     )
     assert os.environ[RUN_FOLDER_ENV] == str(tmp_path / "measured")
+
+
+def test_actors_on_the_driver_machine_take_one_reading_of_the_auto_probes(
+    ray_runtime: Any, tmp_path: Path, corpus: list[str], wobert_dir: Path
+) -> None:
+    """`--dtype auto` on Ray: the two actors (both on this machine) measure the speed probes once between them,
+    in the folder of the run, and compute in one dtype."""
+    from simcli.models.encoder import load_encoder
+    from simcli.scale.encode import Workers, encode_store
+
+    config = EncoderConfig(str(wobert_dir), dtype="auto", max_length=24)
+    spec = load_encoder(config.with_options(dtype="float32")).spec
+    measured = tmp_path / "measured"
+    measured.mkdir()
+    results: list[dict[str, Any]] = []
+    options = {"column": None, "field": None, "errors": "strict", "skip_empty": False}
+    encode_store(ray_runtime, corpus, config, spec, tmp_path / "auto.vec", pool=Workers(2, 1, 0),
+                 shard_size=SHARD, store_dtype="float32", normalize=False, resume=False, overwrite=False,
+                 read_options=options, on_shard=results.append, measured=measured)  # fmt: skip
+    probes = [json.loads(f.read_text(encoding="utf-8"))["key"]["probe"] for f in measured.glob("*.json")]
+    assert probes and len(probes) == len(set(probes)), probes
+    assert len({r["worker"] for r in results}) == 2
+    assert len({json.loads(r["entry"])["computed_with"]["dtype"] for r in results}) == 1
 
 
 def test_ray_whitening_equals_single_process(ray_runtime: Any, tmp_path: Path, single_store: Path) -> None:
